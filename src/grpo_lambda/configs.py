@@ -1,0 +1,153 @@
+"""Configuration of the GRPO / GRPO-λ stage: TRL's dataclasses plus the fields of the paper's method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
+
+from .loss import WEIGHT_CLAMP_FNS
+from .traces import TRACE_STYLES
+
+LOSS_VARIANTS: tuple[str, ...] = ("grpo", "eps_trace", "eps_weight")
+# TRL loss types whose per-token term is the clipped ratio times the advantage; the others (cispo, sapo, vespo,
+# luspo) use the log-probabilities or a sequence-level ratio in ways the traces of Eq. 2 are not defined for.
+TRACE_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+@dataclass
+class GRPOLambdaConfig(GRPOConfig):
+    """TRL's `GRPOConfig` plus the GRPO-λ fields (§3, Alg. 1–2, Table 2)."""
+
+    loss_variant: Literal["grpo", "eps_trace", "eps_weight"] = field(
+        default="eps_trace",
+        metadata={
+            "help": "Policy loss: 'grpo' (TRL's own), 'eps_trace' (GRPO-λ with traced ratios, Alg. 1) or "
+            "'eps_weight' (GRPO-λ with trace-weighted per-token losses, Alg. 2)."
+        },
+    )
+    trace_style: Literal["recent", "both"] = field(
+        default="recent",
+        metadata={"help": "Trace shape tr(t, l) (Eq. 2): 'recent' = (γλ)^l, 'both' = max((γλ)^l, (γλ)^(t−l))."},
+    )
+    trace_lambda: float = field(
+        default=0.99, metadata={"help": "λ ∈ [0, 1] of the traces; λ = 0 with 'recent' is GRPO (§4.1 uses 0.99)."}
+    )
+    trace_gamma: float = field(default=1.0, metadata={"help": "Discount γ ∈ (0, 1] of the traces (decay = γλ)."})
+    trace_floor: float = field(
+        default=0.0,
+        metadata={"help": "Floor ε ∈ [0, 1] of the off-diagonal trace weights (Eq. 17–18); 0 disables it."},
+    )
+    adv_clamp_min: float | None = field(
+        default=None,
+        metadata={"help": "Advantages below this are raised to it (Alg. 1–2; −0.1 in Table 2); null disables it."},
+    )
+    weight_clamp_fn: Literal["sigmoid", "tanh"] = field(
+        default="sigmoid",
+        metadata={"help": "Soft clamp f of ε-weight (Alg. 2): 'sigmoid' = 1 + σ(log π − 1), 'tanh' = 1 + tanh(log π − 1)."},
+    )
+
+    use_bias_correction_kl: bool = field(
+        default=False,
+        metadata={
+            "help": "Multiply the k3 KL term by πθ/πold (TRL's default since DeepSeek-V3.2). Off here: the paper's "
+            "objective adds β·k3 unweighted (§2, Alg. 1–2). Not available with eps_trace, whose ratio is the traced one."
+        },
+    )
+
+    def __post_init__(self):
+        self._check_grpo_lambda_fields()
+        super().__post_init__()
+
+    def _check_grpo_lambda_fields(self) -> None:
+        def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}.")
+
+        choice("loss_variant", self.loss_variant, LOSS_VARIANTS)
+        choice("trace_style", self.trace_style, TRACE_STYLES)
+        choice("weight_clamp_fn", self.weight_clamp_fn, WEIGHT_CLAMP_FNS)
+        if not 0.0 <= self.trace_lambda <= 1.0:
+            raise ValueError(f"trace_lambda={self.trace_lambda} is outside [0, 1]; the paper uses 0.98 or 0.99.")
+        if not 0.0 < self.trace_gamma <= 1.0:
+            raise ValueError(f"trace_gamma={self.trace_gamma} is outside (0, 1]; use 1.0 for undiscounted traces.")
+        if not 0.0 <= self.trace_floor <= 1.0:
+            raise ValueError(f"trace_floor={self.trace_floor} is outside [0, 1]; use 0.0 to disable the floor.")
+        if self.adv_clamp_min is not None and self.adv_clamp_min > 0:
+            raise ValueError(f"adv_clamp_min={self.adv_clamp_min} would make every advantage positive; use −0.1 or null.")
+        if self.loss_variant == "grpo":
+            return
+        if self.use_liger_kernel:
+            raise ValueError(
+                f"use_liger_kernel=True replaces the model's loss path, which would bypass loss_variant="
+                f"{self.loss_variant!r}. Set use_liger_kernel=false or loss_variant=grpo."
+            )
+        if self.loss_type not in TRACE_LOSS_TYPES:
+            raise ValueError(
+                f"loss_type={self.loss_type!r} does not clip a per-token ratio, so loss_variant={self.loss_variant!r} "
+                f"is undefined for it. Set loss_type to one of {', '.join(TRACE_LOSS_TYPES)} or loss_variant=grpo."
+            )
+        if self.loss_variant == "eps_trace" and self.use_bias_correction_kl:
+            raise ValueError(
+                "use_bias_correction_kl=True would weight the KL term by the traced ratio of Eq. 2, not by πθ/πold. "
+                "Set use_bias_correction_kl=false (the paper's plain k3 KL) or loss_variant=grpo/eps_weight."
+            )
+        if self.importance_sampling_level != "token":
+            raise ValueError(
+                f"importance_sampling_level={self.importance_sampling_level!r} averages the ratio over the sequence, "
+                f"which removes the per-token traces. Set importance_sampling_level=token or loss_variant=grpo."
+            )
+
+
+@dataclass
+class GRPOScriptArguments(ScriptArguments):
+    """What to train on and how to score it (TRL's `ScriptArguments` plus rewards and the built-in task)."""
+
+    dataset_name: str | None = field(
+        default="arithmetic",
+        metadata={
+            "help": "'arithmetic' (built-in, generated offline), a `save_to_disk` folder, or a Hub dataset id."
+        },
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={"help": "Reward functions, from: accuracy, format (weights in `reward_weights`)."},
+    )
+    system_prompt: str | None = field(
+        default="Please reason step by step, and put your final answer within \\boxed{}.",
+        metadata={"help": "System message of every prompt (the qwen_math template's); null for none."},
+    )
+    arithmetic_train_size: int = field(
+        default=2000, metadata={"help": "Number of training problems of the built-in arithmetic task."}
+    )
+    arithmetic_test_size: int = field(
+        default=200, metadata={"help": "Number of held-out problems of the built-in arithmetic task."}
+    )
+    arithmetic_seed: int = field(default=0, metadata={"help": "Seed of the built-in arithmetic task generator."})
+    arithmetic_level: Literal["one_step", "two_step"] = field(
+        default="one_step", metadata={"help": "Difficulty of the built-in arithmetic task: one_step or two_step."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training prompts (null keeps all)."}
+    )
+
+
+CONFIG_ERROR = "grpo_lambda: configuration error:"
+
+
+class OneLineErrorParser(TrlParser):
+    """TrlParser whose errors are one line, not argparse's full usage of a few hundred TrainingArguments."""
+
+    def error(self, message: str):
+        raise SystemExit(f"{CONFIG_ERROR} {message}")
+
+
+def parse_grpo_args(argv: list[str] | None = None) -> tuple[GRPOScriptArguments, GRPOLambdaConfig, ModelConfig]:
+    """Parse `--config recipe.yaml` plus command-line overrides; a bad value or unknown key exits with one line."""
+    parser = OneLineErrorParser((GRPOScriptArguments, GRPOLambdaConfig, ModelConfig))
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except (ValueError, TypeError) as error:
+        message = " ".join(str(error).split())
+        raise SystemExit(f"{CONFIG_ERROR} {message}") from None

@@ -1,0 +1,107 @@
+"""GRPO / GRPO-λ training entry point (open-r1's `grpo.py` shape).
+
+    accelerate launch --config_file recipes/accelerate_configs/zero2.yaml -m grpo_lambda.grpo \
+        --config recipes/<model>/grpo/config_<tag>.yaml [--trace_lambda 0.98 ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, get_peft_config
+
+from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
+from grpo_lambda.data import load_problem_dataset, to_prompts
+from grpo_lambda.models import resolve_model
+from grpo_lambda.rewards import get_reward_funcs
+from grpo_lambda.trainer import GRPOLambdaTrainer
+
+logger = logging.getLogger(__name__)
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Appends every log record (reward, kl, trace/…, completion lengths) to `<output_dir>/metrics.jsonl`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as stream:
+                stream.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def _load_datasets(script_args: GRPOScriptArguments):
+    arithmetic = dict(
+        train_size=script_args.arithmetic_train_size,
+        test_size=script_args.arithmetic_test_size,
+        seed=script_args.arithmetic_seed,
+        level=script_args.arithmetic_level,
+    )
+    name, config = script_args.dataset_name, script_args.dataset_config
+    train = load_problem_dataset(name, script_args.dataset_train_split, config, **arithmetic)
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    return to_prompts(train, script_args.system_prompt)
+
+
+def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, model_args: ModelConfig):
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    set_seed(training_args.seed)
+
+    model_path = resolve_model(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    train_dataset = _load_datasets(script_args)
+
+    trainer = GRPOLambdaTrainer(
+        model=model,
+        reward_funcs=get_reward_funcs(script_args.reward_funcs),
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl")],
+    )
+    logger.info(
+        "loss_variant=%s trace_style=%s trace_lambda=%s trace_gamma=%s adv_clamp_min=%s loss_type=%s",
+        training_args.loss_variant,
+        training_args.trace_style,
+        training_args.trace_lambda,
+        training_args.trace_gamma,
+        training_args.adv_clamp_min,
+        training_args.loss_type,
+    )
+
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(training_args.output_dir):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    trainer.save_model(training_args.output_dir)
+    logger.info("model saved to %s", training_args.output_dir)
+
+
+if __name__ == "__main__":
+    main(*parse_grpo_args())

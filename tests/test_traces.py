@@ -1,0 +1,155 @@
+"""traced_sum / trace_matrix against the paper's definitions (Eq. 2, Eq. 17–18) and their stated limits."""
+
+import itertools
+
+import pytest
+import torch
+
+from grpo_lambda.traces import discounted_cumsum, trace_matrix, traced_sum
+
+LAMBDAS = [0.0, 0.5, 0.98, 0.99, 1.0]
+
+
+def tr_reference(t: int, lag: int, gamma: float, lam: float, style: str, floor: float) -> float:
+    """tr(t, l) written straight from Eq. 2 / Eq. 17–18, in Python floats."""
+    if lag == 0:
+        return 1.0
+    a = gamma * lam
+    weight = a**lag if style == "recent" else max(a**lag, a ** (t - lag))
+    return max(floor, weight)
+
+
+@pytest.mark.parametrize("style", ["recent", "both"])
+@pytest.mark.parametrize("lam", LAMBDAS)
+@pytest.mark.parametrize("gamma,floor", [(1.0, 0.0), (0.9, 0.0), (1.0, 0.05), (0.95, 0.3)])
+def test_trace_matrix_matches_equation(style, lam, gamma, floor):
+    length = 23
+    matrix = trace_matrix(length, gamma, lam, style, floor)
+    assert matrix.dtype == torch.float64 and matrix.shape == (length, length)
+    for t, k in itertools.product(range(length), repeat=2):
+        expected = tr_reference(t, t - k, gamma, lam, style, floor) if k <= t else 0.0
+        assert matrix[t, k].item() == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+def test_trace_matrix_limits():
+    eye = torch.eye(6, dtype=torch.float64)
+    assert torch.equal(trace_matrix(6, 1.0, 0.0, "recent"), eye)  # λ = 0: GRPO, each token only itself
+    assert torch.equal(trace_matrix(6, 1.0, 1.0, "recent"), torch.tril(torch.ones(6, 6, dtype=torch.float64)))
+    both = trace_matrix(6, 1.0, 0.0, "both")  # (γλ)^0 = 1 keeps the first token in every row
+    expected = eye.clone()
+    expected[:, 0] = 1.0
+    assert torch.equal(both, expected)
+
+
+def test_hand_computed_example():
+    # a = γλ = 0.5, T = 3.  recent row 2: v2 + 0.5 v1 + 0.25 v0.
+    # both row 2: k=0 → max(0.5², 0.5⁰) = 1; k=1 → max(0.5¹, 0.5¹) = 0.5; k=2 → 1.
+    values = torch.tensor([[4.0, 2.0, 1.0]], dtype=torch.float64)
+    mask = torch.ones_like(values)
+    recent = traced_sum(values, mask, 1.0, 0.5, "recent")
+    both = traced_sum(values, mask, 1.0, 0.5, "both")
+    assert recent.tolist() == [[4.0, 2.0 + 2.0, 1.0 + 1.0 + 1.0]]
+    assert both.tolist() == [[4.0, 2.0 + 4.0, 1.0 + 1.0 + 4.0]]
+
+
+CASES = [
+    (batch, length, lam, gamma, style, floor, seed)
+    for (batch, length), lam, (gamma, floor), style, seed in itertools.product(
+        [(1, 1), (3, 2), (2, 63), (4, 64), (2, 65), (3, 300)],
+        LAMBDAS,
+        [(1.0, 0.0), (0.97, 0.0), (1.0, 1e-3), (0.9, 0.2), (1.0, 1.0)],
+        ["recent", "both"],
+        [0],
+    )
+] + [(2, 4096, lam, 1.0, style, floor, 1) for lam in LAMBDAS for style in ["recent", "both"] for floor in (0.0, 0.01)]
+
+
+@pytest.mark.parametrize("batch,length,lam,gamma,style,floor,seed", CASES)
+def test_traced_sum_matches_dense_matrix(batch, length, lam, gamma, style, floor, seed):
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(batch, length, dtype=torch.float64, generator=generator)
+    mask = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
+    dense = (values * mask) @ trace_matrix(length, gamma, lam, style, floor).T
+    fast = traced_sum(values, mask, gamma, lam, style, floor)
+    torch.testing.assert_close(fast, dense, rtol=1e-9, atol=1e-9 * dense.abs().max().item())
+
+
+def test_float32_input_keeps_dtype_and_precision():
+    values = torch.randn(2, 2000)
+    mask = torch.ones(2, 2000)
+    dense = values.double() @ trace_matrix(2000, 1.0, 0.99, "both").T
+    out = traced_sum(values, mask, 1.0, 0.99, "both")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), dense, rtol=1e-6, atol=1e-5)
+
+
+def test_long_sequences_do_not_overflow():
+    # (γλ)^(−t) forms overflow float64 near t ≈ 70 000 at λ = 0.99; the scan uses only non-negative powers.
+    length = 100_000
+    values = torch.ones(1, length, dtype=torch.float64)
+    mask = torch.ones_like(values)
+    recent = traced_sum(values, mask, 1.0, 0.99, "recent")
+    assert torch.isfinite(recent).all()
+    t = torch.arange(length, dtype=torch.float64)
+    torch.testing.assert_close(recent[0], (1 - 0.99 ** (t + 1)) / (1 - 0.99), rtol=1e-9, atol=1e-9)
+    both = traced_sum(values, mask, 1.0, 0.99, "both")
+    assert torch.isfinite(both).all() and (both >= recent).all()
+
+
+def test_discounted_cumsum_is_the_recursion():
+    values = torch.randn(3, 777, dtype=torch.float64)
+    expected = torch.empty_like(values)
+    running = torch.zeros(3, dtype=torch.float64)
+    for t in range(values.shape[1]):  # ε_t = a ε_{t−1} + v_t (Eq. 15)
+        running = 0.93 * running + values[:, t]
+        expected[:, t] = running
+    torch.testing.assert_close(discounted_cumsum(values, 0.93, chunk_size=16), expected)
+    torch.testing.assert_close(discounted_cumsum(values, 0.93), expected)
+
+
+@pytest.mark.parametrize("style", ["recent", "both"])
+def test_padding_changes_nothing_and_masked_tokens_get_no_gradient(style):
+    values = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(3, 40, dtype=torch.float64)
+    mask[0, 30:] = 0
+    mask[1, 5] = 0
+    out = traced_sum(values, mask, 1.0, 0.98, style, 0.01)
+    (out * mask).sum().backward()
+    assert torch.all(values.grad[mask == 0] == 0)
+    assert torch.all(values.grad[mask == 1] != 0)
+
+    padded = torch.cat([values.detach(), torch.randn(3, 25, dtype=torch.float64) * 1e6], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(3, 25, dtype=torch.float64)], dim=1)
+    out_padded = traced_sum(padded, padded_mask, 1.0, 0.98, style, 0.01)
+    torch.testing.assert_close(out_padded[:, :40], out.detach())
+
+
+def test_nan_in_masked_positions_does_not_leak():
+    values = torch.tensor([[1.0, float("nan"), 2.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
+    assert torch.isfinite(traced_sum(values, mask, 1.0, 0.5, "both")).all()
+
+
+def test_permuting_the_batch_permutes_the_result():
+    values = torch.randn(5, 50, dtype=torch.float64)
+    mask = (torch.rand(5, 50) > 0.3).double()
+    order = torch.randperm(5)
+    out = traced_sum(values, mask, 1.0, 0.99, "both")
+    torch.testing.assert_close(traced_sum(values[order], mask[order], 1.0, 0.99, "both"), out[order])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(gamma=1.0, lam=1.5, style="recent"), "trace_lambda"),
+        (dict(gamma=1.0, lam=-0.1, style="recent"), "trace_lambda"),
+        (dict(gamma=0.0, lam=0.5, style="recent"), "trace_gamma"),
+        (dict(gamma=1.0, lam=0.5, style="forward"), "style"),
+        (dict(gamma=1.0, lam=0.5, style="both", floor=2.0), "trace_floor"),
+    ],
+)
+def test_bad_parameters_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        trace_matrix(4, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        traced_sum(torch.zeros(1, 4), torch.ones(1, 4), **kwargs)
