@@ -4,10 +4,17 @@ import itertools
 
 import pytest
 import torch
-from trainer_utils import MAX_COMPLETION, completion_logps, loss_and_grads, make_batch, make_trainer, with_reference_logps
 
 from grpo_lambda.loss import soft_clamp_log_probs
 from grpo_lambda.traces import trace_matrix
+from trainer_utils import (
+    MAX_COMPLETION,
+    completion_logps,
+    loss_and_grads,
+    make_batch,
+    make_trainer,
+    with_reference_logps,
+)
 
 LOSS_TYPES = ["grpo", "dr_grpo", "dapo", "bnpo"]
 EPSILON = 0.2
@@ -24,7 +31,9 @@ def assert_same(loss_a, grads_a, loss_b, grads_b, rtol=1e-9):
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=max(rtol, 1e-7), atol=max(rtol, 1e-7) * scale)
 
 
-def reference_loss(trainer, batch, variant, loss_type, beta, lam=0.0, style="recent", gamma=1.0, floor=0.0, clamp=None):
+def reference_loss(
+    trainer, batch, variant, loss_type, beta, lam=0.0, style="recent", gamma=1.0, floor=0.0, clamp=None
+):
     """Alg. 1 (eps_trace) / Alg. 2 (eps_weight) / GRPO, with the dense trace matrix and TRL's reductions."""
     logps = completion_logps(trainer, batch)
     mask = batch["completion_mask"].to(torch.float64)
@@ -99,7 +108,9 @@ def test_loss_and_gradients_match_dense_reference(
         trace_style=style, trace_gamma=gamma, trace_floor=floor, adv_clamp_min=clamp,
     )  # fmt: skip
     batch = with_reference_logps(ours, make_batch(ours.model.config.vocab_size, seed=3), old_noise=old_noise)
-    expected = reference_loss_and_grads(ours, batch, variant=variant, loss_type=loss_type, beta=beta, clamp=clamp, **trace)
+    expected = reference_loss_and_grads(
+        ours, batch, variant=variant, loss_type=loss_type, beta=beta, clamp=clamp, **trace
+    )
     assert_same(*loss_and_grads(ours, batch), *expected, rtol=1e-6)
 
 
@@ -123,7 +134,7 @@ def test_on_policy_gradient_is_theorem_1(tiny_model_dir, tmp_path, loss_type):
         length = int(mask[i].sum())
         norm = length * logps.shape[0] if loss_type == "grpo" else int(mask.sum())
         for t in range(length):
-            trace = sum((gamma * lam) ** l * logps[i, t - l] for l in range(t + 1))
+            trace = sum((gamma * lam) ** lag * logps[i, t - lag] for lag in range(t + 1))
             objective = objective + batch["advantages"][i] * trace / norm
     (-objective).backward()
     for name, p in ours.model.named_parameters():

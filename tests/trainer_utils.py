@@ -48,7 +48,9 @@ def make_trainer(model_dir, output_dir, lambda_trainer: bool, **overrides):
     return trainer
 
 
-def make_batch(vocab_size: int, seed: int = 0, batch: int = 4, prompt_len: int = 5, completion_len: int = MAX_COMPLETION):
+def make_batch(
+    vocab_size: int, seed: int = 0, batch: int = 4, prompt_len: int = 5, completion_len: int = MAX_COMPLETION
+):
     """Right-padded completions of different lengths, group-normalised advantages of both signs."""
     generator = torch.Generator().manual_seed(seed)
     prompt_ids = torch.randint(3, vocab_size, (batch, prompt_len), generator=generator)
@@ -94,5 +96,7 @@ def with_reference_logps(trainer, batch, beta_noise_seed=1, old_noise=0.0):
     generator = torch.Generator().manual_seed(beta_noise_seed)
     batch["ref_per_token_logps"] = logps + 0.05 * torch.randn(logps.shape, generator=generator, dtype=logps.dtype)
     if old_noise:
-        batch["old_per_token_logps"] = logps + old_noise * torch.randn(logps.shape, generator=generator, dtype=logps.dtype)
+        batch["old_per_token_logps"] = logps + old_noise * torch.randn(
+            logps.shape, generator=generator, dtype=logps.dtype
+        )
     return batch

@@ -45,7 +45,9 @@ class GRPOLambdaConfig(GRPOConfig):
     )
     weight_clamp_fn: Literal["sigmoid", "tanh"] = field(
         default="sigmoid",
-        metadata={"help": "Soft clamp f of ε-weight (Alg. 2): 'sigmoid' = 1 + σ(log π − 1), 'tanh' = 1 + tanh(log π − 1)."},
+        metadata={
+            "help": "Soft clamp f of ε-weight (Alg. 2): 'sigmoid' = 1 + σ(log π − 1), 'tanh' = 1 + tanh(log π − 1)."
+        },
     )
 
     use_bias_correction_kl: bool = field(
@@ -75,7 +77,9 @@ class GRPOLambdaConfig(GRPOConfig):
         if not 0.0 <= self.trace_floor <= 1.0:
             raise ValueError(f"trace_floor={self.trace_floor} is outside [0, 1]; use 0.0 to disable the floor.")
         if self.adv_clamp_min is not None and self.adv_clamp_min > 0:
-            raise ValueError(f"adv_clamp_min={self.adv_clamp_min} would make every advantage positive; use −0.1 or null.")
+            raise ValueError(
+                f"adv_clamp_min={self.adv_clamp_min} would make every advantage positive; use −0.1 or null."
+            )
         if self.loss_variant == "grpo":
             return
         if self.use_liger_kernel:
@@ -93,6 +97,11 @@ class GRPOLambdaConfig(GRPOConfig):
                 "use_bias_correction_kl=True would weight the KL term by the traced ratio of Eq. 2, not by πθ/πold. "
                 "Set use_bias_correction_kl=false (the paper's plain k3 KL) or loss_variant=grpo/eps_weight."
             )
+        if self.loss_variant == "eps_trace" and self.off_policy_mask_threshold is not None:
+            raise ValueError(
+                "off_policy_mask_threshold measures policy drift from the log-probabilities that ε-trace replaces by "
+                "traced ones. Set off_policy_mask_threshold=null or loss_variant=grpo/eps_weight."
+            )
         if self.importance_sampling_level != "token":
             raise ValueError(
                 f"importance_sampling_level={self.importance_sampling_level!r} averages the ratio over the sequence, "
@@ -106,9 +115,7 @@ class GRPOScriptArguments(ScriptArguments):
 
     dataset_name: str | None = field(
         default="arithmetic",
-        metadata={
-            "help": "'arithmetic' (built-in, generated offline), a `save_to_disk` folder, or a Hub dataset id."
-        },
+        metadata={"help": "'arithmetic' (built-in, generated offline), a `save_to_disk` folder, or a Hub dataset id."},
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy", "format"],

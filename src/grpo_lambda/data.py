@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import random
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 
 PROBLEM_COLUMNS = ("problem", "question", "prompt", "input")
 ANSWER_COLUMNS = ("answer", "gt_answer", "solution", "final_answer")
+ANSWER_SEPARATOR = "\n"  # between acceptable gold answers (MinervaMath, OlympiadBench give lists)
+_SCHEMA = Features({"problem": Value("string"), "answer": Value("string")})
 
 _NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kira", "Liam")
 _ITEMS = ("apples", "marbles", "stickers", "books", "coins", "shells", "pencils", "cards")
@@ -82,9 +84,10 @@ def _pick_column(dataset: Dataset, candidates: tuple[str, ...], what: str, sourc
 
 
 def _gold_answer(value) -> str:
-    """Gold answers arrive as str, numbers (AMC's 142.0) or lists of acceptable strings; GSM8K ends in '#### N'."""
+    """Gold answers arrive as str, numbers (AMC's 142.0) or lists of acceptable strings (joined by newlines, which
+    the accuracy reward ORs); GSM8K's worked answers end in '#### N'."""
     if isinstance(value, list):
-        return str(value[0]) if len(value) == 1 else "[" + ", ".join(map(str, value)) + "]"
+        return ANSWER_SEPARATOR.join(str(v) for v in value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     text = str(value)
@@ -95,7 +98,9 @@ def load_problem_dataset(name: str, split: str, config: str | None = None, **ari
     """Load problems + gold answers from 'arithmetic', a `save_to_disk` folder, or a Hub dataset id."""
     if name == "arithmetic":
         size = arithmetic["test_size"] if split == "test" else arithmetic["train_size"]
-        return arithmetic_dataset(size, arithmetic["seed"], "test" if split == "test" else "train", arithmetic["level"])
+        return arithmetic_dataset(
+            size, arithmetic["seed"], "test" if split == "test" else "train", arithmetic["level"]
+        )
     if os.path.isdir(name):
         loaded = load_from_disk(name)
     else:
@@ -108,7 +113,8 @@ def load_problem_dataset(name: str, split: str, config: str | None = None, **ari
     answer = _pick_column(loaded, ANSWER_COLUMNS, "answer", name)
     return loaded.map(
         lambda row: {"problem": row[problem], "answer": _gold_answer(row[answer])},
-        remove_columns=[c for c in loaded.column_names if c not in ("problem", "answer")],
+        remove_columns=loaded.column_names,
+        features=_SCHEMA,
     )
 
 

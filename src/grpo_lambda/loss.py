@@ -67,7 +67,9 @@ def eligibility_trace_log_ratio(
 def soft_clamp_log_probs(per_token_logps: torch.Tensor, fn: WeightClampFn = "sigmoid") -> torch.Tensor:
     """f(log π) of Alg. 2: 1 + σ(log π − 1) (the paper's choice), or 1 + tanh(log π − 1) (its stated alternative).
 
-    Both are positive for every log π ≤ 0; sigmoid gives values in (1, 1 + σ(−1)] ≈ (1, 1.269].
+    For log π ≤ 0, sigmoid gives values in (1, 1 + σ(−1)] ≈ (1, 1.269] and tanh in (0, 1 − tanh(1)] ≈ (0, 0.238]
+    (0 in floating point for very unlikely tokens). Non-negative weights keep ε-weight a weighting of GRPO's
+    clipped term: w·(−min(rA, clip(r)A)) = −min(r·Aw, clip(r)·Aw) for w ≥ 0.
     """
     if fn == "sigmoid":
         return 1.0 + torch.sigmoid(per_token_logps - 1.0)
@@ -92,12 +94,14 @@ def eps_weight_trace_weights(
         per_token_logps: [B, T] log-probabilities of the sampled tokens under the policy that generated them.
         mask: [B, T] completion mask; padded tokens add nothing.
     Returns:
-        [B, T] positive weights (no gradient).
+        [B, T] non-negative weights (no gradient); ≥ 1 with the sigmoid clamp.
     """
     return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, gamma, lam, style, floor)
 
 
-def credit_weights(mask: torch.Tensor, gamma: float, lam: float, style: TraceStyle, floor: float = 0.0) -> torch.Tensor:
+def credit_weights(
+    mask: torch.Tensor, gamma: float, lam: float, style: TraceStyle, floor: float = 0.0
+) -> torch.Tensor:
     """Forward view of the traces: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k) for each real token k.
 
     On-policy, ε-trace's gradient is GRPO's with token k's advantage multiplied by c_k (regroup Theorem 1's double

@@ -78,7 +78,9 @@ def resolve_model(name_or_path: str) -> str:
     if not name_or_path.startswith(EMBEDDED_PREFIX):
         return name_or_path
     if name_or_path != EMBEDDED_SMOLLM2:
-        raise SystemExit(f"grpo_lambda: unknown embedded model {name_or_path!r}; the one available is {EMBEDDED_SMOLLM2}.")
+        raise SystemExit(
+            f"grpo_lambda: unknown embedded model {name_or_path!r}; the one available is {EMBEDDED_SMOLLM2}."
+        )
     target = cache_dir() / "SmolLM2-135M-Instruct-Q4_1"
     if not (target / "config.json").exists():
         convert_smollm2(target)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from math_verify import parse, verify
 
+from .data import ANSWER_SEPARATOR
+
 _BOXED = re.compile(r"\\boxed\{.+\}", re.DOTALL)
 
 
@@ -27,12 +29,13 @@ def parse_gold(answer: str) -> list:
 
 
 def accuracy_reward(completions: list, answer: list[str], **kwargs) -> list[float]:
-    """1.0 if the completion's final answer (its \\boxed{} first, else its last expression) equals the gold one
-    under math-verify, else 0.0."""
+    """1.0 if the completion's final answer (its \\boxed{} first, else its last expression) equals a gold one
+    under math-verify, else 0.0. Several acceptable gold answers come one per line."""
     rewards = []
     for completion, gold in zip(completions, answer, strict=True):
         predicted = parse(completion_text(completion), extraction_mode="first_match")
-        rewards.append(float(bool(predicted) and verify(parse_gold(str(gold)), predicted)))
+        correct = bool(predicted) and any(verify(parse_gold(g), predicted) for g in str(gold).split(ANSWER_SEPARATOR))
+        rewards.append(float(correct))
     return rewards
 
 

@@ -1,0 +1,97 @@
+"""Recipes parse with the real parser; bad settings stop at start-up with one clear line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from grpo_lambda.configs import CONFIG_ERROR, GRPOLambdaConfig, parse_grpo_args
+
+TRAINING_RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("config_*.yaml"))
+
+
+def test_recipes_are_found_recursively():
+    assert len(TRAINING_RECIPES) >= 2
+    assert all("accelerate_configs" not in p.parts for p in TRAINING_RECIPES)
+
+
+@pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_recipe_parses(recipe):
+    text = recipe.read_text()
+    assert text.startswith("#") and "Launch:" in text, "a recipe opens with what it is and how to launch it"
+    script_args, training_args, model_args = parse_grpo_args(["--config", str(recipe)])
+    assert model_args.model_name_or_path and script_args.dataset_name
+    assert isinstance(training_args, GRPOLambdaConfig)
+
+
+@pytest.mark.parametrize(
+    "accelerate_config", sorted((REPO_ROOT / "recipes" / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_accelerate_configs_are_yaml_mappings(accelerate_config):
+    config = yaml.safe_load(accelerate_config.read_text())
+    assert {"distributed_type", "num_processes"} <= config.keys()
+
+
+BAD_SETTINGS = [
+    ({"trace_lambda": 1.5}, "trace_lambda"),
+    ({"trace_lambda": -0.5}, "trace_lambda"),
+    ({"trace_gamma": 0.0}, "trace_gamma"),
+    ({"trace_floor": 3.0}, "trace_floor"),
+    ({"trace_style": "forward"}, "trace_style"),
+    ({"loss_variant": "eps_magic"}, "loss_variant"),
+    ({"weight_clamp_fn": "relu"}, "weight_clamp_fn"),
+    ({"adv_clamp_min": 0.5}, "adv_clamp_min"),
+    ({"trace_lambdaa": 0.9}, "trace_lambdaa"),  # a typo: unknown key
+    ({"use_liger_kernel": True}, "use_liger_kernel"),
+    ({"loss_type": "cispo"}, "loss_type"),
+    ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
+    ({"use_bias_correction_kl": True}, "use_bias_correction_kl"),
+    ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold"),
+]
+
+
+def write_recipe(tmp_path: Path, **settings) -> Path:
+    recipe = yaml.safe_load((REPO_ROOT / "recipes/default/grpo/config_grpo-lambda.yaml").read_text())
+    recipe.update(settings, output_dir=str(tmp_path / "out"))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize("settings,name", BAD_SETTINGS)
+def test_bad_yaml_fails_with_one_line(tmp_path, settings, name):
+    with pytest.raises(SystemExit) as raised:
+        parse_grpo_args(["--config", str(write_recipe(tmp_path, **settings))])
+    message = str(raised.value.code)
+    assert message.startswith(CONFIG_ERROR) and name in message and "\n" not in message
+
+
+def test_bad_command_line_value_fails_with_one_line(tmp_path):
+    recipe = write_recipe(tmp_path)
+    for argv in (["--trace_style", "sideways"], ["--no_such_flag", "1"], ["--trace_lambda", "2"]):
+        with pytest.raises(SystemExit) as raised:
+            parse_grpo_args(["--config", str(recipe), *argv])
+        message = str(raised.value.code)
+        assert message.startswith(CONFIG_ERROR) and "\n" not in message
+
+
+def test_plain_grpo_accepts_what_grpo_lambda_rejects(tmp_path):
+    recipe = write_recipe(tmp_path, loss_variant="grpo", loss_type="cispo", use_bias_correction_kl=True)
+    _, training_args, _ = parse_grpo_args(["--config", str(recipe)])
+    assert training_args.loss_type == "cispo"
+
+
+def test_entry_point_prints_no_traceback(tmp_path):
+    recipe = write_recipe(tmp_path, trace_lambda=7)
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lambda.grpo", "--config", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(CONFIG_ERROR)

@@ -1,0 +1,130 @@
+"""Real training runs: the trainer on a tiny offline model, and `make train`'s launcher on local folders and on the
+embedded SmolLM2-135M default."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import REPO_ROOT
+from grpo_lambda.configs import GRPOLambdaConfig
+from grpo_lambda.data import arithmetic_dataset, to_prompts
+from grpo_lambda.grpo import JsonlMetricsCallback
+from grpo_lambda.rewards import completion_text
+from grpo_lambda.trainer import GRPOLambdaTrainer
+
+
+def digit_share_reward(completions, **kwargs):
+    """Varies across a group even for a random model, so advantages are non-zero and the policy moves."""
+    texts = [completion_text(c) for c in completions]
+    return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
+
+
+VARIANTS = [
+    dict(loss_variant="grpo"),
+    dict(loss_variant="eps_trace", trace_style="recent"),
+    dict(loss_variant="eps_trace", trace_style="both", adv_clamp_min=-0.1),
+    dict(loss_variant="eps_weight", trace_style="both", adv_clamp_min=-0.1),
+    dict(loss_variant="eps_trace", trace_style="both", num_iterations=2),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(str(x) for x in v.values()))
+def test_training_moves_parameters_logs_metrics_and_saves(tiny_model_dir, tmp_path, variant):
+    output_dir = tmp_path / "run"
+    args = GRPOLambdaConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=12,
+        max_steps=3,
+        learning_rate=1e-2,
+        beta=0.04,
+        trace_lambda=0.99,
+        logging_steps=1,
+        save_steps=3,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        seed=0,
+        **variant,
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = GRPOLambdaTrainer(
+        model=model,
+        reward_funcs=digit_share_reward,
+        args=args,
+        train_dataset=to_prompts(arithmetic_dataset(16, 0), None),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        callbacks=[JsonlMetricsCallback(output_dir / "metrics.jsonl")],
+    )
+    trainer.train()
+
+    moved = [name for name, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[name])]
+    assert moved, "no parameter changed"
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 3
+    assert "reward" in steps[0] and "completions/mean_length" in steps[0]  # logged at each generation
+    for record in steps:
+        assert math.isfinite(record["loss"]) and math.isfinite(record["kl"])
+        if variant["loss_variant"] != "grpo":
+            assert record["trace/credit_weight_mean"] > 1.0
+    assert (output_dir / "checkpoint-3" / "model.safetensors").is_file()
+
+
+def launch(*argv, env=None, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "grpo_lambda.launch", *argv],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_dry_run_resolves_the_default_recipe():
+    result = launch("--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "recipe: recipes/default/grpo/config_grpo-lambda.yaml" in result.stdout
+    assert "accelerate.commands.launch --config_file" in result.stdout and "-m grpo_lambda.grpo" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["grpo", "grpo-lambda"])
+def test_make_train_with_local_model_and_dataset(tiny_model_dir, tmp_path, method):
+    dataset_dir = tmp_path / "problems"
+    arithmetic_dataset(32, 5).save_to_disk(str(dataset_dir))
+    output_dir = tmp_path / "out"
+    flags = (
+        f"--max_steps 2 --save_steps 2 --num_generations 2 --per_device_train_batch_size 4 "
+        f"--max_completion_length 8 --output_dir {output_dir}"
+    )
+    result = launch("--model", str(tiny_model_dir), "--dataset", str(dataset_dir), "--method", method, "--args", flags)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"config_{method}.yaml" in result.stdout
+    assert (output_dir / "checkpoint-2").is_dir() and (output_dir / "model.safetensors").is_file()
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward" in r for r in records)
+    assert any(k.startswith("trace/") for r in records for k in r) == (method == "grpo-lambda")
+
+
+@pytest.mark.slow
+def test_make_train_default_on_embedded_smollm2(tmp_path):
+    """The README's first command: converts the embedded model once, then trains GRPO-λ on CPU."""
+    output_dir = tmp_path / "out"
+    result = launch(
+        "--args", f"--max_steps 1 --save_steps 1 --output_dir {output_dir}",
+        env={"GRPO_LAMBDA_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "converting SmolLM2-135M-Instruct.Q4_1.gguf" in result.stdout + result.stderr
+    assert (output_dir / "checkpoint-1").is_dir()
+    record = json.loads((output_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(record["loss"]) and "trace/credit_weight_mean" in record

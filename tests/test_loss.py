@@ -1,0 +1,67 @@
+"""The per-token pieces of Alg. 1–2 against dense references and their limits."""
+
+import pytest
+import torch
+
+from grpo_lambda.loss import (
+    clamp_negative_advantages,
+    credit_weights,
+    eligibility_trace_log_ratio,
+    eps_weight_trace_weights,
+    soft_clamp_log_probs,
+)
+from grpo_lambda.traces import trace_matrix
+
+
+def test_advantage_clamp():
+    advantages = torch.tensor([-2.0, -0.1, -0.05, 0.0, 1.5])
+    assert clamp_negative_advantages(advantages, -0.1).tolist() == pytest.approx([-0.1, -0.1, -0.05, 0.0, 1.5])
+    assert clamp_negative_advantages(advantages, None) is advantages
+
+
+def test_soft_clamp_values_and_range():
+    logps = torch.tensor([0.0, -1.0, -50.0])
+    sigmoid = soft_clamp_log_probs(logps, "sigmoid")
+    assert sigmoid.tolist() == pytest.approx([1 + 1 / (1 + torch.e), 1.0 + 1 / (1 + torch.e**2), 1.0], abs=1e-6)
+    tanh = soft_clamp_log_probs(logps, "tanh")
+    assert (tanh >= 0).all() and tanh[0].item() == pytest.approx(1 + torch.tanh(torch.tensor(-1.0)).item())
+    with pytest.raises(ValueError, match="weight_clamp_fn"):
+        soft_clamp_log_probs(logps, "relu")
+
+
+@pytest.mark.parametrize("style", ["recent", "both"])
+def test_eps_weight_weights_are_trace_matrix_times_soft_clamp(style):
+    logps = -torch.rand(3, 30, dtype=torch.float64) * 5
+    mask = (torch.rand(3, 30) > 0.2).double()
+    expected = (soft_clamp_log_probs(logps) * mask) @ trace_matrix(30, 1.0, 0.99, style).T
+    weights = eps_weight_trace_weights(logps.requires_grad_(), mask, 1.0, 0.99, style)
+    torch.testing.assert_close(weights, expected.detach())
+    assert not weights.requires_grad and (weights[mask.bool()] >= 1).all()
+
+
+@pytest.mark.parametrize("style,floor", [("recent", 0.0), ("both", 0.0), ("both", 0.05)])
+def test_credit_weights_are_masked_column_sums(style, floor):
+    mask = torch.ones(2, 40, dtype=torch.float64)
+    mask[1, 25:] = 0
+    mask[0, 7] = 0
+    matrix = trace_matrix(40, 0.97, 0.9, style, floor)
+    expected = (mask[:, :, None] * matrix[None]).sum(1) * mask  # Σ_{t ≥ k, mask_t} tr(t, t − k)
+    torch.testing.assert_close(credit_weights(mask, 0.97, 0.9, style, floor), expected)
+
+
+def test_credit_weights_closed_form_for_recent():
+    # Σ_{t=k}^{L−1} a^(t−k) = (1 − a^(L−k)) / (1 − a) for a completion of length L.
+    length, a = 50, 0.99
+    weights = credit_weights(torch.ones(1, length), 1.0, a, "recent")[0]
+    k = torch.arange(length, dtype=torch.float64)
+    torch.testing.assert_close(weights, (1 - a ** (length - k)) / (1 - a))
+
+
+def test_traced_log_ratio_is_zero_on_policy_but_not_its_gradient():
+    logps = torch.randn(2, 10, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 10, dtype=torch.float64)
+    traced = eligibility_trace_log_ratio(logps, logps.detach(), mask, 1.0, 0.5, "recent")
+    assert torch.equal(traced, torch.zeros_like(traced))
+    traced[:, -1].sum().backward()
+    expected = 0.5 ** torch.arange(9, -1, -1, dtype=torch.float64)  # ∂Λ_9/∂log π_k = a^(9−k)
+    torch.testing.assert_close(logps.grad, expected.expand(2, 10))
