@@ -60,7 +60,7 @@ def test_training_moves_parameters_logs_metrics_and_saves(tiny_model_dir, tmp_pa
         model=model,
         reward_funcs=digit_share_reward,
         args=args,
-        train_dataset=to_prompts(arithmetic_dataset(16, 0), None),
+        train_dataset=to_prompts(arithmetic_dataset(16, 0), "no"),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
         callbacks=[JsonlMetricsCallback(output_dir / "metrics.jsonl")],
     )

@@ -201,3 +201,11 @@ def test_trace_metrics_are_logged(tiny_model_dir, tmp_path):
         # c_k averaged over tokens: > 1 once tokens credit earlier ones
         assert metrics["trace/credit_weight_mean"][-1] > 1.0
         assert all(torch.isfinite(torch.tensor(v)).all() for v in metrics.values())
+
+
+def test_max_prompt_length_keeps_the_last_tokens(tiny_model_dir, tmp_path):
+    """Table 2's max prompt length (256) as the paper's TRL applied it: left truncation of the prompt ids."""
+    prompts = [[{"role": "user", "content": "Ava has 3 apples and gets 4 more. How many apples does Ava have now?"}]]
+    full = make_trainer(tiny_model_dir, tmp_path / "full", True)._tokenize_prompts(prompts)[0][0]
+    cut = make_trainer(tiny_model_dir, tmp_path / "cut", True, max_prompt_length=6)._tokenize_prompts(prompts)[0][0]
+    assert len(full) > 6 and list(cut) == list(full[-6:])

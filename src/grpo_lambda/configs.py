@@ -7,7 +7,9 @@ from typing import Literal
 
 from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
 
+from .data import ARITHMETIC_LEVELS
 from .loss import WEIGHT_CLAMP_FNS
+from .templates import check_template
 from .traces import TRACE_STYLES
 
 LOSS_VARIANTS: tuple[str, ...] = ("grpo", "eps_trace", "eps_weight")
@@ -50,6 +52,13 @@ class GRPOLambdaConfig(GRPOConfig):
         },
     )
 
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only the last N prompt tokens, as TRL < 0.20 did with this field (the paper's 256, Table 2); "
+            "null keeps whole prompts."
+        },
+    )
     use_bias_correction_kl: bool = field(
         default=False,
         metadata={
@@ -76,6 +85,10 @@ class GRPOLambdaConfig(GRPOConfig):
             raise ValueError(f"trace_gamma={self.trace_gamma} is outside (0, 1]; use 1.0 for undiscounted traces.")
         if not 0.0 <= self.trace_floor <= 1.0:
             raise ValueError(f"trace_floor={self.trace_floor} is outside [0, 1]; use 0.0 to disable the floor.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(
+                f"max_prompt_length={self.max_prompt_length} must be a positive number of tokens or null."
+            )
         if self.adv_clamp_min is not None and self.adv_clamp_min > 0:
             raise ValueError(
                 f"adv_clamp_min={self.adv_clamp_min} would make every advantage positive; use −0.1 or null."
@@ -121,9 +134,16 @@ class GRPOScriptArguments(ScriptArguments):
         default_factory=lambda: ["accuracy", "format"],
         metadata={"help": "Reward functions, from: accuracy, format (weights in `reward_weights`)."},
     )
-    system_prompt: str | None = field(
-        default="Please reason step by step, and put your final answer within \\boxed{}.",
-        metadata={"help": "System message of every prompt (the qwen_math template's); null for none."},
+    dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "A local copy of `dataset_name` (save_to_disk folder, .jsonl, .json or .parquet)."},
+    )
+    prompt_template: Literal["qwen_math", "r1", "no"] = field(
+        default="no",
+        metadata={"help": "Prompt template and answer extraction: qwen_math (\\boxed{}), r1 (<answer>), no (bare)."},
+    )
+    grading_timeout_s: float = field(
+        default=5.0, metadata={"help": "Time bound per graded answer; a timed-out answer scores 0 and is counted."}
     )
     arithmetic_train_size: int = field(
         default=2000, metadata={"help": "Number of training problems of the built-in arithmetic task."}
@@ -138,6 +158,13 @@ class GRPOScriptArguments(ScriptArguments):
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training prompts (null keeps all)."}
     )
+
+    def __post_init__(self):
+        check_template(self.prompt_template)
+        if self.arithmetic_level not in ARITHMETIC_LEVELS:
+            raise ValueError(
+                f"arithmetic_level={self.arithmetic_level!r} is not one of {', '.join(ARITHMETIC_LEVELS)}."
+            )
 
 
 CONFIG_ERROR = "grpo_lambda: configuration error:"

@@ -1,15 +1,26 @@
-"""Prompt datasets: the built-in arithmetic task and any dataset with a problem and a gold answer.
+"""Training problems: one adapter per source (gsm8k, math12k, math-rl-16k, orz-57k), local copies, and the
+built-in arithmetic task.
 
-Every dataset comes out with two columns: `prompt` (a chat: optional system message + the problem as the user
-turn) and `answer` (the gold final answer as a string), which the reward functions receive as `answer=`.
+Every source comes out as {problem, answer} (strings), then `to_prompts` adds the `prompt` in the chosen template;
+the reward functions receive `answer=`. Rows without a usable problem or answer are dropped and counted in the log.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
+
+from .templates import PromptTemplate, check_template, render_prompt
+
+logger = logging.getLogger(__name__)
 
 PROBLEM_COLUMNS = ("problem", "question", "prompt", "input")
 ANSWER_COLUMNS = ("answer", "gt_answer", "solution", "final_answer")
@@ -73,56 +84,161 @@ def arithmetic_dataset(size: int, seed: int, split: str = "train", level: str = 
     return Dataset.from_dict({"problem": [p for p, _ in rows], "answer": [str(a) for _, a in rows]})
 
 
-def _pick_column(dataset: Dataset, candidates: tuple[str, ...], what: str, source: str) -> str:
+@dataclass(frozen=True)
+class Source:
+    """Where a training set lives on the Hub and how its rows map to (problem, gold answer)."""
+
+    hub_id: str
+    problem: Callable[[dict], Any]
+    answer: Callable[[dict], Any]
+    config: str | None = None
+    split: str = "train"
+    hub_file: str | None = None  # a single JSON file in a Hub dataset repo, read as a list of records
+
+
+def _after_hashes(value):
+    """openai/gsm8k's `answer` is a worked solution ending in '#### N' (N may carry thousands commas); local
+    copies hold N alone."""
+    if not isinstance(value, str) or "####" not in value:
+        return value
+    return value.split("####")[-1].strip().replace(",", "")
+
+
+def _orz_problem(row: dict):
+    turns = row["conversation"]
+    return turns[0].get("value") if turns else None
+
+
+def _orz_answer(row: dict):
+    turns = row["conversation"]
+    truth = turns[1].get("ground_truth") if len(turns) > 1 else None
+    return truth.get("value") if isinstance(truth, dict) else None
+
+
+SOURCES: dict[str, Source] = {
+    "gsm8k": Source("openai/gsm8k", lambda r: r["question"], lambda r: _after_hashes(r["answer"]), config="main"),
+    "math12k": Source("hiyouga/math12k", lambda r: r["problem"], lambda r: r["answer"]),
+    "math-rl-16k": Source(
+        "riddickz/math-rl-16k", lambda r: r["problem"], lambda r: r.get("solution", r.get("answer"))
+    ),
+    "orz-57k": Source("Tonic/OpenReasonerZero", _orz_problem, _orz_answer, hub_file="orz_math_57k_collected.json"),
+}
+
+
+def _pick_column(columns: list[str], candidates: tuple[str, ...], what: str, source: str) -> str:
     for name in candidates:
-        if name in dataset.column_names:
+        if name in columns:
             return name
     raise SystemExit(
         f"grpo_lambda: dataset {source!r} has no {what} column (looked for {', '.join(candidates)}; "
-        f"it has {', '.join(dataset.column_names)})."
+        f"it has {', '.join(columns)})."
     )
 
 
-def _gold_answer(value) -> str:
+def _gold_answer(value) -> str | None:
     """Gold answers arrive as str, numbers (AMC's 142.0) or lists of acceptable strings (joined by newlines, which
-    the accuracy reward ORs); GSM8K's worked answers end in '#### N'."""
+    the accuracy reward ORs). None, empty strings and empty lists are unusable."""
     if isinstance(value, list):
-        return ANSWER_SEPARATOR.join(str(v) for v in value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = str(value)
-    return text.split("####")[-1].strip() if "####" in text else text
+        value = ANSWER_SEPARATOR.join(str(v).strip() for v in value if v is not None and str(v).strip())
+    elif isinstance(value, float) and value.is_integer():
+        value = str(int(value))
+    text = "" if value is None else str(value).strip()
+    return text or None
 
 
-def load_problem_dataset(name: str, split: str, config: str | None = None, **arithmetic) -> Dataset:
-    """Load problems + gold answers from 'arithmetic', a `save_to_disk` folder, or a Hub dataset id."""
+def _read_records(path: Path) -> Dataset | DatasetDict:
+    """A local copy: a `save_to_disk` folder, .jsonl, .json (a list of records, or ORZ's list of two-turn lists),
+    or .parquet."""
+    if path.is_dir():
+        return load_from_disk(str(path))
+    if path.suffix == ".parquet":
+        return Dataset.from_parquet(str(path))
+    if path.suffix == ".jsonl":
+        with path.open() as stream:
+            return Dataset.from_list([json.loads(line) for line in stream if line.strip()])
+    if path.suffix == ".json":
+        records = json.loads(path.read_text())
+        if records and isinstance(records[0], list):  # ORZ: [[{from: human, value}, {from: assistant, ground_truth}]]
+            return Dataset.from_dict({"conversation": records})
+        return Dataset.from_list(records)
+    raise SystemExit(f"grpo_lambda: cannot read {path}: expected a save_to_disk folder, .jsonl, .json or .parquet.")
+
+
+def _adapt(rows: Dataset, source_name: str, source: Source | None) -> Dataset:
+    """Map rows to the one schema {problem, answer}; rows without a usable problem or answer are dropped and
+    counted in the log."""
+    if source is not None and _accessors_work(rows, source):
+        get_problem, get_answer = source.problem, source.answer
+    else:  # a local copy already reduced to problem/answer columns, or an unnamed dataset
+        problem_column = _pick_column(rows.column_names, PROBLEM_COLUMNS, "problem", source_name)
+        answer_column = _pick_column(rows.column_names, ANSWER_COLUMNS, "answer", source_name)
+
+        def get_problem(row):
+            return row[problem_column]
+
+        def get_answer(row):
+            return _after_hashes(row[answer_column])
+
+    def convert(row):
+        problem = get_problem(row)
+        return {
+            "problem": "" if problem is None else str(problem).strip(),
+            "answer": _gold_answer(get_answer(row)) or "",
+        }
+
+    adapted = rows.map(convert, remove_columns=rows.column_names, features=_SCHEMA)
+    usable = adapted.filter(lambda row: bool(row["problem"]) and bool(row["answer"]))
+    skipped = len(adapted) - len(usable)
+    if skipped:
+        logger.warning(
+            "%s: skipped %d of %d rows without a usable problem or answer", source_name, skipped, len(adapted)
+        )
+    return usable
+
+
+def _accessors_work(rows: Dataset, source: Source) -> bool:
+    """Whether a source's own layout fits these rows (a local copy may already be reduced to problem/answer)."""
+    if len(rows) == 0:
+        return False
+    try:
+        source.problem(rows[0])
+        source.answer(rows[0])
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return True
+
+
+def load_problem_dataset(
+    name: str, split: str = "train", config: str | None = None, path: str | None = None, **arithmetic
+) -> Dataset:
+    """Problems + gold answers from a named source (gsm8k, math12k, math-rl-16k, orz-57k, arithmetic), a local
+    copy (`path`, or `name` itself when it is a file or folder), or any Hub dataset with problem/answer columns."""
     if name == "arithmetic":
         size = arithmetic["test_size"] if split == "test" else arithmetic["train_size"]
         return arithmetic_dataset(
             size, arithmetic["seed"], "test" if split == "test" else "train", arithmetic["level"]
         )
-    if os.path.isdir(name):
-        loaded = load_from_disk(name)
+    source = SOURCES.get(name)
+    local = Path(path) if path else (Path(name) if os.path.exists(name) else None)
+    if local is not None:
+        loaded = _read_records(local)
+    elif source is not None and source.hub_file is not None:
+        from huggingface_hub import hf_hub_download
+
+        file = hf_hub_download(source.hub_id, source.hub_file, repo_type="dataset")
+        loaded = _read_records(Path(file))
+    elif source is not None:
+        loaded = load_dataset(source.hub_id, source.config)
     else:
         loaded = load_dataset(name, config)
     if isinstance(loaded, DatasetDict):
         if split not in loaded:
             raise SystemExit(f"grpo_lambda: dataset {name!r} has no split {split!r} (it has {', '.join(loaded)}).")
         loaded = loaded[split]
-    problem = _pick_column(loaded, PROBLEM_COLUMNS, "problem", name)
-    answer = _pick_column(loaded, ANSWER_COLUMNS, "answer", name)
-    return loaded.map(
-        lambda row: {"problem": row[problem], "answer": _gold_answer(row[answer])},
-        remove_columns=loaded.column_names,
-        features=_SCHEMA,
-    )
+    return _adapt(loaded, name, source)
 
 
-def to_prompts(dataset: Dataset, system_prompt: str | None) -> Dataset:
-    """Render each problem as a chat prompt (system message + user turn), keeping `answer` for the rewards."""
-
-    def render(row):
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        return {"prompt": [*messages, {"role": "user", "content": row["problem"]}]}
-
-    return dataset.map(render)
+def to_prompts(dataset: Dataset, template: PromptTemplate) -> Dataset:
+    """Render each problem in the prompt template (templates.render_prompt), keeping `answer` for the rewards."""
+    check_template(template)
+    return dataset.map(lambda row: {"prompt": render_prompt(row["problem"], template)})

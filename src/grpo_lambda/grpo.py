@@ -45,11 +45,16 @@ def _load_datasets(script_args: GRPOScriptArguments):
         seed=script_args.arithmetic_seed,
         level=script_args.arithmetic_level,
     )
-    name, config = script_args.dataset_name, script_args.dataset_config
-    train = load_problem_dataset(name, script_args.dataset_train_split, config, **arithmetic)
+    train = load_problem_dataset(
+        script_args.dataset_name,
+        script_args.dataset_train_split,
+        script_args.dataset_config,
+        path=script_args.dataset_path,
+        **arithmetic,
+    )
     if script_args.max_train_samples is not None:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
-    return to_prompts(train, script_args.system_prompt)
+    return to_prompts(train, script_args.prompt_template)
 
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, model_args: ModelConfig):
@@ -73,7 +78,9 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
 
     trainer = GRPOLambdaTrainer(
         model=model,
-        reward_funcs=get_reward_funcs(script_args.reward_funcs),
+        reward_funcs=get_reward_funcs(
+            script_args.reward_funcs, script_args.prompt_template, script_args.grading_timeout_s
+        ),
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,

@@ -1,54 +1,71 @@
-"""Verifiable rewards (§2: r_T = 1 for a correct final answer, 0 otherwise) and the format reward of Table 2.
+"""Verifiable rewards (§2: r_T = 1 for a correct final answer, 0 otherwise) and the format reward (weight 0.0 in
+the paper's runs, Table 2), registered by name as in open-r1.
 
-Each function follows TRL's reward signature: `(completions, **dataset_columns) -> list[float]`.
+Each reward follows TRL's signature `(completions, **dataset_columns) -> list[float]`; the gold answers come in the
+dataset's `answer` column (several acceptable answers one per line). Where the answer is read depends on the
+prompt template (see templates.extract_answer).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-from math_verify import parse, verify
-
 from .data import ANSWER_SEPARATOR
-
-_BOXED = re.compile(r"\\boxed\{.+\}", re.DOTALL)
+from .grading import Grader
+from .templates import PromptTemplate, check_template, extract_answer, has_format
 
 
 def completion_text(completion) -> str:
-    """TRL passes a string (standard format) or a list of messages (conversational format)."""
+    """TRL passes a string (plain-text prompts) or a list of messages (conversational prompts)."""
     if isinstance(completion, str):
         return completion
     return "".join(message["content"] for message in completion if message.get("role", "assistant") == "assistant")
 
 
-def parse_gold(answer: str) -> list:
-    """Gold answers are bare ("14", "\\frac{1}{2}"); math-verify reads LaTeX inside $…$ and plain expressions."""
-    gold = parse(f"${answer}$")
-    return gold if gold else parse(answer)
+class AccuracyReward:
+    """1.0 if the completion's final answer equals a gold answer under math-verify, else 0.0. Each item is graded
+    within `timeout_s` in a worker process; an item that times out scores 0 and is counted in
+    `reward/grading_timeouts`."""
+
+    __name__ = "accuracy_reward"
+
+    def __init__(self, template: PromptTemplate = "no", timeout_s: float = 5.0):
+        check_template(template)
+        self.template = template
+        self.grader = Grader(timeout_s)
+
+    def __call__(self, completions: list, answer: list[str], log_metric=None, **kwargs) -> list[float]:
+        predictions = [extract_answer(completion_text(c), self.template) for c in completions]
+        items = [(p, str(gold).split(ANSWER_SEPARATOR)) for p, gold in zip(predictions, answer, strict=True) if p]
+        before = self.grader.timeouts
+        graded = iter(self.grader(items))
+        rewards = [float(bool(next(graded))) if p else 0.0 for p in predictions]
+        if log_metric is not None:
+            log_metric("reward/grading_timeouts", float(self.grader.timeouts - before))
+            log_metric("reward/answer_found", sum(p is not None for p in predictions) / max(len(predictions), 1))
+        return rewards
 
 
-def accuracy_reward(completions: list, answer: list[str], **kwargs) -> list[float]:
-    """1.0 if the completion's final answer (its \\boxed{} first, else its last expression) equals a gold one
-    under math-verify, else 0.0. Several acceptable gold answers come one per line."""
-    rewards = []
-    for completion, gold in zip(completions, answer, strict=True):
-        predicted = parse(completion_text(completion), extraction_mode="first_match")
-        correct = bool(predicted) and any(verify(parse_gold(g), predicted) for g in str(gold).split(ANSWER_SEPARATOR))
-        rewards.append(float(correct))
-    return rewards
+class FormatReward:
+    """1.0 if the completion carries the answer marker its template asks for (\\boxed{}, or </think> <answer>…)."""
+
+    __name__ = "format_reward"
+
+    def __init__(self, template: PromptTemplate = "no"):
+        check_template(template)
+        self.template = template
+
+    def __call__(self, completions: list, **kwargs) -> list[float]:
+        return [float(has_format(completion_text(c), self.template)) for c in completions]
 
 
-def format_reward(completions: list, **kwargs) -> list[float]:
-    """1.0 if the completion puts an answer in \\boxed{} (weight 0.0 in the paper's runs, Table 2)."""
-    return [float(bool(_BOXED.search(completion_text(c)))) for c in completions]
+REWARD_FUNCS: dict[str, Callable[..., Callable]] = {"accuracy": AccuracyReward, "format": FormatReward}
 
 
-REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {"accuracy": accuracy_reward, "format": format_reward}
-
-
-def get_reward_funcs(names: list[str]) -> list[Callable[..., list[float]]]:
+def get_reward_funcs(names: list[str], template: PromptTemplate = "no", timeout_s: float = 5.0) -> list[Callable]:
     unknown = [name for name in names if name not in REWARD_FUNCS]
     if unknown:
         raise SystemExit(f"grpo_lambda: unknown reward function(s) {unknown}; choose from {sorted(REWARD_FUNCS)}.")
-    return [REWARD_FUNCS[name] for name in names]
+    return [
+        AccuracyReward(template, timeout_s) if name == "accuracy" else REWARD_FUNCS[name](template) for name in names
+    ]

@@ -10,6 +10,8 @@ How it departs from TRL's GRPO, and how little it touches:
 3. ε-weight: TRL accepts per-token advantages of shape [B, T]; we pass Â·ε^w_t (Alg. 2). As ε^w_t > 0,
    −min(r Â ε^w, clip(r) Â ε^w) = ε^w·(−min(r Â, clip(r) Â)): the clipped per-token loss weighted by the trace.
 
+4. `max_prompt_length` (gone from TRL 1.x) keeps the last N prompt tokens, as the paper's TRL did (Table 2: 256).
+
 Both hooks act only on the policy forward inside `_compute_loss`; reference and old-policy forwards are TRL's.
 The batch dict TRL buffers (and reuses over `num_iterations`) is never modified: we work on a shallow copy.
 """
@@ -76,6 +78,12 @@ class GRPOLambdaTrainer(GRPOTrainer):
         metrics["trace/credit_weight_mean"] = credit_weights(mask, **trace)
         self._log_trace_metrics(metrics, mask)
         return logps, entropies, aux_loss
+
+    def _tokenize_prompts(self, prompts: list):
+        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
+        if self.args.max_prompt_length is not None:  # left truncation, as TRL < 0.20 (the paper's TRL) did
+            prompt_ids = [ids[-self.args.max_prompt_length :] for ids in prompt_ids]
+        return prompt_ids, images, multimodal_fields
 
     @torch.no_grad()
     def _log_trace_metrics(self, metrics: dict[str, torch.Tensor], mask: torch.Tensor) -> None:

@@ -1,0 +1,81 @@
+"""Answer checking with math-verify, bounded in time per item and safe to call from any thread.
+
+math-verify bounds its own time with SIGALRM, which only works in the main thread (and not at all under some
+launchers). We grade in a worker process instead: each item must finish within `timeout_s`, otherwise it scores 0,
+is counted, and the worker is replaced, so a pathological output can never hang a run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing.pool import Pool
+
+
+def _quiet_worker() -> None:
+    """math-verify warns on every call made without its (signal-based) timeouts, which the pool replaces."""
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _parse_answer(text: str):
+    from math_verify import parse
+
+    parsed = parse(f"${text}$", parsing_timeout=None)
+    return parsed if parsed else parse(text, parsing_timeout=None)
+
+
+def grade_one(predicted: str, golds: list[str]) -> bool:
+    """True if `predicted` equals any gold answer under math-verify (no timeouts here: the caller bounds time)."""
+    from math_verify import verify
+
+    prediction = _parse_answer(predicted)
+    if not prediction:
+        return False
+    return any(verify(_parse_answer(gold), prediction, timeout_seconds=None) for gold in golds)
+
+
+class Grader:
+    """Grades (prediction, gold answers) pairs in a worker process with a per-item time bound.
+
+    Returns True / False per item, or None for an item that timed out (it counts as wrong).
+    """
+
+    def __init__(self, timeout_s: float = 5.0):
+        self.timeout_s = timeout_s
+        self._pool: Pool | None = None
+        self.timeouts = 0
+
+    def _worker(self) -> Pool:
+        if self._pool is None:
+            self._pool = multiprocessing.get_context("spawn").Pool(processes=1, initializer=_quiet_worker)
+        return self._pool
+
+    def _restart(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __call__(self, items: list[tuple[str, list[str]]]) -> list[bool | None]:
+        results: list[bool | None] = []
+        for predicted, golds in items:
+            pending = self._worker().apply_async(grade_one, (predicted, golds))
+            try:
+                results.append(bool(pending.get(timeout=self.timeout_s)))
+            except multiprocessing.TimeoutError:
+                self.timeouts += 1
+                results.append(None)
+                self._restart()
+            except Exception:  # math-verify failing on an odd string is a wrong answer, not a crashed run
+                results.append(False)
+        return results
+
+    def close(self) -> None:
+        self._restart()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the pool may already be gone
+            pass
