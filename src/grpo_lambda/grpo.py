@@ -39,18 +39,12 @@ class JsonlMetricsCallback(TrainerCallback):
 
 
 def _load_datasets(script_args: GRPOScriptArguments):
-    arithmetic = dict(
-        train_size=script_args.arithmetic_train_size,
-        test_size=script_args.arithmetic_test_size,
-        seed=script_args.arithmetic_seed,
-        level=script_args.arithmetic_level,
-    )
     train = load_problem_dataset(
         script_args.dataset_name,
         script_args.dataset_train_split,
         script_args.dataset_config,
         path=script_args.dataset_path,
-        **arithmetic,
+        **script_args.arithmetic(),
     )
     if script_args.max_train_samples is not None:
         train = train.select(range(min(script_args.max_train_samples, len(train))))

@@ -1,17 +1,20 @@
-"""`make train`: find the recipe for MODEL × DATASET × METHOD and launch it with `accelerate launch`.
+"""`make train` / `make sft`: find the recipe for MODEL × DATASET × METHOD [× LAMBDA × STYLE × UPDATE] and launch
+it with `accelerate launch`, as open-r1 does.
 
-    python -m grpo_lambda.launch --model Qwen/Qwen2.5-Math-1.5B-Instruct --dataset gsm8k --method grpo-lambda \
-        --accelerate zero2 --args "--trace_lambda 0.98" [--dry-run]
+    python -m grpo_lambda.launch --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --dataset math12k \
+        --method grpo-lambda --lambda 0.99 --style both --update trace --accelerate zero2 [--dry-run]
 
-Lookup: recipes/<model name tail>/grpo/config_<dataset tag>_<method>.yaml; when a model has no recipe for that
-dataset, recipes/default/grpo/config_<method>.yaml with --model_name_or_path / --dataset_name passed through.
-A MODEL or DATASET given explicitly is always passed on the command line, so an SFT checkpoint folder can stand
-in for the model a recipe names.
+Lookup: recipes/<model name tail>/grpo/config_<dataset>_<method tag>.yaml (recipes/<model>/sft/config_<dataset>.yaml
+for SFT). Unset LAMBDA / STYLE / UPDATE pick the paper's preferred run among the recipes that exist (λ 0.99,
+ε-trace, `both`; §4.1). A model or dataset without recipes falls back to recipes/default/<stage>/ with your
+model, dataset and trace settings passed on the command line. An SFT output folder (it records its base model)
+finds its base model's recipes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -21,7 +24,10 @@ from pathlib import Path
 from grpo_lambda.models import EMBEDDED_PREFIX
 
 METHODS = ("grpo", "grpo-lambda")
+UPDATES = ("trace", "weight")
+STYLES = ("both", "recent")
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
+SFT_RECORD = "grpo_lambda_sft.json"  # written by grpo_lambda.sft into its output folder
 
 
 def repo_root() -> Path:
@@ -33,60 +39,124 @@ def name_tail(name: str) -> str:
     return Path(name.removeprefix(EMBEDDED_PREFIX).rstrip("/")).name
 
 
-def resolve_recipe(root: Path, model: str | None, dataset: str | None, method: str) -> tuple[Path, list[str]]:
-    """The recipe file and the command-line overrides that go with it."""
-    if method not in METHODS:
-        raise SystemExit(f"grpo_lambda: METHOD={method!r} is not one of {', '.join(METHODS)}.")
-    overrides = []
-    model = os.path.abspath(model) if model and os.path.exists(model) else model
-    dataset = os.path.abspath(dataset) if dataset and os.path.exists(dataset) else dataset
-    if model:
-        overrides += ["--model_name_or_path", model]
+def recipe_model(model: str) -> str:
+    """The model whose recipes apply: an SFT output folder stands for the base model it was trained from."""
+    record = Path(model) / SFT_RECORD
+    if record.is_file():
+        return json.loads(record.read_text())["base_model"]
+    return model
+
+
+def _preference(path: Path) -> tuple:
+    """Sort key putting the paper's preferred GRPO-λ run first (§4.1: λ 0.99, ε-trace, `both`)."""
+    _, lam, style, update = path.stem.split("_", 2)[-1].rsplit("-", 3)
+    return (lam != "0.99", update != "trace", style != "both", path.name)
+
+
+def resolve_recipe(root: Path, args: argparse.Namespace) -> tuple[Path, list[str], str]:
+    """The recipe, the command-line overrides that go with it, and a note on how it was chosen."""
+    model = os.path.abspath(args.model) if args.model and os.path.exists(args.model) else args.model
+    dataset = os.path.abspath(args.dataset) if args.dataset and os.path.exists(args.dataset) else args.dataset
+    overrides = ["--model_name_or_path", model] if model else []
+    trace = {"lambda": args.trace_lambda, "style": args.style, "update": args.update}
+    if args.stage == "sft" and any(trace.values()):
+        raise SystemExit("grpo_lambda: LAMBDA, STYLE and UPDATE apply to METHOD=grpo-lambda training, not to SFT.")
+    if args.method == "grpo" and any(trace.values()):
+        raise SystemExit("grpo_lambda: LAMBDA, STYLE and UPDATE need METHOD=grpo-lambda.")
+
+    stage_folder = "sft" if args.stage == "sft" else "grpo"
+    folder = root / "recipes" / name_tail(recipe_model(model)) / stage_folder if model else None
+    if folder is not None and dataset and folder.is_dir():
+        tag = name_tail(dataset)
+        if args.stage == "sft":
+            candidates = [folder / f"config_{tag}.yaml"]
+        elif args.method == "grpo":
+            candidates = [folder / f"config_{tag}_grpo.yaml"]
+        else:
+            pattern = (
+                f"config_{tag}_grpo-lambda-{args.trace_lambda or '*'}-{args.style or '*'}-{args.update or '*'}.yaml"
+            )
+            candidates = sorted(folder.glob(pattern), key=_preference)
+        candidates = [c for c in candidates if c.is_file()]
+        if candidates:
+            return candidates[0], overrides, f"recipe of {name_tail(recipe_model(model))} on {tag}"
+        available = sorted(p.name for p in folder.glob(f"config_{tag}_*.yaml")) or sorted(
+            p.name for p in folder.glob("*.yaml")
+        )
+        if available:
+            raise SystemExit(
+                f"grpo_lambda: no recipe in {folder.relative_to(root)} for dataset={tag} method={args.method} "
+                f"lambda={args.trace_lambda} style={args.style} update={args.update}; it has: {', '.join(available)}."
+            )
+
+    default = (
+        root
+        / "recipes"
+        / "default"
+        / stage_folder
+        / ("config_sft.yaml" if args.stage == "sft" else f"config_{args.method}.yaml")
+    )
     if dataset:
         overrides += ["--dataset_name", dataset]
-    if model and dataset:
-        specific = root / "recipes" / name_tail(model) / "grpo" / f"config_{name_tail(dataset)}_{method}.yaml"
-        if specific.is_file():
-            return specific, overrides
-    return root / "recipes" / "default" / "grpo" / f"config_{method}.yaml", overrides
+    if args.method == "grpo-lambda" and args.stage == "train":
+        if args.trace_lambda:
+            overrides += ["--trace_lambda", args.trace_lambda]
+        if args.style:
+            overrides += ["--trace_style", args.style]
+        if args.update:
+            overrides += ["--loss_variant", f"eps_{args.update}"]
+    note = "default recipe" + (f" (no recipe for {name_tail(model)})" if model else "")
+    return default, overrides, note
 
 
 def accelerate_config(root: Path, name: str) -> tuple[Path, list[str]]:
-    """recipes/accelerate_configs/<name>.yaml; 'auto' is zero2 where CUDA is visible, else cpu. On GPUs the
-    process count follows the visible devices rather than the file's 8."""
-    if name not in ACCELERATE_CONFIGS:
-        raise SystemExit(f"grpo_lambda: ACCEL={name!r} is not one of {', '.join(ACCELERATE_CONFIGS)}.")
+    """recipes/accelerate_configs/<name>.yaml; 'auto' is zero2 where CUDA is visible, else cpu. The process count
+    follows the visible GPUs; without a GPU, a DeepSpeed or DDP config runs one process in full precision."""
     import torch
 
     gpus = torch.cuda.device_count()
     if name == "auto":
         name = "zero2" if gpus else "cpu"
-    extra = ["--num_processes", str(gpus)] if gpus and name != "cpu" else []
+    if name == "cpu":
+        extra = []
+    elif gpus:
+        extra = ["--num_processes", str(gpus)]
+    else:
+        extra = ["--num_processes", "1", "--mixed_precision", "no"]
     return root / "recipes" / "accelerate_configs" / f"{name}.yaml", extra
 
 
-def build_command(args: argparse.Namespace, root: Path) -> list[str]:
-    recipe, overrides = resolve_recipe(root, args.model, args.dataset, args.method)
+def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]:
+    recipe, overrides, note = resolve_recipe(root, args)
     config, accelerate_extra = accelerate_config(root, args.accelerate)
-    return [
+    if args.vllm_mode:
+        overrides += ["--vllm_mode", args.vllm_mode]
+    module = "grpo_lambda.sft" if args.stage == "sft" else "grpo_lambda.grpo"
+    command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *accelerate_extra,
-        "-m", "grpo_lambda.grpo", "--config", str(recipe), *overrides, *shlex.split(args.args or ""),
+        "-m", module, "--config", str(recipe), *overrides, *shlex.split(args.args or ""),
     ]  # fmt: skip
+    return command, note
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", default="train", choices=("train", "sft"))
     parser.add_argument("--model", default=None, help="Hub id, local folder or embedded:SmolLM2-135M-Instruct.")
-    parser.add_argument("--dataset", default=None, help="arithmetic, a save_to_disk folder or a Hub dataset id.")
+    parser.add_argument("--dataset", default=None, help="gsm8k, math12k, math-rl-16k, orz-57k, arithmetic, a path.")
     parser.add_argument("--method", default="grpo-lambda", choices=METHODS)
+    parser.add_argument("--lambda", dest="trace_lambda", default=None, help="GRPO-λ's λ, e.g. 0.99.")
+    parser.add_argument("--style", default=None, choices=STYLES)
+    parser.add_argument("--update", default=None, choices=UPDATES, help="trace (ε-trace) or weight (ε-weight).")
     parser.add_argument("--accelerate", default="auto", choices=ACCELERATE_CONFIGS)
-    parser.add_argument("--args", default="", help="Extra trainer flags, e.g. '--trace_lambda 0.98'.")
+    parser.add_argument("--vllm-mode", default=None, choices=("colocate", "server"))
+    parser.add_argument("--args", default="", help="Extra trainer flags, e.g. '--learning_rate 2e-6'.")
     parser.add_argument("--dry-run", action="store_true", help="Print the recipe and the command; run nothing.")
     args = parser.parse_args(argv)
     root = repo_root()
-    command = build_command(args, root)
+    command, note = build_command(args, root)
     recipe = command[command.index("--config") + 1]
-    print(f"recipe: {os.path.relpath(recipe, root)}")
+    print(f"recipe: {os.path.relpath(recipe, root)}  ({note})")
     print("command: " + shlex.join(command), flush=True)
     if args.dry_run:
         return 0

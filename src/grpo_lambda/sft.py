@@ -1,0 +1,85 @@
+"""Format SFT before RL (§4.2, "Mitigate reward hacking"), open-r1's `sft.py` shape.
+
+    accelerate launch --config_file recipes/accelerate_configs/zero2.yaml -m grpo_lambda.sft \
+        --config recipes/<model>/sft/config_<dataset>.yaml
+
+Worked solutions are rendered in the same prompt template as the RL stage and the evaluation, ending with the final
+answer where that template reads it. The output folder records its base model, so `make train MODEL=<it>` finds
+the base model's GRPO recipes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
+from grpo_lambda.data import solution_dataset
+from grpo_lambda.grpo import JsonlMetricsCallback
+from grpo_lambda.launch import SFT_RECORD
+from grpo_lambda.models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    set_seed(training_args.seed)
+
+    base_model = model_args.model_name_or_path
+    model_path = resolve_model(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
+    )
+    train_dataset = solution_dataset(
+        script_args.dataset_name,
+        script_args.prompt_template,
+        script_args.dataset_train_split,
+        path=script_args.dataset_path,
+        **script_args.arithmetic(),
+    )
+    if script_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl")],
+    )
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(training_args.output_dir):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        record = {
+            "base_model": base_model,
+            "prompt_template": script_args.prompt_template,
+            "dataset": script_args.dataset_name,
+        }
+        (Path(training_args.output_dir) / SFT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("model saved to %s", training_args.output_dir)
+
+
+if __name__ == "__main__":
+    main(*parse_sft_args())

@@ -1,0 +1,167 @@
+"""The paper's recipe grid: generated files in sync with the grid, Table 2 in every recipe, and `make train`'s
+lookup resolving every cell of the grid to its own file."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from grpo_lambda.launch import resolve_recipe
+from grpo_lambda.recipes import expand_grid, generate, load_grid, model_tail, sft_path
+from test_configs import parse_recipe
+
+GRID = load_grid(REPO_ROOT)
+RUNS = expand_grid(GRID)
+
+# Table 2 (and §4): model size → values every GRPO / GRPO-λ recipe of that size must hold.
+TABLE_2_GRPO = {
+    "1.5B": dict(
+        max_steps=10000,
+        max_completion_length=256,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        use_peft=False,
+    ),
+    "3B": dict(
+        max_steps=10000,
+        max_completion_length=256,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        use_peft=False,
+    ),
+    "7B": dict(
+        max_steps=3500,
+        max_completion_length=768,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        use_peft=True,
+    ),
+}
+TABLE_2_COMMON = dict(
+    bf16=True, max_prompt_length=256, num_generations=8, max_grad_norm=1.0, beta=0.04, reward_weights=[1.0, 0.0]
+)
+TABLE_2_SFT = dict(
+    num_train_epochs=1,
+    max_length=4096,
+    learning_rate=2e-5,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=8,
+    bf16=True,
+)
+MODELS = {
+    "Qwen/Qwen2.5-Math-1.5B-Instruct": ("1.5B", "qwen_math"),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": ("1.5B", "r1"),
+    "suayptalha/DeepSeek-R1-Distill-Llama-3B": ("3B", "r1"),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": ("7B", "r1"),
+}
+
+
+def test_generated_recipes_match_the_grid():
+    files = generate(REPO_ROOT)
+    for path, text in files.items():
+        assert (REPO_ROOT / path).read_text() == text, f"{path} is stale: run `make recipes`"
+
+
+def test_the_grid_is_the_papers():
+    """§4.1: 1.5B models: GRPO + λ {0.98, 0.99} × {both, recent} × {ε-trace, ε-weight}; 3B: GRPO + λ 0.99 ε-trace,
+    both and recent; 7B: GRPO + λ 0.99 recent ε-trace; each on the four training sets."""
+    assert set(GRID["datasets"]) == {"gsm8k", "math12k", "math-rl-16k", "orz-57k"}
+    per_model = {m: [r for r in RUNS if r.model_id == m] for m in MODELS}
+    assert [len(per_model[m]) for m in MODELS] == [4 * 9, 4 * 9, 4 * 3, 4 * 2]
+    seven_b = {
+        (r.method, r.trace_lambda, r.trace_style, r.update)
+        for r in per_model["deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"]
+    }
+    assert seven_b == {("grpo", None, None, None), ("grpo-lambda", 0.99, "recent", "trace")}
+    for model_id, (size, template) in MODELS.items():
+        assert GRID["models"][model_id]["size"] == size and GRID["models"][model_id]["template"] == template
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda r: r.path.as_posix().removeprefix("recipes/"))
+def test_table_2_values_in_every_training_recipe(run):
+    script_args, args, model_args = parse_recipe(REPO_ROOT / run.path)
+    size, template = MODELS[run.model_id]
+    expected = {**TABLE_2_COMMON, **TABLE_2_GRPO[size]}
+    actual = {**vars(args), "use_peft": model_args.use_peft}
+    assert {k: actual[k] for k in expected} == expected
+    assert model_args.model_name_or_path == run.model_id and model_args.dtype == "bfloat16"
+    assert script_args.dataset_name == run.dataset and script_args.prompt_template == template
+    assert script_args.reward_funcs == ["accuracy", "format"]
+    if run.method == "grpo":
+        assert args.loss_variant == "grpo" and args.adv_clamp_min is None
+    else:
+        assert args.loss_variant == {"trace": "eps_trace", "weight": "eps_weight"}[run.update]
+        assert (args.trace_lambda, args.trace_style, args.trace_gamma) == (run.trace_lambda, run.trace_style, 1.0)
+        assert args.adv_clamp_min == -0.1  # Table 2
+    assert args.use_vllm and args.vllm_mode == "colocate"
+
+
+@pytest.mark.parametrize("model_id", MODELS)
+def test_table_2_values_in_every_sft_recipe(model_id):
+    script_args, args, model_args = parse_recipe(REPO_ROOT / sft_path(model_id, GRID["sft_dataset"]))
+    assert {k: getattr(args, k) for k in TABLE_2_SFT} == TABLE_2_SFT
+    assert model_args.use_peft == (MODELS[model_id][0] == "7B")  # Table 2: LoRA for 7B only
+    assert script_args.prompt_template == MODELS[model_id][1]
+
+
+def lookup(**kwargs):
+    defaults = dict(
+        stage="train", model=None, dataset=None, method="grpo-lambda", trace_lambda=None, style=None, update=None
+    )
+    return resolve_recipe(REPO_ROOT, argparse.Namespace(**{**defaults, **kwargs}))
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda r: r.path.as_posix().removeprefix("recipes/"))
+def test_make_train_resolves_every_cell(run):
+    trace = {}
+    if run.method == "grpo-lambda":
+        trace = dict(trace_lambda=str(run.trace_lambda), style=run.trace_style, update=run.update)
+    recipe, overrides, _ = lookup(model=run.model_id, dataset=run.dataset, method=run.method, **trace)
+    assert recipe == REPO_ROOT / run.path
+    assert overrides == ["--model_name_or_path", run.model_id]
+    assert run.make_command in recipe.read_text()  # the recipe's own launch line resolves to it
+
+
+def test_unset_trace_fields_pick_the_papers_preferred_run():
+    recipe, _, _ = lookup(model="Qwen/Qwen2.5-Math-1.5B-Instruct", dataset="math12k")
+    assert recipe.name == "config_math12k_grpo-lambda-0.99-both-trace.yaml"
+    recipe, _, _ = lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k")
+    assert recipe.name == "config_math12k_grpo-lambda-0.99-recent-trace.yaml"
+
+
+def test_a_cell_outside_the_grid_is_a_clear_error():
+    with pytest.raises(SystemExit, match="it has: .*0.99-recent-trace"):
+        lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", style="both")
+    with pytest.raises(SystemExit, match="need METHOD=grpo-lambda"):
+        lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", method="grpo", trace_lambda="0.99")
+
+
+def test_an_sft_output_folder_finds_its_base_models_recipes(tmp_path):
+    (tmp_path / "grpo_lambda_sft.json").write_text('{"base_model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"}')
+    recipe, overrides, _ = lookup(model=str(tmp_path), dataset="gsm8k", method="grpo")
+    assert recipe == REPO_ROOT / "recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/config_gsm8k_grpo.yaml"
+    assert overrides == ["--model_name_or_path", str(tmp_path)]
+
+
+def test_unknown_models_fall_back_to_the_default_recipe_with_overrides(tmp_path):
+    recipe, overrides, note = lookup(model=str(tmp_path), dataset="arithmetic", trace_lambda="0.5", style="recent")
+    assert recipe == REPO_ROOT / "recipes/default/grpo/config_grpo-lambda.yaml" and "default" in note
+    assert overrides == [
+        "--model_name_or_path",
+        str(tmp_path),
+        "--dataset_name",
+        "arithmetic",
+        "--trace_lambda",
+        "0.5",
+        "--trace_style",
+        "recent",
+    ]
+    sft, _, _ = lookup(stage="sft", model=str(tmp_path), method="grpo-lambda")
+    assert sft == REPO_ROOT / "recipes/default/sft/config_sft.yaml"
+
+
+def test_recipe_folders_are_named_after_the_model():
+    folders = {p.name for p in (REPO_ROOT / "recipes").iterdir() if p.is_dir()} - {"accelerate_configs", "default"}
+    assert folders == {model_tail(m) for m in MODELS}
+    assert all(Path(run.path).parts[1] == model_tail(run.model_id) for run in RUNS)
