@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from grpo_lambda.data import arithmetic_dataset, load_problem_dataset, to_prompts
+from grpo_lambda.data import arithmetic_dataset, load_problem_dataset, solution_dataset, to_prompts
 from grpo_lambda.rewards import AccuracyReward, FormatReward, get_reward_funcs
 from grpo_lambda.templates import QWEN_MATH_SYSTEM
 
@@ -146,3 +146,27 @@ def test_orz_adapter_on_two_turn_records_and_skips_are_counted(tmp_path, caplog)
 def test_named_source_accepts_a_reduced_local_copy(shared_data):
     dataset = load_problem_dataset("gsm8k", path=str(shared_data / "train" / "gsm_8k"))
     assert len(dataset) == 8792 and all(a.lstrip("-").replace(".", "").isdigit() for a in dataset["answer"][:100])
+
+
+def test_sft_solutions_from_the_gsm8k_hub_layout(tmp_path):
+    rows = [{"question": "Half of 48, plus 48?", "answer": "48/2 = <<48/2=24>>24\n24+48 = <<24+48=72>>72\n#### 72"}]
+    qwen = solution_dataset("gsm8k", "qwen_math", path=str(write_jsonl(tmp_path / "g.jsonl", rows)))[0]
+    assert qwen["prompt"][-1] == {"role": "user", "content": "Half of 48, plus 48?"}
+    assert qwen["completion"] == [
+        {"role": "assistant", "content": "48/2 = 24\n24+48 = 72\nThe final answer is \\boxed{72}."}
+    ]
+    r1 = solution_dataset("gsm8k", "r1", path=str(tmp_path / "g.jsonl"))[0]
+    assert r1["prompt"].endswith("Assistant: <think>") and r1["completion"].endswith("</think> <answer> 72 </answer>")
+
+
+def test_sft_solutions_from_math500_with_solutions(shared_data):
+    dataset = solution_dataset("math500", "r1", path=str(shared_data / "math500_solutions"))
+    assert len(dataset) == 500
+    first = dataset[0]
+    assert "<|im_start|>" not in first["prompt"] and "Convert the point" in first["prompt"]
+    assert first["completion"].rstrip().endswith("</answer>")
+
+
+def test_reduced_answers_give_no_sft_data(shared_data):
+    with pytest.raises(SystemExit, match="no worked solutions"):
+        solution_dataset("gsm8k", "qwen_math", path=str(shared_data / "train" / "gsm_8k"))

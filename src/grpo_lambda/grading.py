@@ -7,6 +7,7 @@ is counted, and the worker is replaced, so a pathological output can never hang 
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from multiprocessing.pool import Pool
 
@@ -25,6 +26,12 @@ def _parse_answer(text: str):
     return parsed if parsed else parse(text, parsing_timeout=None)
 
 
+@functools.lru_cache(maxsize=65536)
+def _parse_gold(text: str):
+    """Gold answers repeat across a group and across epochs: each is parsed once per worker."""
+    return _parse_answer(text)
+
+
 def grade_one(predicted: str, golds: list[str]) -> bool:
     """True if `predicted` equals any gold answer under math-verify (no timeouts here: the caller bounds time)."""
     from math_verify import verify
@@ -32,7 +39,7 @@ def grade_one(predicted: str, golds: list[str]) -> bool:
     prediction = _parse_answer(predicted)
     if not prediction:
         return False
-    return any(verify(_parse_answer(gold), prediction, timeout_seconds=None) for gold in golds)
+    return any(verify(_parse_gold(gold), prediction, timeout_seconds=None) for gold in golds)
 
 
 class Grader:
