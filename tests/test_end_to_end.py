@@ -154,3 +154,25 @@ def test_sft_then_grpo_lambda_chain_with_zero2(tiny_model_dir, tmp_path):
     assert (rl_dir / "checkpoint-2").is_dir()
     records = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("trace/credit_weight_mean" in r for r in records)
+
+
+def test_lora_sft_saves_merged_weights(tiny_model_dir, tmp_path):
+    """7B runs SFT with LoRA (Table 2); the output must be a plain model folder the RL stage can load."""
+    from grpo_lambda.configs import parse_sft_args
+    from grpo_lambda.sft import main as sft_main
+
+    output_dir = tmp_path / "sft-lora"
+    argv = [
+        "--config",
+        str(REPO_ROOT / "recipes/default/sft/config_sft.yaml"),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+    ]
+    argv += ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "2"]
+    argv += ["--output_dir", str(output_dir), "--use_cpu", "true", "--max_length", "128"]
+    sft_main(*parse_sft_args(argv))
+    assert not (output_dir / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(output_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all(("q_proj" in n or "v_proj" in n) for n in changed)

@@ -165,3 +165,10 @@ def test_recipe_folders_are_named_after_the_model():
     folders = {p.name for p in (REPO_ROOT / "recipes").iterdir() if p.is_dir()} - {"accelerate_configs", "default"}
     assert folders == {model_tail(m) for m in MODELS}
     assert all(Path(run.path).parts[1] == model_tail(run.model_id) for run in RUNS)
+
+
+def test_sft_needs_no_dataset_when_the_model_has_one_sft_recipe():
+    recipe, _, _ = lookup(stage="sft", model="suayptalha/DeepSeek-R1-Distill-Llama-3B", method="grpo-lambda")
+    assert recipe == REPO_ROOT / "recipes/DeepSeek-R1-Distill-Llama-3B/sft/config_gsm8k.yaml"
+    with pytest.raises(SystemExit, match="set DATASET for DeepSeek-R1-Distill-Llama-3B: one of gsm8k, math-rl-16k"):
+        lookup(model="suayptalha/DeepSeek-R1-Distill-Llama-3B")

@@ -66,6 +66,14 @@ def resolve_recipe(root: Path, args: argparse.Namespace) -> tuple[Path, list[str
 
     stage_folder = "sft" if args.stage == "sft" else "grpo"
     folder = root / "recipes" / name_tail(recipe_model(model)) / stage_folder if model else None
+    if folder is not None and folder.is_dir() and not dataset:
+        recipes = sorted(folder.glob("config_*.yaml"))
+        if args.stage == "sft" and len(recipes) == 1:
+            return recipes[0], overrides, f"the SFT recipe of {name_tail(recipe_model(model))}"
+        datasets = sorted({p.stem.removeprefix("config_").split("_")[0] for p in recipes})
+        raise SystemExit(
+            f"grpo_lambda: set DATASET for {name_tail(recipe_model(model))}: one of {', '.join(datasets)}."
+        )
     if folder is not None and dataset and folder.is_dir():
         tag = name_tail(dataset)
         if args.stage == "sft":

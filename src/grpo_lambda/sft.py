@@ -70,7 +70,14 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    trainer.save_model(training_args.output_dir)
+    if model_args.use_peft:
+        # Save merged full weights (LoRA for 7B, Table 2), so that the RL stage loads a plain model folder.
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        if trainer.accelerator.is_main_process:
+            merged.save_pretrained(training_args.output_dir)
+            tokenizer.save_pretrained(training_args.output_dir)
+    else:
+        trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         record = {
             "base_model": base_model,
