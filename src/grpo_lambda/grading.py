@@ -7,6 +7,7 @@ is counted, and the worker is replaced, so a pathological output can never hang 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import multiprocessing
 from multiprocessing.pool import Pool
@@ -56,6 +57,7 @@ class Grader:
     def _worker(self) -> Pool:
         if self._pool is None:
             self._pool = multiprocessing.get_context("spawn").Pool(processes=1, initializer=_quiet_worker)
+            atexit.register(self._restart)  # stop the worker before the interpreter tears its modules down
         return self._pool
 
     def _restart(self) -> None:
@@ -80,9 +82,3 @@ class Grader:
 
     def close(self) -> None:
         self._restart()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the pool may already be gone
-            pass
