@@ -121,7 +121,9 @@ class TransformersBackend:
         outputs = []
         step = 8
         for start in range(0, len(prompts), step):
-            batch = self.tokenizer(prompts[start : start + step], return_tensors="pt", padding=True).to(self.model.device)
+            batch = self.tokenizer(prompts[start : start + step], return_tensors="pt", padding=True).to(
+                self.model.device
+            )
             budget = min(self.config.max_new_tokens, self.config.max_model_len - batch["input_ids"].shape[1])
             with self.torch.no_grad():
                 generated = self.model.generate(
@@ -247,7 +249,10 @@ def evaluate(config: EvalConfig) -> dict:
         backend_name = backend.name
         grader = Grader(config.grading_timeout_s)
         stop = [R1_STOP] if config.template == "r1" else []
-        with samples_path.open("a") as stream, tqdm(total=len(items), initial=len(items) - len(todo), desc="evaluating") as bar:
+        with (
+            samples_path.open("a") as stream,
+            tqdm(total=len(items), initial=len(items) - len(todo), desc="evaluating") as bar,
+        ):
             for start in range(0, len(todo), config.batch_size):
                 chunk = todo[start : start + config.batch_size]
                 prompts = [prompt_text(backend.tokenizer, item["problem"], config.template) for item in chunk]
@@ -298,8 +303,16 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
 def main(config: EvalConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     results = evaluate(config)
-    rows = [f"{b:<16} {v['accuracy']:.3f}  (format {v['format_rate']:.2f}, n={v['n']})" for b, v in results["benchmarks"].items()]
-    print("\n".join(rows + [f"{'average':<16} {results['average']:.3f}", f"results: {Path(config.output_dir) / 'results.json'}"]))
+    rows = [
+        f"{b:<16} {v['accuracy']:.3f}  (format {v['format_rate']:.2f}, n={v['n']})"
+        for b, v in results["benchmarks"].items()
+    ]
+    print(
+        "\n".join(
+            rows
+            + [f"{'average':<16} {results['average']:.3f}", f"results: {Path(config.output_dir) / 'results.json'}"]
+        )
+    )
 
 
 if __name__ == "__main__":
