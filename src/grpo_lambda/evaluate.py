@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from grpo_lambda.data import ANSWER_SEPARATOR, _gold_answer
+from grpo_lambda.data import ANSWER_SEPARATOR, _gold_answer, arithmetic_dataset
 from grpo_lambda.grading import Grader
 from grpo_lambda.models import resolve_model
 from grpo_lambda.templates import R1_STOP, TEMPLATES, extract_answer, render_prompt
@@ -31,6 +31,8 @@ from grpo_lambda.templates import R1_STOP, TEMPLATES, extract_answer, render_pro
 logger = logging.getLogger(__name__)
 
 BENCHMARKS: tuple[str, ...] = ("aime", "amc", "math", "minerva", "olympiad_bench")
+# Built in, needs no suite: the held-out split of the arithmetic task (seed 0, one-step problems).
+BUILTIN_BENCHMARKS: tuple[str, ...] = ("arithmetic",)
 BACKENDS: tuple[str, ...] = ("auto", "vllm", "transformers")
 
 
@@ -38,7 +40,7 @@ BACKENDS: tuple[str, ...] = ("auto", "vllm", "transformers")
 class EvalConfig:
     model: str
     output_dir: str
-    suite: str
+    suite: str | None
     benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
     template: str = "qwen_math"
     backend: str = "auto"
@@ -53,9 +55,10 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
-        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        known = BENCHMARKS + BUILTIN_BENCHMARKS
+        unknown = [b for b in self.benchmarks if b not in known]
         if unknown:
-            raise SystemExit(f"grpo_lambda: unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}.")
+            raise SystemExit(f"grpo_lambda: unknown benchmark(s) {unknown}; choose from {', '.join(known)}.")
         if self.template not in TEMPLATES:
             raise SystemExit(f"grpo_lambda: TEMPLATE={self.template!r} is not one of {', '.join(TEMPLATES)}.")
         if self.backend not in BACKENDS:
@@ -69,16 +72,20 @@ def load_suite(suite: str, benchmarks: list[str], limit: int | None = None) -> l
     acceptable strings, OR-ed."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
-    local = Path(suite)
+    local = Path(suite) if suite else Path("/nonexistent")
     whole = load_from_disk(str(local)) if (local / "dataset_dict.json").is_file() else None
     items = []
     for benchmark in benchmarks:
-        if whole is not None and isinstance(whole, DatasetDict) and benchmark in whole:
+        if benchmark == "arithmetic":
+            rows = arithmetic_dataset(200, seed=0, split="test")
+        elif whole is not None and isinstance(whole, DatasetDict) and benchmark in whole:
             rows = whole[benchmark]
         elif (local / benchmark).is_dir():
             rows = load_from_disk(str(local / benchmark))
         elif local.exists():
             raise SystemExit(f"grpo_lambda: the suite {suite} has no benchmark {benchmark!r}.")
+        elif not suite:
+            raise SystemExit(f"grpo_lambda: benchmark {benchmark!r} needs a suite (--suite <folder or Hub id>).")
         else:
             rows = load_dataset(suite, benchmark, split="test")
         if limit is not None:
@@ -282,9 +289,9 @@ def evaluate(config: EvalConfig) -> dict:
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="Checkpoint folder, Hub id or embedded:SmolLM2-135M-Instruct.")
-    parser.add_argument("--suite", required=True, help="Benchmark folder (save_to_disk) or Hub dataset id.")
+    parser.add_argument("--suite", default=None, help="Benchmark folder (save_to_disk) or Hub dataset id.")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="Comma-separated subset.")
+    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="Comma-separated; also: arithmetic.")
     parser.add_argument("--template", default="qwen_math", choices=TEMPLATES)
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--max_new_tokens", type=int, default=3000)

@@ -1,0 +1,133 @@
+"""The paper's tables as data: transcription checks, the paper's own averages, and your results beside them."""
+
+import json
+import re
+import statistics
+
+import pytest
+
+from conftest import REPO_ROOT
+from grpo_lambda.tables import BENCHMARKS, collect_results, load_paper, main, render_run_tables, render_table1
+
+PAPER = load_paper()
+PAPER_TEXT = REPO_ROOT.parent / "shared" / "paper" / "grpo_lambda_paper.txt"
+
+# Where the paper's AVG is not the mean of its five benchmarks (to ±0.001): printed value, mean of the five.
+INCONSISTENT_RUN_AVERAGES = {
+    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "grpo-lambda-0.99-both-weight"): (0.378, 0.3716),
+    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "grpo-lambda-0.98-recent-weight"): (0.276, 0.2876),
+    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "grpo-lambda-0.99-recent-weight"): (0.323, 0.3288),
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "orz-57k", "grpo-lambda-0.98-recent-trace"): (0.366, 0.3678),
+    ("DeepSeek-R1-Distill-Llama-3B", "gsm8k", "grpo-lambda-0.99-both-trace"): (0.277, 0.229),
+}
+INCONSISTENT_TABLE1_AVERAGES = {("DeepSeek-R1-Distill-Llama-3B", "grpo"): (0.142, 0.1298)}
+
+
+def mean5(row):
+    return statistics.fmean(row[b] for b in BENCHMARKS)
+
+
+def test_the_stored_runs_are_the_grid():
+    from grpo_lambda.recipes import expand_grid, load_grid
+
+    grid = {(r.model_id, r.dataset, r.tag) for r in expand_grid(load_grid(REPO_ROOT))}
+    stored = {(r["model"], r["dataset"], r["run"]) for r in PAPER["runs"]}
+    assert stored == grid and len(stored) == 92
+
+
+def test_paper_averages_are_means_of_five_benchmarks_except_where_the_paper_is_not():
+    off = {
+        (r["model"].split("/")[-1], r["dataset"], r["run"]): (r["average"], round(mean5(r), 4))
+        for r in PAPER["runs"]
+        if abs(mean5(r) - r["average"]) > 0.001 + 1e-9
+    }
+    assert off == INCONSISTENT_RUN_AVERAGES
+    off1 = {
+        (r["model"].split("/")[-1], r["method"]): (r["average"], round(mean5(r), 4))
+        for r in PAPER["table1"]
+        if abs(mean5(r) - r["average"]) > 0.001 + 1e-9
+    }
+    assert off1 == INCONSISTENT_TABLE1_AVERAGES
+
+
+def test_table_1_grpo_rows_are_means_over_training_sets():
+    """Our reading of Table 1 (docs/evaluation.md): GRPO = mean over the four training sets of Tables 3–6's GRPO."""
+    for row in (r for r in PAPER["table1"] if r["method"] == "grpo"):
+        runs = [r for r in PAPER["runs"] if r["model"] == row["model"] and r["run"] == "grpo"]
+        for key in ("average", *BENCHMARKS):
+            mean = statistics.fmean(r[key] for r in runs)
+            if row["model"].endswith("Llama-3B") and key in ("amc", "math"):
+                # The paper's value is the mean over gsm8k, orz-57k and math-rl-16k only (math12k left out).
+                mean = statistics.fmean(r[key] for r in runs if r["dataset"] != "math12k")
+            assert row[key] == pytest.approx(mean, abs=6e-4), (row["model"], key)
+
+
+def test_table_1_lambda_rows_for_3b_and_7b_are_the_carried_configuration():
+    for row in (
+        r for r in PAPER["table1"] if r["method"] == "grpo-lambda" and not r["model"].endswith("1.5B-Instruct")
+    ):
+        if "1.5B" in row["model"]:
+            continue
+        runs = [r for r in PAPER["runs"] if r["model"] == row["model"] and r["run"] == "grpo-lambda-0.99-recent-trace"]
+        for key in ("average", *BENCHMARKS):
+            assert row[key] == pytest.approx(statistics.fmean(r[key] for r in runs), abs=6e-4), (row["model"], key)
+
+
+@pytest.mark.skipif(not PAPER_TEXT.is_file(), reason="the paper's text is not beside the repository")
+def test_rendered_table_1_reproduces_the_paper_exactly():
+    text = PAPER_TEXT.read_text()
+    start = text.index("Model Method Evaluation benchmark (accuracy)")
+    paper_rows = re.findall(r"^.*?((?:\d\.\d{3} ?){6})$", text[start : start + 800], flags=re.M)
+    rendered = render_table1(PAPER)
+    rendered_rows = [" ".join(line.split(" | ")[2:]).rstrip(" |") for line in rendered.splitlines()[2:]]
+    assert [r.strip() for r in paper_rows] == rendered_rows
+
+
+@pytest.mark.skipif(not PAPER_TEXT.is_file(), reason="the paper's text is not beside the repository")
+def test_every_stored_run_value_appears_in_the_paper_rows():
+    text = PAPER_TEXT.read_text()
+    labels = {
+        "aime": "AIME",
+        "math": "MATH",
+        "amc": "AMC",
+        "olympiad_bench": "OLBen",
+        "minerva": "MIN",
+        "average": "AVG",
+    }
+    for key, label in labels.items():
+        printed = [
+            f"{float(v):.3f}" for line in re.findall(rf"^{label} ([\d. ]+)$", text, flags=re.M) for v in line.split()
+        ]
+        stored = [f"{r[key]:.3f}" for r in PAPER["runs"]]
+        assert sorted(stored) == sorted(printed), label
+
+
+def write_results(folder, accuracies):
+    folder.mkdir(parents=True)
+    benchmarks = {b: {"accuracy": a, "n": 1} for b, a in zip(BENCHMARKS, accuracies, strict=True)}
+    (folder / "results.json").write_text(json.dumps({"model": "checkpoints/x", "benchmarks": benchmarks}))
+
+
+def test_your_results_beside_the_papers(tmp_path, capsys):
+    write_results(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval", [0.1, 0.4, 0.7, 0.2, 0.3])
+    write_results(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/gsm8k_grpo/eval", [0.0, 0.2, 0.5, 0.2, 0.1])
+    write_results(
+        tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo-lambda-0.99-both-trace/eval",
+        [0.2, 0.5, 0.8, 0.3, 0.4],
+    )
+    write_results(tmp_path / "unrelated/eval", [1, 1, 1, 1, 1])
+    user = collect_results(tmp_path, PAPER)
+    assert set(user) == {
+        ("Qwen/Qwen2.5-Math-1.5B-Instruct", "math12k", "grpo"),
+        ("Qwen/Qwen2.5-Math-1.5B-Instruct", "gsm8k", "grpo"),
+        ("Qwen/Qwen2.5-Math-1.5B-Instruct", "math12k", "grpo-lambda-0.99-both-trace"),
+    }
+    table1 = render_table1(PAPER, user)
+    grpo_row = next(line for line in table1.splitlines() if "Qwen2.5" in line and "| GRPO |" in line)
+    assert "0.067 / 0.050 (-0.017)" in grpo_row  # AIME: mean of 0.1 and 0.0 over the two training sets
+    runs = render_run_tables(PAPER, user)
+    assert "0.704 / 0.700 (-0.004)" in runs  # math12k GRPO, MATH
+    assert "0.756 / 0.800 (+0.044)" in runs  # math12k λ 0.99 both ε-trace, MATH
+    assert main(["--results", str(tmp_path), "--latex"]) == 0
+    latex = capsys.readouterr().out
+    assert "\\begin{tabular}" in latex and "$\\lambda$" in latex
