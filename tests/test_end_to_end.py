@@ -113,6 +113,9 @@ def test_make_train_with_local_model_and_dataset(tiny_model_dir, tmp_path, metho
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("reward" in r for r in records)
     assert any(k.startswith("trace/") for r in records for k in r) == (method == "grpo-lambda")
+    # grading ran in its worker without timing out (a worker that re-imported the training script once did)
+    timeouts = [r["reward/grading_timeouts"] for r in records if "reward/grading_timeouts" in r]
+    assert timeouts and not any(timeouts)
 
 
 @pytest.mark.slow

@@ -13,11 +13,26 @@ import multiprocessing
 from multiprocessing.pool import Pool
 
 
-def _quiet_worker() -> None:
-    """math-verify warns on every call made without its (signal-based) timeouts, which the pool replaces."""
+def _start_worker() -> None:
+    """Import math-verify once, before any item is timed, and silence its warning that signal-based timeouts are
+    off (the pool bounds the time instead)."""
     import logging
 
+    import math_verify  # noqa: F401
+
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _context():
+    """A forkserver with nothing preloaded: workers fork from a bare interpreter, so they neither re-import the
+    training script (`spawn` imports `__main__`, i.e. TRL, torch and vLLM: tens of seconds and a GB) nor inherit
+    the trainer's threads and CUDA state (`fork`)."""
+    try:
+        context = multiprocessing.get_context("forkserver")
+    except ValueError:  # platforms without forkserver
+        return multiprocessing.get_context("spawn")
+    context.set_forkserver_preload([])
+    return context
 
 
 def _parse_answer(text: str):
@@ -56,7 +71,8 @@ class Grader:
 
     def _worker(self) -> Pool:
         if self._pool is None:
-            self._pool = multiprocessing.get_context("spawn").Pool(processes=1, initializer=_quiet_worker)
+            self._pool = _context().Pool(processes=1, initializer=_start_worker)
+            self._pool.apply(len, ((),))  # wait for the worker to start: start-up is not grading time
             atexit.register(self._restart)  # stop the worker before the interpreter tears its modules down
         return self._pool
 
