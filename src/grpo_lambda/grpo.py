@@ -11,14 +11,12 @@ import logging
 import os
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainerCallback, set_seed
 from trl import ModelConfig, get_peft_config
 
 from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
 from grpo_lambda.data import load_problem_dataset, to_prompts
-from grpo_lambda.models import resolve_model
+from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.trainer import GRPOLambdaTrainer
 
@@ -56,18 +54,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
     os.environ.setdefault("WANDB_MODE", "offline")
     set_seed(training_args.seed)
 
-    model_path = resolve_model(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path,
-        revision=model_args.model_revision,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args.trust_remote_code)
     train_dataset = _load_datasets(script_args)
 
     trainer = GRPOLambdaTrainer(
@@ -91,11 +78,9 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
         training_args.loss_type,
     )
 
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
-        if checkpoint is not None:
-            logger.info("resuming from %s", checkpoint)
+    checkpoint = checkpoint_to_resume(training_args)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

@@ -136,3 +136,36 @@ def build_tiny_model(output_dir: str | os.PathLike, seed: int = 0, hidden_size: 
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def load_model_and_tokenizer(model_args, trust_remote_code: bool = False):
+    """The training stages' model and tokenizer: resolves `embedded:` names, applies `dtype`, and gives the
+    tokenizer a pad token (its eos) where it has none."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_path = resolve_model(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=trust_remote_code,
+    )
+    return model, tokenizer
+
+
+def checkpoint_to_resume(training_args) -> str | None:
+    """`resume_from_checkpoint` if set, else the last checkpoint in `output_dir` (a crashed or requeued run goes on
+    from there), else None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir):
+        return get_last_checkpoint(training_args.output_dir)
+    return None

@@ -15,16 +15,14 @@ import logging
 import os
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
 from grpo_lambda.data import solution_dataset
 from grpo_lambda.grpo import JsonlMetricsCallback
 from grpo_lambda.launch import SFT_RECORD
-from grpo_lambda.models import resolve_model
+from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +33,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     set_seed(training_args.seed)
 
     base_model = model_args.model_name_or_path
-    model_path = resolve_model(base_model)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
-    )
+    model, tokenizer = load_model_and_tokenizer(model_args)
     train_dataset = solution_dataset(
         script_args.dataset_name,
         script_args.prompt_template,
@@ -61,11 +52,9 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         peft_config=get_peft_config(model_args),
         callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl")],
     )
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
-        if checkpoint is not None:
-            logger.info("resuming from %s", checkpoint)
+    checkpoint = checkpoint_to_resume(training_args)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
