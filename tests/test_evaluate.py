@@ -78,26 +78,26 @@ def test_an_interrupted_evaluation_resumes_without_regenerating(shared_data, tin
     output_dir = tmp_path / "eval"
     command = [
         sys.executable, "-m", "grpo_lambda.evaluate", "--model", str(tiny_model_dir), "--suite",
-        str(shared_data / "evaluation_suite"), "--benchmarks", "math", "--limit", "12", "--batch_size", "1",
-        "--max_new_tokens", "16", "--backend", "transformers", "--output_dir", str(output_dir), "--dtype", "float32",
+        str(shared_data / "evaluation_suite"), "--benchmarks", "math", "--limit", "120", "--batch_size", "1",
+        "--max_new_tokens", "48", "--backend", "transformers", "--output_dir", str(output_dir), "--dtype", "float32",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     samples = output_dir / "samples.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and (not samples.exists() or len(samples.read_text().splitlines()) < 3):
-        time.sleep(0.2)
+        time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     before = [json.loads(line) for line in samples.read_text().splitlines() if line.endswith("}")]
-    assert 3 <= len(before) < 12, "the run must be interrupted part-way"
+    assert 3 <= len(before) < 120, "the run must be interrupted part-way"
 
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     after = [json.loads(line) for line in samples.read_text().splitlines()]
     keys = [(s["benchmark"], s["index"]) for s in after]
-    assert sorted(set(keys)) == [("math", i) for i in range(12)]
-    assert len(after) == 12, "a finished sample was generated again"
+    assert sorted(set(keys)) == [("math", i) for i in range(120)]
+    assert len(after) == 120, "a finished sample was generated again"
     assert after[: len(before)] == before
-    assert json.loads((output_dir / "results.json").read_text())["benchmarks"]["math"]["n"] == 12
+    assert json.loads((output_dir / "results.json").read_text())["benchmarks"]["math"]["n"] == 120
 
 
 def test_unknown_benchmark_is_a_clear_error(tmp_path, tiny_model_dir):

@@ -147,7 +147,7 @@ def _pick_column(columns: list[str], candidates: tuple[str, ...], what: str, sou
     )
 
 
-def _gold_answer(value) -> str | None:
+def gold_answer(value) -> str | None:
     """Gold answers arrive as str, numbers (AMC's 142.0) or lists of acceptable strings (joined by newlines, which
     the accuracy reward ORs). None, empty strings and empty lists are unusable."""
     if isinstance(value, list):
@@ -195,7 +195,7 @@ def _adapt(rows: Dataset, source_name: str, source: Source | None) -> Dataset:
         problem = get_problem(row)
         return {
             "problem": "" if problem is None else str(problem).strip(),
-            "answer": _gold_answer(get_answer(row)) or "",
+            "answer": gold_answer(get_answer(row)) or "",
         }
 
     adapted = rows.map(convert, remove_columns=rows.column_names, features=_SCHEMA)
@@ -225,6 +225,11 @@ def load_problem_dataset(
 ) -> Dataset:
     """Problems + gold answers from a named source (gsm8k, math12k, math-rl-16k, orz-57k, arithmetic), a local
     copy (`path`, or `name` itself when it is a file or folder), or any Hub dataset with problem/answer columns."""
+    return _adapt(_raw_rows(name, split, config, path, arithmetic), name, SOURCES.get(name))
+
+
+def _raw_rows(name: str, split: str, config: str | None, path: str | None, arithmetic: dict) -> Dataset:
+    """The rows of a source as they are stored: generated, read from a local copy, or loaded from the Hub."""
     if name == "arithmetic":
         size = arithmetic["test_size"] if split == "test" else arithmetic["train_size"]
         return arithmetic_dataset(
@@ -247,7 +252,7 @@ def load_problem_dataset(
         if split not in loaded:
             raise SystemExit(f"grpo_lambda: dataset {name!r} has no split {split!r} (it has {', '.join(loaded)}).")
         loaded = loaded[split]
-    return _adapt(loaded, name, source)
+    return loaded
 
 
 def to_prompts(dataset: Dataset, template: PromptTemplate) -> Dataset:
@@ -287,22 +292,7 @@ def solution_dataset(
     dropped and counted.
     """
     check_template(template)
-    if name == "arithmetic":
-        size = arithmetic["test_size"] if split == "test" else arithmetic["train_size"]
-        rows = arithmetic_dataset(
-            size, arithmetic["seed"], "test" if split == "test" else "train", arithmetic["level"]
-        )
-    else:
-        source = SOURCES.get(name)
-        local = Path(path) if path else (Path(name) if os.path.exists(name) else None)
-        if local is not None:
-            rows = _read_records(local)
-        elif source is not None:
-            rows = load_dataset(source.hub_id, source.config)
-        else:
-            rows = load_dataset(name)
-        if isinstance(rows, DatasetDict):
-            rows = rows[split] if split in rows else rows[next(iter(rows))]
+    rows = _raw_rows(name, split, None, path, arithmetic)
 
     def convert(row):
         worked = _worked_solution(row)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from grpo_lambda.data import ANSWER_SEPARATOR, _gold_answer, arithmetic_dataset
+from grpo_lambda.data import ANSWER_SEPARATOR, arithmetic_dataset, gold_answer
 from grpo_lambda.grading import Grader
 from grpo_lambda.models import resolve_model
 from grpo_lambda.templates import R1_STOP, TEMPLATES, extract_answer, render_prompt
@@ -91,7 +91,7 @@ def load_suite(suite: str, benchmarks: list[str], limit: int | None = None) -> l
         if limit is not None:
             rows = rows.select(range(min(limit, len(rows))))
         for index, row in enumerate(rows):
-            gold = _gold_answer(row["answer"]) or ""
+            gold = gold_answer(row["answer"]) or ""
             golds = [g.strip() for g in gold.split(ANSWER_SEPARATOR) if g.strip()]
             items.append({"benchmark": benchmark, "index": index, "problem": row["problem"], "golds": golds})
     return items
