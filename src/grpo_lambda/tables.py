@@ -124,6 +124,23 @@ def render_run_tables(paper: dict, user: dict | None = None, latex: bool = False
     return "\n\n".join(blocks)
 
 
+def render_all_runs(results_dir: str | Path, latex: bool = False) -> str:
+    """Every results.json under `results_dir`, one row per evaluated run (its folder relative to `results_dir`),
+    whether or not it matches a cell of the paper: the summary of a sweep of your own."""
+    root = Path(results_dir)
+    found = [(path, json.loads(path.read_text())) for path in sorted(root.rglob("results.json"))]
+    benchmarks = list(dict.fromkeys(b for _, results in found for b in results["benchmarks"]))
+    rows = []
+    for path, results in found:
+        run = path.parent.relative_to(root).as_posix().removesuffix("/eval")
+        scores = [results["benchmarks"].get(b, {}).get("accuracy") for b in benchmarks]
+        average = results.get("average")
+        rows.append(
+            [run, *["" if v is None else f"{v:.3f}" for v in scores], "" if average is None else f"{average:.3f}"]
+        )
+    return _render(["Run", *benchmarks, "Average"], rows, latex)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=None, help="Folder searched recursively for results.json files.")
@@ -135,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.results and not user:
         print(f"no results.json under {args.results} matches a run of the paper (<model>/grpo/<dataset>_<run>)")
     text = "Table 1\n\n" + render_table1(paper, user, args.latex) + "\n\n" + render_run_tables(paper, user, args.latex)
+    if args.results:
+        text += f"\n\nEvery evaluated run under {args.results}\n\n" + render_all_runs(args.results, args.latex)
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")

@@ -1,0 +1,549 @@
+"""Sweeps on SLURM: a grid of training runs as one array job, each run followed by its evaluation.
+
+    python -m grpo_lambda.sweep list   paper-1.5b              # index, state, recipe, output folder of every run
+    python -m grpo_lambda.sweep submit paper-1.5b [--dry-run]  # sbatch the array (unfinished runs only) + aggregation
+    python -m grpo_lambda.sweep run    paper-1.5b --index 3    # one array task (slurm/sweep.slurm calls this)
+    python -m grpo_lambda.sweep run --recipe R --run-dir D     # one run without a sweep (slurm/train.slurm)
+    python -m grpo_lambda.sweep aggregate paper-1.5b           # <output>/results.md: the paper's tables beside yours
+
+A sweep is recipes/sweeps/<name>.yaml (or any path): either a slice of the paper's grid (the recipe files that
+scripts/generate_recipes.py writes from recipes/paper_grid.yaml) or one base recipe with named variants. Each run
+lives in <output_dir>/<model>/grpo/<dataset>_<tag>/ (the layout `make tables` matches to the paper's cells):
+recipe.yaml (the recipe it ran), run.json (sweep, index, overrides, git commit), attempts.jsonl (every start,
+preemption and finish, with SLURM job ids), metrics.jsonl and checkpoint-*/ from training, the final model, and
+eval/{samples.jsonl,results.json}. A run is finished when eval/results.json exists: a resubmitted sweep skips it.
+
+Preemption: the jobs ask SLURM for SIGUSR1 `signal_seconds` before their time limit and are requeue-able. The
+runner (the batch shell itself, through exec) creates <run dir>/STOP_REQUESTED; the trainers, on every node, save
+a checkpoint at the end of the current step and exit; the task then requeues itself (`scontrol requeue`) and the
+next start resumes from that checkpoint, its metrics.jsonl cut back to the checkpoint's step. An evaluation is
+stopped (SIGTERM) and resumes from its samples.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grpo_lambda.launch import EXIT_PREEMPTED, STOP_FILE, repo_root
+from grpo_lambda.recipes import expand_grid, load_grid, model_tail
+
+SWEEP_KEYS = {"description", "output_dir", "runs", "evaluation", "slurm"}
+PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path"}
+VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants"}
+EVALUATION_DEFAULTS = {
+    "suite": None,  # None: the recipe's own benchmark folder or hub ids (grpo_lambda.evaluate's default)
+    "benchmarks": ["aime", "amc", "math", "minerva", "olympiad_bench"],
+    "limit": None,
+    "backend": "auto",
+    "args": {},  # further grpo_lambda.evaluate flags, e.g. {max_new_tokens: 3000}
+}
+SLURM_DEFAULTS = {
+    "job_name": None,  # default: grpo-lambda-<sweep name>
+    "partition": None,
+    "time": None,
+    "nodes": 1,  # > 1: the last node serves generations with `trl vllm-serve`, the others train
+    "gpus_per_node": None,
+    "cpus_per_task": None,
+    "mem": None,
+    "throttle": None,  # at most this many array tasks at once (`--array=...%N`)
+    "signal_seconds": 300,  # SIGUSR1 this long before the time limit
+    "accelerate": "auto",  # recipes/accelerate_configs/<name>.yaml; auto: zero2 with GPUs, cpu without
+    "vllm_tensor_parallel_size": 1,
+    "vllm_data_parallel_size": 1,
+    "sbatch_args": [],  # anything else, e.g. ["--account=abc", "--qos=high"]
+}
+
+
+def _fail(message: str):
+    raise SystemExit(f"grpo_lambda.sweep: {message}")
+
+
+def _check_keys(section: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        _fail(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}.")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One training run (and its evaluation) of a sweep."""
+
+    index: int
+    name: str  # <model tail>/grpo/<dataset>_<tag>, the folder `make tables` matches to the paper
+    recipe: Path
+    overrides: dict[str, Any] = field(default_factory=dict)  # trainer flags on top of the recipe
+
+    def flags(self) -> list[str]:
+        flags = []
+        for key, value in self.overrides.items():
+            flags += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+        return flags
+
+
+@dataclass
+class Sweep:
+    name: str
+    path: Path
+    output_dir: Path
+    runs: list[SweepRun]
+    evaluation: dict
+    slurm: dict
+
+    def run_dir(self, run: SweepRun) -> Path:
+        return self.output_dir / run.name
+
+
+def _paper_runs(spec: dict, root: Path) -> list[SweepRun]:
+    _check_keys(spec, PAPER_RUN_KEYS, "runs (a slice of the paper grid)")
+    grid = load_grid(root)
+    runs = [
+        run
+        for run in expand_grid(grid)
+        if (not spec.get("sizes") or run.size in spec["sizes"])
+        and (not spec.get("models") or run.model_id in spec["models"])
+        and (not spec.get("datasets") or run.dataset in spec["datasets"])
+    ]
+    model_path = spec.get("model_path") or {}  # e.g. the SFT checkpoint each model starts from (§4.2)
+    unknown = sorted(set(model_path) - {run.model_id for run in runs})
+    if unknown:
+        _fail(f"model_path names models outside the sweep: {', '.join(unknown)}.")
+    return [
+        SweepRun(
+            index,
+            f"{model_tail(run.model_id)}/grpo/{run.dataset}_{run.tag}",
+            root / run.path,
+            {"model_name_or_path": model_path[run.model_id]} if run.model_id in model_path else {},
+        )
+        for index, run in enumerate(runs)
+    ]
+
+
+def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
+    _check_keys(spec, VARIANT_RUN_KEYS, "runs (a base recipe with variants)")
+    for key in ("recipe", "variants"):
+        if key not in spec:
+            _fail(f"runs needs `{key}` (or `paper_grid: true` for a slice of the paper grid).")
+    recipe = root / spec["recipe"]
+    if not recipe.is_file():
+        _fail(f"no recipe {spec['recipe']} (paths are relative to the repository root).")
+    base = yaml.safe_load(recipe.read_text())
+    model = spec.get("model", base.get("model_name_or_path"))
+    dataset = spec.get("dataset", base.get("dataset_name"))
+    common = dict(spec.get("settings") or {})
+    common.update(
+        {k: v for k, v in (("model_name_or_path", spec.get("model")), ("dataset_name", spec.get("dataset"))) if v}
+    )
+    runs = []
+    for index, (tag, settings) in enumerate(spec["variants"].items()):
+        name = f"{model_tail(model.removeprefix('embedded:'))}/grpo/{Path(str(dataset)).name}_{tag}"
+        runs.append(SweepRun(index, name, recipe, {**common, **(settings or {})}))
+    return runs
+
+
+def load_sweep(
+    spec: str | os.PathLike, root: Path | None = None, output_dir: str | os.PathLike | None = None
+) -> Sweep:
+    """A sweep by name (recipes/sweeps/<name>.yaml) or path, with every run expanded and every key checked."""
+    root = root or repo_root()
+    path = Path(spec)
+    if path.suffix not in (".yaml", ".yml"):
+        path = root / "recipes" / "sweeps" / f"{spec}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (root / "recipes" / "sweeps").glob("*.yaml"))
+        _fail(f"no sweep {spec!r}; available: {', '.join(available)} (or a path to a sweep YAML).")
+    data = yaml.safe_load(path.read_text()) or {}
+    _check_keys(data, SWEEP_KEYS, str(path))
+    evaluation = {**EVALUATION_DEFAULTS, **(data.get("evaluation") or {})}
+    _check_keys(evaluation, set(EVALUATION_DEFAULTS), f"{path}: evaluation")
+    slurm = {**SLURM_DEFAULTS, **(data.get("slurm") or {})}
+    _check_keys(slurm, set(SLURM_DEFAULTS), f"{path}: slurm")
+    runs_spec = data.get("runs") or {}
+    runs = _paper_runs(runs_spec, root) if runs_spec.get("paper_grid") else _variant_runs(runs_spec, root)
+    output = Path(output_dir or data.get("output_dir") or Path("data") / "sweeps" / path.stem).resolve()
+    return Sweep(path.stem, path.resolve(), output, runs, evaluation, slurm)
+
+
+def run_state(run_dir: Path) -> str:
+    """done (evaluated), trained, started, or pending."""
+    if (run_dir / "eval" / "results.json").is_file():
+        return "done"
+    if (run_dir / "train_results.json").is_file():
+        return "trained"
+    if (run_dir / "attempts.jsonl").is_file():
+        return "started"
+    return "pending"
+
+
+def _git_commit(root: Path) -> dict:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def _record(run_dir: Path, event: str, **details) -> None:
+    entry = {
+        "event": event,
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array": f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if "SLURM_ARRAY_JOB_ID" in os.environ
+        else None,
+        "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        **details,
+    }
+    with (run_dir / "attempts.jsonl").open("a") as stream:
+        stream.write(json.dumps(entry) + "\n")
+
+
+def _recipe_value(run: SweepRun, key: str):
+    if key in run.overrides:
+        return run.overrides[key]
+    return yaml.safe_load(run.recipe.read_text()).get(key)
+
+
+class Runner:
+    """Trains one run, then evaluates it, resuming whatever an earlier attempt left; requeues on the warning."""
+
+    def __init__(self, run: SweepRun, run_dir: Path, evaluation: dict, slurm: dict, sweep: Sweep | None = None):
+        self.run, self.run_dir, self.evaluation, self.slurm, self.sweep = run, run_dir, evaluation, slurm, sweep
+        self.root = repo_root()
+        self.python = sys.executable
+        self.warned = False
+        self.child: tuple[subprocess.Popen | None, str | None] = (None, None)
+
+    def prepare(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.run_dir / "recipe.yaml").is_file():
+            shutil.copyfile(self.run.recipe, self.run_dir / "recipe.yaml")
+        if not (self.run_dir / "run.json").is_file():
+            info = {
+                "name": self.run.name,
+                "sweep": str(self.sweep.path) if self.sweep else None,
+                "index": self.run.index if self.sweep else None,
+                "recipe": str(self.run.recipe),
+                "overrides": self.run.overrides,
+                "evaluation": self.evaluation,
+                **_git_commit(self.root),
+            }
+            (self.run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def training_commands(self) -> list[list[str]]:
+        """The launch command(s): one process tree on a single node; on several nodes, `trl vllm-serve` on the
+        last node and `grpo_lambda.launch` on each of the others (srun, one task per node)."""
+        launch = [self.python, "-m", "grpo_lambda.launch", "--recipe", str(self.run.recipe)]
+        launch += ["--accelerate", self.slurm["accelerate"]]
+        trainer_flags = [*self.run.flags(), "--output_dir", str(self.run_dir)]
+        nodes = _job_nodes()
+        if len(nodes) <= 1:
+            return [[*launch, "--args", shlex.join(trainer_flags)]]
+        server, trainers = nodes[-1], nodes[:-1]
+        model = str(_recipe_value(self.run, "model_name_or_path"))
+        serve = [
+            "srun", "--nodes=1", "--ntasks=1", f"--nodelist={server}", "--export=ALL",
+            str(Path(self.python).with_name("trl")), "vllm-serve", "--model", model,
+            "--tensor_parallel_size", str(self.slurm["vllm_tensor_parallel_size"]),
+            "--data_parallel_size", str(self.slurm["vllm_data_parallel_size"]),
+        ]  # fmt: skip
+        trainer_flags += ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", server]
+        train = [
+            "srun", f"--nodes={len(trainers)}", "--ntasks-per-node=1", f"--nodelist={','.join(trainers)}",
+            "--export=ALL", *launch, "--num-machines", str(len(trainers)), "--main-process-ip", trainers[0],
+            "--args", shlex.join(trainer_flags),
+        ]  # fmt: skip
+        return [serve, train]
+
+    def evaluation_command(self) -> list[str]:
+        config = self.evaluation
+        command = [
+            self.python, "-m", "grpo_lambda.evaluate", "--model", str(self.run_dir),
+            "--output_dir", str(self.run_dir / "eval"), "--benchmarks", ",".join(config["benchmarks"]),
+            "--template", str(_recipe_value(self.run, "prompt_template") or "qwen_math"),
+            "--backend", config["backend"],
+        ]  # fmt: skip
+        if config["suite"]:
+            command += ["--suite", str(config["suite"])]
+        if config["limit"]:
+            command += ["--limit", str(config["limit"])]
+        for key, value in (config["args"] or {}).items():
+            command += [f"--{key}", str(value)]
+        return command
+
+    def _on_warning(self, signum, frame) -> None:
+        self.warned = True
+        process, stage = self.child
+        if process is None or process.poll() is not None:
+            return
+        if stage == "train":
+            (self.run_dir / STOP_FILE).touch()
+        else:  # the evaluation keeps every graded sample on disk: stopping it loses at most one batch
+            os.killpg(process.pid, signal.SIGTERM)
+
+    def _run(self, command: list[str], stage: str) -> int:
+        print("[sweep] " + shlex.join(command), flush=True)
+        process = subprocess.Popen(command, cwd=self.root, start_new_session=True)
+        self.child = (process, stage)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            os.killpg(process.pid, signal.SIGINT)
+            raise
+        finally:
+            self.child = (None, None)
+
+    def train(self) -> int:
+        (self.run_dir / STOP_FILE).unlink(missing_ok=True)
+        commands = self.training_commands()
+        server = None
+        if len(commands) > 1:
+            print("[sweep] " + shlex.join(commands[0]), flush=True)
+            server = subprocess.Popen(commands[0], start_new_session=True)
+        try:
+            return self._run(commands[-1], "train")
+        finally:
+            if server is not None and server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait()
+
+    def requeue(self, stage: str) -> int:
+        _record(self.run_dir, "preempted", stage=stage)
+        job = os.environ.get("SLURM_JOB_ID")
+        if not job:
+            print(f"[sweep] stopped on the warning signal during {stage}; run again to resume", flush=True)
+            return EXIT_PREEMPTED
+        print(f"[sweep] stopped on the warning signal during {stage}: requeueing job {job}", flush=True)
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"[sweep] scontrol requeue failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
+            return EXIT_PREEMPTED
+        return 0
+
+    def __call__(self, stages: tuple[str, ...] = ("train", "evaluate")) -> int:
+        state = run_state(self.run_dir)
+        if state == "done" and "evaluate" in stages:
+            print(f"[sweep] {self.run.name}: already finished ({self.run_dir / 'eval' / 'results.json'})", flush=True)
+            return 0
+        self.prepare()
+        _record(self.run_dir, "start", stages=list(stages))
+        signal.signal(signal.SIGUSR1, self._on_warning)
+        if "train" in stages and state != "trained":
+            code = self.train()
+            # accelerate's launcher reports a trainer's EXIT_PREEMPTED as 1
+            if code == EXIT_PREEMPTED or (self.warned and code != 0):
+                return self.requeue("train")
+            if code != 0:
+                _record(self.run_dir, "failed", stage="train", exit_code=code)
+                return code
+            _record(self.run_dir, "trained")
+        if "evaluate" in stages:
+            if self.warned:
+                return self.requeue("evaluate")
+            code = self._run(self.evaluation_command(), "evaluate")
+            if self.warned:
+                return self.requeue("evaluate")
+            if code != 0:
+                _record(self.run_dir, "failed", stage="evaluate", exit_code=code)
+                return code
+            _record(self.run_dir, "evaluated")
+        return 0
+
+
+def _job_nodes() -> list[str]:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist or int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) <= 1:
+        return []
+    result = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    return result.stdout.split()
+
+
+def sbatch_command(sweep: Sweep, indices: list[int], root: Path) -> list[str]:
+    slurm = sweep.slurm
+    array = _compact(indices) + (f"%{slurm['throttle']}" if slurm["throttle"] else "")
+    command = [
+        "sbatch", "--parsable", f"--job-name={slurm['job_name'] or 'grpo-lambda-' + sweep.name}",
+        f"--array={array}", f"--output={sweep.output_dir / 'logs' / '%A_%a.out'}", "--open-mode=append",
+        "--requeue", f"--signal=B:USR1@{slurm['signal_seconds']}", f"--nodes={slurm['nodes']}",
+        f"--chdir={root}", f"--export=ALL,GRPO_LAMBDA_PYTHON={sys.executable},GRPO_LAMBDA_ROOT={root}",
+    ]  # fmt: skip
+    for key, flag in (("partition", "partition"), ("time", "time"), ("gpus_per_node", "gpus-per-node"),
+                      ("cpus_per_task", "cpus-per-task"), ("mem", "mem")):  # fmt: skip
+        if slurm[key] is not None:
+            command.append(f"--{flag}={slurm[key]}")
+    command += [*slurm["sbatch_args"], str(root / "slurm" / "sweep.slurm"), str(sweep.path), str(sweep.output_dir)]
+    return command
+
+
+def _compact(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] → '0-2,5,7-8' (SLURM's --array syntax)."""
+    parts, start = [], None
+    for i, index in enumerate(indices):
+        if start is None:
+            start = index
+        if i + 1 == len(indices) or indices[i + 1] != index + 1:
+            parts.append(str(start) if start == index else f"{start}-{index}")
+            start = None
+    return ",".join(parts)
+
+
+def list_runs(sweep: Sweep) -> str:
+    rows = [(str(run.index), run_state(sweep.run_dir(run)), _display(run.recipe), _display(sweep.run_dir(run)))
+            for run in sweep.runs]  # fmt: skip
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("index", "state", "recipe", "output"))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(("index", "state", "recipe", "output"), widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
+    todo = [run.index for run in sweep.runs if rerun or run_state(sweep.run_dir(run)) != "done"]
+    print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} finished, {len(todo)} to run")
+    print(list_runs(sweep))
+    if not todo:
+        print("nothing to submit; aggregate with: " + shlex.join(_aggregate_command(sweep)))
+        return 0
+    command = sbatch_command(sweep, todo, root)
+    aggregate = ["sbatch", "--parsable", "--dependency=afterany:{job}", f"--job-name=aggregate-{sweep.name}",
+                 f"--output={sweep.output_dir / 'logs' / 'aggregate_%j.out'}", f"--chdir={root}",
+                 "--wrap", shlex.join(_aggregate_command(sweep))]  # fmt: skip
+    print("command: " + shlex.join(command))
+    print("then:    " + shlex.join(aggregate).replace("{job}", "<array job id>"))
+    if dry_run:
+        return 0
+    if shutil.which("sbatch") is None:
+        _fail("sbatch not found: submit from a SLURM login node (or start slurm/local_cluster.sh to try locally).")
+    (sweep.output_dir / "logs").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sweep.path, sweep.output_dir / "sweep.yaml")
+    job = subprocess.run(command, capture_output=True, text=True)
+    if job.returncode != 0:
+        _fail(f"sbatch failed: {job.stderr.strip()}")
+    job_id = job.stdout.strip().split(";")[0]
+    aggregate[2] = aggregate[2].format(job=job_id)
+    aggregated = subprocess.run(aggregate, capture_output=True, text=True, check=True).stdout.strip()
+    print(f"submitted array job {job_id} ({len(todo)} tasks); aggregation job {aggregated}")
+    print(f"logs: {sweep.output_dir / 'logs'}; when done: make tables RESULTS={sweep.output_dir}")
+    return 0
+
+
+def _aggregate_command(sweep: Sweep) -> list[str]:
+    return [sys.executable, "-m", "grpo_lambda.sweep", "aggregate", str(sweep.path), "--output-dir",
+            str(sweep.output_dir)]  # fmt: skip
+
+
+def aggregate(sweep: Sweep) -> Path:
+    from grpo_lambda import tables
+
+    output = sweep.output_dir / "results.md"
+    tables.main(["--results", str(sweep.output_dir), "--output", str(output)])
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("list", "submit", "aggregate"):
+        sub = commands.add_parser(name)
+        sub.add_argument("sweep", help="Name under recipes/sweeps/ or a path to a sweep YAML.")
+        sub.add_argument("--output-dir", default=None, help="Overrides the sweep's output_dir.")
+        if name == "submit":
+            sub.add_argument("--dry-run", action="store_true", help="List the runs and the sbatch command only.")
+            sub.add_argument("--rerun", action="store_true", help="Submit finished runs too (they are skipped).")
+    run = commands.add_parser("run", help="One run: an array task of a sweep, or a recipe (slurm/train.slurm).")
+    run.add_argument("sweep", nargs="?", default=None)
+    run.add_argument("--index", type=int, default=None, help="Array index (default: $SLURM_ARRAY_TASK_ID).")
+    run.add_argument("--output-dir", default=None, help="The sweep's output folder.")
+    run.add_argument("--recipe", default=None, help="Without a sweep: the recipe to train.")
+    run.add_argument("--run-dir", default=None, help="Without a sweep: the run's output folder.")
+    run.add_argument("--stages", default="train,evaluate", help="train, evaluate or both (comma-separated).")
+    run.add_argument("--benchmarks", default=None, help="Without a sweep: comma-separated benchmarks.")
+    run.add_argument("--suite", default=None, help="Without a sweep: the benchmark folder or hub id.")
+    run.add_argument("--args", default="", help="Without a sweep: extra trainer flags.")
+    args = parser.parse_args(argv)
+    root = repo_root()
+
+    if args.command == "run":
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        if not set(stages) <= {"train", "evaluate"} or not stages:
+            _fail(f"--stages takes train and/or evaluate, got {args.stages!r}.")
+        if args.sweep:
+            sweep = load_sweep(args.sweep, root, args.output_dir)
+            index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "-1"))
+            if not 0 <= index < len(sweep.runs):
+                _fail(f"index {index} outside the sweep's {len(sweep.runs)} runs (0..{len(sweep.runs) - 1}).")
+            sweep_run = sweep.runs[index]
+            runner = Runner(sweep_run, sweep.run_dir(sweep_run), sweep.evaluation, sweep.slurm, sweep)
+        else:
+            if not (args.recipe and args.run_dir):
+                _fail("run needs a sweep and an index, or --recipe and --run-dir.")
+            recipe = Path(args.recipe).resolve()
+            if not recipe.is_file():
+                _fail(f"no recipe file {args.recipe}.")
+            overrides = _flags_to_overrides(shlex.split(args.args))
+            evaluation = dict(EVALUATION_DEFAULTS)
+            if args.benchmarks:
+                evaluation["benchmarks"] = args.benchmarks.split(",")
+            evaluation["suite"] = args.suite or "data/evaluation_suite"
+            slurm = {
+                **SLURM_DEFAULTS,
+                "accelerate": os.environ.get("GRPO_LAMBDA_ACCELERATE", "auto"),
+                "vllm_tensor_parallel_size": int(os.environ.get("GRPO_LAMBDA_VLLM_TP", "1")),
+                "vllm_data_parallel_size": int(os.environ.get("GRPO_LAMBDA_VLLM_DP", "1")),
+            }
+            runner = Runner(SweepRun(0, Path(args.run_dir).name, recipe, overrides), Path(args.run_dir).resolve(),
+                            evaluation, slurm)  # fmt: skip
+        return runner(stages)
+
+    sweep = load_sweep(args.sweep, root, args.output_dir)
+    if args.command == "list":
+        print(f"sweep {sweep.name}: {len(sweep.runs)} runs, output {sweep.output_dir}")
+        print(list_runs(sweep))
+        return 0
+    if args.command == "submit":
+        return submit(sweep, root, args.dry_run, args.rerun)
+    print(f"wrote {aggregate(sweep)}")
+    return 0
+
+
+def _flags_to_overrides(tokens: list[str]) -> dict[str, str]:
+    overrides, key = {}, None
+    for token in tokens:
+        if token.startswith("--"):
+            key, _, value = token[2:].partition("=")
+            overrides[key] = value if value else "true"
+            if value:
+                key = None
+        elif key is not None:
+            overrides[key] = token
+            key = None
+        else:
+            _fail(f"cannot read trainer flag {token!r}: use --name value.")
+    return overrides
+
+
+if __name__ == "__main__":
+    sys.exit(main())

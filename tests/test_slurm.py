@@ -1,0 +1,249 @@
+"""Sweeps on a real SLURM: a single-node cluster started by slurm/local_cluster.sh runs the tiny CPU sweep (array
+job: training, checkpoints, evaluation, aggregation) and a preemption (warning signal → checkpoint → requeue →
+resume). Without slurmctld/slurmd/munge, or without root, these tests skip; the sweep expansion tests always run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grpo_lambda.recipes import expand_grid, load_grid, model_tail
+from grpo_lambda.sweep import _compact, load_sweep, sbatch_command
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "slurm" / "local_cluster.sh"
+
+
+def sweep_cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lambda.sweep", *args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout + result.stderr)
+    return result
+
+
+@pytest.mark.parametrize(("name", "size", "expected"), [("paper-1.5b", "1.5B", 72), ("paper-3b", "3B", 12),
+                                                        ("paper-7b", "7B", 8)])  # fmt: skip
+def test_paper_sweeps_are_exactly_the_paper_grid(name, size, expected):
+    sweep = load_sweep(name, ROOT)
+    grid = [run for run in expand_grid(load_grid(ROOT)) if run.size == size]
+    assert len(sweep.runs) == len(grid) == expected
+    assert [run.recipe for run in sweep.runs] == [ROOT / run.path for run in grid]
+    assert all(run.recipe.is_file() for run in sweep.runs)
+    assert [run.name for run in sweep.runs] == [
+        f"{model_tail(run.model_id)}/grpo/{run.dataset}_{run.tag}" for run in grid
+    ]
+    assert [run.index for run in sweep.runs] == list(range(expected))
+
+
+def test_make_sweep_dry_run_lists_the_1_5b_grid(tmp_path):
+    result = subprocess.run(
+        ["make", "-s", "sweep", "SWEEP=paper-1.5b", "DRY_RUN=1", f"VENV={Path(sys.executable).parents[1]}"],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(row[0]) for row in rows] == list(range(72))
+    assert len({row[2] for row in rows}) == 72  # 72 distinct recipes
+    assert {row[2].split("/")[1] for row in rows} == {"Qwen2.5-Math-1.5B-Instruct", "DeepSeek-R1-Distill-Qwen-1.5B"}
+    assert "--array=0-71%8" in result.stdout and "submitted" not in result.stdout
+
+
+def test_sbatch_command_skips_nothing_by_itself_and_compacts_indices(tmp_path):
+    assert _compact([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert _compact([3]) == "3"
+    sweep = load_sweep("tiny-cpu", ROOT, tmp_path)
+    command = sbatch_command(sweep, [1, 3], ROOT)
+    assert "--array=1,3%2" in command and "--requeue" in command and "--open-mode=append" in command
+    assert "--signal=B:USR1@60" in command and command[-1] == str(tmp_path)
+
+
+def test_sweep_typos_fail_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"runs": {"paper_grid": True, "size": ["1.5B"]}}))
+    result = sweep_cli("list", str(bad), check=False)
+    assert result.returncode != 0 and "unknown key(s) size" in result.stderr and "Traceback" not in result.stderr
+    result = sweep_cli("list", "no-such-sweep", check=False)
+    assert "available: paper-1.5b" in result.stderr and "Traceback" not in result.stderr
+    bad.write_text(yaml.safe_dump({"runs": {"paper_grid": True}, "slurm": {"gpus": 8}}))
+    assert "unknown key(s) gpus" in sweep_cli("list", str(bad), check=False).stderr
+
+
+def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeypatch, tmp_path):
+    from grpo_lambda import sweep as sweep_module
+
+    sweep = load_sweep("paper-7b", ROOT, tmp_path)
+    run = sweep.runs[1]
+    monkeypatch.setattr(sweep_module, "_job_nodes", lambda: ["gpu1", "gpu2", "gpu3"])
+    serve, train = sweep_module.Runner(
+        run, sweep.run_dir(run), sweep.evaluation, sweep.slurm, sweep
+    ).training_commands()
+    assert serve[:4] == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=gpu3"] and "vllm-serve" in serve
+    assert serve[serve.index("--model") + 1] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    assert train[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--nodelist=gpu1,gpu2"]
+    assert train[train.index("--num-machines") + 1] == "2" and train[train.index("--main-process-ip") + 1] == "gpu1"
+    trainer_flags = train[train.index("--args") + 1]
+    assert "--vllm_mode server --vllm_server_host gpu3" in trainer_flags and str(sweep.run_dir(run)) in trainer_flags
+
+    launch = subprocess.run(
+        [sys.executable, "-m", "grpo_lambda.launch", "--recipe", str(run.recipe), "--accelerate", "zero3",
+         "--num-machines", "2", "--main-process-ip", "gpu1", "--dry-run"],
+        capture_output=True, text=True, check=True, env=dict(os.environ, SLURM_PROCID="1"),
+    )  # fmt: skip
+    assert "--num_machines=2 --machine_rank=1 --main_process_ip=gpu1" in launch.stdout
+
+
+def test_resumed_metrics_log_keeps_each_step_once(tmp_path):
+    from types import SimpleNamespace
+
+    from grpo_lambda.grpo import JsonlMetricsCallback
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": step, "reward": 0.1 * step}) + "\n" for step in (1, 2, 3, 4, 5)))
+    callback = JsonlMetricsCallback(path)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3)  # resumed from checkpoint-3
+    callback.on_train_begin(None, state, None)
+    callback.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=4), None, logs={"reward": 1.0})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A real cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"SLURM not installed ({', '.join(missing)}): bash slurm/local_cluster.sh install")
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster runs its daemons as root")
+    state = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, GRPO_LAMBDA_SLURMCTLD_PORT=str(_free_port()), GRPO_LAMBDA_SLURMD_PORT=str(_free_port()))
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True, env=env)
+    assert started.returncode == 0, started.stderr
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    env["GRPO_LAMBDA_ROOT"] = str(ROOT)
+    try:
+        yield env
+    finally:
+        subprocess.run(["bash", str(CLUSTER), "stop", str(state)], env=env)
+
+
+def _jobs(env) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, env=env, check=True)
+    return out.stdout.splitlines()
+
+
+def _wait_until(predicate, timeout: float, what: str, env, poll: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}; queue: {_jobs(env)}")
+
+
+def _logs(output_dir: Path) -> str:
+    return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted((output_dir / "logs").glob("*")))
+
+
+def _reward_steps(run_dir: Path) -> list[int]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["step"] for r in records if "reward" in r]
+
+
+@pytest.mark.slow
+def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs(slurm, tmp_path):
+    output = tmp_path / "out"
+    started = time.monotonic()
+    submitted = sweep_cli("submit", str(ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml"), "--output-dir", str(output),
+                          env=slurm)  # fmt: skip
+    assert "submitted array job" in submitted.stdout
+    _wait_until(lambda: not _jobs(slurm), 900, "the sweep to finish", slurm, poll=2)
+    print(f"tiny sweep (4 runs + aggregation) wall time: {time.monotonic() - started:.0f} s")
+
+    sweep = load_sweep("tiny-cpu", ROOT, output)
+    assert len(sweep.runs) >= 4
+    for run in sweep.runs:
+        run_dir = sweep.run_dir(run)
+        assert (run_dir / "eval" / "results.json").is_file(), _logs(output)
+        assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+        assert _reward_steps(run_dir) == list(range(1, 9))
+        assert (run_dir / "recipe.yaml").read_text() == run.recipe.read_text()
+        info = json.loads((run_dir / "run.json").read_text())
+        assert info["index"] == run.index and info["overrides"] == run.overrides and "commit" in info
+        results = json.loads((run_dir / "eval" / "results.json").read_text())
+        assert results["benchmarks"]["arithmetic"]["n"] == 16
+        assert json.loads((run_dir / "trainer_state.json").read_text())["global_step"] == 8
+    table = (output / "results.md").read_text()
+    assert all(run.name in table for run in sweep.runs)
+
+    again = sweep_cli("submit", str(ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml"), "--output-dir", str(output),
+                      env=slurm)  # fmt: skip
+    assert "4 finished, 0 to run" in again.stdout and "nothing to submit" in again.stdout
+    # an array task of a finished run that runs anyway (e.g. resubmitted by hand) does nothing
+    rerun = sweep_cli("run", str(ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml"), "--output-dir", str(output),
+                      "--index", "0", env=slurm)  # fmt: skip
+    assert "already finished" in rerun.stdout
+
+
+@pytest.mark.slow
+def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    output = tmp_path / "out"
+    max_steps = 40
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["runs"]["variants"] = {"grpo-lambda-0.99-both-trace": {"loss_variant": "eps_trace", "trace_lambda": 0.99}}
+    spec["runs"]["settings"].update(max_steps=max_steps, save_steps=1000)  # the only checkpoint: the preemption's
+    sweep_path = tmp_path / "sweep.yaml"
+    sweep_path.write_text(yaml.safe_dump(spec))
+    started = time.monotonic()
+    submitted = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm)
+    array_job = submitted.stdout.split("submitted array job ")[1].split()[0]
+    task = f"{array_job}_0"
+    sweep = load_sweep(sweep_path, ROOT, output)
+    run_dir = sweep.run_dir(sweep.runs[0])
+
+    _wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and len(_reward_steps(run_dir)) >= 2, 600,
+                "training to start", slurm, poll=0.2)  # fmt: skip
+    subprocess.run(["scancel", "--batch", "--signal=USR1", task], env=slurm, check=True)
+
+    def requeued():
+        state = [line for line in _jobs(slurm) if line.startswith(task + " ")]
+        return state and state[0].split()[1] == "PENDING"
+
+    _wait_until(requeued, 300, "the task to be requeued", slurm, poll=0.5)
+    preempted_at = _reward_steps(run_dir)[-1]
+    checkpoints = sorted(run_dir.glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == [f"checkpoint-{preempted_at}"], _logs(output)
+    assert preempted_at < max_steps
+    # a requeued job waits ~120 s in BeginTime; the test does not
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], env=slurm, check=True)
+    _wait_until(lambda: not _jobs(slurm), 900, "the requeued task to finish", slurm, poll=2)
+    print(f"preemption test wall time: {time.monotonic() - started:.0f} s (preempted at step {preempted_at})")
+
+    attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
+    events = [(a["event"], a["restart_count"]) for a in attempts]
+    assert events[:2] == [("start", 0), ("preempted", 0)], events
+    assert ("start", 1) in events and events[-1][0] == "evaluated", events
+    assert _reward_steps(run_dir) == list(range(1, max_steps + 1)), _logs(output)  # each step logged once
+    log = (output / "logs" / f"{task}.out").read_text()  # one log over both attempts (--open-mode=append)
+    assert f"resuming from {run_dir}/checkpoint-{preempted_at}" in log
+    assert (run_dir / "eval" / "results.json").is_file()
+    assert json.loads((run_dir / "trainer_state.json").read_text())["global_step"] == max_steps
