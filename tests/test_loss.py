@@ -5,12 +5,11 @@ import torch
 
 from grpo_lambda.loss import (
     clamp_negative_advantages,
-    credit_weights,
     eligibility_trace_log_ratio,
     eps_weight_trace_weights,
     soft_clamp_log_probs,
 )
-from grpo_lambda.traces import trace_matrix
+from grpo_lambda.traces import credit_weights, trace_matrix
 
 
 def test_advantage_clamp():

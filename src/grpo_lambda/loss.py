@@ -11,6 +11,9 @@ How GRPO-λ departs from plain GRPO (λ = 0, `recent`, no clamp gives plain GRPO
    coefficient (no gradient flows through it); docs/method.md explains that reading.
 
 The KL term (β·k3 against the reference model) and the reduction over tokens are GRPO's, untouched.
+
+On-policy (πold = πθ in value) ε-trace has an exact elementwise form, `on_policy_traced_log_probs`, with the same
+value and gradient as the general traced sum; docs/method.md says when the trainer uses it.
 """
 
 from __future__ import annotations
@@ -99,22 +102,26 @@ def eps_weight_trace_weights(
     return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, gamma, lam, style, floor)
 
 
-def credit_weights(
-    mask: torch.Tensor, gamma: float, lam: float, style: TraceStyle, floor: float = 0.0
-) -> torch.Tensor:
-    """Forward view of the traces: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k) for each real token k.
+def on_policy_traced_log_probs(per_token_logps: torch.Tensor, credit: torch.Tensor) -> torch.Tensor:
+    """ε-trace's traced log-probabilities when πold = πθ in value (num_iterations = 1), in one elementwise pass:
 
-    On-policy, ε-trace's gradient is GRPO's with token k's advantage multiplied by c_k (regroup Theorem 1's double
-    sum by the earlier token); c_k = 1 for λ = 0 with `recent`. Computed as the gradient of Σ_t mask_t·S_t with
-    respect to v = 1, so it reuses `traced_sum` and never builds the matrix.
+        log π^λ_t = sg(log πθ_t) + c_t·(log πθ_t − sg(log πθ_t)),   c_t = credit_weights(mask)_t
+
+    Its value is log πθ exactly (x + c·0 = x), as is the general path's log πold + Σ_l tr(t, l)·0, so the ratio is
+    exactly 1. Its gradient differs from the general path's per token but not in total, when the loss's gradient
+    g_t at every real token t of sequence i is the same γ_i (true on-policy: the ratio is 1 everywhere, so the
+    clip is inactive and min picks the same branch; TRL's loss types weight tokens per sequence):
+
+        general: ∂/∂log π_k = Σ_{t ≥ k} g_t·tr(t, t − k)·mask_k = γ_i·Σ_{t ≥ k, mask_t} tr(t, t − k) = γ_i·c_k
+        here:    ∂/∂log π_k = g_k·c_k = γ_i·c_k
+
+    i.e. Theorem 1 (Eq. 12) in its forward view: GRPO's gradient with token k's advantage scaled by c_k.
 
     Args:
-        mask: [B, T] completion mask.
+        per_token_logps: [B, T] log πθ of the completion tokens (with gradient).
+        credit: [B, T] c_k from `credit_weights` (no gradient), 0 on masked tokens.
     Returns:
-        [B, T] float64 weights, 0 on masked tokens.
+        [B, T] tensor equal to `per_token_logps` in value.
     """
-    with torch.enable_grad():
-        ones = torch.ones(mask.shape, dtype=torch.float64, device=mask.device, requires_grad=True)
-        total = (traced_sum(ones, mask, gamma, lam, style, floor) * mask.to(torch.float64)).sum()
-        (weights,) = torch.autograd.grad(total, ones)
-    return weights
+    detached = per_token_logps.detach()
+    return detached + credit.to(per_token_logps.dtype) * (per_token_logps - detached)

@@ -9,12 +9,17 @@ that the current token t gives an earlier token k = t − l (lag l ≥ 0) is, wi
 and tr(t, 0) = 1 (the diagonal; a^0 = 1 ≥ ε because ε ∈ [0, 1]). `both` gives the first completion token
 (k = 0) weight a^0 = 1 at every t, so it is not plain GRPO even at λ = 0.
 
-Two forms live here:
+Four forms live here:
 
 - `trace_matrix`: the dense [T, T] float64 matrix of Eq. 17–18, the obvious reference.
 - `traced_sum`: S_t = Σ_{k ≤ t, mask_k} tr(t, t − k) · v_k for a batch, in O(B·T) memory, from three one-pass
   quantities (see `traced_sum` for the derivation). No T×T matrix and no a^(−t) factors, so it neither runs out
-  of memory nor overflows on long completions.
+  of memory nor overflows on long completions. Its backward is `traced_sum_adjoint`, so autograd keeps only the
+  mask, not the float64 intermediates of the scan.
+- `traced_sum_adjoint`: G_k = mask_k Σ_{t ≥ k} tr(t, t − k) · g_t, the transpose (forward view of the traces),
+  by the same windows run from the end of the sequence.
+- `credit_weights`: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k), the adjoint applied to the mask, in closed form when
+  the mask is a prefix (TRL's right-padded completions) and by the adjoint otherwise.
 """
 
 from __future__ import annotations
@@ -143,6 +148,9 @@ def traced_sum(
     so recent: S_t = U(t, t + 1); both: split at h = ⌊t/2⌋ (k ≤ h has min(k, t−k) = k),
     S_t = Σ_{k ≤ h} w(k) v_k + U(t, t − h). Every term is O(B·T); sums are taken in float64.
 
+    The gradient is `traced_sum_adjoint` of the incoming gradient (the map is linear in v), so the graph stores
+    the mask only: O(B·T) memory in the backward pass too.
+
     Masked tokens (mask_k = 0) carry no weight and receive no gradient. Masked positions t still get the sum of
     the formula; callers mask the result as they mask any per-token quantity.
 
@@ -158,6 +166,44 @@ def traced_sum(
     """
     decay = trace_decay(gamma, lam)
     _check_style_and_floor(style, floor)
+    if values.requires_grad and torch.is_grad_enabled():
+        return _TracedSum.apply(values, mask, decay, style, floor)
+    return _traced_sum(values, mask, decay, style, floor)
+
+
+def traced_sum_adjoint(
+    grad: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    style: TraceStyle,
+    floor: float = 0.0,
+) -> torch.Tensor:
+    """G_k = mask_k · Σ_{t ≥ k} tr(t, t − k) · g_t: the transpose of `traced_sum`, i.e. ∂(Σ_t g_t S_t)/∂v_k.
+
+    This is the forward view of the traces (Theorem 1 regrouped by the earlier token, Eq. 12): how much token k
+    is credited by the tokens after it. Derivation, with w(j) = max(ε, a^j) as in `traced_sum` and the reverse
+    running sums C^r_k = Σ_{t ≥ k} g_t, E^r_k = Σ_{t ≥ k} a^(t−k) g_t (both 0 for k ≥ T): a window of the n tokens
+    from k on is
+
+        V(k, n) = Σ_{j < n} w(j) g_{k+j} = E^r_k − a^n'·E^r_{k+n'} + ε·(C^r_{k+n'} − C^r_{k+n}),   n' = min(n, L*).
+
+    recent (tr depends on the lag t − k only): G_k = V(k, T − k). both: for t ≤ 2k the exponent min(t − k, k) is
+    the lag, beyond it is k, so G_k = V(k, k + 1) + w(k)·C^r_{2k+1}. O(B·T), summed in float64.
+
+    Args:
+        grad: [B, T] per-token values g_t (the gradient arriving at S_t).
+        mask: [B, T] completion mask (of the tokens k that receive the result).
+        gamma, lam, style, floor: as in `traced_sum`.
+    Returns:
+        [B, T] tensor in the dtype of `grad`, 0 where mask is 0.
+    """
+    decay = trace_decay(gamma, lam)
+    _check_style_and_floor(style, floor)
+    return _traced_sum_adjoint(grad, mask, decay, style, floor)
+
+
+def _traced_sum(values: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float) -> torch.Tensor:
     length = values.shape[-1]
     device = values.device
     v = torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=device)).to(torch.float64)
@@ -184,3 +230,101 @@ def traced_sum(
         early = torch.cat([zero, (v * early_weights).cumsum(-1)], dim=-1)
         total = total + at(early, half)
     return total.to(values.dtype)
+
+
+def _traced_sum_adjoint(
+    grad: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float
+) -> torch.Tensor:
+    length = grad.shape[-1]
+    device = grad.device
+    g = grad.to(torch.float64).flip(-1)
+    zero = torch.zeros((*g.shape[:-1], 1), dtype=torch.float64, device=device)
+    # index T − k holds the reverse sum from k; index 0 (k = T) holds 0
+    cumsum = torch.cat([zero, g.cumsum(-1)], dim=-1).flip(-1)  # [B, T+1]; index k holds C^r_k
+    discounted = torch.cat([discounted_cumsum(g, decay).flip(-1), zero], dim=-1)  # index k holds E^r_k
+
+    k = torch.arange(length, device=device)
+    window = length - k if style == "recent" else torch.minimum(k + 1, length - k)
+    horizon = _exponential_horizon(decay, floor, length)
+    window_exp = window.clamp(max=horizon)
+
+    def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return running.index_select(-1, index.clamp(max=length))
+
+    base = torch.tensor(decay, dtype=torch.float64, device=device)
+    total = discounted[..., :length] - torch.pow(base, window_exp.to(torch.float64)) * at(discounted, k + window_exp)
+    if floor > 0.0:
+        total = total + floor * (at(cumsum, k + window_exp) - at(cumsum, k + window))
+    if style == "both":
+        early_weights = torch.pow(base, k.to(torch.float64)).clamp(min=floor)  # w(k)
+        total = total + early_weights * at(cumsum, 2 * k + 1)
+    total = torch.where(mask.bool(), total, torch.zeros((), dtype=torch.float64, device=device))
+    return total.to(grad.dtype)
+
+
+class _TracedSum(torch.autograd.Function):
+    """`traced_sum` with its adjoint as the backward: linear in v, so only the mask is saved."""
+
+    @staticmethod
+    def forward(ctx, values, mask, decay, style, floor):
+        ctx.save_for_backward(mask)
+        ctx.trace = (decay, style, floor)
+        return _traced_sum(values, mask, decay, style, floor)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None
+
+
+def _window_sums(window: torch.Tensor, decay: float, floor: float, horizon: int) -> torch.Tensor:
+    """Σ_{j < n} max(ε, a^j) for each entry n of `window` (int64): (1 − a^n')/(1 − a) + ε·(n − n'), n' = min(n, L*)."""
+    n = window.to(torch.float64)
+    n_exp = window.clamp(max=horizon).to(torch.float64)
+    if decay >= 1.0:
+        geometric = n_exp
+    else:
+        geometric = (1.0 - torch.pow(torch.tensor(decay, dtype=torch.float64, device=n.device), n_exp)) / (1.0 - decay)
+    return geometric + floor * (n - n_exp) if floor > 0.0 else geometric
+
+
+def credit_weights(
+    mask: torch.Tensor, gamma: float, lam: float, style: TraceStyle, floor: float = 0.0
+) -> torch.Tensor:
+    """Forward view of the traces: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k) for each real token k (Theorem 1, Eq. 12).
+
+    On-policy, ε-trace's gradient is GRPO's with token k's advantage multiplied by c_k (regroup Theorem 1's double
+    sum by the earlier token); c_k = 1 for λ = 0 with `recent`. It is `traced_sum_adjoint(mask, mask)`.
+
+    Closed form when each row of the mask is a prefix of L ones (TRL's right-padded completions), with
+    W(n) = Σ_{j < n} max(ε, a^j) = (1 − a^n')/(1 − a) + ε·(n − n'), n' = min(n, L*):
+
+        recent: c_k = W(L − k)
+        both:   c_k = W(min(k + 1, L − k)) + max(ε, a^k)·max(0, L − 1 − 2k)
+
+    (`both`: the tokens t ≤ 2k weigh k by the lag t − k, the L − 1 − 2k tokens after them by a^k.) Other masks go
+    through the adjoint scan; both are exact.
+
+    Args:
+        mask: [B, T] completion mask.
+    Returns:
+        [B, T] float64 weights, 0 on masked tokens.
+    """
+    decay = trace_decay(gamma, lam)
+    _check_style_and_floor(style, floor)
+    length = mask.shape[-1]
+    real = mask.bool()
+    lengths = real.sum(-1, keepdim=True)  # [B, 1]
+    k = torch.arange(length, device=mask.device)
+    if not torch.equal(real, k < lengths):
+        return _traced_sum_adjoint(mask.to(torch.float64), mask, decay, style, floor)
+    horizon = _exponential_horizon(decay, floor, length)
+    zero = torch.zeros((), dtype=torch.int64, device=mask.device)
+    if style == "recent":
+        weights = _window_sums((lengths - k).clamp(min=0), decay, floor, horizon)
+    else:
+        weights = _window_sums(torch.minimum(k + 1, lengths - k).clamp(min=0), decay, floor, horizon)
+        early = torch.pow(torch.tensor(decay, dtype=torch.float64, device=mask.device), k.to(torch.float64))
+        weights = weights + early.clamp(min=floor) * torch.maximum(lengths - 1 - 2 * k, zero)
+    return torch.where(real, weights, torch.zeros((), dtype=torch.float64, device=mask.device))
