@@ -88,6 +88,6 @@ def test_on_policy_form_has_the_traced_value_and_gradient(style, lam, floor):
     general = loss_and_grad(
         lambda x: x.detach() + eligibility_trace_log_ratio(x, x.detach(), mask, 1.0, lam, style, floor)
     )
-    fast = loss_and_grad(lambda x: on_policy_traced_log_probs(x, credit_weights(mask, 1.0, lam, style, floor)))
+    fast = loss_and_grad(lambda x: on_policy_traced_log_probs(x, mask, 1.0, lam, style, floor))
     assert torch.equal(fast[0], logps) and torch.equal(general[0], logps) and torch.equal(fast[1], general[1])
     torch.testing.assert_close(fast[2], general[2], rtol=1e-12, atol=1e-15)

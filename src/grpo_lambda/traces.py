@@ -99,7 +99,7 @@ def _decay_matrix(size: int, decay: float, dtype: torch.dtype, device: torch.dev
     return torch.tril(torch.pow(torch.tensor(decay, dtype=dtype, device=device), lag.clamp(min=0)))
 
 
-def discounted_cumsum(values: torch.Tensor, decay: float, chunk_size: int = 64) -> torch.Tensor:
+def discounted_cumsum(values: torch.Tensor, decay: float, chunk_size: int = 32) -> torch.Tensor:
     """E_t = Σ_{k ≤ t} a^(t−k) v_k along the last dim: the recursion ε_t = a·ε_{t−1} + v_t of Eq. 14–15.
 
     A chunked scan: within chunks of `chunk_size` positions a [C, C] block does the sum; the chunk ends form a
@@ -208,9 +208,8 @@ def _traced_sum(values: torch.Tensor, mask: torch.Tensor, decay: float, style: s
     device = values.device
     v = torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=device)).to(torch.float64)
 
+    discounted = discounted_cumsum(v, decay)  # E_t
     zero = torch.zeros((*v.shape[:-1], 1), dtype=torch.float64, device=device)
-    cumsum = torch.cat([zero, v.cumsum(-1)], dim=-1)  # [B, T+1]; index j+1 holds C_j
-    discounted = torch.cat([zero, discounted_cumsum(v, decay)], dim=-1)  # index j+1 holds E_j
 
     t = torch.arange(length, device=device)
     half = torch.div(t, 2, rounding_mode="floor")
@@ -218,17 +217,23 @@ def _traced_sum(values: torch.Tensor, mask: torch.Tensor, decay: float, style: s
     horizon = _exponential_horizon(decay, floor, length)
     window_exp = window.clamp(max=horizon)
 
-    def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return running.index_select(-1, index + 1)
+    def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # running[..., index], index ≥ 0
+        return torch.gather(running, -1, index.expand(*running.shape[:-1], -1))  # faster than index_select
 
     base = torch.tensor(decay, dtype=torch.float64, device=device)
-    total = at(discounted, t) - torch.pow(base, window_exp.to(torch.float64)) * at(discounted, t - window_exp)
+    if style == "recent":  # E_{t−n'} with n' = min(t + 1, L*): E shifted right by L*, 0 before (no floor: all 0)
+        total = discounted
+        if horizon < length:
+            shifted = torch.nn.functional.pad(discounted, (horizon, 0))[..., :length]
+            total = total - torch.pow(base, window_exp.to(torch.float64)) * shifted
+    else:  # t − n' ≥ ⌊t/2⌋ ≥ 0
+        total = discounted - torch.pow(base, window_exp.to(torch.float64)) * at(discounted, t - window_exp)
     if floor > 0.0:
-        total = total + floor * (at(cumsum, t - window_exp) - at(cumsum, t - window))
+        cumsum = torch.cat([zero, v.cumsum(-1)], dim=-1)  # [B, T+1]; index j+1 holds C_j
+        total = total + floor * (at(cumsum, t - window_exp + 1) - at(cumsum, t - window + 1))
     if style == "both":
         early_weights = torch.pow(base, t.to(torch.float64)).clamp(min=floor)  # w(k)
-        early = torch.cat([zero, (v * early_weights).cumsum(-1)], dim=-1)
-        total = total + at(early, half)
+        total = total + at((v * early_weights).cumsum(-1), half)
     return total.to(values.dtype)
 
 
@@ -239,20 +244,27 @@ def _traced_sum_adjoint(
     device = grad.device
     g = grad.to(torch.float64).flip(-1)
     zero = torch.zeros((*g.shape[:-1], 1), dtype=torch.float64, device=device)
-    # index T − k holds the reverse sum from k; index 0 (k = T) holds 0
-    cumsum = torch.cat([zero, g.cumsum(-1)], dim=-1).flip(-1)  # [B, T+1]; index k holds C^r_k
-    discounted = torch.cat([discounted_cumsum(g, decay).flip(-1), zero], dim=-1)  # index k holds E^r_k
+    discounted = discounted_cumsum(g, decay).flip(-1)  # index k holds E^r_k
 
     k = torch.arange(length, device=device)
     window = length - k if style == "recent" else torch.minimum(k + 1, length - k)
     horizon = _exponential_horizon(decay, floor, length)
     window_exp = window.clamp(max=horizon)
 
-    def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return running.index_select(-1, index.clamp(max=length))
+    def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # running[..., index], 0 from index T on
+        padded = torch.cat([running, zero], dim=-1)
+        return torch.gather(padded, -1, index.clamp(max=length).expand(*running.shape[:-1], -1))
 
     base = torch.tensor(decay, dtype=torch.float64, device=device)
-    total = discounted[..., :length] - torch.pow(base, window_exp.to(torch.float64)) * at(discounted, k + window_exp)
+    if style == "recent":  # E^r_{k+n'} with k + n' = min(k + L*, T): E^r shifted left by L* (no floor: all 0)
+        total = discounted
+        if horizon < length:
+            shifted = torch.nn.functional.pad(discounted, (0, horizon))[..., horizon:]
+            total = total - torch.pow(base, window_exp.to(torch.float64)) * shifted
+    else:
+        total = discounted - torch.pow(base, window_exp.to(torch.float64)) * at(discounted, k + window_exp)
+    if floor > 0.0 or style == "both":
+        cumsum = torch.cat([zero, g.cumsum(-1)], dim=-1).flip(-1)[..., :length]  # index k holds C^r_k
     if floor > 0.0:
         total = total + floor * (at(cumsum, k + window_exp) - at(cumsum, k + window))
     if style == "both":
@@ -278,19 +290,24 @@ class _TracedSum(torch.autograd.Function):
         return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None
 
 
-def _window_sums(window: torch.Tensor, decay: float, floor: float, horizon: int) -> torch.Tensor:
-    """Σ_{j < n} max(ε, a^j) for each entry n of `window` (int64): (1 − a^n')/(1 − a) + ε·(n − n'), n' = min(n, L*)."""
-    n = window.to(torch.float64)
-    n_exp = window.clamp(max=horizon).to(torch.float64)
+def _window_sums(length: int, decay: float, floor: float, device: torch.device) -> torch.Tensor:
+    """W(n) = Σ_{j < n} max(ε, a^j) for n = 0 … T: (1 − a^n')/(1 − a) + ε·(n − n'), n' = min(n, L*). [T + 1] float64."""
+    n = torch.arange(length + 1, dtype=torch.float64, device=device)
+    n_exp = n.clamp(max=_exponential_horizon(decay, floor, length))
     if decay >= 1.0:
         geometric = n_exp
     else:
-        geometric = (1.0 - torch.pow(torch.tensor(decay, dtype=torch.float64, device=n.device), n_exp)) / (1.0 - decay)
+        geometric = (1.0 - torch.pow(torch.tensor(decay, dtype=torch.float64, device=device), n_exp)) / (1.0 - decay)
     return geometric + floor * (n - n_exp) if floor > 0.0 else geometric
 
 
 def credit_weights(
-    mask: torch.Tensor, gamma: float, lam: float, style: TraceStyle, floor: float = 0.0
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    style: TraceStyle,
+    floor: float = 0.0,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """Forward view of the traces: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k) for each real token k (Theorem 1, Eq. 12).
 
@@ -303,28 +320,42 @@ def credit_weights(
         recent: c_k = W(L − k)
         both:   c_k = W(min(k + 1, L − k)) + max(ε, a^k)·max(0, L − 1 − 2k)
 
-    (`both`: the tokens t ≤ 2k weigh k by the lag t − k, the L − 1 − 2k tokens after them by a^k.) Other masks go
-    through the adjoint scan; both are exact.
+    (`both`: the tokens t ≤ 2k weigh k by the lag t − k, the L − 1 − 2k tokens after them by a^k.) W is a table
+    of T + 1 float64 numbers, so the [B, T] work is integer arithmetic and a gather. Other masks go through the
+    adjoint scan; both are exact.
 
     Args:
         mask: [B, T] completion mask.
+        dtype: of the result; the table and the scan are float64 and rounded once at the end.
     Returns:
-        [B, T] float64 weights, 0 on masked tokens.
+        [B, T] weights, 0 on masked tokens.
     """
     decay = trace_decay(gamma, lam)
     _check_style_and_floor(style, floor)
     length = mask.shape[-1]
-    real = mask.bool()
-    lengths = real.sum(-1, keepdim=True)  # [B, 1]
-    k = torch.arange(length, device=mask.device)
-    if not torch.equal(real, k < lengths):
-        return _traced_sum_adjoint(mask.to(torch.float64), mask, decay, style, floor)
-    horizon = _exponential_horizon(decay, floor, length)
-    zero = torch.zeros((), dtype=torch.int64, device=mask.device)
+    if (mask[..., 1:] > mask[..., :-1]).any():  # a 0 before a 1: not a prefix (masks hold 0 and 1)
+        return _traced_sum_adjoint(mask.to(torch.float64), mask, decay, style, floor).to(dtype)
+    return _prefix_credit_weights(mask.sum(-1, keepdim=True).long(), length, decay, style, floor, dtype)
+
+
+def _prefix_credit_weights(
+    lengths: torch.Tensor, length: int, decay: float, style: str, floor: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """`credit_weights` of rows that are prefixes of `lengths` [B, 1] ones, in a few passes over [B, T].
+
+    recent: row i is W(L_i − k), a window of the fixed sequence W(T), …, W(1), 0, …, 0 starting at T − L_i, so the
+    whole matrix is one row gather from a sliding-window view. both: for 2k + 1 ≤ L the weight is
+    W(k + 1) + w(k)·(L − 1 − 2k) = [W(k + 1) − (2k + 1)·w(k)] + L·w(k), one fused multiply-add of [T] vectors, and
+    for the other k it is the `recent` window."""
+    device = lengths.device
+    table = _window_sums(length, decay, floor, device)  # [T+1] float64, W(0) = 0
+    reversed_table = torch.cat([table.flip(0), table.new_zeros(max(length - 1, 0))]).to(dtype)  # [2T]: W(T − j)
+    windows = reversed_table.unfold(0, length, 1)  # [T+1, T] view, row r = W(T − r − k) for k = 0 … T−1
+    recent = windows.index_select(0, (length - lengths).flatten())  # [B, T], row i = W(L_i − k), 0 from k = L_i
     if style == "recent":
-        weights = _window_sums((lengths - k).clamp(min=0), decay, floor, horizon)
-    else:
-        weights = _window_sums(torch.minimum(k + 1, lengths - k).clamp(min=0), decay, floor, horizon)
-        early = torch.pow(torch.tensor(decay, dtype=torch.float64, device=mask.device), k.to(torch.float64))
-        weights = weights + early.clamp(min=floor) * torch.maximum(lengths - 1 - 2 * k, zero)
-    return torch.where(real, weights, torch.zeros((), dtype=torch.float64, device=mask.device))
+        return recent
+    k = torch.arange(length, device=device, dtype=torch.float64)
+    early = torch.pow(torch.tensor(decay, dtype=torch.float64, device=device), k).clamp(min=floor)  # w(k)
+    offset = (table[1:] - (2 * k + 1) * early).to(dtype)  # W(k + 1) − (2k + 1)·w(k)
+    head = torch.addcmul(offset, lengths.to(dtype), early.to(dtype))  # [B, T]
+    return head.where((2 * k + 1) <= lengths, recent)

@@ -73,7 +73,7 @@ class GRPOLambdaTrainer(GRPOTrainer):
 
         if args.loss_variant == "eps_trace":
             if on_policy:
-                traced_logps = on_policy_traced_log_probs(logps, credit)
+                traced_logps = on_policy_traced_log_probs(logps, mask, **trace)
                 traced_log_ratio = traced_logps - old_logps
             else:
                 traced_log_ratio = eligibility_trace_log_ratio(logps, old_logps, mask, **trace)
