@@ -82,12 +82,7 @@ ADJOINT_CASES = [
         [(1.0, 0.0), (0.97, 0.0), (1.0, 1e-3), (0.9, 0.2), (1.0, 1.0)],
         ["recent", "both"],
     )
-] + [
-    (2, 4096, lam, 1.0, style, floor)
-    for lam in (0.0, 0.99, 1.0)
-    for style in ["recent", "both"]
-    for floor in (0.0, 0.01)
-]
+] + [(2, 4096, lam, 1.0, style, floor) for lam in (0.99, 1.0) for style in ["recent", "both"] for floor in (0.0, 0.01)]
 
 
 @pytest.mark.parametrize("batch,length,lam,gamma,style,floor", ADJOINT_CASES)

@@ -236,3 +236,10 @@ def test_on_policy_fast_path_is_the_general_path(tiny_model_dir, tmp_path, loss_
     general_loss, general_grads = loss_and_grads(ours, general)
     assert torch.equal(fast_loss, general_loss)
     assert_same(fast_loss, fast_grads, general_loss, general_grads, rtol=1e-6)
+
+
+def test_per_token_loss_factors_take_the_general_path(tiny_model_dir, tmp_path):
+    """An entropy mask weighs tokens unequally within a sequence, so the elementwise form would be wrong there."""
+    ours = make_trainer(tiny_model_dir, tmp_path, True, loss_variant="eps_trace", top_entropy_quantile=0.5)
+    batch = make_batch(ours.model.config.vocab_size)
+    assert not ours._on_policy_fast_path(batch)
