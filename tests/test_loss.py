@@ -5,12 +5,12 @@ import torch
 
 from grpo_lambda.loss import (
     clamp_negative_advantages,
-    credit_weights,
     eligibility_trace_log_ratio,
     eps_weight_trace_weights,
+    on_policy_traced_log_probs,
     soft_clamp_log_probs,
 )
-from grpo_lambda.traces import trace_matrix
+from grpo_lambda.traces import credit_weights, trace_matrix
 
 
 def test_advantage_clamp():
@@ -65,3 +65,29 @@ def test_traced_log_ratio_is_zero_on_policy_but_not_its_gradient():
     traced[:, -1].sum().backward()
     expected = 0.5 ** torch.arange(9, -1, -1, dtype=torch.float64)  # ∂Λ_9/∂log π_k = a^(9−k)
     torch.testing.assert_close(logps.grad, expected.expand(2, 10))
+
+
+@pytest.mark.parametrize("style,lam,floor", [("recent", 0.99, 0.0), ("both", 0.98, 0.01), ("both", 0.0, 0.0)])
+def test_on_policy_form_has_the_traced_value_and_gradient(style, lam, floor):
+    """With πold = πθ and the same loss gradient at each real token of a row (here −A_i/L_i, TRL's `grpo`),
+    sg(log π) + c·(log π − sg(log π)) gives the traced sum's value and gradient."""
+    logps = -torch.rand(3, 50, dtype=torch.float64) * 4
+    lengths = torch.tensor([50, 31, 1])
+    mask = (torch.arange(50)[None, :] < lengths[:, None]).to(torch.float64)
+    advantages = torch.tensor([[1.3], [-0.4], [0.7]], dtype=torch.float64)
+
+    def loss_and_grad(traced_fn):
+        x = logps.clone().requires_grad_()
+        traced = traced_fn(x)
+        ratio = torch.exp(traced - x.detach())
+        per_token = -torch.minimum(ratio * advantages, ratio.clamp(0.8, 1.2) * advantages)
+        loss = ((per_token * mask).sum(-1) / lengths).mean()
+        loss.backward()
+        return traced.detach(), loss.detach(), x.grad
+
+    general = loss_and_grad(
+        lambda x: x.detach() + eligibility_trace_log_ratio(x, x.detach(), mask, 1.0, lam, style, floor)
+    )
+    fast = loss_and_grad(lambda x: on_policy_traced_log_probs(x, mask, 1.0, lam, style, floor))
+    assert torch.equal(fast[0], logps) and torch.equal(general[0], logps) and torch.equal(fast[1], general[1])
+    torch.testing.assert_close(fast[2], general[2], rtol=1e-12, atol=1e-15)

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from grpo_lambda.traces import discounted_cumsum, trace_matrix, traced_sum
+from grpo_lambda.traces import credit_weights, discounted_cumsum, trace_matrix, traced_sum, traced_sum_adjoint
 
 LAMBDAS = [0.0, 0.5, 0.98, 0.99, 1.0]
 
@@ -72,6 +72,47 @@ def test_traced_sum_matches_dense_matrix(batch, length, lam, gamma, style, floor
     dense = (values * mask) @ trace_matrix(length, gamma, lam, style, floor).T
     fast = traced_sum(values, mask, gamma, lam, style, floor)
     torch.testing.assert_close(fast, dense, rtol=1e-9, atol=1e-9 * dense.abs().max().item())
+
+
+ADJOINT_CASES = [
+    (batch, length, lam, gamma, style, floor)
+    for (batch, length), lam, (gamma, floor), style in itertools.product(
+        [(1, 1), (3, 2), (2, 65), (3, 300)],
+        LAMBDAS,
+        [(1.0, 0.0), (0.97, 0.0), (1.0, 1e-3), (0.9, 0.2), (1.0, 1.0)],
+        ["recent", "both"],
+    )
+] + [(2, 4096, lam, 1.0, style, floor) for lam in (0.99, 1.0) for style in ["recent", "both"] for floor in (0.0, 0.01)]
+
+
+@pytest.mark.parametrize("batch,length,lam,gamma,style,floor", ADJOINT_CASES)
+def test_adjoint_and_gradient_match_dense_matrix(batch, length, lam, gamma, style, floor):
+    """traced_sum_adjoint is g @ M (the transpose), and it is traced_sum's backward: ∂(Σ g·S)/∂v = mask·(g @ M)."""
+    generator = torch.Generator().manual_seed(length)
+    grad = torch.randn(batch, length, dtype=torch.float64, generator=generator)
+    mask = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
+    dense = (grad @ trace_matrix(length, gamma, lam, style, floor)) * mask
+    atol = 1e-9 * max(1.0, dense.abs().max().item())
+    torch.testing.assert_close(traced_sum_adjoint(grad, mask, gamma, lam, style, floor), dense, rtol=1e-9, atol=atol)
+    values = torch.randn(batch, length, dtype=torch.float64, generator=generator, requires_grad=True)
+    (traced_sum(values, mask, gamma, lam, style, floor) * grad).sum().backward()
+    torch.testing.assert_close(values.grad, dense, rtol=1e-9, atol=atol)
+
+
+@pytest.mark.parametrize("batch,length,lam,gamma,style,floor", ADJOINT_CASES)
+def test_credit_weights_match_dense_column_sums(batch, length, lam, gamma, style, floor):
+    """c_k = Σ_{t ≥ k, mask_t} tr(t, t − k): the closed form (prefix masks, incl. empty and full rows) and the
+    adjoint scan (masks with holes) against the dense matrix."""
+    generator = torch.Generator().manual_seed(length + 1)
+    matrix = trace_matrix(length, gamma, lam, style, floor)
+    lengths = torch.randint(0, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    prefix = (torch.arange(length)[None, :] < lengths[:, None]).to(torch.float64)
+    holes = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
+    for mask in (prefix, holes):
+        dense = (mask @ matrix) * mask
+        atol = 1e-9 * max(1.0, dense.abs().max().item())
+        torch.testing.assert_close(credit_weights(mask, gamma, lam, style, floor), dense, rtol=1e-9, atol=atol)
 
 
 def test_float32_input_keeps_dtype_and_precision():

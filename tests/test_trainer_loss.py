@@ -209,3 +209,37 @@ def test_max_prompt_length_keeps_the_last_tokens(tiny_model_dir, tmp_path):
     full = make_trainer(tiny_model_dir, tmp_path / "full", True)._tokenize_prompts(prompts)[0][0]
     cut = make_trainer(tiny_model_dir, tmp_path / "cut", True, max_prompt_length=6)._tokenize_prompts(prompts)[0][0]
     assert len(full) > 6 and list(cut) == list(full[-6:])
+
+
+@pytest.mark.parametrize(
+    "loss_type,beta,style,lam,floor,clamp",
+    [
+        ("grpo", 0.04, "both", 0.99, 0.0, -0.1),
+        ("bnpo", 0.0, "recent", 0.98, 0.01, None),
+        ("dr_grpo", 0.04, "recent", 1.0, 0.0, -0.1),
+        ("dapo", 0.04, "both", 0.5, 0.1, None),
+    ],
+)
+def test_on_policy_fast_path_is_the_general_path(tiny_model_dir, tmp_path, loss_type, beta, style, lam, floor, clamp):
+    """TRL leaves `old_per_token_logps` out on-policy and the trainer takes the elementwise form; handing it the
+    same log-probabilities as `old_per_token_logps` takes the traced-sum path. Same loss value (bit for bit), same
+    gradients to float32 rounding: TRL's log-probabilities are float32, which the two paths round differently."""
+    ours = make_trainer(
+        tiny_model_dir, tmp_path, True, loss_type=loss_type, beta=beta, loss_variant="eps_trace", trace_lambda=lam,
+        trace_style=style, trace_floor=floor, adv_clamp_min=clamp,
+    )  # fmt: skip
+    batch = with_reference_logps(ours, make_batch(ours.model.config.vocab_size, seed=11))
+    with torch.no_grad():
+        general = dict(batch, old_per_token_logps=completion_logps(ours, batch))
+    assert ours._on_policy_fast_path(batch) and not ours._on_policy_fast_path(general)
+    fast_loss, fast_grads = loss_and_grads(ours, batch)
+    general_loss, general_grads = loss_and_grads(ours, general)
+    assert torch.equal(fast_loss, general_loss)
+    assert_same(fast_loss, fast_grads, general_loss, general_grads, rtol=1e-6)
+
+
+def test_per_token_loss_factors_take_the_general_path(tiny_model_dir, tmp_path):
+    """An entropy mask weighs tokens unequally within a sequence, so the elementwise form would be wrong there."""
+    ours = make_trainer(tiny_model_dir, tmp_path, True, loss_variant="eps_trace", top_entropy_quantile=0.5)
+    batch = make_batch(ours.model.config.vocab_size)
+    assert not ours._on_policy_fast_path(batch)

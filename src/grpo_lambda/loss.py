@@ -11,6 +11,9 @@ How GRPO-λ departs from plain GRPO (λ = 0, `recent`, no clamp gives plain GRPO
    coefficient (no gradient flows through it); docs/method.md explains that reading.
 
 The KL term (β·k3 against the reference model) and the reduction over tokens are GRPO's, untouched.
+
+On-policy (πold = πθ in value) ε-trace has an exact elementwise form, `on_policy_traced_log_probs`, with the same
+value and gradient as the general traced sum; docs/method.md says when the trainer uses it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from .traces import TraceStyle, traced_sum
+from .traces import TraceStyle, credit_weights, traced_sum
 
 WeightClampFn = Literal["sigmoid", "tanh"]
 WEIGHT_CLAMP_FNS: tuple[str, ...] = ("sigmoid", "tanh")
@@ -99,22 +102,53 @@ def eps_weight_trace_weights(
     return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, gamma, lam, style, floor)
 
 
-def credit_weights(
-    mask: torch.Tensor, gamma: float, lam: float, style: TraceStyle, floor: float = 0.0
+def on_policy_traced_log_probs(
+    per_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    style: TraceStyle,
+    floor: float = 0.0,
 ) -> torch.Tensor:
-    """Forward view of the traces: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k) for each real token k.
+    """ε-trace's traced log-probabilities when πold = πθ in value (num_iterations = 1), in one elementwise pass:
 
-    On-policy, ε-trace's gradient is GRPO's with token k's advantage multiplied by c_k (regroup Theorem 1's double
-    sum by the earlier token); c_k = 1 for λ = 0 with `recent`. Computed as the gradient of Σ_t mask_t·S_t with
-    respect to v = 1, so it reuses `traced_sum` and never builds the matrix.
+        log π^λ_t = sg(log πθ_t) + c_t·(log πθ_t − sg(log πθ_t)),   c = credit_weights(mask)
+
+    Its value is log πθ exactly, as is the general path's log πold + Σ_l tr(t, l)·0, so the ratio is exactly 1. Its
+    gradient differs from the general path's per token but not in total, when the loss's gradient g_t at every real
+    token t of sequence i is the same γ_i (true on-policy: the ratio is 1 everywhere, so the clip is inactive and
+    min picks the same branch; TRL's loss types weight tokens per sequence):
+
+        general: ∂/∂log π_k = Σ_{t ≥ k} g_t·tr(t, t − k)·mask_k = γ_i·Σ_{t ≥ k, mask_t} tr(t, t − k) = γ_i·c_k
+        here:    ∂/∂log π_k = g_k·c_k = γ_i·c_k
+
+    i.e. Theorem 1 (Eq. 12) in its forward view: GRPO's gradient with token k's advantage scaled by c_k. The
+    forward returns `per_token_logps` itself (a view) and c is computed in the backward from the mask, so the
+    loss's forward holds no extra [B, T] tensor.
 
     Args:
+        per_token_logps: [B, T] log πθ of the completion tokens (with gradient).
         mask: [B, T] completion mask.
+        gamma, lam, style, floor: the trace (see `credit_weights`).
     Returns:
-        [B, T] float64 weights, 0 on masked tokens.
+        [B, T] tensor equal to `per_token_logps` in value.
     """
-    with torch.enable_grad():
-        ones = torch.ones(mask.shape, dtype=torch.float64, device=mask.device, requires_grad=True)
-        total = (traced_sum(ones, mask, gamma, lam, style, floor) * mask.to(torch.float64)).sum()
-        (weights,) = torch.autograd.grad(total, ones)
-    return weights
+    if not (per_token_logps.requires_grad and torch.is_grad_enabled()):
+        return per_token_logps
+    return _CreditScaledGradient.apply(per_token_logps, mask, dict(gamma=gamma, lam=lam, style=style, floor=floor))
+
+
+class _CreditScaledGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by credit_weights(mask)."""
+
+    @staticmethod
+    def forward(ctx, per_token_logps, mask, trace):
+        ctx.save_for_backward(mask)
+        ctx.trace = trace
+        return per_token_logps.view_as(per_token_logps)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return credit_weights(mask, **ctx.trace, dtype=grad.dtype).mul_(grad), None, None

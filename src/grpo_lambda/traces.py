@@ -9,12 +9,17 @@ that the current token t gives an earlier token k = t − l (lag l ≥ 0) is, wi
 and tr(t, 0) = 1 (the diagonal; a^0 = 1 ≥ ε because ε ∈ [0, 1]). `both` gives the first completion token
 (k = 0) weight a^0 = 1 at every t, so it is not plain GRPO even at λ = 0.
 
-Two forms live here:
+Four forms live here:
 
 - `trace_matrix`: the dense [T, T] float64 matrix of Eq. 17–18, the obvious reference.
 - `traced_sum`: S_t = Σ_{k ≤ t, mask_k} tr(t, t − k) · v_k for a batch, in O(B·T) memory, from three one-pass
   quantities (see `traced_sum` for the derivation). No T×T matrix and no a^(−t) factors, so it neither runs out
-  of memory nor overflows on long completions.
+  of memory nor overflows on long completions. Its backward is `traced_sum_adjoint`, so autograd keeps only the
+  mask, not the float64 intermediates of the scan.
+- `traced_sum_adjoint`: G_k = mask_k Σ_{t ≥ k} tr(t, t − k) · g_t, the transpose (forward view of the traces),
+  by the same windows run from the end of the sequence.
+- `credit_weights`: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k), the adjoint applied to the mask, in closed form when
+  the mask is a prefix (TRL's right-padded completions) and by the adjoint otherwise.
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ def _decay_matrix(size: int, decay: float, dtype: torch.dtype, device: torch.dev
     return torch.tril(torch.pow(torch.tensor(decay, dtype=dtype, device=device), lag.clamp(min=0)))
 
 
-def discounted_cumsum(values: torch.Tensor, decay: float, chunk_size: int = 64) -> torch.Tensor:
+def discounted_cumsum(values: torch.Tensor, decay: float, chunk_size: int = 32) -> torch.Tensor:
     """E_t = Σ_{k ≤ t} a^(t−k) v_k along the last dim: the recursion ε_t = a·ε_{t−1} + v_t of Eq. 14–15.
 
     A chunked scan: within chunks of `chunk_size` positions a [C, C] block does the sum; the chunk ends form a
@@ -143,6 +148,9 @@ def traced_sum(
     so recent: S_t = U(t, t + 1); both: split at h = ⌊t/2⌋ (k ≤ h has min(k, t−k) = k),
     S_t = Σ_{k ≤ h} w(k) v_k + U(t, t − h). Every term is O(B·T); sums are taken in float64.
 
+    The gradient is `traced_sum_adjoint` of the incoming gradient (the map is linear in v), so the graph stores
+    the mask only: O(B·T) memory in the backward pass too.
+
     Masked tokens (mask_k = 0) carry no weight and receive no gradient. Masked positions t still get the sum of
     the formula; callers mask the result as they mask any per-token quantity.
 
@@ -158,13 +166,50 @@ def traced_sum(
     """
     decay = trace_decay(gamma, lam)
     _check_style_and_floor(style, floor)
+    if values.requires_grad and torch.is_grad_enabled():
+        return _TracedSum.apply(values, mask, decay, style, floor)
+    return _traced_sum(values, mask, decay, style, floor)
+
+
+def traced_sum_adjoint(
+    grad: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    style: TraceStyle,
+    floor: float = 0.0,
+) -> torch.Tensor:
+    """G_k = mask_k · Σ_{t ≥ k} tr(t, t − k) · g_t: the transpose of `traced_sum`, i.e. ∂(Σ_t g_t S_t)/∂v_k.
+
+    This is the forward view of the traces (Theorem 1 regrouped by the earlier token, Eq. 12): how much token k
+    is credited by the tokens after it. Derivation, with w(j) = max(ε, a^j) as in `traced_sum` and the reverse
+    running sums C^r_k = Σ_{t ≥ k} g_t, E^r_k = Σ_{t ≥ k} a^(t−k) g_t (both 0 for k ≥ T): a window of the n tokens
+    from k on is
+
+        V(k, n) = Σ_{j < n} w(j) g_{k+j} = E^r_k − a^n'·E^r_{k+n'} + ε·(C^r_{k+n'} − C^r_{k+n}),   n' = min(n, L*).
+
+    recent (tr depends on the lag t − k only): G_k = V(k, T − k). both: for t ≤ 2k the exponent min(t − k, k) is
+    the lag, beyond it is k, so G_k = V(k, k + 1) + w(k)·C^r_{2k+1}. O(B·T), summed in float64.
+
+    Args:
+        grad: [B, T] per-token values g_t (the gradient arriving at S_t).
+        mask: [B, T] completion mask (of the tokens k that receive the result).
+        gamma, lam, style, floor: as in `traced_sum`.
+    Returns:
+        [B, T] tensor in the dtype of `grad`, 0 where mask is 0.
+    """
+    decay = trace_decay(gamma, lam)
+    _check_style_and_floor(style, floor)
+    return _traced_sum_adjoint(grad, mask, decay, style, floor)
+
+
+def _traced_sum(values: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float) -> torch.Tensor:
     length = values.shape[-1]
     device = values.device
     v = torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=device)).to(torch.float64)
 
+    discounted = discounted_cumsum(v, decay)  # E_t
     zero = torch.zeros((*v.shape[:-1], 1), dtype=torch.float64, device=device)
-    cumsum = torch.cat([zero, v.cumsum(-1)], dim=-1)  # [B, T+1]; index j+1 holds C_j
-    discounted = torch.cat([zero, discounted_cumsum(v, decay)], dim=-1)  # index j+1 holds E_j
 
     t = torch.arange(length, device=device)
     half = torch.div(t, 2, rounding_mode="floor")
@@ -172,15 +217,145 @@ def traced_sum(
     horizon = _exponential_horizon(decay, floor, length)
     window_exp = window.clamp(max=horizon)
 
-    def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return running.index_select(-1, index + 1)
+    def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # running[..., index], index ≥ 0
+        return torch.gather(running, -1, index.expand(*running.shape[:-1], -1))  # faster than index_select
 
     base = torch.tensor(decay, dtype=torch.float64, device=device)
-    total = at(discounted, t) - torch.pow(base, window_exp.to(torch.float64)) * at(discounted, t - window_exp)
+    if style == "recent":  # E_{t−n'} with n' = min(t + 1, L*): E shifted right by L*, 0 before (no floor: all 0)
+        total = discounted
+        if horizon < length:
+            shifted = torch.nn.functional.pad(discounted, (horizon, 0))[..., :length]
+            total = total - torch.pow(base, window_exp.to(torch.float64)) * shifted
+    else:  # t − n' ≥ ⌊t/2⌋ ≥ 0
+        total = discounted - torch.pow(base, window_exp.to(torch.float64)) * at(discounted, t - window_exp)
     if floor > 0.0:
-        total = total + floor * (at(cumsum, t - window_exp) - at(cumsum, t - window))
+        cumsum = torch.cat([zero, v.cumsum(-1)], dim=-1)  # [B, T+1]; index j+1 holds C_j
+        total = total + floor * (at(cumsum, t - window_exp + 1) - at(cumsum, t - window + 1))
     if style == "both":
         early_weights = torch.pow(base, t.to(torch.float64)).clamp(min=floor)  # w(k)
-        early = torch.cat([zero, (v * early_weights).cumsum(-1)], dim=-1)
-        total = total + at(early, half)
+        total = total + at((v * early_weights).cumsum(-1), half)
     return total.to(values.dtype)
+
+
+def _traced_sum_adjoint(
+    grad: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float
+) -> torch.Tensor:
+    length = grad.shape[-1]
+    device = grad.device
+    g = grad.to(torch.float64).flip(-1)
+    zero = torch.zeros((*g.shape[:-1], 1), dtype=torch.float64, device=device)
+    discounted = discounted_cumsum(g, decay).flip(-1)  # index k holds E^r_k
+
+    k = torch.arange(length, device=device)
+    window = length - k if style == "recent" else torch.minimum(k + 1, length - k)
+    horizon = _exponential_horizon(decay, floor, length)
+    window_exp = window.clamp(max=horizon)
+
+    def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # running[..., index], 0 from index T on
+        padded = torch.cat([running, zero], dim=-1)
+        return torch.gather(padded, -1, index.clamp(max=length).expand(*running.shape[:-1], -1))
+
+    base = torch.tensor(decay, dtype=torch.float64, device=device)
+    if style == "recent":  # E^r_{k+n'} with k + n' = min(k + L*, T): E^r shifted left by L* (no floor: all 0)
+        total = discounted
+        if horizon < length:
+            shifted = torch.nn.functional.pad(discounted, (0, horizon))[..., horizon:]
+            total = total - torch.pow(base, window_exp.to(torch.float64)) * shifted
+    else:
+        total = discounted - torch.pow(base, window_exp.to(torch.float64)) * at(discounted, k + window_exp)
+    if floor > 0.0 or style == "both":
+        cumsum = torch.cat([zero, g.cumsum(-1)], dim=-1).flip(-1)[..., :length]  # index k holds C^r_k
+    if floor > 0.0:
+        total = total + floor * (at(cumsum, k + window_exp) - at(cumsum, k + window))
+    if style == "both":
+        early_weights = torch.pow(base, k.to(torch.float64)).clamp(min=floor)  # w(k)
+        total = total + early_weights * at(cumsum, 2 * k + 1)
+    total = torch.where(mask.bool(), total, torch.zeros((), dtype=torch.float64, device=device))
+    return total.to(grad.dtype)
+
+
+class _TracedSum(torch.autograd.Function):
+    """`traced_sum` with its adjoint as the backward: linear in v, so only the mask is saved."""
+
+    @staticmethod
+    def forward(ctx, values, mask, decay, style, floor):
+        ctx.save_for_backward(mask)
+        ctx.trace = (decay, style, floor)
+        return _traced_sum(values, mask, decay, style, floor)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None
+
+
+def _window_sums(length: int, decay: float, floor: float, device: torch.device) -> torch.Tensor:
+    """W(n) = Σ_{j < n} max(ε, a^j) for n = 0 … T: (1 − a^n')/(1 − a) + ε·(n − n'), n' = min(n, L*). [T + 1] float64."""
+    n = torch.arange(length + 1, dtype=torch.float64, device=device)
+    n_exp = n.clamp(max=_exponential_horizon(decay, floor, length))
+    if decay >= 1.0:
+        geometric = n_exp
+    else:
+        geometric = (1.0 - torch.pow(torch.tensor(decay, dtype=torch.float64, device=device), n_exp)) / (1.0 - decay)
+    return geometric + floor * (n - n_exp) if floor > 0.0 else geometric
+
+
+def credit_weights(
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    style: TraceStyle,
+    floor: float = 0.0,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Forward view of the traces: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k) for each real token k (Theorem 1, Eq. 12).
+
+    On-policy, ε-trace's gradient is GRPO's with token k's advantage multiplied by c_k (regroup Theorem 1's double
+    sum by the earlier token); c_k = 1 for λ = 0 with `recent`. It is `traced_sum_adjoint(mask, mask)`.
+
+    Closed form when each row of the mask is a prefix of L ones (TRL's right-padded completions), with
+    W(n) = Σ_{j < n} max(ε, a^j) = (1 − a^n')/(1 − a) + ε·(n − n'), n' = min(n, L*):
+
+        recent: c_k = W(L − k)
+        both:   c_k = W(min(k + 1, L − k)) + max(ε, a^k)·max(0, L − 1 − 2k)
+
+    (`both`: the tokens t ≤ 2k weigh k by the lag t − k, the L − 1 − 2k tokens after them by a^k.) W is a table
+    of T + 1 float64 numbers, so the [B, T] work is integer arithmetic and a gather. Other masks go through the
+    adjoint scan; both are exact.
+
+    Args:
+        mask: [B, T] completion mask.
+        dtype: of the result; the table and the scan are float64 and rounded once at the end.
+    Returns:
+        [B, T] weights, 0 on masked tokens.
+    """
+    decay = trace_decay(gamma, lam)
+    _check_style_and_floor(style, floor)
+    length = mask.shape[-1]
+    if (mask[..., 1:] > mask[..., :-1]).any():  # a 0 before a 1: not a prefix (masks hold 0 and 1)
+        return _traced_sum_adjoint(mask.to(torch.float64), mask, decay, style, floor).to(dtype)
+    return _prefix_credit_weights(mask.sum(-1, keepdim=True).long(), length, decay, style, floor, dtype)
+
+
+def _prefix_credit_weights(
+    lengths: torch.Tensor, length: int, decay: float, style: str, floor: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """`credit_weights` of rows that are prefixes of `lengths` [B, 1] ones, in a few passes over [B, T].
+
+    recent: row i is W(L_i − k), a window of the fixed sequence W(T), …, W(1), 0, …, 0 starting at T − L_i, so the
+    whole matrix is one row gather from a sliding-window view. both: for 2k + 1 ≤ L the weight is
+    W(k + 1) + w(k)·(L − 1 − 2k) = [W(k + 1) − (2k + 1)·w(k)] + L·w(k), one fused multiply-add of [T] vectors, and
+    for the other k it is the `recent` window."""
+    device = lengths.device
+    table = _window_sums(length, decay, floor, device)  # [T+1] float64, W(0) = 0
+    reversed_table = torch.cat([table.flip(0), table.new_zeros(max(length - 1, 0))]).to(dtype)  # [2T]: W(T − j)
+    windows = reversed_table.unfold(0, length, 1)  # [T+1, T] view, row r = W(T − r − k) for k = 0 … T−1
+    recent = windows.index_select(0, (length - lengths).flatten())  # [B, T], row i = W(L_i − k), 0 from k = L_i
+    if style == "recent":
+        return recent
+    k = torch.arange(length, device=device, dtype=torch.float64)
+    early = torch.pow(torch.tensor(decay, dtype=torch.float64, device=device), k).clamp(min=floor)  # w(k)
+    offset = (table[1:] - (2 * k + 1) * early).to(dtype)  # W(k + 1) − (2k + 1)·w(k)
+    head = torch.addcmul(offset, lengths.to(dtype), early.to(dtype))  # [B, T]
+    return head.where((2 * k + 1) <= lengths, recent)

@@ -7,6 +7,9 @@ How it departs from TRL's GRPO, and how little it touches:
    log-probabilities log πold + Σ_l tr(t, l)(log πθ − log πold)(a_{t−l}) (Eq. 1–2), so TRL's own clipping,
    masking, loss_type reduction and metrics apply to the traced ratio. The reference log-probabilities are shifted
    by the same amount, which leaves TRL's k3 KL term exactly a function of the true log πθ.
+   On-policy (TRL left `old_per_token_logps` out: num_iterations = 1, no vLLM importance sampling) and with no
+   per-token loss factor (no entropy mask, [B] advantages), the traced log-probabilities take the elementwise form
+   sg(log πθ) + c·(log πθ − sg(log πθ)) with the closed-form credit weights c: same value, same gradient, no scan.
 3. ε-weight: TRL accepts per-token advantages of shape [B, T]; we pass Â·ε^w_t (Alg. 2). As ε^w_t > 0,
    −min(r Â ε^w, clip(r) Â ε^w) = ε^w·(−min(r Â, clip(r) Â)): the clipped per-token loss weighted by the trace.
 
@@ -21,7 +24,13 @@ from __future__ import annotations
 import torch
 from trl import GRPOTrainer
 
-from .loss import clamp_negative_advantages, credit_weights, eligibility_trace_log_ratio, eps_weight_trace_weights
+from .loss import (
+    clamp_negative_advantages,
+    eligibility_trace_log_ratio,
+    eps_weight_trace_weights,
+    on_policy_traced_log_probs,
+)
+from .traces import credit_weights
 
 
 class GRPOLambdaTrainer(GRPOTrainer):
@@ -55,14 +64,20 @@ class GRPOLambdaTrainer(GRPOTrainer):
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
+        on_policy = self._on_policy_fast_path(inputs)
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
         inputs["old_per_token_logps"] = old_logps
-        metrics = {}
+        credit = credit_weights(mask, **trace)
+        metrics = {"trace/credit_weight_mean": credit}
 
         if args.loss_variant == "eps_trace":
-            traced_log_ratio = eligibility_trace_log_ratio(logps, old_logps, mask, **trace)
-            traced_logps = old_logps + traced_log_ratio
+            if on_policy:
+                traced_logps = on_policy_traced_log_probs(logps, mask, **trace)
+                traced_log_ratio = traced_logps - old_logps
+            else:
+                traced_log_ratio = eligibility_trace_log_ratio(logps, old_logps, mask, **trace)
+                traced_logps = old_logps + traced_log_ratio
             if "ref_per_token_logps" in inputs:
                 inputs["ref_per_token_logps"] = inputs["ref_per_token_logps"] + (traced_logps - logps)
             metrics["trace/log_ratio_abs_mean"] = traced_log_ratio.detach().abs()
@@ -75,9 +90,19 @@ class GRPOLambdaTrainer(GRPOTrainer):
             inputs["advantages"] = advantages * weights.to(advantages.dtype)
             metrics["trace/eps_weight_mean"] = weights
 
-        metrics["trace/credit_weight_mean"] = credit_weights(mask, **trace)
         self._log_trace_metrics(metrics, mask)
         return logps, entropies, aux_loss
+
+    def _on_policy_fast_path(self, inputs: dict) -> bool:
+        """Whether `on_policy_traced_log_probs` gives the general path's loss and gradient exactly: πold = πθ in
+        value (TRL only leaves `old_per_token_logps` out when they are equal), and the loss's gradient is the same at
+        every real token of a sequence (no per-token importance-sampling ratio, entropy mask or advantage)."""
+        return (
+            inputs.get("old_per_token_logps") is None
+            and "importance_sampling_ratio" not in inputs
+            and self.top_entropy_quantile == 1.0
+            and inputs["advantages"].dim() == 1
+        )
 
     def _tokenize_prompts(self, prompts: list):
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)

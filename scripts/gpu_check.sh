@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Both benchmarks on a lent GPU machine, in one call of under 5 minutes, printing their tables.
+#
+# The machine has no network and its own python3 with CUDA torch and transformers; it lacks TRL, datasets and
+# math-verify, which only the step benchmark needs. Fetch their wheels here once (network), into the ignored .whl/:
+#
+#   scripts/gpu_check.sh --fetch-wheels
+#
+# then run, on the device (carrying .whl):   bash scripts/gpu_check.sh
+# Without .whl/ the loss-op benchmark still runs and the step benchmark says why it was skipped.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 math-verify==0.9.0 latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2)
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+    exclude="$(git rev-parse --git-common-dir)/info/exclude"
+    grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
+    exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform any -d .whl "${WHEELS[@]}"
+fi
+
+PY=python3
+if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    PY=.venv/bin/python
+fi
+if compgen -G ".whl/*.whl" >/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "== loss op: GRPO vs dense trace vs ours (B = 16, T up to 32768) =="
+timeout 170 $PY scripts/bench_traces.py --repeats 41 || echo "bench_traces.py failed or timed out (rc $?)"
+
+echo "== training step: GRPO vs each GRPO-λ variant, tiny model =="
+if $PY -c "import trl, datasets, math_verify" 2>/dev/null; then
+    timeout 100 $PY scripts/bench_step.py --model tiny --rounds 10 --batch 16 --max_completion_length 256 \
+        || echo "bench_step.py failed or timed out (rc $?)"
+else
+    echo "skipped: trl, datasets or math_verify is not importable here (run scripts/gpu_check.sh --fetch-wheels first)"
+fi
