@@ -58,6 +58,8 @@ help:
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
 	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers fallback, and grading throughput"
+	@echo "make reproduce-toy  GRPO vs GRPO-λ (4 variants, λ 0.99/0.98) and eos_bound on the credit_echo toy task, 3 seeds, CPU < 30 min"
+	@echo "               [TOY_OUTPUT=data/toy] [ARGS='--scale 2 --seeds 5 --workers 2']"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check"
 
@@ -107,6 +109,12 @@ bench-eval: install
 
 recipes: install
 	$(PY) scripts/generate_recipes.py
+
+# make reproduce-toy [TOY_OUTPUT=data/toy] [ARGS="--scale 2 --seeds 5"]: docs/toy_benchmark.md; finished runs are kept
+TOY_OUTPUT ?= data/toy
+.PHONY: reproduce-toy
+reproduce-toy: install
+	$(PY) -m grpo_lambda.toy_benchmark --output_dir "$(TOY_OUTPUT)" $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests scripts
