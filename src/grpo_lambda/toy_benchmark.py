@@ -66,6 +66,11 @@ def first_methods() -> list[Method]:
     return methods
 
 
+def diagnostic_methods() -> list[Method]:
+    """Not in the default comparison; selectable with --methods to ask why GRPO-λ differs (docs/toy_benchmark.md)."""
+    return [Method("grpo+clamp", dict(loss_variant="grpo", adv_clamp_min=GRPO_LAMBDA_SETTINGS["adv_clamp_min"]))]
+
+
 def lambda_098_method(best: Method) -> Method:
     overrides = {**best.overrides, "trace_lambda": 0.98}
     return Method(method_name(overrides["loss_variant"], overrides["trace_style"], 0.98), overrides)
@@ -74,7 +79,7 @@ def lambda_098_method(best: Method) -> Method:
 SIZES = {
     # most SFT steps, RL steps per run, seeds, last N steps averaged for the final reward, held-out SFT problems
     "default": dict(sft_steps=600, rl_steps=200, seeds=3, last_steps=30, eval_problems=200),
-    "small": dict(sft_steps=10, rl_steps=3, seeds=1, last_steps=2, eval_problems=10),
+    "small": dict(sft_steps=4, rl_steps=2, seeds=1, last_steps=1, eval_problems=8),
 }
 SFT_TARGET_RATE = (
     0.25  # SFT stops once sampling at T=1 solves this share of held-out problems (checked every 25 steps)
@@ -85,7 +90,9 @@ SFT_CHECK_EVERY = 25
 # ----------------------------------------------------------------------------------------------- stages (workers)
 
 
-def build_sft_model(output_dir: Path, sft_steps: int, eval_problems: int = 200, seed: int = 0) -> Path:
+def build_sft_model(
+    output_dir: Path, sft_steps: int, eval_problems: int = 200, threads: int = 1, seed: int = 0
+) -> Path:
     """Stage 1: a tiny Qwen2 with the toy tokenizer, SFT'd on credit_echo solutions until sampling at T=1 solves
     `SFT_TARGET_RATE` of held-out problems (checked every `SFT_CHECK_EVERY` steps), at most `sft_steps` steps."""
     import torch
@@ -98,7 +105,7 @@ def build_sft_model(output_dir: Path, sft_steps: int, eval_problems: int = 200, 
     sft_dir = output_dir / "sft"
     if (sft_dir / "done.json").exists():
         return sft_dir
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     base = build_tiny_model(output_dir / "base", seed, hidden_size=128, num_layers=2, num_heads=2,
                             corpus=tokenizer_corpus(seed))  # fmt: skip
     rows = credit_echo_dataset(sft_steps * 32, seed, "sft")
@@ -211,6 +218,11 @@ def run_all(jobs: list[tuple[Method, int, Path]], sft_dir: Path, steps: int, set
     bar.update(steps * (len(jobs) - len(todo)))
     if not todo:
         return
+    if workers == 0:  # in this process, one after the other (tests, debugging)
+        for method, seed, run_dir in todo:
+            rl_run(str(sft_dir), str(run_dir), method.overrides, steps, seed, 1, settings)
+            bar.update(steps)
+        return
     threads = max(1, (os.cpu_count() or 1) // workers)
     running: dict = {}
     counted: dict[Path, int] = {}
@@ -264,7 +276,8 @@ def moving_average(values: list[float], window: int) -> list[float]:
 
 def summarise(runs: dict[str, list[list[dict]]], last_steps: int) -> dict[str, dict]:
     """Per method: final reward (mean of the last N steps, then mean ± std over seeds), steps to reach GRPO's final
-    reward (first step where the seed-mean reward, smoothed over N steps, reaches it), KL, length, grad norm, and
+    reward (the first step s ≥ N at which the seed-mean reward averaged over steps s−N+1..s reaches it: the same
+    N-step average as the final reward, so GRPO reaches its own by its last step), KL, length, grad norm, and
     Lemma 1's mean bound over the last N steps."""
 
     def last(records: list[dict], key: str) -> float:
@@ -287,7 +300,8 @@ def summarise(runs: dict[str, list[list[dict]]], last_steps: int) -> dict[str, d
         target = summary["grpo"]["final_reward"]
         for values in summary.values():
             smoothed = moving_average(values["curve"], last_steps)
-            values["steps_to_grpo_final"] = next((i + 1 for i, v in enumerate(smoothed) if v >= target), None)
+            reached = (i + 1 for i, v in enumerate(smoothed) if i + 1 >= last_steps and v >= target - 1e-9)
+            values["steps_to_grpo_final"] = next(reached, None)
     return summary
 
 
@@ -347,8 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="default", choices=SIZES)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the RL steps (and the last-N window)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the size's)")
-    parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
-    parser.add_argument("--methods", default=None, help="comma-separated subset of the λ = 0.99 stage's methods")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="runs trained at once (one process each; 0: in this one)"
+    )
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated methods of the λ = 0.99 stage, or diagnostics (grpo+clamp)"
+    )
     parser.add_argument("--no_lambda_098", action="store_true", help="skip the λ = 0.98 run of the best variant")
     parser.add_argument("--learning_rate", type=float, default=RL_SETTINGS["learning_rate"], help="for every method")
     args = parser.parse_args(argv)
@@ -365,17 +383,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     print(f"[toy] 1/3 SFT of a tiny Qwen2 on {TASK_NAME} ({size['sft_steps']} steps)", flush=True)
-    sft_dir = build_sft_model(out, size["sft_steps"], size["eval_problems"])
+    sft_dir = build_sft_model(out, size["sft_steps"], size["eval_problems"], threads=max(1, args.workers))
     sft = json.loads((sft_dir / "done.json").read_text())
     print(f"[toy] SFT model: exact-match rate {sft['test_accuracy_t1']:.2f} when sampling at T=1", flush=True)
 
     methods = first_methods()
     if args.methods:
         wanted = args.methods.split(",")
-        unknown = sorted(set(wanted) - {m.name for m in methods})
+        known = methods + diagnostic_methods()
+        unknown = sorted(set(wanted) - {m.name for m in known})
         if unknown:
-            raise SystemExit(f"grpo_lambda: unknown method(s) {unknown}; choose from {[m.name for m in methods]}.")
-        methods = [m for m in methods if m.name in wanted]
+            raise SystemExit(f"grpo_lambda: unknown method(s) {unknown}; choose from {[m.name for m in known]}.")
+        methods = [m for m in known if m.name in wanted]
     lambda_variants = [m for m in methods if m.overrides.get("trace_lambda") == 0.99]
     with_098 = bool(lambda_variants) and not args.no_lambda_098
     total_runs = len(seeds) * (len(methods) + with_098)
