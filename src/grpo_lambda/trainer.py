@@ -135,15 +135,15 @@ class GRPOLambdaTrainer(GRPOTrainer):
         # hidden state i predicts token i + 1; the completion's states s_k sit just before its tokens
         hidden = torch.cat(hidden_chunks)[:, -logits_to_keep - 1 : -1]
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        with maybe_gather_lm_head_ctx(head.weight, head.bias):
+        with maybe_gather_lm_head_ctx(head.weight, head.bias):  # float32: bf16 logits would blur small π(EOS)
             weight = head.weight
-            hidden = hidden.to(weight.dtype)
+            hidden = hidden.to(device=weight.device, dtype=torch.float32)
             eos_ids = torch.tensor(self.eos_token_ids, device=weight.device)
-            eos_logits = hidden @ weight[eos_ids].T  # [B, T, E]
-            label_logits = torch.einsum("bth,bth->bt", hidden, weight[completion_ids])  # [B, T]
+            eos_logits = hidden @ weight[eos_ids].float().T  # [B, T, E]
+            label_logits = torch.einsum("bth,bth->bt", hidden, weight[completion_ids].float())  # [B, T]
             if head.bias is not None:
-                eos_logits = eos_logits + head.bias[eos_ids]
-                label_logits = label_logits + head.bias[completion_ids]
+                eos_logits = eos_logits + head.bias[eos_ids].float()
+                label_logits = label_logits + head.bias[completion_ids].float()
         log_eos = eos_log_probs(logps.detach(), eos_logits, label_logits, self.temperature)
         bound = lemma1_bound(log_eos, mask)
         if self.args.advantage_bias_correction == "eos_bound":
