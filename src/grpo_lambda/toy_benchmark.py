@@ -32,7 +32,7 @@ from .toy import TASK_NAME
 LAMBDA_VARIANTS = [(variant, style) for variant in ("eps_trace", "eps_weight") for style in ("both", "recent")]
 # RL settings shared by every method (Table 2 where it applies: β, group size, grad clip, clamp for GRPO-λ)
 RL_SETTINGS = dict(
-    learning_rate=3e-4,  # our choice: GRPO-only pilot (1e-4 flat, 1e-3 collapsed GRPO's reward to 0); docs/toy_benchmark.md
+    learning_rate=3e-4,  # our choice, from a GRPO-only pilot (docs/toy_benchmark.md)
     beta=0.04,  # Table 2
     num_generations=8,  # Table 2
     per_device_train_batch_size=32,  # 4 prompts × 8 completions
@@ -85,9 +85,6 @@ SFT_TARGET_RATE = (
     0.25  # SFT stops once sampling at T=1 solves this share of held-out problems (checked every 25 steps)
 )
 SFT_CHECK_EVERY = 25
-
-
-# ----------------------------------------------------------------------------------------------- stages (workers)
 
 
 def build_sft_model(
@@ -201,9 +198,6 @@ def rl_run(sft_dir: str, run_dir: str, overrides: dict, steps: int, seed: int, t
     return summary
 
 
-# ------------------------------------------------------------------------------------------- scheduling (parent)
-
-
 def _steps_logged(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -246,9 +240,6 @@ def run_all(jobs: list[tuple[Method, int, Path]], sft_dir: Path, steps: int, set
                 future.result()  # re-raise a worker's error here
                 bar.update(steps - counted[run_dir])
                 bar.set_postfix_str(f"done {run_dir.parent.name}/{run_dir.name}")
-
-
-# ------------------------------------------------------------------------------------------------ results
 
 
 def load_steps(run_dir: Path) -> list[dict]:
