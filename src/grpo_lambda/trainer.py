@@ -161,8 +161,9 @@ class GRPOLambdaTrainer(GRPOTrainer):
             self._log_lemma1_mean(f"lemma1/bound_at_{position}", bound, at_position)
 
     def _log_lemma1_mean(self, name: str, values: torch.Tensor, weights: torch.Tensor) -> None:
-        """Weighted mean over all processes; NaN when no completion reaches the position (e.g. t = 32 of short ones)."""
+        """Weighted mean over all processes; nothing is logged when no completion reaches the position (e.g. t = 32
+        of shorter ones), so the logged value averages the steps that had one."""
         totals = torch.stack([(values.to(torch.float64) * weights).sum(), weights.sum()])
-        totals = self.accelerator.reduce(totals, reduction="sum")
-        mean = totals[0] / totals[1] if totals[1] > 0 else torch.tensor(float("nan"))
-        self._metrics["train" if self.model.training else "eval"][name].append(mean.item())
+        totals = self.accelerator.reduce(totals, reduction="sum")  # every process calls it, whatever its batch
+        if totals[1] > 0:
+            self._metrics["train" if self.model.training else "eval"][name].append((totals[0] / totals[1]).item())
