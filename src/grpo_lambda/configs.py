@@ -13,6 +13,7 @@ from .templates import check_template
 from .traces import TRACE_STYLES
 
 LOSS_VARIANTS: tuple[str, ...] = ("grpo", "eps_trace", "eps_weight")
+ADVANTAGE_BIAS_CORRECTIONS: tuple[str, ...] = ("none", "eos_bound")
 # TRL loss types whose per-token term is the clipped ratio times the advantage; the others (cispo, sapo, vespo,
 # luspo) use the log-probabilities or a sequence-level ratio in ways the traces of Eq. 2 are not defined for.
 TRACE_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -67,6 +68,15 @@ class GRPOLambdaConfig(GRPOConfig):
         },
     )
 
+    advantage_bias_correction: Literal["none", "eos_bound"] = field(
+        default="none",
+        metadata={
+            "help": "'eos_bound' adds Lemma 1's bound on GRPO's baseline bias, 1 − Π_{k<t}(1 − π(EOS|s_k)), to the "
+            "normalised advantage of each token t (the paper's preliminary experiment, Appendix A.2; 'inconclusive' "
+            "there). 'none' (default) leaves advantages as they are; the bound is logged as lemma1/… either way."
+        },
+    )
+
     def __post_init__(self):
         self._check_grpo_lambda_fields()
         super().__post_init__()
@@ -79,6 +89,12 @@ class GRPOLambdaConfig(GRPOConfig):
         choice("loss_variant", self.loss_variant, LOSS_VARIANTS)
         choice("trace_style", self.trace_style, TRACE_STYLES)
         choice("weight_clamp_fn", self.weight_clamp_fn, WEIGHT_CLAMP_FNS)
+        choice("advantage_bias_correction", self.advantage_bias_correction, ADVANTAGE_BIAS_CORRECTIONS)
+        if self.advantage_bias_correction == "eos_bound" and self.use_liger_kernel:
+            raise ValueError(
+                "advantage_bias_correction='eos_bound' needs the policy forward of TRL's own loss, which "
+                "use_liger_kernel=True replaces. Set use_liger_kernel=false or advantage_bias_correction=none."
+            )
         if not 0.0 <= self.trace_lambda <= 1.0:
             raise ValueError(f"trace_lambda={self.trace_lambda} is outside [0, 1]; the paper uses 0.98 or 0.99.")
         if not 0.0 < self.trace_gamma <= 1.0:
@@ -129,7 +145,7 @@ class DataArguments(ScriptArguments):
     dataset_name: str | None = field(
         default="arithmetic",
         metadata={
-            "help": "gsm8k, math12k, math-rl-16k, orz-57k, arithmetic (built in, offline), a local file or folder, "
+            "help": "gsm8k, math12k, math-rl-16k, orz-57k, arithmetic or credit_echo (built in, offline), a local file or folder, "
             "or a Hub dataset id with problem/answer columns."
         },
     )
@@ -177,7 +193,7 @@ class GRPOScriptArguments(DataArguments):
 
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy", "format"],
-        metadata={"help": "Reward functions, from: accuracy, format (weights in `reward_weights`)."},
+        metadata={"help": "Reward functions, from: accuracy, format, exact (weights in `reward_weights`)."},
     )
     grading_timeout_s: float = field(
         default=5.0, metadata={"help": "Time bound per graded answer; a timed-out answer scores 0 and is counted."}

@@ -1,5 +1,5 @@
 """Training problems: one adapter per source (gsm8k, math12k, math-rl-16k, orz-57k), local copies, and the
-built-in arithmetic task.
+built-in tasks (arithmetic; credit_echo, the toy benchmark's task in toy.py).
 
 Every source comes out as {problem, answer} (strings), then `to_prompts` adds the `prompt` in the chosen template;
 the reward functions receive `answer=`. Rows without a usable problem or answer are dropped and counted in the log.
@@ -20,6 +20,8 @@ from typing import Any
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 
 from .templates import PromptTemplate, check_template, render_completion, render_prompt
+from .toy import TASK_NAME as TOY_TASK_NAME
+from .toy import credit_echo_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -223,18 +225,19 @@ def _accessors_work(rows: Dataset, source: Source) -> bool:
 def load_problem_dataset(
     name: str, split: str = "train", config: str | None = None, path: str | None = None, **arithmetic
 ) -> Dataset:
-    """Problems + gold answers from a named source (gsm8k, math12k, math-rl-16k, orz-57k, arithmetic), a local
+    """Problems + gold answers from a named source (gsm8k, math12k, math-rl-16k, orz-57k, arithmetic, credit_echo), a local
     copy (`path`, or `name` itself when it is a file or folder), or any Hub dataset with problem/answer columns."""
     return _adapt(_raw_rows(name, split, config, path, arithmetic), name, SOURCES.get(name))
 
 
 def _raw_rows(name: str, split: str, config: str | None, path: str | None, arithmetic: dict) -> Dataset:
     """The rows of a source as they are stored: generated, read from a local copy, or loaded from the Hub."""
-    if name == "arithmetic":
+    if name in ("arithmetic", TOY_TASK_NAME):
         size = arithmetic["test_size"] if split == "test" else arithmetic["train_size"]
-        return arithmetic_dataset(
-            size, arithmetic["seed"], "test" if split == "test" else "train", arithmetic["level"]
-        )
+        split = "test" if split == "test" else "train"
+        if name == TOY_TASK_NAME:
+            return credit_echo_dataset(size, arithmetic["seed"], split)
+        return arithmetic_dataset(size, arithmetic["seed"], split, arithmetic["level"])
     source = SOURCES.get(name)
     local = Path(path) if path else (Path(name) if os.path.exists(name) else None)
     if local is not None:

@@ -110,8 +110,16 @@ def _build_once(target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def build_tiny_model(output_dir: str | os.PathLike, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> Path:
-    """A random Qwen2 model with a BPE tokenizer trained offline on the arithmetic task, saved to `output_dir`.
+def build_tiny_model(
+    output_dir: str | os.PathLike,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 1,
+    corpus: list[str] | None = None,
+) -> Path:
+    """A random Qwen2 model with a BPE tokenizer trained offline on `corpus` (default: the arithmetic task), saved
+    to `output_dir`.
 
     Small enough that a GRPO step takes ~0.1 s on a CPU; head_dim 64 so that vLLM can serve it too.
     """
@@ -122,8 +130,13 @@ def build_tiny_model(output_dir: str | os.PathLike, seed: int = 0, hidden_size: 
     from .data import arithmetic_dataset
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    corpus = [f"{row['problem']} The answer is \\boxed{{{row['answer']}}}." for row in arithmetic_dataset(500, seed)]
-    corpus += ["system user assistant Please reason step by step, and put your final answer within \\boxed{}."]
+    if corpus is None:
+        corpus = [
+            f"{row['problem']} The answer is \\boxed{{{row['answer']}}}." for row in arithmetic_dataset(500, seed)
+        ]
+    corpus = list(corpus) + [
+        "system user assistant Please reason step by step, and put your final answer within \\boxed{}."
+    ]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -144,8 +157,8 @@ def build_tiny_model(output_dir: str | os.PathLike, seed: int = 0, hidden_size: 
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=1,
-        num_key_value_heads=1,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
         head_dim=64,
         max_position_embeddings=1024,
         eos_token_id=tokenizer.eos_token_id,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from .data import ANSWER_SEPARATOR
 from .grading import Grader
 from .templates import PromptTemplate, check_template, extract_answer, has_format
+from .toy import is_correct
 
 
 def completion_text(completion) -> str:
@@ -59,7 +60,27 @@ class FormatReward:
         return [float(has_format(completion_text(c), self.template)) for c in completions]
 
 
-REWARD_FUNCS: dict[str, Callable[..., Callable]] = {"accuracy": AccuracyReward, "format": FormatReward}
+class ExactMatchReward:
+    """1.0 if the whole completion equals a gold answer up to whitespace, else 0.0: the exact verifier of tasks whose
+    answer is one string, such as the built-in `credit_echo` (toy.is_correct). No template, no answer extraction."""
+
+    __name__ = "exact_match_reward"
+
+    def __init__(self, template: PromptTemplate = "no"):
+        check_template(template)
+
+    def __call__(self, completions: list, answer: list[str], **kwargs) -> list[float]:
+        return [
+            float(any(is_correct(completion_text(c), gold) for gold in str(golds).split(ANSWER_SEPARATOR)))
+            for c, golds in zip(completions, answer, strict=True)
+        ]
+
+
+REWARD_FUNCS: dict[str, Callable[..., Callable]] = {
+    "accuracy": AccuracyReward,
+    "format": FormatReward,
+    "exact": ExactMatchReward,
+}
 
 
 def get_reward_funcs(names: list[str], template: PromptTemplate = "no", timeout_s: float = 5.0) -> list[Callable]:

@@ -14,6 +14,9 @@ How it departs from TRL's GRPO, and how little it touches:
    −min(r Â ε^w, clip(r) Â ε^w) = ε^w·(−min(r Â, clip(r) Â)): the clipped per-token loss weighted by the trace.
 
 4. `max_prompt_length` (gone from TRL 1.x) keeps the last N prompt tokens, as the paper's TRL did (Table 2: 256).
+5. Lemma 1 (§3.1): the bound on GRPO's baseline bias is computed from the final hidden states of the same policy
+   forward (a hook on the backbone) and logged as `lemma1/…`; `advantage_bias_correction: eos_bound` adds it to
+   the advantages per token (Appendix A.2).
 
 Both hooks act only on the policy forward inside `_compute_loss`; reference and old-policy forwards are TRL's.
 The batch dict TRL buffers (and reuses over `num_iterations`) is never modified: we work on a shallow copy.
@@ -21,9 +24,13 @@ The batch dict TRL buffers (and reuses over `num_iterations`) is never modified:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from trl import GRPOTrainer
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from .lemma1 import eos_bound_advantages, eos_log_probs, lemma1_bound
 from .loss import (
     clamp_negative_advantages,
     eligibility_trace_log_ratio,
@@ -31,6 +38,8 @@ from .loss import (
     on_policy_traced_log_probs,
 )
 from .traces import credit_weights
+
+LEMMA1_POSITIONS: tuple[int, ...] = (1, 8, 32)  # completion positions t at which `lemma1/bound_at_t` is logged
 
 
 class GRPOLambdaTrainer(GRPOTrainer):
@@ -41,22 +50,24 @@ class GRPOLambdaTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
 
     def _compute_loss(self, model, inputs):
-        if self.args.loss_variant == "grpo" and self.args.adv_clamp_min is None:
-            return super()._compute_loss(model, inputs)
         inputs = dict(inputs)
         inputs["advantages"] = clamp_negative_advantages(inputs["advantages"], self.args.adv_clamp_min)
-        self._loss_inputs = inputs if self.args.loss_variant != "grpo" else None
+        self._loss_inputs = inputs
         try:
             return super()._compute_loss(model, inputs)
         finally:
             self._loss_inputs = None
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-        )
         inputs, self._loss_inputs = self._loss_inputs, None
-        if inputs is None:  # generation-time forwards (old / reference log-probs) and plain GRPO
+        with self._final_hidden_states(model, enabled=inputs is not None) as hidden_states:
+            logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        if inputs is None:  # generation-time forwards (old / reference log-probs)
+            return logps, entropies, aux_loss
+        self._lemma1(model, inputs, input_ids[:, -logits_to_keep:], logps, hidden_states, logits_to_keep)
+        if self.args.loss_variant == "grpo":
             return logps, entropies, aux_loss
 
         args = self.args
@@ -118,3 +129,66 @@ class GRPOLambdaTrainer(GRPOTrainer):
             totals = torch.stack([(values.to(torch.float64) * mask).sum(), mask.sum()])
             totals = self.accelerator.reduce(totals, reduction="sum")
             self._metrics[mode][name].append((totals[0] / totals[1].clamp(min=1.0)).item())
+
+    @contextmanager
+    def _final_hidden_states(self, model, enabled: bool):
+        """Collects the backbone's last hidden states of the forwards run inside (one per chunk TRL scores)."""
+        chunks: list[torch.Tensor] = []
+        if not enabled:
+            yield chunks
+            return
+        unwrapped = self.accelerator.unwrap_model(model)
+        if hasattr(unwrapped, "get_base_model"):  # PEFT
+            unwrapped = unwrapped.get_base_model()
+
+        def keep(module, args, output):
+            hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            chunks.append(hidden.detach())
+
+        handle = unwrapped.base_model.register_forward_hook(keep)
+        try:
+            yield chunks
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def _lemma1(self, model, inputs, completion_ids, logps, hidden_chunks, logits_to_keep) -> None:
+        """Lemma 1's bound from the policy forward of the loss; adds it to the advantages under `eos_bound`."""
+        mask = inputs["completion_mask"]
+        if not hidden_chunks:  # a model whose backbone is not `base_model`: nothing to log
+            return
+        # hidden state i predicts token i + 1; the completion's states s_k sit just before its tokens
+        hidden = torch.cat(hidden_chunks)[:, -logits_to_keep - 1 : -1]
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        with maybe_gather_lm_head_ctx(head.weight, head.bias):  # float32: bf16 logits would blur small π(EOS)
+            weight = head.weight
+            hidden = hidden.to(device=weight.device, dtype=torch.float32)
+            eos_ids = torch.tensor(self.eos_token_ids, device=weight.device)
+            eos_logits = hidden @ weight[eos_ids].float().T  # [B, T, E]
+            label_logits = torch.einsum("bth,bth->bt", hidden, weight[completion_ids].float())  # [B, T]
+            if head.bias is not None:
+                eos_logits = eos_logits + head.bias[eos_ids].float()
+                label_logits = label_logits + head.bias[completion_ids].float()
+        log_eos = eos_log_probs(logps.detach(), eos_logits, label_logits, self.temperature)
+        bound = lemma1_bound(log_eos, mask)
+        if self.args.advantage_bias_correction == "eos_bound":
+            inputs["advantages"] = eos_bound_advantages(inputs["advantages"], bound)
+
+        float_mask = mask.to(torch.float64)
+        last_token = float_mask * (1.0 - torch.nn.functional.pad(float_mask[:, 1:], (0, 1)))
+        self._log_lemma1_mean("lemma1/bound_mean", bound, float_mask)
+        self._log_lemma1_mean("lemma1/eos_prob_mean", log_eos.exp(), float_mask)
+        self._log_lemma1_mean("lemma1/bound_final", bound, last_token)
+        for position in LEMMA1_POSITIONS:
+            at_position = torch.zeros_like(float_mask)
+            if position < at_position.size(1):
+                at_position[:, position] = float_mask[:, position]
+            self._log_lemma1_mean(f"lemma1/bound_at_{position}", bound, at_position)
+
+    def _log_lemma1_mean(self, name: str, values: torch.Tensor, weights: torch.Tensor) -> None:
+        """Weighted mean over all processes; nothing is logged when no completion reaches the position (e.g. t = 32
+        of shorter ones), so the logged value averages the steps that had one."""
+        totals = torch.stack([(values.to(torch.float64) * weights).sum(), weights.sum()])
+        totals = self.accelerator.reduce(totals, reduction="sum")  # every process calls it, whatever its batch
+        if totals[1] > 0:
+            self._metrics["train" if self.model.training else "eval"][name].append((totals[0] / totals[1]).item())
