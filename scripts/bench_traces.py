@@ -8,7 +8,8 @@ batch mean); backward is to the log-probabilities. Rows:
 - dense: the paper's form, exp((Δ·mask) @ Wᵀ) with W = trace_matrix(T) (float64, built per call, Eq. 17–18).
 - on-policy: ε-trace with πold = πθ (num_iterations = 1): `on_policy_traced_log_probs` with `credit_weights`.
 - off-policy: ε-trace with a stale πold: `eligibility_trace_log_ratio` (chunked scan, adjoint backward).
-- off-policy (autograd): the same scan with autograd through it (what `traced_sum` did before its adjoint).
+- off-policy (torch): the same formulas as torch ops (`kernel=False`: what GPUs run; on CPU the fused kernel is
+  the default).
 - eps-weight: ε-weight (Alg. 2): `eps_weight_trace_weights` of πold times the advantages, GRPO's surrogate.
 
 Time: median over `--repeats` rounds (CPU: one thread by default, `--threads`); each round runs every op once, in a rotated order, so that load from other
@@ -32,7 +33,7 @@ from collections.abc import Callable
 import torch
 
 from grpo_lambda.loss import eligibility_trace_log_ratio, eps_weight_trace_weights, on_policy_traced_log_probs
-from grpo_lambda.traces import _traced_sum, trace_decay, trace_matrix
+from grpo_lambda.traces import trace_matrix
 
 EPSILON = 0.2
 
@@ -63,13 +64,16 @@ def make_ops(lam: float, style: str, floor: float) -> dict[str, Callable]:
         traced = old + eligibility_trace_log_ratio(logps, old, mask, **trace)
         return grpo_loss(traced, old, mask, advantages[:, None])
 
-    def off_policy_autograd(logps, old, mask, advantages):
-        decay = trace_decay(trace["gamma"], lam)
-        traced = old + _traced_sum(logps - old, mask, decay, style, floor)
+    def off_policy_torch(logps, old, mask, advantages):
+        traced = old + eligibility_trace_log_ratio(logps, old, mask, **trace, kernel=False)
         return grpo_loss(traced, old, mask, advantages[:, None])
 
     def eps_weight(logps, old, mask, advantages):
         weights = eps_weight_trace_weights(old, mask, **trace)
+        return grpo_loss(logps, old, mask, advantages[:, None] * weights)
+
+    def eps_weight_torch(logps, old, mask, advantages):
+        weights = eps_weight_trace_weights(old, mask, **trace, kernel=False)
         return grpo_loss(logps, old, mask, advantages[:, None] * weights)
 
     return {
@@ -77,8 +81,9 @@ def make_ops(lam: float, style: str, floor: float) -> dict[str, Callable]:
         "dense": dense,
         "on-policy": on_policy,
         "off-policy": off_policy,
-        "off-policy (autograd)": off_policy_autograd,
+        "off-policy (torch)": off_policy_torch,
         "eps-weight": eps_weight,
+        "eps-weight (torch)": eps_weight_torch,
     }
 
 
@@ -119,9 +124,11 @@ def peak_bytes(op: Callable, inputs, device: torch.device) -> int:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     tracker = MemTracker()
+    tracker.track_external(x, old, mask, advantages)  # else a view of an input (x.detach()) counts as allocated
     with tracker:
+        before = tracker.get_tracker_snapshot("current")[device]["Total"]
         op(x, old, mask, advantages).backward()
-    return int(tracker.get_tracker_snapshot("peak")[device]["Total"])
+    return int(tracker.get_tracker_snapshot("peak")[device]["Total"] - before)
 
 
 def dense_bytes_estimate(length: int) -> int:

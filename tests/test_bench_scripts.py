@@ -28,3 +28,25 @@ def test_bench_step_runs_on_the_tiny_model(monkeypatch, capsys):
     run_script("bench_step.py", argv, monkeypatch)
     out = capsys.readouterr().out
     assert "eps_trace/both" in out and "× grpo" in out
+
+
+def test_peak_memory_counts_only_what_the_op_allocates(monkeypatch):
+    """A view of an input (on-policy TRL passes log πθ.detach() as log πold) allocates nothing; the op's own
+    temporaries count. Once a bug: the tracker counted the input's storage when the op took a view of it."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import torch
+
+    from bench_traces import grpo_loss, make_inputs, peak_bytes
+
+    inputs = make_inputs(4, 256, torch.device("cpu"))
+    separate = peak_bytes(lambda x, old, mask, adv: grpo_loss(x, old, mask, adv[:, None]), inputs, torch.device("cpu"))
+    view = peak_bytes(
+        lambda x, old, mask, adv: grpo_loss(x, x.detach(), mask, adv[:, None]), inputs, torch.device("cpu")
+    )
+    per_token = peak_bytes(  # [B, T] advantages, kept for the backward like ε-weight's: one float32 per token
+        lambda x, old, mask, adv: grpo_loss(x, old, mask, adv[:, None] * torch.ones_like(x)),
+        inputs,
+        torch.device("cpu"),
+    )
+    assert separate > 0 and view == separate
+    assert per_token >= separate + 4 * 4 * 256

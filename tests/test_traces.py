@@ -5,9 +5,23 @@ import itertools
 import pytest
 import torch
 
-from grpo_lambda.traces import credit_weights, discounted_cumsum, trace_matrix, traced_sum, traced_sum_adjoint
+from grpo_lambda import trace_kernels
+from grpo_lambda.traces import (
+    credit_weights,
+    discounted_cumsum,
+    scale_by_credit_weights,
+    trace_matrix,
+    traced_sum,
+    traced_sum_adjoint,
+    use_cpu_kernel,
+)
 
 LAMBDAS = [0.0, 0.5, 0.98, 0.99, 1.0]
+# Every fast path is checked: the torch ops (what GPUs run) and the fused CPU kernel (trace_kernels.py, numba).
+KERNELS = [
+    pytest.param(False, id="torch"),
+    pytest.param(True, id="cpu_kernel", marks=pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")),
+]
 
 
 def tr_reference(t: int, lag: int, gamma: float, lam: float, style: str, floor: float) -> float:
@@ -64,13 +78,14 @@ CASES = [
 ] + [(2, 4096, lam, 1.0, style, floor, 1) for lam in LAMBDAS for style in ["recent", "both"] for floor in (0.0, 0.01)]
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch,length,lam,gamma,style,floor,seed", CASES)
-def test_traced_sum_matches_dense_matrix(batch, length, lam, gamma, style, floor, seed):
+def test_traced_sum_matches_dense_matrix(batch, length, lam, gamma, style, floor, seed, kernel):
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(batch, length, dtype=torch.float64, generator=generator)
     mask = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
     dense = (values * mask) @ trace_matrix(length, gamma, lam, style, floor).T
-    fast = traced_sum(values, mask, gamma, lam, style, floor)
+    fast = traced_sum(values, mask, gamma, lam, style, floor, kernel)
     torch.testing.assert_close(fast, dense, rtol=1e-9, atol=1e-9 * dense.abs().max().item())
 
 
@@ -85,24 +100,28 @@ ADJOINT_CASES = [
 ] + [(2, 4096, lam, 1.0, style, floor) for lam in (0.99, 1.0) for style in ["recent", "both"] for floor in (0.0, 0.01)]
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch,length,lam,gamma,style,floor", ADJOINT_CASES)
-def test_adjoint_and_gradient_match_dense_matrix(batch, length, lam, gamma, style, floor):
+def test_adjoint_and_gradient_match_dense_matrix(batch, length, lam, gamma, style, floor, kernel):
     """traced_sum_adjoint is g @ M (the transpose), and it is traced_sum's backward: ∂(Σ g·S)/∂v = mask·(g @ M)."""
     generator = torch.Generator().manual_seed(length)
     grad = torch.randn(batch, length, dtype=torch.float64, generator=generator)
     mask = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
     dense = (grad @ trace_matrix(length, gamma, lam, style, floor)) * mask
     atol = 1e-9 * max(1.0, dense.abs().max().item())
-    torch.testing.assert_close(traced_sum_adjoint(grad, mask, gamma, lam, style, floor), dense, rtol=1e-9, atol=atol)
+    adjoint = traced_sum_adjoint(grad, mask, gamma, lam, style, floor, kernel)
+    torch.testing.assert_close(adjoint, dense, rtol=1e-9, atol=atol)
     values = torch.randn(batch, length, dtype=torch.float64, generator=generator, requires_grad=True)
-    (traced_sum(values, mask, gamma, lam, style, floor) * grad).sum().backward()
+    (traced_sum(values, mask, gamma, lam, style, floor, kernel) * grad).sum().backward()
     torch.testing.assert_close(values.grad, dense, rtol=1e-9, atol=atol)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch,length,lam,gamma,style,floor", ADJOINT_CASES)
-def test_credit_weights_match_dense_column_sums(batch, length, lam, gamma, style, floor):
+def test_credit_weights_match_dense_column_sums(batch, length, lam, gamma, style, floor, kernel):
     """c_k = Σ_{t ≥ k, mask_t} tr(t, t − k): the closed form (prefix masks, incl. empty and full rows) and the
-    adjoint scan (masks with holes) against the dense matrix."""
+    adjoint scan (masks with holes) against the dense matrix; `scale_by_credit_weights` (the on-policy backward)
+    is c ⊙ g, on the kernel's fused closed form and on its fallbacks."""
     generator = torch.Generator().manual_seed(length + 1)
     matrix = trace_matrix(length, gamma, lam, style, floor)
     lengths = torch.randint(0, length + 1, (batch,), generator=generator)
@@ -113,27 +132,61 @@ def test_credit_weights_match_dense_column_sums(batch, length, lam, gamma, style
         dense = (mask @ matrix) * mask
         atol = 1e-9 * max(1.0, dense.abs().max().item())
         torch.testing.assert_close(credit_weights(mask, gamma, lam, style, floor), dense, rtol=1e-9, atol=atol)
+        grad = torch.randn(batch, length, dtype=torch.float64, generator=generator)
+        scaled = scale_by_credit_weights(grad, mask, gamma, lam, style, floor, kernel)
+        torch.testing.assert_close(scaled, dense * grad, rtol=1e-9, atol=atol * grad.abs().max().item())
 
 
-def test_float32_input_keeps_dtype_and_precision():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_float32_input_keeps_dtype_and_precision(kernel):
     values = torch.randn(2, 2000)
     mask = torch.ones(2, 2000)
     dense = values.double() @ trace_matrix(2000, 1.0, 0.99, "both").T
-    out = traced_sum(values, mask, 1.0, 0.99, "both")
+    out = traced_sum(values, mask, 1.0, 0.99, "both", kernel=kernel)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), dense, rtol=1e-6, atol=1e-5)
 
 
-def test_long_sequences_do_not_overflow():
+@pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int32, torch.int64, torch.float32])
+def test_cpu_kernel_takes_any_mask_dtype_layout_and_leading_dims(mask_dtype):
+    """TRL's masks are int; tool masks can be float; a transposed view is not contiguous; [..., T] inputs work."""
+    values = torch.randn(3, 2, 70, dtype=torch.float64)
+    mask = torch.rand(3, 2, 70) > 0.3
+    dense = (values * mask) @ trace_matrix(70, 1.0, 0.9, "both", 0.01).T
+    out = traced_sum(values, mask.to(mask_dtype), 1.0, 0.9, "both", 0.01, kernel=True)
+    torch.testing.assert_close(out, dense, rtol=1e-9, atol=1e-9)
+    strided = values.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
+    torch.testing.assert_close(traced_sum(strided, mask, 1.0, 0.9, "both", 0.01, kernel=True), dense)
+    half = traced_sum(values.to(torch.bfloat16), mask, 1.0, 0.9, "both", 0.01, kernel=True)
+    assert half.dtype == torch.bfloat16
+    expected = (values.to(torch.bfloat16).double() * mask) @ trace_matrix(70, 1.0, 0.9, "both", 0.01).T
+    torch.testing.assert_close(half.double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_kernel_choice(monkeypatch):
+    cpu = torch.zeros(1, 3)
+    assert use_cpu_kernel(cpu) is trace_kernels.AVAILABLE
+    assert use_cpu_kernel(cpu, False) is False
+    monkeypatch.setenv("GRPO_LAMBDA_TRACE_KERNEL", "torch")
+    assert use_cpu_kernel(cpu) is False
+    monkeypatch.setenv("GRPO_LAMBDA_TRACE_KERNEL", "numba")
+    if trace_kernels.AVAILABLE:
+        with pytest.raises(ValueError, match="GRPO_LAMBDA_TRACE_KERNEL"):
+            use_cpu_kernel(cpu)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_long_sequences_do_not_overflow(kernel):
     # (γλ)^(−t) forms overflow float64 near t ≈ 70 000 at λ = 0.99; the scan uses only non-negative powers.
     length = 100_000
     values = torch.ones(1, length, dtype=torch.float64)
     mask = torch.ones_like(values)
-    recent = traced_sum(values, mask, 1.0, 0.99, "recent")
+    recent = traced_sum(values, mask, 1.0, 0.99, "recent", kernel=kernel)
     assert torch.isfinite(recent).all()
     t = torch.arange(length, dtype=torch.float64)
     torch.testing.assert_close(recent[0], (1 - 0.99 ** (t + 1)) / (1 - 0.99), rtol=1e-9, atol=1e-9)
-    both = traced_sum(values, mask, 1.0, 0.99, "both")
+    both = traced_sum(values, mask, 1.0, 0.99, "both", kernel=kernel)
     assert torch.isfinite(both).all() and (both >= recent).all()
 
 
@@ -148,27 +201,29 @@ def test_discounted_cumsum_is_the_recursion():
     torch.testing.assert_close(discounted_cumsum(values, 0.93), expected)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("style", ["recent", "both"])
-def test_padding_changes_nothing_and_masked_tokens_get_no_gradient(style):
+def test_padding_changes_nothing_and_masked_tokens_get_no_gradient(style, kernel):
     values = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(3, 40, dtype=torch.float64)
     mask[0, 30:] = 0
     mask[1, 5] = 0
-    out = traced_sum(values, mask, 1.0, 0.98, style, 0.01)
+    out = traced_sum(values, mask, 1.0, 0.98, style, 0.01, kernel)
     (out * mask).sum().backward()
     assert torch.all(values.grad[mask == 0] == 0)
     assert torch.all(values.grad[mask == 1] != 0)
 
     padded = torch.cat([values.detach(), torch.randn(3, 25, dtype=torch.float64) * 1e6], dim=1)
     padded_mask = torch.cat([mask, torch.zeros(3, 25, dtype=torch.float64)], dim=1)
-    out_padded = traced_sum(padded, padded_mask, 1.0, 0.98, style, 0.01)
+    out_padded = traced_sum(padded, padded_mask, 1.0, 0.98, style, 0.01, kernel)
     torch.testing.assert_close(out_padded[:, :40], out.detach())
 
 
-def test_nan_in_masked_positions_does_not_leak():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_nan_in_masked_positions_does_not_leak(kernel):
     values = torch.tensor([[1.0, float("nan"), 2.0]], dtype=torch.float64)
     mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
-    assert torch.isfinite(traced_sum(values, mask, 1.0, 0.5, "both")).all()
+    assert torch.isfinite(traced_sum(values, mask, 1.0, 0.5, "both", kernel=kernel)).all()
 
 
 def test_permuting_the_batch_permutes_the_result():

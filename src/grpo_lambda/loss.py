@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from .traces import TraceStyle, credit_weights, traced_sum
+from .traces import TraceStyle, scale_by_credit_weights, traced_sum
 
 WeightClampFn = Literal["sigmoid", "tanh"]
 WEIGHT_CLAMP_FNS: tuple[str, ...] = ("sigmoid", "tanh")
@@ -49,6 +49,7 @@ def eligibility_trace_log_ratio(
     lam: float,
     style: TraceStyle,
     floor: float = 0.0,
+    kernel: bool | None = None,
 ) -> torch.Tensor:
     """The exponent of the ε-trace ratio (Eq. 1; Eq. 2 for general tr):
 
@@ -60,11 +61,12 @@ def eligibility_trace_log_ratio(
         per_token_logps: [B, T] log πθ of the completion tokens.
         old_per_token_logps: [B, T] log πold of the same tokens.
         mask: [B, T] completion mask.
+        kernel: see `traces.traced_sum` (None: the fused CPU kernel on CPU).
     Returns:
         [B, T] traced log-ratio.
     """
     log_ratio = per_token_logps - old_per_token_logps.detach()
-    return traced_sum(log_ratio, mask, gamma, lam, style, floor)
+    return traced_sum(log_ratio, mask, gamma, lam, style, floor, kernel)
 
 
 def soft_clamp_log_probs(per_token_logps: torch.Tensor, fn: WeightClampFn = "sigmoid") -> torch.Tensor:
@@ -90,16 +92,18 @@ def eps_weight_trace_weights(
     style: TraceStyle,
     floor: float = 0.0,
     fn: WeightClampFn = "sigmoid",
+    kernel: bool | None = None,
 ) -> torch.Tensor:
     """ε^w = w @ f(log π) of Alg. 2: ε^w_t = Σ_{l=0}^{t} tr(t, l)·f(log π(a_{t−l}|s_{t−l})), a constant coefficient.
 
     Args:
         per_token_logps: [B, T] log-probabilities of the sampled tokens under the policy that generated them.
         mask: [B, T] completion mask; padded tokens add nothing.
+        kernel: see `traces.traced_sum`.
     Returns:
         [B, T] non-negative weights (no gradient); ≥ 1 with the sigmoid clamp.
     """
-    return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, gamma, lam, style, floor)
+    return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, gamma, lam, style, floor, kernel)
 
 
 def on_policy_traced_log_probs(
@@ -151,4 +155,4 @@ class _CreditScaledGradient(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return credit_weights(mask, **ctx.trace, dtype=grad.dtype).mul_(grad), None, None
+        return scale_by_credit_weights(grad, mask, **ctx.trace), None, None

@@ -24,10 +24,14 @@ Four forms live here:
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Literal
 
 import torch
+
+from . import trace_kernels
 
 TraceStyle = Literal["recent", "both"]
 TRACE_STYLES: tuple[str, ...] = ("recent", "both")
@@ -135,6 +139,7 @@ def traced_sum(
     lam: float,
     style: TraceStyle,
     floor: float = 0.0,
+    kernel: bool | None = None,
 ) -> torch.Tensor:
     """S_t = Σ_{k ≤ t, mask_k} tr(t, t − k) · v_k, i.e. `values` times the trace matrix of Eq. 17–18, row-wise.
 
@@ -160,6 +165,9 @@ def traced_sum(
         gamma, lam: γ and λ (a = γλ).
         style: "recent" or "both".
         floor: ε ∈ [0, 1].
+        kernel: evaluate these formulas in the fused CPU kernel of trace_kernels.py (one pass, no [B, T]
+            temporaries) or with the torch ops below (any device). None: the kernel for CPU tensors when numba is
+            installed and `GRPO_LAMBDA_TRACE_KERNEL` is not "torch". Both are exact; the tests check both.
 
     Returns:
         [B, T] tensor in the dtype of `values`.
@@ -167,8 +175,8 @@ def traced_sum(
     decay = trace_decay(gamma, lam)
     _check_style_and_floor(style, floor)
     if values.requires_grad and torch.is_grad_enabled():
-        return _TracedSum.apply(values, mask, decay, style, floor)
-    return _traced_sum(values, mask, decay, style, floor)
+        return _TracedSum.apply(values, mask, decay, style, floor, kernel)
+    return _traced_sum(values, mask, decay, style, floor, kernel)
 
 
 def traced_sum_adjoint(
@@ -178,6 +186,7 @@ def traced_sum_adjoint(
     lam: float,
     style: TraceStyle,
     floor: float = 0.0,
+    kernel: bool | None = None,
 ) -> torch.Tensor:
     """G_k = mask_k · Σ_{t ≥ k} tr(t, t − k) · g_t: the transpose of `traced_sum`, i.e. ∂(Σ_t g_t S_t)/∂v_k.
 
@@ -194,17 +203,36 @@ def traced_sum_adjoint(
     Args:
         grad: [B, T] per-token values g_t (the gradient arriving at S_t).
         mask: [B, T] completion mask (of the tokens k that receive the result).
-        gamma, lam, style, floor: as in `traced_sum`.
+        gamma, lam, style, floor, kernel: as in `traced_sum`.
     Returns:
         [B, T] tensor in the dtype of `grad`, 0 where mask is 0.
     """
     decay = trace_decay(gamma, lam)
     _check_style_and_floor(style, floor)
-    return _traced_sum_adjoint(grad, mask, decay, style, floor)
+    return _traced_sum_adjoint(grad, mask, decay, style, floor, kernel)
 
 
-def _traced_sum(values: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float) -> torch.Tensor:
+def use_cpu_kernel(tensor: torch.Tensor, kernel: bool | None = None) -> bool:
+    """Whether the scans of `tensor` run in the fused CPU kernels of trace_kernels.py (CPU tensors, numba importable,
+    `GRPO_LAMBDA_TRACE_KERNEL` not "torch") rather than in the torch code below (GPU tensors, or on request)."""
+    if tensor.device.type != "cpu" or not trace_kernels.AVAILABLE or kernel is False:
+        if kernel:
+            raise ValueError("kernel=True needs a CPU tensor and numba.")
+        return False
+    if kernel:
+        return True
+    choice = os.environ.get("GRPO_LAMBDA_TRACE_KERNEL", "auto")
+    if choice not in ("auto", "torch"):
+        raise ValueError(f"GRPO_LAMBDA_TRACE_KERNEL must be 'auto' or 'torch', got {choice!r}.")
+    return choice == "auto"
+
+
+def _traced_sum(
+    values: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float, kernel: bool | None = None
+) -> torch.Tensor:
     length = values.shape[-1]
+    if use_cpu_kernel(values, kernel):
+        return trace_kernels.traced_sum(values, mask, decay, style, floor, _exponential_horizon(decay, floor, length))
     device = values.device
     v = torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=device)).to(torch.float64)
 
@@ -238,9 +266,13 @@ def _traced_sum(values: torch.Tensor, mask: torch.Tensor, decay: float, style: s
 
 
 def _traced_sum_adjoint(
-    grad: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float
+    grad: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float, kernel: bool | None = None
 ) -> torch.Tensor:
     length = grad.shape[-1]
+    if use_cpu_kernel(grad, kernel):
+        return trace_kernels.traced_sum_adjoint(
+            grad, mask, decay, style, floor, _exponential_horizon(decay, floor, length)
+        )
     device = grad.device
     g = grad.to(torch.float64).flip(-1)
     zero = torch.zeros((*g.shape[:-1], 1), dtype=torch.float64, device=device)
@@ -278,16 +310,16 @@ class _TracedSum(torch.autograd.Function):
     """`traced_sum` with its adjoint as the backward: linear in v, so only the mask is saved."""
 
     @staticmethod
-    def forward(ctx, values, mask, decay, style, floor):
+    def forward(ctx, values, mask, decay, style, floor, kernel):
         ctx.save_for_backward(mask)
-        ctx.trace = (decay, style, floor)
-        return _traced_sum(values, mask, decay, style, floor)
+        ctx.trace = (decay, style, floor, use_cpu_kernel(values, kernel))  # the backward takes the same path
+        return _traced_sum(values, mask, *ctx.trace)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None
+        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None, None
 
 
 def _window_sums(length: int, decay: float, floor: float, device: torch.device) -> torch.Tensor:
@@ -336,6 +368,38 @@ def credit_weights(
     if (mask[..., 1:] > mask[..., :-1]).any():  # a 0 before a 1: not a prefix (masks hold 0 and 1)
         return _traced_sum_adjoint(mask.to(torch.float64), mask, decay, style, floor).to(dtype)
     return _prefix_credit_weights(mask.sum(-1, keepdim=True).long(), length, decay, style, floor, dtype)
+
+
+def scale_by_credit_weights(
+    grad: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    style: TraceStyle,
+    floor: float = 0.0,
+    kernel: bool | None = None,
+) -> torch.Tensor:
+    """c ⊙ grad with c = `credit_weights(mask)`: the backward of ε-trace's on-policy form (loss.py).
+
+    With the CPU kernel (see `traced_sum`'s `kernel`) and prefix masks, one pass that evaluates the closed form per
+    token in float64 and multiplies; otherwise `credit_weights(mask, dtype=grad.dtype) * grad`.
+    """
+    decay = trace_decay(gamma, lam)
+    _check_style_and_floor(style, floor)
+    if use_cpu_kernel(grad, kernel):
+        window_sums, early = _credit_tables(decay, floor, 1 << max(grad.shape[-1], 1).bit_length())
+        scaled = trace_kernels.credit_scaled_gradient(grad, mask, window_sums, early, style)
+        if scaled is not None:
+            return scaled
+    return credit_weights(mask, gamma, lam, style, floor, dtype=grad.dtype).mul_(grad)
+
+
+@functools.lru_cache(maxsize=32)
+def _credit_tables(decay: float, floor: float, size: int):
+    """W(n) for n < size and w(k) = max(ε, a^k) for k < size, float64 numpy arrays (read-only use)."""
+    return _window_sums(size - 1, decay, floor, torch.device("cpu")).numpy(), trace_kernels.tables(decay, floor, size)[
+        1
+    ]
 
 
 def _prefix_credit_weights(
