@@ -69,7 +69,7 @@ def test_hand_computed_example():
 CASES = [
     (batch, length, lam, gamma, style, floor, seed)
     for (batch, length), lam, (gamma, floor), style, seed in itertools.product(
-        [(1, 1), (3, 2), (2, 63), (4, 64), (2, 65), (3, 300)],
+        [(1, 1), (3, 2), (2, 63), (4, 64), (2, 65), (3, 300), (8, 50), (11, 97)],  # the kernel sweeps 8 rows at once
         LAMBDAS,
         [(1.0, 0.0), (0.97, 0.0), (1.0, 1e-3), (0.9, 0.2), (1.0, 1.0)],
         ["recent", "both"],
@@ -92,7 +92,7 @@ def test_traced_sum_matches_dense_matrix(batch, length, lam, gamma, style, floor
 ADJOINT_CASES = [
     (batch, length, lam, gamma, style, floor)
     for (batch, length), lam, (gamma, floor), style in itertools.product(
-        [(1, 1), (3, 2), (2, 65), (3, 300)],
+        [(1, 1), (3, 2), (2, 65), (3, 300), (11, 97)],
         LAMBDAS,
         [(1.0, 0.0), (0.97, 0.0), (1.0, 1e-3), (0.9, 0.2), (1.0, 1.0)],
         ["recent", "both"],

@@ -34,132 +34,139 @@ def tables(decay: float, floor: float, size: int) -> tuple[np.ndarray, np.ndarra
     return powers, np.maximum(powers, floor)
 
 
-def _tables_for(decay: float, floor: float, length: int) -> tuple[np.ndarray, np.ndarray]:
-    size = 1 << max(length, 1).bit_length()  # ≥ length + 1; a few sizes cover all batches
-    return tables(decay, floor, size)
-
-
 GROUP = 8  # rows per sweep: enough independent recurrences to fill the pipeline, few enough strided streams that
-# rows T·4 bytes apart (a multiple of 4 KiB) do not evict each other from the L1 cache (measured: 8 beats 4 and 16)
+# rows T·4 bytes apart (a multiple of 4 KiB) do not evict each other from the L1 cache (measured: 8 beats 4 and 16).
+# The row loops have this constant trip count, so the compiler keeps the running sums in registers.
 
 
 def _jit(fn):
     return numba.njit(cache=True, nogil=True, boundscheck=False)(fn) if AVAILABLE else fn
 
 
-@_jit
-def _forward(values, mask, out, decay, powers, early, floor, horizon, both):  # pragma: no cover - compiled
-    """out[b, t] = S_t of traced_sum: E_t − a^n'·E_{t−n'} + ε·(C_{t−n'} − C_{t−n}) (+ P_⌊t/2⌋ for `both`)."""
-    batch, length = values.shape
-    for first in range(0, batch, GROUP):
-        _forward_rows(values[first : first + GROUP], mask[first : first + GROUP], out[first : first + GROUP],
-                      decay, powers, early, floor, horizon, both)  # fmt: skip
+def _specialise(both: bool, has_floor: bool):
+    """The forward and adjoint sweeps over GROUP rows for one style and floor: `both` and `has_floor` are constants
+    of the compiled code (numba caches each of the four variants), so the loops carry no branches on them."""
 
-
-@_jit
-def _forward_rows(values, mask, out, decay, powers, early, floor, horizon, both):  # pragma: no cover - compiled
-    batch, length = values.shape
-    e = np.zeros(batch)  # E_t
-    e_lag = np.zeros(batch)  # E_j at j = t − n'
-    c_lag = np.zeros(batch)  # C_j at j = t − n'
-    c_win = np.zeros(batch)  # C_j at j = t − n
-    p_half = np.zeros(batch)  # P_j at j = ⌊t/2⌋, P_j = Σ_{k ≤ j} w(k)·v_k
-    lag = -1  # positions of the trailing recurrences (−1: the empty sum)
-    win = -1
-    half = -1
-    shared = both and horizon >= length  # then t − n' = ⌊t/2⌋: E, C and P trail at the same position
-    for t in range(length):
-        window = t - t // 2 if both else t + 1
-        n_exp = min(window, horizon)
-        while lag < t - n_exp:  # advance the trailing E and C to t − n'
-            lag += 1
-            for b in range(batch):
-                v = np.float64(values[b, lag]) if mask[b, lag] != 0 else 0.0
-                e_lag[b] = decay * e_lag[b] + v
-                c_lag[b] += v
+    @_jit
+    def forward(values, mask, out, first, decay, powers, early, floor, horizon):  # pragma: no cover - compiled
+        """out[b, t] = S_t of traced_sum: E_t − a^n'·E_{t−n'} + ε·(C_{t−n'} − C_{t−n}) (+ P_⌊t/2⌋ for `both`), for
+        rows first … first + GROUP − 1."""
+        length = values.shape[1]
+        e = np.zeros(GROUP)  # E_t
+        e_lag = np.zeros(GROUP)  # E_j at j = t − n'
+        c_lag = np.zeros(GROUP)  # C_j at j = t − n'
+        c_win = np.zeros(GROUP)  # C_j at j = t − n
+        p_half = np.zeros(GROUP)  # P_j at j = ⌊t/2⌋, P_j = Σ_{k ≤ j} w(k)·v_k
+        lag = -1  # positions of the trailing recurrences (−1: the empty sum)
+        win = -1
+        half = -1
+        shared = both and (not has_floor or horizon >= length)  # then t − n' = ⌊t/2⌋: E, C and P trail together
+        for t in range(length):
+            window = t - t // 2 if both else t + 1
+            n_exp = min(window, horizon)
+            while lag < t - n_exp:  # advance the trailing E and C to t − n'
+                lag += 1
+                for b in range(GROUP):
+                    v = np.float64(values[first + b, lag]) if mask[first + b, lag] != 0 else 0.0
+                    e_lag[b] = decay * e_lag[b] + v
+                    c_lag[b] += v
+                    if shared:
+                        p_half[b] += early[lag] * v
                 if shared:
-                    p_half[b] += early[lag] * v
-            if shared:
-                half = lag
-        if floor > 0.0:
-            while win < t - window:
-                win += 1
-                for b in range(batch):
-                    c_win[b] += np.float64(values[b, win]) if mask[b, win] != 0 else 0.0
-        if both:
-            while half < t // 2:
-                half += 1
-                for b in range(batch):
-                    if mask[b, half] != 0:
-                        p_half[b] += early[half] * np.float64(values[b, half])
-        scale = powers[n_exp]
-        for b in range(batch):
-            v = np.float64(values[b, t]) if mask[b, t] != 0 else 0.0
-            e[b] = decay * e[b] + v
-            total = e[b] - scale * e_lag[b]
-            if floor > 0.0:
-                total += floor * (c_lag[b] - c_win[b])
+                    half = lag
+            if has_floor:
+                while win < t - window:
+                    win += 1
+                    for b in range(GROUP):
+                        c_win[b] += np.float64(values[first + b, win]) if mask[first + b, win] != 0 else 0.0
             if both:
-                total += p_half[b]
-            out[b, t] = total
+                while half < t // 2:
+                    half += 1
+                    for b in range(GROUP):
+                        if mask[first + b, half] != 0:
+                            p_half[b] += early[half] * np.float64(values[first + b, half])
+            scale = powers[n_exp]
+            for b in range(GROUP):
+                v = np.float64(values[first + b, t]) if mask[first + b, t] != 0 else 0.0
+                e[b] = decay * e[b] + v
+                total = e[b] - scale * e_lag[b]
+                if has_floor:
+                    total += floor * (c_lag[b] - c_win[b])
+                if both:
+                    total += p_half[b]
+                out[first + b, t] = total
+
+    @_jit
+    def adjoint(grad, mask, out, first, decay, powers, early, floor, horizon):  # pragma: no cover - compiled
+        """out[b, k] = mask·(E^r_k − a^n'·E^r_{k+n'} + ε·(C^r_{k+n'} − C^r_{k+n}) (+ w(k)·C^r_{2k+1} for `both`)),
+        for rows first … first + GROUP − 1."""
+        length = grad.shape[1]
+        e = np.zeros(GROUP)  # E^r_k
+        e_lag = np.zeros(GROUP)  # E^r_j at j = k + n'
+        c_lag = np.zeros(GROUP)  # C^r_j at j = k + n'
+        c_win = np.zeros(GROUP)  # C^r_j at j = k + n
+        c_far = np.zeros(GROUP)  # C^r_j at j = 2k + 1
+        lag = length  # positions of the trailing recurrences (T: the empty sum)
+        win = length
+        far = length
+        shared = both and (not has_floor or horizon >= length)  # then k + n' = min(2k + 1, T): E^r, C^r trail together
+        for k in range(length - 1, -1, -1):
+            window = min(k + 1, length - k) if both else length - k
+            n_exp = min(window, horizon)
+            while lag > k + n_exp:
+                lag -= 1
+                for b in range(GROUP):
+                    g = np.float64(grad[first + b, lag])
+                    e_lag[b] = decay * e_lag[b] + g
+                    c_lag[b] += g
+                if shared:
+                    far = lag
+            if has_floor:
+                while win > k + window:
+                    win -= 1
+                    for b in range(GROUP):
+                        c_win[b] += np.float64(grad[first + b, win])
+            if both:
+                while far > min(2 * k + 1, length):
+                    far -= 1
+                    for b in range(GROUP):
+                        c_far[b] += np.float64(grad[first + b, far])
+            scale = powers[n_exp]
+            for b in range(GROUP):
+                e[b] = decay * e[b] + np.float64(grad[first + b, k])
+                total = e[b] - scale * e_lag[b]
+                if has_floor:
+                    total += floor * (c_lag[b] - c_win[b])
+                if shared:
+                    total += early[k] * c_lag[b]
+                elif both:
+                    total += early[k] * c_far[b]
+                out[first + b, k] = total if mask[first + b, k] != 0 else 0.0
+
+    @_jit
+    def sweep_forward(values, mask, out, decay, powers, early, floor, horizon):  # pragma: no cover - compiled
+        for first in _groups(values.shape[0]):
+            forward(values, mask, out, first, decay, powers, early, floor, horizon)
+
+    @_jit
+    def sweep_adjoint(grad, mask, out, decay, powers, early, floor, horizon):  # pragma: no cover - compiled
+        for first in _groups(grad.shape[0]):
+            adjoint(grad, mask, out, first, decay, powers, early, floor, horizon)
+
+    return sweep_forward, sweep_adjoint
 
 
 @_jit
-def _adjoint(grad, mask, out, decay, powers, early, floor, horizon, both):  # pragma: no cover - compiled
-    """out[b, k] = mask·(E^r_k − a^n'·E^r_{k+n'} + ε·(C^r_{k+n'} − C^r_{k+n}) (+ w(k)·C^r_{2k+1} for `both`))."""
-    batch, length = grad.shape
-    for first in range(0, batch, GROUP):
-        _adjoint_rows(grad[first : first + GROUP], mask[first : first + GROUP], out[first : first + GROUP],
-                      decay, powers, early, floor, horizon, both)  # fmt: skip
+def _groups(rows):  # pragma: no cover - compiled
+    """First rows of the GROUP-row sweeps over rows ≥ GROUP: the last one overlaps its predecessor when GROUP does
+    not divide rows (those rows are computed twice, identically)."""
+    starts = np.arange(0, rows - GROUP + 1, GROUP)
+    if rows % GROUP:
+        starts = np.append(starts, rows - GROUP)
+    return starts
 
 
-@_jit
-def _adjoint_rows(grad, mask, out, decay, powers, early, floor, horizon, both):  # pragma: no cover - compiled
-    batch, length = grad.shape
-    e = np.zeros(batch)  # E^r_k
-    e_lag = np.zeros(batch)  # E^r_j at j = k + n'
-    c_lag = np.zeros(batch)  # C^r_j at j = k + n'
-    c_win = np.zeros(batch)  # C^r_j at j = k + n
-    c_far = np.zeros(batch)  # C^r_j at j = 2k + 1
-    lag = length  # positions of the trailing recurrences (T: the empty sum)
-    win = length
-    far = length
-    shared = both and horizon >= length  # then k + n' = min(2k + 1, T): E^r and C^r trail at the same position
-    if shared:
-        c_far = c_lag
-    for k in range(length - 1, -1, -1):
-        window = min(k + 1, length - k) if both else length - k
-        n_exp = min(window, horizon)
-        while lag > k + n_exp:
-            lag -= 1
-            for b in range(batch):
-                g = np.float64(grad[b, lag])
-                e_lag[b] = decay * e_lag[b] + g
-                c_lag[b] += g
-            if shared:
-                far = lag  # and c_far is c_lag
-        if floor > 0.0:
-            while win > k + window:
-                win -= 1
-                for b in range(batch):
-                    c_win[b] += np.float64(grad[b, win])
-        if both:
-            while far > min(2 * k + 1, length):
-                far -= 1
-                for b in range(batch):
-                    c_far[b] += np.float64(grad[b, far])
-        scale = powers[n_exp]
-        for b in range(batch):
-            e[b] = decay * e[b] + np.float64(grad[b, k])
-            if mask[b, k] == 0:
-                out[b, k] = 0.0
-                continue
-            total = e[b] - scale * e_lag[b]
-            if floor > 0.0:
-                total += floor * (c_lag[b] - c_win[b])
-            if both:
-                total += early[k] * c_far[b]
-            out[b, k] = total
+_SWEEPS = {(both, has_floor): _specialise(both, has_floor) for both in (False, True) for has_floor in (False, True)}
 
 
 @_jit
@@ -207,29 +214,35 @@ def credit_scaled_gradient(
     return out
 
 
-def _run(kernel, values: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float, horizon: int):
+def _run(direction: int, values, mask, decay: float, style: str, floor: float, horizon: int) -> torch.Tensor:
+    """Runs the forward (direction 0) or adjoint (1) sweeps of `style` over [..., T] CPU tensors, GROUP rows at a
+    time; fewer than GROUP rows are padded with masked zeros."""
     dtype = values.dtype
     work = values.detach()
     if dtype not in (torch.float32, torch.float64):
         work = work.float()
-    work = work.contiguous()
-    mask = mask.detach().contiguous()
+    length = work.shape[-1]
+    work = work.reshape(-1, length).contiguous()
+    mask = mask.detach().expand(*values.shape).reshape(-1, length).contiguous()
     if mask.dtype not in (torch.bool, torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64):
         mask = mask.float()
+    rows = work.shape[0]
+    if 0 < rows < GROUP:
+        work = torch.cat([work, work.new_zeros(GROUP - rows, length)])
+        mask = torch.cat([mask, mask.new_zeros(GROUP - rows, length)])
     out = torch.empty_like(work)
     if work.numel():
-        powers, early = _tables_for(decay, floor, work.shape[-1])
-        flat = work.reshape(-1, work.shape[-1])
-        kernel(flat.numpy(), mask.reshape(-1, mask.shape[-1]).numpy(), out.view_as(flat).numpy(), float(decay),
-               powers, early, float(floor), int(horizon), style == "both")  # fmt: skip
-    return out.to(dtype)
+        sweep = _SWEEPS[(style == "both", floor > 0.0)][direction]
+        powers, early = tables(decay, floor, 1 << max(length, 1).bit_length())  # ≥ T + 1 entries, few sizes
+        sweep(work.numpy(), mask.numpy(), out.numpy(), float(decay), powers, early, float(floor), int(horizon))
+    return out[:rows].reshape(values.shape).to(dtype)
 
 
 def traced_sum(values, mask, decay, style, floor, horizon) -> torch.Tensor:
     """`traces._traced_sum` for CPU tensors ([..., T], any float dtype; float32/float64 are not copied)."""
-    return _run(_forward, values, mask.expand_as(values), decay, style, floor, horizon)
+    return _run(0, values, mask, decay, style, floor, horizon)
 
 
 def traced_sum_adjoint(grad, mask, decay, style, floor, horizon) -> torch.Tensor:
     """`traces._traced_sum_adjoint` for CPU tensors."""
-    return _run(_adjoint, grad, mask.expand_as(grad), decay, style, floor, horizon)
+    return _run(1, grad, mask, decay, style, floor, horizon)
