@@ -63,7 +63,7 @@ help:
 	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
 	@echo "make bench-step  a whole training step, GRPO vs each GRPO-λ variant [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
 	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers fallback, and grading throughput"
-	@echo "make reproduce-toy  GRPO vs GRPO-λ (4 variants, λ 0.99/0.98) and eos_bound on the credit_echo toy task, 3 seeds, CPU < 30 min"
+	@echo "make reproduce-toy  GRPO vs GRPO-λ (4 variants, λ 0.99/0.98), eos_bound and the clamp alone on the credit_echo toy task, 3 seeds, CPU < 30 min"
 	@echo "               [TOY_OUTPUT=data/toy] [ARGS='--scale 2 --seeds 5 --workers 2']"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check"

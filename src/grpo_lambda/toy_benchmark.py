@@ -2,8 +2,9 @@
 
 1. A tiny Qwen2 (toy tokenizer) is trained from scratch by SFT to an intermediate success rate on credit_echo.
 2. From that one checkpoint, every method trains by RL with the same budget and hyperparameters, for each seed:
-   GRPO, GRPO + Lemma 1's `eos_bound`, GRPO-λ {ε-trace, ε-weight} × {both, recent} at λ = 0.99, and the best of
-   those four at λ = 0.98 (chosen from the λ = 0.99 results, after they finish).
+   GRPO, GRPO + Lemma 1's `eos_bound`, GRPO + GRPO-λ's advantage clamp alone (the control that separates the
+   clamp from the traces), GRPO-λ {ε-trace, ε-weight} × {both, recent} at λ = 0.99, and the best of those four at
+   λ = 0.98 (chosen from the λ = 0.99 results, after they finish).
 3. A PNG of training reward vs step (mean ± std over seeds), a Markdown table and the raw per-step logs.
 
 Every run appends its metrics to `<output_dir>/runs/<method>/seed<k>/metrics.jsonl` as it trains and writes
@@ -57,18 +58,15 @@ def method_name(variant: str, style: str, lam: float) -> str:
 
 
 def first_methods() -> list[Method]:
-    """GRPO, GRPO + eos_bound and the four GRPO-λ variants at λ = 0.99."""
+    """GRPO, GRPO + eos_bound, GRPO + the clamp max(A, −0.1) of Alg. 1–2 (GRPO-λ without traces) and the four GRPO-λ
+    variants at λ = 0.99."""
     methods = [Method("grpo", dict(loss_variant="grpo")),
-               Method("grpo+eos_bound", dict(loss_variant="grpo", advantage_bias_correction="eos_bound"))]  # fmt: skip
+               Method("grpo+eos_bound", dict(loss_variant="grpo", advantage_bias_correction="eos_bound")),
+               Method("grpo+clamp", dict(loss_variant="grpo", adv_clamp_min=GRPO_LAMBDA_SETTINGS["adv_clamp_min"]))]  # fmt: skip
     for variant, style in LAMBDA_VARIANTS:
         overrides = dict(loss_variant=variant, trace_style=style, trace_lambda=0.99, **GRPO_LAMBDA_SETTINGS)
         methods.append(Method(method_name(variant, style, 0.99), overrides))
     return methods
-
-
-def diagnostic_methods() -> list[Method]:
-    """Not in the default comparison; selectable with --methods to ask why GRPO-λ differs (docs/toy_benchmark.md)."""
-    return [Method("grpo+clamp", dict(loss_variant="grpo", adv_clamp_min=GRPO_LAMBDA_SETTINGS["adv_clamp_min"]))]
 
 
 def lambda_098_method(best: Method) -> Method:
@@ -355,9 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=2, help="runs trained at once (one process each; 0: in this one)"
     )
-    parser.add_argument(
-        "--methods", default=None, help="comma-separated methods of the λ = 0.99 stage, or diagnostics (grpo+clamp)"
-    )
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the methods of the λ = 0.99 stage")
     parser.add_argument("--no_lambda_098", action="store_true", help="skip the λ = 0.98 run of the best variant")
     parser.add_argument("--learning_rate", type=float, default=RL_SETTINGS["learning_rate"], help="for every method")
     args = parser.parse_args(argv)
@@ -381,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = first_methods()
     if args.methods:
         wanted = args.methods.split(",")
-        known = methods + diagnostic_methods()
+        known = methods
         unknown = sorted(set(wanted) - {m.name for m in known})
         if unknown:
             raise SystemExit(f"grpo_lambda: unknown method(s) {unknown}; choose from {[m.name for m in known]}.")
