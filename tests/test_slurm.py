@@ -116,6 +116,37 @@ def test_resumed_metrics_log_keeps_each_step_once(tmp_path):
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
 
 
+def test_stop_file_stops_after_the_step_and_a_rerun_forgets_it(tmp_path):
+    """`touch <output_dir>/STOP_REQUESTED` checkpoints and stops a run; the rerun that resumes it must not stop
+    again on the same, stale file (it did before the callback removed it at the start of training)."""
+    import signal
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from grpo_lambda.grpo import PreemptionCallback
+    from grpo_lambda.launch import STOP_FILE
+
+    stop_file = tmp_path / STOP_FILE
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        callback = PreemptionCallback(stop_file)
+        state = SimpleNamespace(is_world_process_zero=True, global_step=3)
+        control = callback.on_step_end(None, state, TrainerControl())
+        assert not (control.should_save or control.should_training_stop or callback.preempted)
+        stop_file.touch()
+        control = callback.on_step_end(None, state, TrainerControl())
+        assert control.should_save and control.should_training_stop and callback.preempted
+
+        rerun = PreemptionCallback(stop_file)
+        rerun.on_train_begin(None, state, TrainerControl())
+        assert not stop_file.exists()
+        control = rerun.on_step_end(None, state, TrainerControl())
+        assert not (control.should_training_stop or rerun.preempted)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # A real cluster
 

@@ -79,3 +79,16 @@ def test_reproduce_toy_small_writes_table_plot_and_logs_and_resumes(tmp_path, ca
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in logs} == logs, "finished runs are not trained again"
     assert (tmp_path / "results.md").read_text().split("\n", 1)[1] == table.split("\n", 1)[1]
+
+
+def test_default_methods_include_the_clamp_control():
+    """The comparison's reading rests on grpo+clamp: GRPO with GRPO-λ's clamp and nothing else of GRPO-λ."""
+    from grpo_lambda.toy_benchmark import GRPO_LAMBDA_SETTINGS, first_methods
+
+    methods = {m.name: m.overrides for m in first_methods()}
+    assert list(methods) == ["grpo", "grpo+eos_bound", "grpo+clamp", "eps-trace-both-λ0.99",
+                             "eps-trace-recent-λ0.99", "eps-weight-both-λ0.99", "eps-weight-recent-λ0.99"]  # fmt: skip
+    assert methods["grpo+clamp"] == {**methods["grpo"], "adv_clamp_min": GRPO_LAMBDA_SETTINGS["adv_clamp_min"]}
+    for name, overrides in methods.items():
+        traced = name.startswith("eps-")
+        assert (overrides.get("adv_clamp_min") == -0.1) == (traced or name == "grpo+clamp")

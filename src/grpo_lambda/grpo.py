@@ -81,6 +81,10 @@ class PreemptionCallback(TrainerCallback):
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # a request left by the attempt that stopped: this one runs on
+            self.stop_file.unlink(missing_ok=True)
+
     def on_step_end(self, args, state, control, **kwargs):
         if self._agreed():
             logger.warning("stop requested: saving a checkpoint at step %d and stopping", state.global_step)

@@ -119,9 +119,9 @@ def on_policy_traced_log_probs(
         log π^λ_t = sg(log πθ_t) + c_t·(log πθ_t − sg(log πθ_t)),   c = credit_weights(mask)
 
     Its value is log πθ exactly, as is the general path's log πold + Σ_l tr(t, l)·0, so the ratio is exactly 1. Its
-    gradient differs from the general path's per token but not in total, when the loss's gradient g_t at every real
-    token t of sequence i is the same γ_i (true on-policy: the ratio is 1 everywhere, so the clip is inactive and
-    min picks the same branch; TRL's loss types weight tokens per sequence):
+    gradient equals the general path's, token for token, when the loss's gradient g_t at every real token t of
+    sequence i is the same γ_i (true on-policy: the ratio is 1 everywhere, so the clip is inactive and min picks the
+    same branch; TRL's loss types weight tokens per sequence):
 
         general: ∂/∂log π_k = Σ_{t ≥ k} g_t·tr(t, t − k)·mask_k = γ_i·Σ_{t ≥ k, mask_t} tr(t, t − k) = γ_i·c_k
         here:    ∂/∂log π_k = g_k·c_k = γ_i·c_k

@@ -52,7 +52,7 @@ def normalise(text: str) -> str:
 
 def is_correct(completion: str, answer: str) -> bool:
     """The verifier: the completion equals the answer exactly, up to whitespace (an extra or missing echo, a
-    wrong digit or trailing text all score 0)."""
+    wrong letter or trailing text all score 0)."""
     return normalise(completion) == normalise(answer)
 
 

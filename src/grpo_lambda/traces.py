@@ -397,9 +397,8 @@ def scale_by_credit_weights(
 @functools.lru_cache(maxsize=32)
 def _credit_tables(decay: float, floor: float, size: int):
     """W(n) for n < size and w(k) = max(ε, a^k) for k < size, float64 numpy arrays (read-only use)."""
-    return _window_sums(size - 1, decay, floor, torch.device("cpu")).numpy(), trace_kernels.tables(decay, floor, size)[
-        1
-    ]
+    _, early = trace_kernels.tables(decay, floor, size)
+    return _window_sums(size - 1, decay, floor, torch.device("cpu")).numpy(), early
 
 
 def _prefix_credit_weights(
