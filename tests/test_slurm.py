@@ -264,7 +264,10 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     checkpoints = sorted(run_dir.glob("checkpoint-*"))
     assert [p.name for p in checkpoints] == [f"checkpoint-{preempted_at}"], _logs(output)
     assert preempted_at < max_steps
-    # a requeued job waits ~120 s in BeginTime; the test does not
+    # A requeued job waits ~120 s in BeginTime; the test does not. But slurmd refuses to relaunch a job it killed
+    # within the same second ("Job 6 already killed, do not launch batch job", seen once when the requeue and
+    # StartTime=now fell 0.4 s apart), so the test first lets a few seconds pass.
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], env=slurm, check=True)
     _wait_until(lambda: not _jobs(slurm), 900, "the requeued task to finish", slurm, poll=2)
     print(f"preemption test wall time: {time.monotonic() - started:.0f} s (preempted at step {preempted_at})")
