@@ -12,8 +12,12 @@ batch mean); backward is to the log-probabilities. Rows:
   the default).
 - eps-weight: ε-weight (Alg. 2): `eps_weight_trace_weights` of πold times the advantages, GRPO's surrogate.
 
-Time: median over `--repeats` rounds (CPU: one thread by default, `--threads`); each round runs every op once, in a rotated order, so that load from other
-processes falls on all of them alike. Memory: on CUDA, torch.cuda.max_memory_allocated during one call, minus what
+Time: median over `--repeats` rounds (CPU: one thread by default, `--threads`); each round runs every op once, in a
+rotated order, so that load from other processes falls on all of them alike. On CPU the script first allocates and
+frees a 30 MiB tensor, as every training process has done long before its loss (weights, logits): glibc then raises
+its mmap threshold and serves [B, T] tensors from its heap, as in training, instead of mapping fresh pages for each
+(page faults that otherwise take a third of GRPO's time here and more of ops with more temporaries; `--no-prime`
+measures that state). Memory: on CUDA, torch.cuda.max_memory_allocated during one call, minus what
 was allocated before it; on CPU, torch's MemTracker (a dispatch mode that adds up the storage of every tensor the
 op creates and subtracts it when the storage is freed), i.e. the peak of live tensor bytes the op allocated, inputs
 excluded. The allocator's caching and fragmentation are not counted on either device.
@@ -70,11 +74,11 @@ def make_ops(lam: float, style: str, floor: float) -> dict[str, Callable]:
 
     def eps_weight(logps, old, mask, advantages):
         weights = eps_weight_trace_weights(old, mask, **trace)
-        return grpo_loss(logps, old, mask, advantages[:, None] * weights)
+        return grpo_loss(logps, old, mask, weights.mul_(advantages[:, None]))  # in place, as the trainer does
 
     def eps_weight_torch(logps, old, mask, advantages):
         weights = eps_weight_trace_weights(old, mask, **trace, kernel=False)
-        return grpo_loss(logps, old, mask, advantages[:, None] * weights)
+        return grpo_loss(logps, old, mask, weights.mul_(advantages[:, None]))
 
     return {
         "grpo": grpo,
@@ -144,8 +148,21 @@ def fmt_bytes(n: float) -> str:
     return ""
 
 
+PRIME_BYTES = 30 * 2**20  # under glibc's 32 MiB cap on its dynamic mmap threshold
+
+
+def prime_allocator() -> None:
+    """Allocate, touch and free one block as large as a training process's: glibc's malloc then keeps blocks up to
+    that size on its heap (dynamic mmap and trim thresholds), as it does during training."""
+    block = torch.empty(PRIME_BYTES, dtype=torch.uint8)
+    block.fill_(0)
+    del block
+
+
 def bench(args) -> list[dict]:
     device = torch.device(args.device)
+    if device.type == "cpu" and args.prime:
+        prime_allocator()
     ops = make_ops(args.trace_lambda, args.trace_style, args.trace_floor)
     rows = []
     for length in args.lengths:
@@ -212,6 +229,7 @@ def main() -> None:
     parser.add_argument("--trace-lambda", type=float, default=0.99)
     parser.add_argument("--trace-style", choices=["recent", "both"], default="both")
     parser.add_argument("--trace-floor", type=float, default=0.0)
+    parser.add_argument("--no-prime", dest="prime", action="store_false", help="skip the allocator warm-up (CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.lengths is None:
@@ -222,7 +240,7 @@ def main() -> None:
     print(
         f"B = {args.batch}, λ = {args.trace_lambda}, style = {args.trace_style}, floor = {args.trace_floor}; "
         f"{name}; torch {torch.__version__}; median of {args.repeats} interleaved rounds (dense: "
-        f"{min(args.repeats, args.dense_repeats)})\n"
+        f"{min(args.repeats, args.dense_repeats)}){'' if args.prime or args.device != 'cpu' else '; allocator not primed'}\n"
     )
     bench(args)
 

@@ -66,6 +66,17 @@ def test_hand_computed_example():
     assert both.tolist() == [[4.0, 2.0 + 4.0, 1.0 + 1.0 + 4.0]]
 
 
+def random_masks(batch: int, length: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A mask with holes and a right-padded one (prefixes of random lengths, one full row, one empty row when there
+    are three rows or more): the CPU kernel reads the second kind by its row lengths, the first by the mask."""
+    holes = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
+    lengths = torch.randint(0, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    if batch >= 3:
+        lengths[-1] = 0
+    return [holes, (torch.arange(length)[None, :] < lengths[:, None]).to(torch.float64)]
+
+
 CASES = [
     (batch, length, lam, gamma, style, floor, seed)
     for (batch, length), lam, (gamma, floor), style, seed in itertools.product(
@@ -83,10 +94,11 @@ CASES = [
 def test_traced_sum_matches_dense_matrix(batch, length, lam, gamma, style, floor, seed, kernel):
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(batch, length, dtype=torch.float64, generator=generator)
-    mask = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
-    dense = (values * mask) @ trace_matrix(length, gamma, lam, style, floor).T
-    fast = traced_sum(values, mask, gamma, lam, style, floor, kernel)
-    torch.testing.assert_close(fast, dense, rtol=1e-9, atol=1e-9 * dense.abs().max().item())
+    for mask in random_masks(batch, length, generator):
+        dense = (values * mask) @ trace_matrix(length, gamma, lam, style, floor).T
+        atol = 1e-9 * max(1.0, dense.abs().max().item())
+        fast = traced_sum(values, mask, gamma, lam, style, floor, kernel)
+        torch.testing.assert_close(fast, dense, rtol=1e-9, atol=atol)
 
 
 ADJOINT_CASES = [
@@ -106,14 +118,14 @@ def test_adjoint_and_gradient_match_dense_matrix(batch, length, lam, gamma, styl
     """traced_sum_adjoint is g @ M (the transpose), and it is traced_sum's backward: ∂(Σ g·S)/∂v = mask·(g @ M)."""
     generator = torch.Generator().manual_seed(length)
     grad = torch.randn(batch, length, dtype=torch.float64, generator=generator)
-    mask = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
-    dense = (grad @ trace_matrix(length, gamma, lam, style, floor)) * mask
-    atol = 1e-9 * max(1.0, dense.abs().max().item())
-    adjoint = traced_sum_adjoint(grad, mask, gamma, lam, style, floor, kernel)
-    torch.testing.assert_close(adjoint, dense, rtol=1e-9, atol=atol)
-    values = torch.randn(batch, length, dtype=torch.float64, generator=generator, requires_grad=True)
-    (traced_sum(values, mask, gamma, lam, style, floor, kernel) * grad).sum().backward()
-    torch.testing.assert_close(values.grad, dense, rtol=1e-9, atol=atol)
+    for mask in random_masks(batch, length, generator):
+        dense = (grad @ trace_matrix(length, gamma, lam, style, floor)) * mask
+        atol = 1e-9 * max(1.0, dense.abs().max().item())
+        adjoint = traced_sum_adjoint(grad, mask, gamma, lam, style, floor, kernel)
+        torch.testing.assert_close(adjoint, dense, rtol=1e-9, atol=atol)
+        values = torch.randn(batch, length, dtype=torch.float64, generator=generator, requires_grad=True)
+        (traced_sum(values, mask, gamma, lam, style, floor, kernel) * grad).sum().backward()
+        torch.testing.assert_close(values.grad, dense, rtol=1e-9, atol=atol)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -124,11 +136,7 @@ def test_credit_weights_match_dense_column_sums(batch, length, lam, gamma, style
     is c ⊙ g, on the kernel's fused closed form and on its fallbacks."""
     generator = torch.Generator().manual_seed(length + 1)
     matrix = trace_matrix(length, gamma, lam, style, floor)
-    lengths = torch.randint(0, length + 1, (batch,), generator=generator)
-    lengths[0] = length
-    prefix = (torch.arange(length)[None, :] < lengths[:, None]).to(torch.float64)
-    holes = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
-    for mask in (prefix, holes):
+    for mask in random_masks(batch, length, generator):
         dense = (mask @ matrix) * mask
         atol = 1e-9 * max(1.0, dense.abs().max().item())
         torch.testing.assert_close(credit_weights(mask, gamma, lam, style, floor), dense, rtol=1e-9, atol=atol)
@@ -147,6 +155,23 @@ def test_float32_input_keeps_dtype_and_precision(kernel):
     torch.testing.assert_close(out.double(), dense, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_float32_log_ratio_with_int_prefix_mask(kernel):
+    """ε-trace's inputs as TRL gives them: float32 log πθ (with gradient) and log πold, an int32 right-padded mask."""
+    logps = -3 * torch.rand(3, 500, dtype=torch.float64)
+    old = logps + 0.05 * torch.randn(3, 500, dtype=torch.float64)
+    mask = (torch.arange(500)[None, :] < torch.tensor([[500], [321], [7]])).int()
+    matrix = trace_matrix(500, 1.0, 0.99, "both")
+    x = logps.float().requires_grad_()
+    out = traced_sum(x - old.float(), mask, 1.0, 0.99, "both", kernel=kernel)
+    assert out.dtype == torch.float32
+    expected = ((x.double() - old.float().double()) * mask) @ matrix.T
+    torch.testing.assert_close(out.double(), expected.detach(), rtol=1e-6, atol=1e-5)
+    grad = torch.randn(3, 500)
+    out.backward(grad)
+    torch.testing.assert_close(x.grad.double(), (grad.double() @ matrix) * mask, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int32, torch.int64, torch.float32])
 def test_cpu_kernel_takes_any_mask_dtype_layout_and_leading_dims(mask_dtype):
@@ -162,6 +187,20 @@ def test_cpu_kernel_takes_any_mask_dtype_layout_and_leading_dims(mask_dtype):
     assert half.dtype == torch.bfloat16
     expected = (values.to(torch.bfloat16).double() * mask) @ trace_matrix(70, 1.0, 0.9, "both", 0.01).T
     torch.testing.assert_close(half.double(), expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int32, torch.int64, torch.float32, torch.float64])
+def test_prefix_lengths_recognise_right_padded_masks_only(mask_dtype):
+    """The kernels read a mask whose rows are prefixes of ones by its row lengths; any other mask by its entries."""
+    lengths = torch.tensor([0, 1, 5, 9, 9])
+    prefix = torch.arange(9)[None, :] < lengths[:, None]
+    found = trace_kernels.prefix_lengths(prefix.to(mask_dtype).numpy())
+    assert found is not None and found.tolist() == lengths.tolist()
+    for row, position in [(0, 8), (1, 3), (2, 2), (3, 0), (2, 7)]:  # a hole, or a one after the padding
+        holed = prefix.clone()
+        holed[row, position] = not holed[row, position]
+        assert trace_kernels.prefix_lengths(holed.to(mask_dtype).numpy()) is None, (row, position)
 
 
 def test_kernel_choice(monkeypatch):

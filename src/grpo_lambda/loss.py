@@ -76,11 +76,13 @@ def soft_clamp_log_probs(per_token_logps: torch.Tensor, fn: WeightClampFn = "sig
     (0 in floating point for very unlikely tokens). Non-negative weights keep ε-weight a weighting of GRPO's
     clipped term: w·(−min(rA, clip(r)A)) = −min(r·Aw, clip(r)·Aw) for w ≥ 0.
     """
-    if fn == "sigmoid":
-        return 1.0 + torch.sigmoid(per_token_logps - 1.0)
-    if fn == "tanh":
-        return 1.0 + torch.tanh(per_token_logps - 1.0)
-    raise ValueError(f"weight_clamp_fn must be one of {WEIGHT_CLAMP_FNS}, got {fn!r}.")
+    if fn not in WEIGHT_CLAMP_FNS:
+        raise ValueError(f"weight_clamp_fn must be one of {WEIGHT_CLAMP_FNS}, got {fn!r}.")
+    shifted = per_token_logps - 1.0
+    if torch.is_grad_enabled() and shifted.requires_grad:
+        return 1.0 + (torch.sigmoid(shifted) if fn == "sigmoid" else torch.tanh(shifted))
+    # in place on the one fresh tensor (the [B, T] temporaries, not the arithmetic, dominate this on CPU)
+    return (shifted.sigmoid_() if fn == "sigmoid" else shifted.tanh_()).add_(1.0)
 
 
 @torch.no_grad()

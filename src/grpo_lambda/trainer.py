@@ -96,12 +96,13 @@ class GRPOLambdaTrainer(GRPOTrainer):
             logps = traced_logps
         else:
             weights = eps_weight_trace_weights(old_logps, mask, fn=args.weight_clamp_fn, **trace)
-            advantages = inputs["advantages"]
-            advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-            inputs["advantages"] = advantages * weights.to(advantages.dtype)
             metrics["trace/eps_weight_mean"] = weights
 
         self._log_trace_metrics(metrics, mask)
+        if args.loss_variant == "eps_weight":  # Â·ε^w, in place (one [B, T] tensor fewer) now that ε^w is logged
+            advantages = inputs["advantages"]
+            advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+            inputs["advantages"] = weights.to(advantages.dtype).mul_(advantages)
         return logps, entropies, aux_loss
 
     def _on_policy_fast_path(self, inputs: dict) -> bool:
