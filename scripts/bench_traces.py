@@ -12,8 +12,12 @@ batch mean); backward is to the log-probabilities. Rows:
   the default).
 - eps-weight: ε-weight (Alg. 2): `eps_weight_trace_weights` of πold times the advantages, GRPO's surrogate.
 
-Time: median over `--repeats` rounds (CPU: one thread by default, `--threads`); each round runs every op once, in a
-rotated order, so that load from other processes falls on all of them alike. On CPU the script first allocates and
+Time: median over `--repeats` rounds × `--block` calls (CPU: one thread by default, `--threads`). Each round runs
+every op as a block of calls, in a rotated order so that load from other processes falls on all of them alike; the
+first call of a block is not timed. Timed one call at a time between unrelated ops, a small op's time depended on
+which ops ran beside it (at T = 256, on-policy read 1.31× GRPO beside GRPO alone and 1.75× with the dense form and
+the torch ops in the rotation: their buffers and code evict the small op's); in blocks it reads the same either
+way. On CPU the script first allocates and
 frees a 30 MiB tensor, as every training process has done long before its loss (weights, logits): glibc then raises
 its mmap threshold and serves [B, T] tensors from its heap, as in training, instead of mapping fresh pages for each
 (page faults that otherwise take a third of GRPO's time here and more of ops with more temporaries; `--no-prime`
@@ -102,6 +106,12 @@ def make_inputs(batch: int, length: int, device: torch.device, seed: int = 0):
     return [x.to(device) for x in (logps, old, mask, advantages)]
 
 
+def timed_block(op: Callable, inputs, device: torch.device, calls: int) -> list[float]:
+    """`calls` timed calls after one untimed one (caches and allocator settle after the previous op)."""
+    run_once(op, inputs, device)
+    return [run_once(op, inputs, device) for _ in range(calls)]
+
+
 def run_once(op: Callable, inputs, device: torch.device) -> float:
     logps, old, mask, advantages = inputs
     x = logps.detach().requires_grad_()
@@ -169,15 +179,12 @@ def bench(args) -> list[dict]:
         inputs = make_inputs(args.batch, length, device)
         names = [n for n in ops if n != "dense" or dense_bytes_estimate(length) <= args.dense_max_gib * 2**30]
         times: dict[str, list[float]] = {name: [] for name in names}
-        for name in names:  # warm-up
-            run_once(ops[name], inputs, device)
-        dense_repeats = min(args.repeats, args.dense_repeats)
         for round_index in range(args.repeats):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                if name == "dense" and len(times[name]) >= dense_repeats:
-                    continue
-                times[name].append(run_once(ops[name], inputs, device))
+                calls = args.block if name != "dense" else args.dense_repeats - len(times[name])
+                if calls > 0:
+                    times[name].extend(timed_block(ops[name], inputs, device, min(calls, args.block)))
         grpo_time = statistics.median(times["grpo"])
         grpo_mem = peak_bytes(ops["grpo"], inputs, device)
         tokens = args.batch * length
@@ -221,8 +228,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="completion lengths T")
     parser.add_argument("--batch", type=int, default=16, help="sequences B")
-    parser.add_argument("--repeats", type=int, default=41, help="timed rounds (median)")
-    parser.add_argument("--dense-repeats", type=int, default=3, help="timed rounds of the dense form at most")
+    parser.add_argument("--repeats", type=int, default=41, help="rounds (median over rounds × block)")
+    parser.add_argument("--block", type=int, default=5, help="timed calls of an op in a row, per round")
+    parser.add_argument("--dense-repeats", type=int, default=3, help="timed calls of the dense form in all")
     parser.add_argument("--dense-max-gib", type=float, default=3.0 if not cuda else 40.0, help="skip dense above")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
@@ -239,8 +247,8 @@ def main() -> None:
     )
     print(
         f"B = {args.batch}, λ = {args.trace_lambda}, style = {args.trace_style}, floor = {args.trace_floor}; "
-        f"{name}; torch {torch.__version__}; median of {args.repeats} interleaved rounds (dense: "
-        f"{min(args.repeats, args.dense_repeats)}){'' if args.prime or args.device != 'cpu' else '; allocator not primed'}\n"
+        f"{name}; torch {torch.__version__}; median of {args.repeats} interleaved rounds × {args.block} calls "
+        f"(dense: {args.dense_repeats} calls){'' if args.prime or args.device != 'cpu' else '; allocator not primed'}\n"
     )
     bench(args)
 
