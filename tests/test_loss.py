@@ -57,6 +57,21 @@ def test_credit_weights_closed_form_for_recent():
     torch.testing.assert_close(weights, (1 - a ** (length - k)) / (1 - a))
 
 
+@pytest.mark.parametrize("fn", ["sigmoid", "tanh"])
+def test_soft_clamp_with_and_without_gradient(fn):
+    """Without autograd the clamp works in place on one temporary; with it, the gradient is f'(log π)."""
+    logps = -4 * torch.rand(3, 7, dtype=torch.float64)
+    plain = soft_clamp_log_probs(logps, fn)
+    x = logps.clone().requires_grad_()
+    tracked = soft_clamp_log_probs(x, fn)
+    torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
+    tracked.sum().backward()
+    s = torch.sigmoid(logps - 1.0)
+    expected = s * (1 - s) if fn == "sigmoid" else 1 - torch.tanh(logps - 1.0) ** 2
+    torch.testing.assert_close(x.grad, expected)
+    assert torch.equal(logps, x.detach())  # the input is never modified
+
+
 def test_traced_log_ratio_is_zero_on_policy_but_not_its_gradient():
     logps = torch.randn(2, 10, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(2, 10, dtype=torch.float64)

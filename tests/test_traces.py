@@ -203,6 +203,14 @@ def test_prefix_lengths_recognise_right_padded_masks_only(mask_dtype):
         assert trace_kernels.prefix_lengths(holed.to(mask_dtype).numpy()) is None, (row, position)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_empty_completions(kernel):
+    empty = torch.zeros(2, 0)
+    assert traced_sum(empty, empty, 1.0, 0.99, "both", kernel=kernel).shape == (2, 0)
+    assert traced_sum_adjoint(empty, empty, 1.0, 0.99, "recent", kernel=kernel).shape == (2, 0)
+    assert scale_by_credit_weights(empty, empty, 1.0, 0.99, "both", kernel=kernel).shape == (2, 0)
+
+
 def test_kernel_choice(monkeypatch):
     cpu = torch.zeros(1, 3)
     assert use_cpu_kernel(cpu) is trace_kernels.AVAILABLE

@@ -79,10 +79,9 @@ def soft_clamp_log_probs(per_token_logps: torch.Tensor, fn: WeightClampFn = "sig
     if fn not in WEIGHT_CLAMP_FNS:
         raise ValueError(f"weight_clamp_fn must be one of {WEIGHT_CLAMP_FNS}, got {fn!r}.")
     shifted = per_token_logps - 1.0
-    if torch.is_grad_enabled() and shifted.requires_grad:
+    if shifted.requires_grad:  # out of place: sigmoid's backward needs its output unchanged
         return 1.0 + (torch.sigmoid(shifted) if fn == "sigmoid" else torch.tanh(shifted))
-    # in place on the one fresh tensor (the [B, T] temporaries, not the arithmetic, dominate this on CPU)
-    return (shifted.sigmoid_() if fn == "sigmoid" else shifted.tanh_()).add_(1.0)
+    return (shifted.sigmoid_() if fn == "sigmoid" else shifted.tanh_()).add_(1.0)  # one [B, T] tensor, not three
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ kernels off (e.g. to compare; the tests run both against the dense matrix).
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import torch
@@ -35,8 +36,8 @@ except ImportError:  # pragma: no cover - numba comes with vLLM and with our ins
 
 AVAILABLE = numba is not None
 
-GROUP = 8  # rows per sweep: enough independent recurrences to fill the pipeline, few enough that their running sums
-# fit in registers (measured, forward at T = 8192: 4 rows 0.10 ms, 8 rows 0.10 ms, 16 rows 0.29 ms: spilled).
+GROUP = 8  # rows per sweep: independent recurrences that overlap in the pipeline, few enough that their running
+# sums fit in registers (measured, forward at T = 8192, B = 16: 4 and 8 rows 0.10 ms, 16 rows 0.29 ms: spilled).
 
 
 @functools.lru_cache(maxsize=32)
@@ -121,6 +122,7 @@ def {name}(grad, mask, lengths, out, decay, powers, early, floor, horizon):
 
 def _source(template: str, name: str, flags: set[str]) -> str:
     """The sweep's Python source: template lines filtered by flags, per-row lines written out for GROUP rows."""
+    assert not {"shared", "floor"} <= flags, "C^r would be summed twice"
     valid = "m{b}[POS] != 0" if "mask" in flags else "POS < n{b}"
     value = f"(np.float64(x{{b}}[POS]) if {valid} else 0.0)"
     terms = " + floor * (cl{b} - cw{b})" if "floor" in flags else ""
@@ -138,11 +140,8 @@ def _source(template: str, name: str, flags: set[str]) -> str:
         if any(tag != "row" and tag not in flags for tag in tags):
             continue
         code = code.replace("TERMS", terms)
-        for call, expression in (("VALUE(", value), ("VALID(", valid)):
-            if call in code:
-                start = code.index(call)
-                end = code.index(")", start)
-                code = code[:start] + expression.replace("POS", code[start + len(call) : end]) + code[end + 1 :]
+        for call, expression in (("VALUE", value), ("VALID", valid)):  # arguments are plain names: lag, t, k, …
+            code = re.sub(call + r"\((\w+)\)", lambda found, e=expression: e.replace("POS", found[1]), code)
         if "row" in tags:
             block.append(code)
         else:
@@ -164,7 +163,8 @@ def _group_starts(rows):  # pragma: no cover - compiled
 
 @functools.cache
 def _sweep(direction: str, both: bool, has_floor: bool, by_mask: bool):
-    """The compiled sweep of one variant (compiled on first use, then cached on disk)."""
+    """The compiled sweep of one variant (compiled on first use, then cached on disk). Its source is
+    `_source(template, name, flags)`: numba's errors quote line numbers of that source, not of this file."""
     flags = {"both" if both else "recent", "mask" if by_mask else "lengths"}
     if has_floor:
         flags.add("floor")
@@ -230,10 +230,10 @@ def credit_scaled_gradient(
     if work.dtype not in (torch.float32, torch.float64):
         return None
     work = work.contiguous()
-    mask = _mask_rows(mask, work.shape)
     out = torch.empty_like(work)
     if work.numel() == 0:
         return out
+    mask = _mask_rows(mask, work.shape)
     flat = work.reshape(-1, work.shape[-1])
     lengths = prefix_lengths(mask.numpy())
     if lengths is None:
@@ -259,6 +259,8 @@ def _rows(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _run(direction: str, values, mask, decay, style, floor, horizon) -> torch.Tensor:
     """Runs the forward or adjoint sweep of `style` over [..., T] CPU tensors, GROUP rows at a time; fewer than
     GROUP rows are padded with masked zeros."""
+    if values.numel() == 0:
+        return torch.empty_like(values)
     work = _rows(values, values.shape)
     mask = _mask_rows(mask, values.shape)
     rows, length = work.shape
@@ -271,7 +273,7 @@ def _run(direction: str, values, mask, decay, style, floor, horizon) -> torch.Te
         has_floor = floor > 0.0 and horizon < length
         sweep = _sweep(direction, style == "both", has_floor, lengths is None)
         if lengths is None:
-            lengths = np.zeros(rows, dtype=np.int64)
+            lengths = np.zeros(work.shape[0], dtype=np.int64)  # unread: the kernel reads the mask
         powers, early = tables(decay, floor, 1 << max(length, 1).bit_length())  # ≥ T + 1 entries, few sizes
         arrays = (work.numpy(), mask.numpy(), lengths, out.numpy())
         sweep(*arrays, float(decay), powers, early, float(floor), int(horizon))
