@@ -17,11 +17,10 @@ every op as a block of calls, in a rotated order so that load from other process
 first call of a block is not timed. Timed one call at a time between unrelated ops, a small op's time depended on
 which ops ran beside it (at T = 256, on-policy read 1.31× GRPO beside GRPO alone and 1.75× with the dense form and
 the torch ops in the rotation: their buffers and code evict the small op's); in blocks it reads the same either
-way. On CPU the script first allocates and
-frees a 30 MiB tensor, as every training process has done long before its loss (weights, logits): glibc then raises
-its mmap threshold and serves [B, T] tensors from its heap, as in training, instead of mapping fresh pages for each
-(page faults that otherwise take a third of GRPO's time here and more of ops with more temporaries; `--no-prime`
-measures that state). Memory: on CUDA, torch.cuda.max_memory_allocated during one call, minus what
+way. On CPU the script first allocates and frees a 30 MiB tensor, as every training process has done long before
+its loss (weights, logits): glibc then raises its mmap threshold and serves [B, T] tensors from its heap, as in
+training, instead of mapping fresh pages for each (page faults that otherwise take 10–20 % of GRPO's time at
+T = 8192 and more of ops with more temporaries; `--no-prime` measures that state). Memory: on CUDA, torch.cuda.max_memory_allocated during one call, minus what
 was allocated before it; on CPU, torch's MemTracker (a dispatch mode that adds up the storage of every tensor the
 op creates and subtracts it when the storage is freed), i.e. the peak of live tensor bytes the op allocated, inputs
 excluded. The allocator's caching and fragmentation are not counted on either device.
@@ -239,6 +238,8 @@ def main() -> None:
     parser.add_argument("--trace-floor", type=float, default=0.0)
     parser.add_argument("--no-prime", dest="prime", action="store_false", help="skip the allocator warm-up (CPU)")
     args = parser.parse_args()
+    if args.block < 1 or args.dense_repeats < 1 or args.repeats < 1:
+        parser.error("--repeats, --block and --dense-repeats must be at least 1")
     torch.set_num_threads(args.threads)
     if args.lengths is None:
         args.lengths = [256, 1024, 4096, 8192] + ([16384, 32768] if args.device.startswith("cuda") else [])

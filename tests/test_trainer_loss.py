@@ -200,6 +200,8 @@ def test_trace_metrics_are_logged(tiny_model_dir, tmp_path):
         assert name in metrics and "trace/credit_weight_mean" in metrics
         # c_k averaged over tokens: > 1 once tokens credit earlier ones
         assert metrics["trace/credit_weight_mean"][-1] > 1.0
+        if variant == "eps_weight":  # ε^w itself (sums of 1 + σ(·) ≥ 1), logged before it becomes Â·ε^w in place
+            assert metrics[name][-1] >= 1.0
         assert all(torch.isfinite(torch.tensor(v)).all() for v in metrics.values())
 
 

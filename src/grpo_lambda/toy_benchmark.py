@@ -377,11 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     methods = first_methods()
     if args.methods:
         wanted = args.methods.split(",")
-        known = methods
-        unknown = sorted(set(wanted) - {m.name for m in known})
+        unknown = sorted(set(wanted) - {m.name for m in methods})
         if unknown:
-            raise SystemExit(f"grpo_lambda: unknown method(s) {unknown}; choose from {[m.name for m in known]}.")
-        methods = [m for m in known if m.name in wanted]
+            raise SystemExit(f"grpo_lambda: unknown method(s) {unknown}; choose from {[m.name for m in methods]}.")
+        methods = [m for m in methods if m.name in wanted]
     lambda_variants = [m for m in methods if m.overrides.get("trace_lambda") == 0.99]
     with_098 = bool(lambda_variants) and not args.no_lambda_098
     total_runs = len(seeds) * (len(methods) + with_098)

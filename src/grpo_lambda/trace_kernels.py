@@ -233,7 +233,7 @@ def credit_scaled_gradient(
     out = torch.empty_like(work)
     if work.numel() == 0:
         return out
-    mask = _mask_rows(mask, work.shape)
+    mask = _rows(mask, work.shape, MASK_DTYPES)
     flat = work.reshape(-1, work.shape[-1])
     lengths = prefix_lengths(mask.numpy())
     if lengths is None:
@@ -242,18 +242,14 @@ def credit_scaled_gradient(
     return out
 
 
-def _mask_rows(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The mask broadcast to `shape` as contiguous [rows, T] (a dtype numba reads: bool, integers, float32/64)."""
-    mask = mask.detach().expand(*shape).reshape(-1, shape[-1]).contiguous()
-    if mask.dtype not in (torch.bool, torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64):
-        mask = mask.float()
-    return mask
+VALUE_DTYPES = (torch.float32, torch.float64)
+MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64)
 
 
-def _rows(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """`tensor` broadcast to `shape` as contiguous float32/float64 [rows, T] (other dtypes as float32)."""
+def _rows(tensor: torch.Tensor, shape: torch.Size, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+    """`tensor` broadcast to `shape` as contiguous [rows, T] in one of `dtypes` (others as float32), for numba."""
     tensor = tensor.detach().expand(*shape).reshape(-1, shape[-1])
-    return (tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()).contiguous()
+    return (tensor if tensor.dtype in dtypes else tensor.float()).contiguous()
 
 
 def _run(direction: str, values, mask, decay, style, floor, horizon) -> torch.Tensor:
@@ -261,22 +257,20 @@ def _run(direction: str, values, mask, decay, style, floor, horizon) -> torch.Te
     GROUP rows are padded with masked zeros."""
     if values.numel() == 0:
         return torch.empty_like(values)
-    work = _rows(values, values.shape)
-    mask = _mask_rows(mask, values.shape)
+    work = _rows(values, values.shape, VALUE_DTYPES)
+    mask = _rows(mask, values.shape, MASK_DTYPES)
     rows, length = work.shape
-    if 0 < rows < GROUP:
+    if rows < GROUP:
         work, mask = (torch.cat([x, x.new_zeros(GROUP - rows, length)]) for x in (work, mask))
     out = torch.empty_like(work)
-    if work.numel():
-        lengths = prefix_lengths(mask.numpy())
-        # the floor only changes weights at lags ≥ L* (horizon); no window reaches it when L* ≥ T
-        has_floor = floor > 0.0 and horizon < length
-        sweep = _sweep(direction, style == "both", has_floor, lengths is None)
-        if lengths is None:
-            lengths = np.zeros(work.shape[0], dtype=np.int64)  # unread: the kernel reads the mask
-        powers, early = tables(decay, floor, 1 << max(length, 1).bit_length())  # ≥ T + 1 entries, few sizes
-        arrays = (work.numpy(), mask.numpy(), lengths, out.numpy())
-        sweep(*arrays, float(decay), powers, early, float(floor), int(horizon))
+    lengths = prefix_lengths(mask.numpy())
+    # the floor only changes weights at lags ≥ L* (horizon); no window reaches it when L* ≥ T
+    has_floor = floor > 0.0 and horizon < length
+    sweep = _sweep(direction, style == "both", has_floor, lengths is None)
+    if lengths is None:
+        lengths = np.zeros(work.shape[0], dtype=np.int64)  # unread: the kernel reads the mask
+    powers, early = tables(decay, floor, 1 << length.bit_length())  # ≥ T + 1 entries, few sizes
+    sweep(work.numpy(), mask.numpy(), lengths, out.numpy(), float(decay), powers, early, float(floor), int(horizon))
     return out[:rows].reshape(values.shape).to(values.dtype)
 
 
