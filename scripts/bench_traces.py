@@ -7,7 +7,7 @@ batch mean); backward is to the log-probabilities. Rows:
 - grpo: exp(log πθ − log πold), clipped surrogate: plain GRPO, the baseline of every ratio.
 - dense: the paper's form, exp((Δ·mask) @ Wᵀ) with W = trace_matrix(T) (float64, built per call, Eq. 17–18).
 - on-policy: ε-trace with πold = πθ (num_iterations = 1): `on_policy_traced_log_probs` with `credit_weights`.
-- off-policy: ε-trace with a stale πold: `eligibility_trace_log_ratio` (chunked scan, adjoint backward).
+- off-policy: ε-trace with a stale πold: `eligibility_traced_log_probs` (the scan, adjoint backward).
 - off-policy (torch): the same formulas as torch ops (`kernel=False`: what GPUs run; on CPU the fused kernel is
   the default).
 - eps-weight: ε-weight (Alg. 2): `eps_weight_trace_weights` of πold times the advantages, GRPO's surrogate.
@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from grpo_lambda.loss import eligibility_trace_log_ratio, eps_weight_trace_weights, on_policy_traced_log_probs
+from grpo_lambda.loss import eligibility_traced_log_probs, eps_weight_trace_weights, on_policy_traced_log_probs
 from grpo_lambda.traces import trace_matrix
 
 EPSILON = 0.2
@@ -68,11 +68,11 @@ def make_ops(lam: float, style: str, floor: float) -> dict[str, Callable]:
         return grpo_loss(traced, logps.detach(), mask, advantages[:, None])
 
     def off_policy(logps, old, mask, advantages):
-        traced = old + eligibility_trace_log_ratio(logps, old, mask, **trace)
+        traced = eligibility_traced_log_probs(logps, old, mask, **trace)
         return grpo_loss(traced, old, mask, advantages[:, None])
 
     def off_policy_torch(logps, old, mask, advantages):
-        traced = old + eligibility_trace_log_ratio(logps, old, mask, **trace, kernel=False)
+        traced = eligibility_traced_log_probs(logps, old, mask, **trace, kernel=False)
         return grpo_loss(traced, old, mask, advantages[:, None])
 
     def eps_weight(logps, old, mask, advantages):

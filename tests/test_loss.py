@@ -5,7 +5,7 @@ import torch
 
 from grpo_lambda.loss import (
     clamp_negative_advantages,
-    eligibility_trace_log_ratio,
+    eligibility_traced_log_probs,
     eps_weight_trace_weights,
     on_policy_traced_log_probs,
     soft_clamp_log_probs,
@@ -75,7 +75,7 @@ def test_soft_clamp_with_and_without_gradient(fn):
 def test_traced_log_ratio_is_zero_on_policy_but_not_its_gradient():
     logps = torch.randn(2, 10, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(2, 10, dtype=torch.float64)
-    traced = eligibility_trace_log_ratio(logps, logps.detach(), mask, 1.0, 0.5, "recent")
+    traced = eligibility_traced_log_probs(logps, logps.detach(), mask, 1.0, 0.5, "recent") - logps.detach()
     assert torch.equal(traced, torch.zeros_like(traced))
     traced[:, -1].sum().backward()
     expected = 0.5 ** torch.arange(9, -1, -1, dtype=torch.float64)  # ∂Λ_9/∂log π_k = a^(9−k)
@@ -100,9 +100,7 @@ def test_on_policy_form_has_the_traced_value_and_gradient(style, lam, floor):
         loss.backward()
         return traced.detach(), loss.detach(), x.grad
 
-    general = loss_and_grad(
-        lambda x: x.detach() + eligibility_trace_log_ratio(x, x.detach(), mask, 1.0, lam, style, floor)
-    )
+    general = loss_and_grad(lambda x: eligibility_traced_log_probs(x, x.detach(), mask, 1.0, lam, style, floor))
     fast = loss_and_grad(lambda x: on_policy_traced_log_probs(x, mask, 1.0, lam, style, floor))
     assert torch.equal(fast[0], logps) and torch.equal(general[0], logps) and torch.equal(fast[1], general[1])
     torch.testing.assert_close(fast[2], general[2], rtol=1e-12, atol=1e-15)

@@ -204,6 +204,53 @@ def test_prefix_lengths_recognise_right_padded_masks_only(mask_dtype):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("style,floor", [("both", 0.0), ("recent", 0.01)])
+def test_full_row_groups_with_garbage_in_the_padding(style, floor, dtype, kernel):
+    """The kernel moves whole groups of 8 rows through 8 × 8 block transposes (a right-padded row's padding zeroed in
+    registers) and the rest one number at a time: 19 rows (two full groups and 3 rows) × 203 positions (25 blocks and
+    3) cover both, with NaN and huge numbers in the padding that must not reach any output."""
+    generator = torch.Generator().manual_seed(7)
+    values = torch.randn(19, 203, dtype=torch.float64, generator=generator)
+    lengths = torch.randint(0, 204, (19,), generator=generator)
+    lengths[:3] = torch.tensor([203, 0, 197])
+    matrix = trace_matrix(203, 1.0, 0.97, style, floor)
+    holes = torch.rand(19, 203, generator=generator) > 0.2
+    for mask in (torch.arange(203)[None, :] < lengths[:, None], holes):
+        garbage = values.clone()
+        garbage[~mask] = torch.where(
+            torch.rand(int((~mask).sum()), generator=generator) > 0.5, float("nan"), 1e30
+        ).double()
+        x = garbage.to(dtype).requires_grad_()
+        out = traced_sum(x, mask, 1.0, 0.97, style, floor, kernel)
+        assert out.dtype == dtype
+        dense = (values.to(dtype).double() * mask) @ matrix.T
+        tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(out.double(), dense, **tol)
+        grad = torch.randn(19, 203, dtype=torch.float64, generator=generator)
+        out.backward(grad.to(dtype))
+        torch.testing.assert_close(x.grad.double(), (grad.to(dtype).double() @ matrix) * mask, **tol)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_offset_form_is_offset_plus_traced_difference(kernel):
+    """traced_sum(v, offset=b) = b + S(v − b) (ε-trace's log πold + Σ tr·(log πθ − log πold)), gradient S's adjoint,
+    none into b."""
+    generator = torch.Generator().manual_seed(3)
+    logps = -3 * torch.rand(10, 77, dtype=torch.float64, generator=generator)
+    old = (logps + 0.1 * torch.randn(10, 77, dtype=torch.float64, generator=generator)).requires_grad_()
+    mask = torch.arange(77)[None, :] < torch.randint(1, 78, (10, 1), generator=generator)
+    matrix = trace_matrix(77, 0.99, 0.95, "both", 0.001)
+    x = logps.clone().requires_grad_()
+    out = traced_sum(x, mask, 0.99, 0.95, "both", 0.001, kernel, offset=old)
+    torch.testing.assert_close(out, old.detach() + ((logps - old.detach()) * mask) @ matrix.T, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(10, 77, dtype=torch.float64, generator=generator)
+    out.backward(grad)
+    torch.testing.assert_close(x.grad, (grad @ matrix) * mask, rtol=1e-12, atol=1e-12)
+    assert old.grad is None
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_empty_completions(kernel):
     empty = torch.zeros(2, 0)
     assert traced_sum(empty, empty, 1.0, 0.99, "both", kernel=kernel).shape == (2, 0)

@@ -41,7 +41,7 @@ def clamp_negative_advantages(advantages: torch.Tensor, adv_clamp_min: float | N
     return advantages.clamp(min=adv_clamp_min)
 
 
-def eligibility_trace_log_ratio(
+def eligibility_traced_log_probs(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
     mask: torch.Tensor,
@@ -51,11 +51,12 @@ def eligibility_trace_log_ratio(
     floor: float = 0.0,
     kernel: bool | None = None,
 ) -> torch.Tensor:
-    """The exponent of the ε-trace ratio (Eq. 1; Eq. 2 for general tr):
+    """ε-trace's traced log-probabilities, log πold plus the exponent of its ratio (Eq. 1; Eq. 2 for general tr):
 
-        log π^GAE_ratio(s_t) = Σ_{l=0}^{t} tr(t, l)·[log πθ(a_{t−l}|s_{t−l}) − log πold(a_{t−l}|s_{t−l})]
+        log π^λ_t = log πold(a_t|s_t) + Σ_{l=0}^{t} tr(t, l)·[log πθ(a_{t−l}|s_{t−l}) − log πold(a_{t−l}|s_{t−l})]
 
-    Gradients flow into `per_token_logps` (Theorem 1); `old_per_token_logps` is a constant.
+    so that exp(log π^λ − log πold) is the ε-trace ratio π^GAE_ratio. Gradients flow into `per_token_logps`
+    (Theorem 1); `old_per_token_logps` is a constant.
 
     Args:
         per_token_logps: [B, T] log πθ of the completion tokens.
@@ -63,10 +64,9 @@ def eligibility_trace_log_ratio(
         mask: [B, T] completion mask.
         kernel: see `traces.traced_sum` (None: the fused CPU kernel on CPU).
     Returns:
-        [B, T] traced log-ratio.
+        [B, T] traced log-probabilities (the log-ratio is this minus `old_per_token_logps`).
     """
-    log_ratio = per_token_logps - old_per_token_logps.detach()
-    return traced_sum(log_ratio, mask, gamma, lam, style, floor, kernel)
+    return traced_sum(per_token_logps, mask, gamma, lam, style, floor, kernel, offset=old_per_token_logps)
 
 
 def soft_clamp_log_probs(per_token_logps: torch.Tensor, fn: WeightClampFn = "sigmoid") -> torch.Tensor:

@@ -140,6 +140,7 @@ def traced_sum(
     style: TraceStyle,
     floor: float = 0.0,
     kernel: bool | None = None,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """S_t = Σ_{k ≤ t, mask_k} tr(t, t − k) · v_k, i.e. `values` times the trace matrix of Eq. 17–18, row-wise.
 
@@ -168,15 +169,18 @@ def traced_sum(
         kernel: evaluate these formulas in the fused CPU kernel of trace_kernels.py (one pass, no [B, T]
             temporaries) or with the torch ops below (any device). None: the kernel for CPU tensors when numba is
             installed and `GRPO_LAMBDA_TRACE_KERNEL` is not "torch". Both are exact; the tests check both.
+        offset: if given, a constant [B, T] tensor b, and the result is b + S(values − b) (ε-trace's traced
+            log-probabilities log πold + Σ_l tr(t, l)·(log πθ − log πold), Eq. 1, with b = log πold), in one
+            autograd node (its backward is the adjoint alone). No gradient flows into b.
 
     Returns:
-        [B, T] tensor in the dtype of `values`.
+        [B, T] tensor in the dtype of `values` (with `offset`: of values − offset).
     """
     decay = trace_decay(gamma, lam)
     _check_style_and_floor(style, floor)
     if values.requires_grad and torch.is_grad_enabled():
-        return _TracedSum.apply(values, mask, decay, style, floor, kernel)
-    return _traced_sum(values, mask, decay, style, floor, kernel)
+        return _TracedSum.apply(values, mask, decay, style, floor, kernel, offset)
+    return _traced_sum(values, mask, decay, style, floor, kernel, offset)
 
 
 def traced_sum_adjoint(
@@ -228,9 +232,18 @@ def use_cpu_kernel(tensor: torch.Tensor, kernel: bool | None = None) -> bool:
 
 
 def _traced_sum(
-    values: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float, kernel: bool | None = None
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    decay: float,
+    style: str,
+    floor: float,
+    kernel: bool | None = None,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     length = values.shape[-1]
+    if offset is not None:  # the result is a new tensor: the sum can go in place
+        offset = offset.detach()
+        return _traced_sum(values - offset, mask, decay, style, floor, kernel).add_(offset)
     if use_cpu_kernel(values, kernel):
         return trace_kernels.traced_sum(values, mask, decay, style, floor, _exponential_horizon(decay, floor, length))
     device = values.device
@@ -310,16 +323,16 @@ class _TracedSum(torch.autograd.Function):
     """`traced_sum` with its adjoint as the backward: linear in v, so only the mask is saved."""
 
     @staticmethod
-    def forward(ctx, values, mask, decay, style, floor, kernel):
+    def forward(ctx, values, mask, decay, style, floor, kernel, offset):
         ctx.save_for_backward(mask)
         ctx.trace = (decay, style, floor, use_cpu_kernel(values, kernel))  # the backward takes the same path
-        return _traced_sum(values, mask, *ctx.trace)
+        return _traced_sum(values, mask, *ctx.trace, offset)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None, None
+        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None, None, None
 
 
 def _window_sums(length: int, decay: float, floor: float, device: torch.device) -> torch.Tensor:

@@ -33,7 +33,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 from .lemma1 import eos_bound_advantages, eos_log_probs, lemma1_bound
 from .loss import (
     clamp_negative_advantages,
-    eligibility_trace_log_ratio,
+    eligibility_traced_log_probs,
     eps_weight_trace_weights,
     on_policy_traced_log_probs,
 )
@@ -85,14 +85,13 @@ class GRPOLambdaTrainer(GRPOTrainer):
         if args.loss_variant == "eps_trace":
             if on_policy:
                 traced_logps = on_policy_traced_log_probs(logps, mask, **trace)
-                traced_log_ratio = traced_logps - old_logps
             else:
-                traced_log_ratio = eligibility_trace_log_ratio(logps, old_logps, mask, **trace)
-                traced_logps = old_logps + traced_log_ratio
+                traced_logps = eligibility_traced_log_probs(logps, old_logps, mask, **trace)
             if "ref_per_token_logps" in inputs:
                 inputs["ref_per_token_logps"] = inputs["ref_per_token_logps"] + (traced_logps - logps)
-            metrics["trace/log_ratio_abs_mean"] = traced_log_ratio.detach().abs()
-            metrics["trace/ratio_mean"] = traced_log_ratio.detach().exp()
+            traced_log_ratio = traced_logps.detach() - old_logps
+            metrics["trace/log_ratio_abs_mean"] = traced_log_ratio.abs()
+            metrics["trace/ratio_mean"] = traced_log_ratio.exp()
             logps = traced_logps
         else:
             weights = eps_weight_trace_weights(old_logps, mask, fn=args.weight_clamp_fn, **trace)
