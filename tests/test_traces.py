@@ -233,20 +233,25 @@ def test_full_row_groups_with_garbage_in_the_padding(style, floor, dtype, kernel
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_offset_form_is_offset_plus_traced_difference(kernel):
-    """traced_sum(v, offset=b) = b + S(v − b) (ε-trace's log πold + Σ tr·(log πθ − log πold)), gradient S's adjoint,
-    none into b."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_offset_form_is_offset_plus_traced_difference(dtype, kernel):
+    """traced_sum(v, offset=b) = b + S(v − b) (ε-trace's log πold + Σ tr·(log πθ − log πold)), the difference and
+    the sum in v's dtype; gradient S's adjoint, none into b. 10 × 77: a full group of 8 rows and 2, 9 blocks and 5."""
     generator = torch.Generator().manual_seed(3)
-    logps = -3 * torch.rand(10, 77, dtype=torch.float64, generator=generator)
-    old = (logps + 0.1 * torch.randn(10, 77, dtype=torch.float64, generator=generator)).requires_grad_()
+    logps = (-3 * torch.rand(10, 77, dtype=torch.float64, generator=generator)).to(dtype)
+    old = (logps + 0.1 * torch.randn(10, 77, dtype=torch.float64, generator=generator).to(dtype)).requires_grad_()
     mask = torch.arange(77)[None, :] < torch.randint(1, 78, (10, 1), generator=generator)
     matrix = trace_matrix(77, 0.99, 0.95, "both", 0.001)
     x = logps.clone().requires_grad_()
     out = traced_sum(x, mask, 0.99, 0.95, "both", 0.001, kernel, offset=old)
-    torch.testing.assert_close(out, old.detach() + ((logps - old.detach()) * mask) @ matrix.T, rtol=1e-12, atol=1e-12)
-    grad = torch.randn(10, 77, dtype=torch.float64, generator=generator)
+    assert out.dtype == dtype
+    difference = (logps - old.detach()).double()  # rounded to dtype, as torch takes it
+    expected = old.detach().double() + (difference * mask) @ matrix.T
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(out.double(), expected, **tol)
+    grad = torch.randn(10, 77, dtype=torch.float64, generator=generator).to(dtype)
     out.backward(grad)
-    torch.testing.assert_close(x.grad, (grad @ matrix) * mask, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad.double(), (grad.double() @ matrix) * mask, **tol)
     assert old.grad is None
 
 

@@ -241,11 +241,13 @@ def _traced_sum(
     offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     length = values.shape[-1]
+    fused = offset is None or (offset.shape == values.shape and offset.dtype == values.dtype)
+    if use_cpu_kernel(values, kernel) and fused:  # the kernel takes the difference and adds the offset back
+        horizon = _exponential_horizon(decay, floor, length)
+        return trace_kernels.traced_sum(values, mask, decay, style, floor, horizon, offset=offset)
     if offset is not None:  # the result is a new tensor: the sum can go in place
         offset = offset.detach()
         return _traced_sum(values - offset, mask, decay, style, floor, kernel).add_(offset)
-    if use_cpu_kernel(values, kernel):
-        return trace_kernels.traced_sum(values, mask, decay, style, floor, _exponential_horizon(decay, floor, length))
     device = values.device
     v = torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=device)).to(torch.float64)
 
