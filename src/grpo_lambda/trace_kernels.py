@@ -5,7 +5,7 @@ docstrings), in one pass over [B, T] per direction instead of a dozen, with floa
 temporary: the running sums C, E and P are kept as recurrences, and every lookup of a running sum at an earlier
 (forward) or later (adjoint) position is a second copy of the same recurrence that trails the first. All those
 positions are the same for every row (they depend on t, T and the trace, not on the mask), so the rows of the batch
-are swept 8 or 16 at a time, in the lanes of vector registers.
+are swept up to 16 at a time, in the lanes of vector registers.
 
 Code shape, per group of rows: `_pack` copies the rows side by side into a [T, lanes] tile (8 × 8 blocks transposed
 in registers; a right-padded row's padding reads as 0 there, other masks are applied to the tile), the sweep reads
@@ -13,9 +13,10 @@ the tile one position at a time, and `_unpack` copies its [T, lanes] result back
 subtracted while packing and added back while unpacking (`offset`), so its traced log-probabilities need no [B, T]
 temporary either. The sweep is generated from the templates below with the lanes written out (`e0`, `e1`, …
 instead of `e[b]`): LLVM's SLP vectorizer, which numba leaves off and this module switches on for its sweeps, turns
-the copies of each line into vector instructions, and the running sums stay in registers. 16 lanes (two vectors of
-8 float64) for more than 8 rows: the recurrences are latency-bound, and two independent vectors per position fill
-the pipeline. One variant is compiled per direction × style × floor × lanes, so the loops carry no branch on them.
+the copies of each line into vector instructions, and the running sums stay in registers. Lanes: the number of
+rows rounded up to a power of 2, at most 16 (two vectors of 8 float64: the recurrences are latency-bound, and two
+independent vectors per position fill the pipeline); the two tiles, T × lanes numbers each, are the kernels' only
+scratch of size T. One variant is compiled per direction × style × floor × lanes, so the loops carry no branch.
 Multiply-adds are fused (fastmath "contract" only: one rounding instead of two, no reordering of sums). Measured at
 B = 16, T = 8192, `both`, float32, against the previous kernels (a scalar recurrence per row, 8 rows interleaved):
 forward 0.10 → 0.06 ms, adjoint 0.13 → 0.07 ms. Compiled code is cached on disk like any `cache=True` function.
@@ -267,7 +268,8 @@ if AVAILABLE:
 def _pack(values, offset, limits, first, x):  # pragma: no cover - compiled
     """x[t, b] = values[first + b, t] (minus offset[first + b, t] unless offset is None) for t < limits[first + b],
     else 0, and 0 in lanes past the last row: the rows of a group side by side, so that one vector instruction updates
-    the running sums of all of them. Whole blocks of 8 rows × 8 positions move by `_pack_block`, the rest one by one."""
+    the running sums of all of them. Whole blocks of 8 rows × 8 positions move by `_pack_block`, the rest (and tiles
+    of fewer than 8 lanes) one by one."""
     rows, length = values.shape
     for lane in range(0, x.shape[1], BLOCK):
         start = 0
@@ -275,7 +277,7 @@ def _pack(values, offset, limits, first, x):  # pragma: no cover - compiled
             while start + BLOCK <= length:
                 _pack_block(values, offset, limits, first + lane, start, x, lane)
                 start += BLOCK
-        for b in range(lane, lane + BLOCK):
+        for b in range(lane, min(lane + BLOCK, x.shape[1])):
             row = first + b
             for t in range(start, length):
                 if row >= rows or t >= limits[row]:
@@ -429,7 +431,7 @@ def _run(direction: str, values, mask, decay, style, floor, horizon, offset=None
     length = work.shape[1]
     out = torch.empty_like(work)
     powers, early = tables(decay, floor, 1 << length.bit_length())  # ≥ T + 1 entries, few sizes
-    lanes = BLOCK if work.shape[0] <= BLOCK else 2 * BLOCK  # 16: two independent vectors of sums per position
+    lanes = min(2 * BLOCK, 1 << (work.shape[0] - 1).bit_length())  # the rows, rounded up to a power of 2, ≤ 16
     tiles = work.new_empty(2, length, lanes).numpy()  # one group's packed rows and results, reused by every group
     # the floor only changes weights at lags ≥ L* (horizon); no window reaches it when L* ≥ T
     sweep = _sweep(direction, style == "both", floor > 0.0 and horizon < length, lanes)
