@@ -59,13 +59,15 @@ def _vectorized(fn):
     turns the written-out lanes of a sweep into vector instructions."""
     dispatcher = _jit(fn)
 
+    config = numba.core.config
+
     def call(*args):
-        previous = numba.core.config.SLP_VECTORIZE
-        numba.core.config.SLP_VECTORIZE = True
+        previous = config.SLP_VECTORIZE
+        config.SLP_VECTORIZE = True
         try:
             return dispatcher(*args)
         finally:
-            numba.core.config.SLP_VECTORIZE = previous
+            config.SLP_VECTORIZE = previous
 
     call.dispatcher = dispatcher
     return call
@@ -77,8 +79,9 @@ def _vectorized(fn):
 # trail together; `split` (both with a floor): P trails on its own. The sweep reads the packed tile x[t, b] (masked
 # values, or the gradient) and writes o[t, b]; a row's running sums live in lane b.
 _FORWARD = """
-def {name}(values, offset, mask, out, x, o, decay, powers, early, floor, horizon):
+def {name}(values, offset, mask, out, tiles, decay, powers, early, floor, horizon):
     rows, length = values.shape
+    x, o = tiles[0], tiles[1]
     lengths = np.empty(rows, dtype=np.int64)
     by_mask = not _prefix_lengths(mask, lengths)
     if by_mask:
@@ -116,8 +119,9 @@ def {name}(values, offset, mask, out, x, o, decay, powers, early, floor, horizon
 """
 
 _ADJOINT = """
-def {name}(grad, offset, mask, out, x, o, decay, powers, early, floor, horizon):
+def {name}(grad, offset, mask, out, tiles, decay, powers, early, floor, horizon):
     rows, length = grad.shape
+    x, o = tiles[0], tiles[1]
     lengths = np.empty(rows, dtype=np.int64)
     by_mask = not _prefix_lengths(mask, lengths)
     limits = np.full(rows, length)  # every g_t counts
@@ -423,7 +427,7 @@ def _rows(tensor: torch.Tensor, shape: torch.Size, dtypes: tuple[torch.dtype, ..
 
 
 def _run(direction: str, values, mask, decay, style, floor, horizon, offset=None) -> torch.Tensor:
-    """Runs the forward or adjoint sweep of `style` over [..., T] CPU tensors, 8 or 16 rows at a time; with `offset`
+    """Runs the forward or adjoint sweep of `style` over [..., T] CPU tensors, up to 16 rows at a time; with `offset`
     (forward only; a tensor of the shape and dtype of `values`), offset + sweep(values − offset)."""
     if values.numel() == 0:
         return torch.empty_like(values)
@@ -439,7 +443,7 @@ def _run(direction: str, values, mask, decay, style, floor, horizon, offset=None
     if offset is not None:
         offset = _rows(offset.to(work.dtype), values.shape, (work.dtype,)).numpy()
     sweep(
-        work.numpy(), offset, mask, out.numpy(), tiles[0], tiles[1], float(decay), powers, early, float(floor),
+        work.numpy(), offset, mask, out.numpy(), tiles, float(decay), powers, early, float(floor),
         int(horizon),
     )  # fmt: skip
     return out if out.shape == values.shape and out.dtype == values.dtype else out.view(values.shape).to(values.dtype)
