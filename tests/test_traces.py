@@ -80,7 +80,7 @@ def random_masks(batch: int, length: int, generator: torch.Generator) -> list[to
 CASES = [
     (batch, length, lam, gamma, style, floor, seed)
     for (batch, length), lam, (gamma, floor), style, seed in itertools.product(
-        [(1, 1), (3, 2), (2, 63), (4, 64), (2, 65), (3, 300), (8, 50), (11, 97)],  # the kernel sweeps 8 rows at once
+        [(1, 1), (3, 2), (2, 63), (4, 64), (2, 65), (3, 300), (8, 50), (11, 97)],  # lanes 1 … 16, blocks of 8
         LAMBDAS,
         [(1.0, 0.0), (0.97, 0.0), (1.0, 1e-3), (0.9, 0.2), (1.0, 1.0)],
         ["recent", "both"],
@@ -205,38 +205,48 @@ def test_prefix_lengths_recognise_right_padded_masks_only(mask_dtype):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", [6, 19, 27])
 @pytest.mark.parametrize("style,floor", [("both", 0.0), ("recent", 0.01)])
-def test_full_row_groups_with_garbage_in_the_padding(style, floor, dtype, kernel):
-    """The kernel moves whole groups of 8 rows through 8 × 8 block transposes (a right-padded row's padding zeroed in
-    registers) and the rest one number at a time: 19 rows (two full groups and 3 rows) × 203 positions (25 blocks and
-    3) cover both, with NaN and huge numbers in the padding that must not reach any output."""
-    generator = torch.Generator().manual_seed(7)
-    values = torch.randn(19, 203, dtype=torch.float64, generator=generator)
-    lengths = torch.randint(0, 204, (19,), generator=generator)
+def test_row_groups_with_garbage_in_the_padding(style, floor, rows, dtype, kernel):
+    """The kernel sweeps up to 16 rows at once (fewer: a power of 2), moving whole blocks of 8 rows × 8 positions
+    through register transposes (a right-padded row's padding zeroed there) and the rest one number at a time. 6 rows
+    (8 lanes, no block), 19 (16 + 3: two blocks, then none) and 27 (16 + 11: two blocks, then one and 3 rows) × 203
+    positions (25 blocks and 3) cover every path, with NaN and 1e30 in the padding that must not reach any output;
+    with log πold as offset, and NaN in its padding too."""
+    generator = torch.Generator().manual_seed(rows)
+    values = torch.randn(rows, 203, dtype=torch.float64, generator=generator)
+    old = values + 0.1 * torch.randn(rows, 203, dtype=torch.float64, generator=generator)
+    lengths = torch.randint(0, 204, (rows,), generator=generator)
     lengths[:3] = torch.tensor([203, 0, 197])
     matrix = trace_matrix(203, 1.0, 0.97, style, floor)
-    holes = torch.rand(19, 203, generator=generator) > 0.2
+    holes = torch.rand(rows, 203, generator=generator) > 0.2
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
     for mask in (torch.arange(203)[None, :] < lengths[:, None], holes):
-        garbage = values.clone()
-        garbage[~mask] = torch.where(
-            torch.rand(int((~mask).sum()), generator=generator) > 0.5, float("nan"), 1e30
-        ).double()
+        garbage, garbage_old = values.clone(), old.clone()
+        for tensor in (garbage, garbage_old):
+            noise = torch.rand(int((~mask).sum()), generator=generator) > 0.5
+            tensor[~mask] = torch.where(noise, float("nan"), 1e30).double()
         x = garbage.to(dtype).requires_grad_()
         out = traced_sum(x, mask, 1.0, 0.97, style, floor, kernel)
         assert out.dtype == dtype
-        dense = (values.to(dtype).double() * mask) @ matrix.T
-        tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(out.double(), dense, **tol)
-        grad = torch.randn(19, 203, dtype=torch.float64, generator=generator)
+        torch.testing.assert_close(out.double(), (values.to(dtype).double() * mask) @ matrix.T, **tol)
+        grad = torch.randn(rows, 203, dtype=torch.float64, generator=generator)
         out.backward(grad.to(dtype))
         torch.testing.assert_close(x.grad.double(), (grad.to(dtype).double() @ matrix) * mask, **tol)
+
+        based = traced_sum(garbage.to(dtype), mask, 1.0, 0.97, style, floor, kernel, offset=garbage_old.to(dtype))
+        difference = (values.to(dtype) - old.to(dtype)).double() * mask
+        real = mask.bool()  # log πold + S at real tokens; masked ones carry the padding's garbage, as torch's would
+        expected = old.to(dtype).double() + difference @ matrix.T
+        torch.testing.assert_close(based.double()[real], expected[real], **tol)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_offset_form_is_offset_plus_traced_difference(dtype, kernel):
     """traced_sum(v, offset=b) = b + S(v − b) (ε-trace's log πold + Σ tr·(log πθ − log πold)), the difference and
-    the sum in v's dtype; gradient S's adjoint, none into b. 10 × 77: a full group of 8 rows and 2, 9 blocks and 5."""
+    the sum in v's dtype; gradient S's adjoint, none into b. 10 × 77 (16 lanes: one block of 8 rows and 2 rows one by
+    one; 9 blocks of positions and 5)."""
     generator = torch.Generator().manual_seed(3)
     logps = (-3 * torch.rand(10, 77, dtype=torch.float64, generator=generator)).to(dtype)
     old = (logps + 0.1 * torch.randn(10, 77, dtype=torch.float64, generator=generator).to(dtype)).requires_grad_()
@@ -253,6 +263,17 @@ def test_offset_form_is_offset_plus_traced_difference(dtype, kernel):
     out.backward(grad)
     torch.testing.assert_close(x.grad.double(), (grad.double() @ matrix) * mask, **tol)
     assert old.grad is None
+
+
+@pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")
+def test_kernels_leave_numbas_settings_as_they_were():
+    """The sweeps are compiled with LLVM's SLP vectorizer on; numba's process-wide setting is restored afterwards."""
+    import numba
+
+    before = numba.core.config.SLP_VECTORIZE
+    for rows in (1, 3, 12):  # lanes 1, 4, 16: new compilations (or loads from the disk cache)
+        traced_sum(torch.randn(rows, 9), torch.ones(rows, 9), 1.0, 0.9, "recent", kernel=True)
+    assert numba.core.config.SLP_VECTORIZE == before
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -37,9 +37,9 @@ try:
 except ImportError:  # pragma: no cover - numba comes with vLLM and with our install_requires
     numba = None
 
-AVAILABLE = numba is not None
+AVAILABLE = numba is not None and not numba.config.DISABLE_JIT  # the block copies exist only as compiled code
 
-BLOCK = 8  # rows and positions of the block copies (8 × 8), and the lanes of one 512-bit vector of float64 sums
+BLOCK = 8  # rows and positions of the block copies (8 × 8); 8 float64 sums fill one 512-bit vector (AVX-512)
 
 
 @functools.lru_cache(maxsize=32)
@@ -54,20 +54,36 @@ def _jit(fn):
 
 
 def _vectorized(fn):
-    """`_jit(fn)` compiled with LLVM's SLP vectorizer, which numba leaves off by default (`NUMBA_SLP_VECTORIZE`; the
-    setting is read when a function is compiled, so it is switched on around the calls that may compile one). It
-    turns the written-out lanes of a sweep into vector instructions."""
-    dispatcher = _jit(fn)
+    """`_jit(fn)` compiled with LLVM's SLP vectorizer, which turns the written-out lanes of a sweep into vector
+    instructions. numba leaves it off (`NUMBA_SLP_VECTORIZE`) and reads the setting whenever it compiles a function
+    (numba ≥ 0.6x builds its LLVM pass pipeline per compilation), so it is switched on only while one of these
+    functions compiles (or loads from the disk cache) for new argument types: under numba's compiler lock, so that no
+    other thread's compilation sees it, and restored afterwards. Calls with compiled types go straight to the code.
+    With a numba that builds its pipeline once per process the setting is left alone (same results, scalar code)."""
+    from numba.core.compiler_lock import global_compiler_lock
 
+    dispatcher = _jit(fn)
     config = numba.core.config
+    per_compile = hasattr(numba.core.codegen.CPUCodegen, "_pass_builder")
+    compiled = False  # once it is, compilation at call time is off: new argument types raise TypeError
 
     def call(*args):
-        previous = config.SLP_VECTORIZE
-        config.SLP_VECTORIZE = True
-        try:
-            return dispatcher(*args)
-        finally:
-            config.SLP_VECTORIZE = previous
+        nonlocal compiled
+        if compiled:
+            try:
+                return dispatcher(*args)
+            except TypeError:  # not compiled for these types yet
+                pass
+        with global_compiler_lock:
+            previous = config.SLP_VECTORIZE
+            config.SLP_VECTORIZE = previous or per_compile
+            dispatcher.disable_compile(False)
+            try:
+                return dispatcher(*args)
+            finally:
+                compiled = bool(dispatcher.signatures)
+                dispatcher.disable_compile(compiled)
+                config.SLP_VECTORIZE = previous
 
     call.dispatcher = dispatcher
     return call
@@ -253,13 +269,27 @@ def _block_copies():
             builder.store(row, vector_at(context, builder, out_type, out, target, start), align=1)
         return context.get_dummy_value()
 
+    def matrices(*arrays):  # what the code generators assume: C-contiguous 2-d float arrays of one dtype
+        arrays = [a for a in arrays if not isinstance(a, numba.types.NoneType)]
+        return all(
+            isinstance(a, numba.types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == arrays[0].dtype
+            for a in arrays
+        ) and arrays[0].dtype in (numba.types.float32, numba.types.float64)
+
+    def indices(*numbers):
+        return all(n == numbers[0] and isinstance(n, numba.types.Integer) for n in numbers)
+
     @intrinsic
     def pack_block(typingctx, values, offset, limits, first, start, x, lane):
-        return numba.types.void(values, offset, limits, first, start, x, lane), pack_codegen
+        if matrices(values, offset, x) and indices(first, start, lane) and limits == numba.types.int64[::1]:
+            return numba.types.void(values, offset, limits, first, start, x, lane), pack_codegen
+        return None
 
     @intrinsic
     def unpack_block(typingctx, o, offset, first, start, out, lane):
-        return numba.types.void(o, offset, first, start, out, lane), unpack_codegen
+        if matrices(o, offset, out) and indices(first, start, lane):
+            return numba.types.void(o, offset, first, start, out, lane), unpack_codegen
+        return None
 
     return pack_block, unpack_block
 
@@ -334,7 +364,7 @@ def _mask_rows(out, mask, lengths, by_mask, first, lanes):  # pragma: no cover -
 @functools.cache
 def _sweep(direction: str, both: bool, has_floor: bool, lanes: int):
     """The compiled sweep of one variant (compiled on first use, then cached on disk). Its source is
-    `_source(template, name, flags)`: numba's errors quote line numbers of that source, not of this file."""
+    `_source(template, name, flags, lanes)`: numba's errors quote line numbers of that source, not of this file."""
     flags = {"both" if both else "recent"}
     if has_floor:
         flags.add("floor")
@@ -451,8 +481,8 @@ def _run(direction: str, values, mask, decay, style, floor, horizon, offset=None
 
 def traced_sum(values, mask, decay, style, floor, horizon, offset=None) -> torch.Tensor:
     """`traces._traced_sum` for CPU tensors ([..., T], any float dtype; float32/float64 are not copied); with
-    `offset` (same shape and dtype), offset + traced_sum(values − offset), the difference and the sum taken in that
-    dtype as torch would."""
+    `offset` (same shape and dtype), offset + traced_sum(values − offset): for float32 and float64 the difference and
+    the sum are taken in that dtype, as torch would; other dtypes are computed in float32 and rounded once."""
     return _run("forward", values, mask, decay, style, floor, horizon, offset)
 
 
