@@ -16,14 +16,14 @@ Time: median over `--repeats` rounds × `--block` calls (CPU: one thread by defa
 every op as a block of calls, in a rotated order so that load from other processes falls on all of them alike; the
 first call of a block is not timed. Timed one call at a time between unrelated ops, a small op's time depended on
 which ops ran beside it (at T = 256, on-policy read 1.31× GRPO beside GRPO alone and 1.75× with the dense form and
-the torch ops in the rotation: their buffers and code evict the small op's); in blocks it reads the same either
-way. On CPU the script first allocates and frees a 30 MiB tensor, as every training process has done long before
-its loss (weights, logits): glibc then raises its mmap threshold and serves [B, T] tensors from its heap, as in
-training, instead of mapping fresh pages for each (page faults that otherwise take 10–20 % of GRPO's time at
-T = 8192 and more of ops with more temporaries; `--no-prime` measures that state). Memory: on CUDA, torch.cuda.max_memory_allocated during one call, minus what
-was allocated before it; on CPU, torch's MemTracker (a dispatch mode that adds up the storage of every tensor the
-op creates and subtracts it when the storage is freed), i.e. the peak of live tensor bytes the op allocated, inputs
-excluded. The allocator's caching and fragmentation are not counted on either device.
+the torch ops in the rotation: their buffers and code evict the small op's); in blocks it reads the same either way.
+On CPU the script first allocates and frees a 30 MiB tensor, as every training process has done long before its loss
+(weights, logits): glibc then raises its mmap threshold and serves [B, T] tensors from its heap, as in training,
+instead of mapping fresh pages for each (page faults that otherwise take 10–20 % of GRPO's time at T = 8192 and more
+of ops with more temporaries; `--no-prime` measures that state). Memory: on CUDA, torch.cuda.max_memory_allocated
+during one call, minus what was allocated before it; on CPU, torch's MemTracker (a dispatch mode that adds up the
+storage of every tensor the op creates and subtracts it when the storage is freed), i.e. the peak of live tensor
+bytes the op allocated, inputs excluded. The allocator's caching and fragmentation are not counted on either device.
 
     python scripts/bench_traces.py                                    # T = 256 … 8192 on CPU (32768 on CUDA)
     python scripts/bench_traces.py --lengths 64 --repeats 1            # smoke test

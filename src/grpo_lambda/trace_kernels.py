@@ -19,7 +19,7 @@ independent vectors per position fill the pipeline); the two tiles, T × lanes n
 scratch of size T. One variant is compiled per direction × style × floor × lanes, so the loops carry no branch.
 Multiply-adds are fused (fastmath "contract" only: one rounding instead of two, no reordering of sums). Measured at
 B = 16, T = 8192, `both`, float32, against the previous kernels (a scalar recurrence per row, 8 rows interleaved):
-forward 0.10 → 0.06 ms, adjoint 0.13 → 0.07 ms. Compiled code is cached on disk like any `cache=True` function.
+forward 0.10 → 0.06 ms, adjoint 0.13 → 0.06–0.07 ms. Compiled code is cached on disk like any `cache=True` function.
 
 Used by traces.py for CPU tensors; GPU tensors keep the torch scan. `GRPO_LAMBDA_TRACE_KERNEL=torch` turns the
 kernels off (e.g. to compare; the tests run both against the dense matrix).
@@ -90,10 +90,10 @@ def _vectorized(fn):
 
 
 # Templates. A line tagged "## row" is written once per lane b = 0 … LANES − 1 with {b} replaced, the copies one after
-# the other (so that the SLP vectorizer finds them side by side); a tag naming a flag keeps the line only when the
-# flag holds (flags: both, recent, floor, shared, split). `shared` (both, no floor): the trailing position t − n' is ⌊t/2⌋, so E, C and P
-# trail together; `split` (both with a floor): P trails on its own. The sweep reads the packed tile x[t, b] (masked
-# values, or the gradient) and writes o[t, b]; a row's running sums live in lane b.
+# the other (so that the SLP vectorizer finds them side by side); a tag naming a flag keeps the line only when the flag
+# holds (flags: both, recent, floor, shared, split). `shared` (both, no floor): the trailing position t − n' is ⌊t/2⌋,
+# so E, C and P trail together; `split` (both with a floor): P trails on its own. The sweep reads the packed tile
+# x[t, b] (masked values, or the gradient) and writes o[t, b]; a row's running sums live in lane b.
 _FORWARD = """
 def {name}(values, offset, mask, out, tiles, decay, powers, early, floor, horizon):
     rows, length = values.shape
@@ -191,16 +191,17 @@ def _source(template: str, name: str, flags: set[str], lanes: int) -> str:
 
 def _block_copies():
     """The two 8 × 8 block copies between a group's rows and its tile, each as 8 vector loads, 24 shuffles (three
-    swaps of one bit of the row index with the same bit of the column index transpose the block) and 8 vector
-    stores; numba would move the 64 numbers one by one or gather them (2–3× slower, measured at B = 16, T = 8192):
+        swaps of one bit of the row index with the same bit of the column index transpose the block) and 8 vector
+        stores; numba would move the 64 numbers one by one or gather them (2–3× slower in float32, measured at B = 16,
+    T = 8192):
 
-        pack_block(values, offset, limits, first, start, x, lane):
-            x[start + j, lane + i] = values[first + i, start + j] − offset[…]  if start + j < limits[first + i], else 0
-        unpack_block(o, offset, first, start, out, lane):
-            out[first + i, start + j] = offset[…] + o[start + j, lane + i]
+            pack_block(values, offset, limits, first, start, x, lane):
+                x[start + j, lane + i] = values[first + i, start + j] − offset[…]  if start + j < limits[first + i], else 0
+            unpack_block(o, offset, first, start, out, lane):
+                out[first + i, start + j] = offset[…] + o[start + j, lane + i]
 
-    for i, j < 8, with `offset` either an array shaped like `values` / `out` (same dtype) or None (no term). All
-    arrays C-contiguous; float32 or float64."""
+        for i, j < 8, with `offset` either an array shaped like `values` / `out` (same dtype) or None (no term). All
+        arrays C-contiguous; float32 or float64."""
     from llvmlite import ir
     from numba.core import cgutils
     from numba.extending import intrinsic
