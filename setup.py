@@ -27,7 +27,6 @@ setup(
         "tokenizers>=0.21",
         "pyyaml>=6.0",
         "matplotlib>=3.8",
-        "numba>=0.59",  # fused CPU kernels of the trace sums (src/grpo_lambda/trace_kernels.py); vLLM needs it too
     ],
     extras_require={
         "vllm": ["vllm"],

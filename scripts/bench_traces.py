@@ -8,8 +8,6 @@ batch mean); backward is to the log-probabilities. Rows:
 - dense: the paper's form, exp((Δ·mask) @ Wᵀ) with W = trace_matrix(T) (float64, built per call, Eq. 17–18).
 - on-policy: ε-trace with πold = πθ (num_iterations = 1): `on_policy_traced_log_probs` with `credit_weights`.
 - off-policy: ε-trace with a stale πold: `eligibility_traced_log_probs` (the scan, adjoint backward).
-- off-policy (torch): the same formulas as torch ops (`kernel=False`: what GPUs run; on CPU the fused kernel is
-  the default).
 - eps-weight: ε-weight (Alg. 2): `eps_weight_trace_weights` of πold times the advantages, GRPO's surrogate.
 
 Time: median over `--repeats` rounds × `--block` calls (CPU: one thread by default, `--threads`). Each round runs
@@ -71,26 +69,16 @@ def make_ops(lam: float, style: str, floor: float) -> dict[str, Callable]:
         traced = eligibility_traced_log_probs(logps, old, mask, **trace)
         return grpo_loss(traced, old, mask, advantages[:, None])
 
-    def off_policy_torch(logps, old, mask, advantages):
-        traced = eligibility_traced_log_probs(logps, old, mask, **trace, kernel=False)
-        return grpo_loss(traced, old, mask, advantages[:, None])
-
     def eps_weight(logps, old, mask, advantages):
         weights = eps_weight_trace_weights(old, mask, **trace)
         return grpo_loss(logps, old, mask, weights.mul_(advantages[:, None]))  # in place, as the trainer does
-
-    def eps_weight_torch(logps, old, mask, advantages):
-        weights = eps_weight_trace_weights(old, mask, **trace, kernel=False)
-        return grpo_loss(logps, old, mask, weights.mul_(advantages[:, None]))
 
     return {
         "grpo": grpo,
         "dense": dense,
         "on-policy": on_policy,
         "off-policy": off_policy,
-        "off-policy (torch)": off_policy_torch,
         "eps-weight": eps_weight,
-        "eps-weight (torch)": eps_weight_torch,
     }
 
 

@@ -49,7 +49,6 @@ def eligibility_traced_log_probs(
     lam: float,
     style: TraceStyle,
     floor: float = 0.0,
-    kernel: bool | None = None,
 ) -> torch.Tensor:
     """ε-trace's traced log-probabilities, log πold plus the exponent of its ratio (Eq. 1; Eq. 2 for general tr):
 
@@ -62,11 +61,10 @@ def eligibility_traced_log_probs(
         per_token_logps: [B, T] log πθ of the completion tokens.
         old_per_token_logps: [B, T] log πold of the same tokens.
         mask: [B, T] completion mask.
-        kernel: see `traces.traced_sum` (None: the fused CPU kernel on CPU).
     Returns:
         [B, T] traced log-probabilities (the log-ratio is this minus `old_per_token_logps`).
     """
-    return traced_sum(per_token_logps, mask, gamma, lam, style, floor, kernel, offset=old_per_token_logps)
+    return traced_sum(per_token_logps, mask, gamma, lam, style, floor, offset=old_per_token_logps)
 
 
 def soft_clamp_log_probs(per_token_logps: torch.Tensor, fn: WeightClampFn = "sigmoid") -> torch.Tensor:
@@ -93,18 +91,16 @@ def eps_weight_trace_weights(
     style: TraceStyle,
     floor: float = 0.0,
     fn: WeightClampFn = "sigmoid",
-    kernel: bool | None = None,
 ) -> torch.Tensor:
     """ε^w = w @ f(log π) of Alg. 2: ε^w_t = Σ_{l=0}^{t} tr(t, l)·f(log π(a_{t−l}|s_{t−l})), a constant coefficient.
 
     Args:
         per_token_logps: [B, T] log-probabilities of the sampled tokens under the policy that generated them.
         mask: [B, T] completion mask; padded tokens add nothing.
-        kernel: see `traces.traced_sum`.
     Returns:
         [B, T] non-negative weights (no gradient); ≥ 1 with the sigmoid clamp.
     """
-    return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, gamma, lam, style, floor, kernel)
+    return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, gamma, lam, style, floor)
 
 
 def on_policy_traced_log_probs(

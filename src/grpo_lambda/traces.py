@@ -24,14 +24,10 @@ Four forms live here:
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import Literal
 
 import torch
-
-from . import trace_kernels
 
 TraceStyle = Literal["recent", "both"]
 TRACE_STYLES: tuple[str, ...] = ("recent", "both")
@@ -139,7 +135,6 @@ def traced_sum(
     lam: float,
     style: TraceStyle,
     floor: float = 0.0,
-    kernel: bool | None = None,
     offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """S_t = Σ_{k ≤ t, mask_k} tr(t, t − k) · v_k, i.e. `values` times the trace matrix of Eq. 17–18, row-wise.
@@ -166,9 +161,6 @@ def traced_sum(
         gamma, lam: γ and λ (a = γλ).
         style: "recent" or "both".
         floor: ε ∈ [0, 1].
-        kernel: evaluate these formulas in the fused CPU kernel of trace_kernels.py (one pass, no [B, T]
-            temporaries) or with the torch ops below (any device). None: the kernel for CPU tensors when numba is
-            installed and `GRPO_LAMBDA_TRACE_KERNEL` is not "torch". Both are exact; the tests check both.
         offset: if given, a constant [B, T] tensor b, and the result is b + S(values − b) (ε-trace's traced
             log-probabilities log πold + Σ_l tr(t, l)·(log πθ − log πold), Eq. 1, with b = log πold), in one
             autograd node (its backward is the adjoint alone). No gradient flows into b.
@@ -179,8 +171,8 @@ def traced_sum(
     decay = trace_decay(gamma, lam)
     _check_style_and_floor(style, floor)
     if values.requires_grad and torch.is_grad_enabled():
-        return _TracedSum.apply(values, mask, decay, style, floor, kernel, offset)
-    return _traced_sum(values, mask, decay, style, floor, kernel, offset)
+        return _TracedSum.apply(values, mask, decay, style, floor, offset)
+    return _traced_sum(values, mask, decay, style, floor, offset)
 
 
 def traced_sum_adjoint(
@@ -190,7 +182,6 @@ def traced_sum_adjoint(
     lam: float,
     style: TraceStyle,
     floor: float = 0.0,
-    kernel: bool | None = None,
 ) -> torch.Tensor:
     """G_k = mask_k · Σ_{t ≥ k} tr(t, t − k) · g_t: the transpose of `traced_sum`, i.e. ∂(Σ_t g_t S_t)/∂v_k.
 
@@ -207,28 +198,13 @@ def traced_sum_adjoint(
     Args:
         grad: [B, T] per-token values g_t (the gradient arriving at S_t).
         mask: [B, T] completion mask (of the tokens k that receive the result).
-        gamma, lam, style, floor, kernel: as in `traced_sum`.
+        gamma, lam, style, floor: as in `traced_sum`.
     Returns:
         [B, T] tensor in the dtype of `grad`, 0 where mask is 0.
     """
     decay = trace_decay(gamma, lam)
     _check_style_and_floor(style, floor)
-    return _traced_sum_adjoint(grad, mask, decay, style, floor, kernel)
-
-
-def use_cpu_kernel(tensor: torch.Tensor, kernel: bool | None = None) -> bool:
-    """Whether the scans of `tensor` run in the fused CPU kernels of trace_kernels.py (CPU tensors, numba importable,
-    `GRPO_LAMBDA_TRACE_KERNEL` not "torch") rather than in the torch code below (GPU tensors, or on request)."""
-    if tensor.device.type != "cpu" or not trace_kernels.AVAILABLE or kernel is False:
-        if kernel:
-            raise ValueError("kernel=True needs a CPU tensor and numba.")
-        return False
-    if kernel:
-        return True
-    choice = os.environ.get("GRPO_LAMBDA_TRACE_KERNEL", "auto")
-    if choice not in ("auto", "torch"):
-        raise ValueError(f"GRPO_LAMBDA_TRACE_KERNEL must be 'auto' or 'torch', got {choice!r}.")
-    return choice == "auto"
+    return _traced_sum_adjoint(grad, mask, decay, style, floor)
 
 
 def _traced_sum(
@@ -237,17 +213,12 @@ def _traced_sum(
     decay: float,
     style: str,
     floor: float,
-    kernel: bool | None = None,
     offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     length = values.shape[-1]
-    fused = offset is None or (offset.shape == values.shape and offset.dtype == values.dtype)
-    if use_cpu_kernel(values, kernel) and fused:  # the kernel takes the difference and adds the offset back
-        horizon = _exponential_horizon(decay, floor, length)
-        return trace_kernels.traced_sum(values, mask, decay, style, floor, horizon, offset=offset)
     if offset is not None:  # the result is a new tensor: the sum can go in place
         offset = offset.detach()
-        return _traced_sum(values - offset, mask, decay, style, floor, kernel).add_(offset)
+        return _traced_sum(values - offset, mask, decay, style, floor).add_(offset)
     device = values.device
     v = torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=device)).to(torch.float64)
 
@@ -281,13 +252,9 @@ def _traced_sum(
 
 
 def _traced_sum_adjoint(
-    grad: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float, kernel: bool | None = None
+    grad: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float
 ) -> torch.Tensor:
     length = grad.shape[-1]
-    if use_cpu_kernel(grad, kernel):
-        return trace_kernels.traced_sum_adjoint(
-            grad, mask, decay, style, floor, _exponential_horizon(decay, floor, length)
-        )
     device = grad.device
     g = grad.to(torch.float64).flip(-1)
     zero = torch.zeros((*g.shape[:-1], 1), dtype=torch.float64, device=device)
@@ -325,16 +292,16 @@ class _TracedSum(torch.autograd.Function):
     """`traced_sum` with its adjoint as the backward: linear in v, so only the mask is saved."""
 
     @staticmethod
-    def forward(ctx, values, mask, decay, style, floor, kernel, offset):
+    def forward(ctx, values, mask, decay, style, floor, offset):
         ctx.save_for_backward(mask)
-        ctx.trace = (decay, style, floor, use_cpu_kernel(values, kernel))  # the backward takes the same path
+        ctx.trace = (decay, style, floor)
         return _traced_sum(values, mask, *ctx.trace, offset)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None, None, None
+        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None, None
 
 
 def _window_sums(length: int, decay: float, floor: float, device: torch.device) -> torch.Tensor:
@@ -392,28 +359,9 @@ def scale_by_credit_weights(
     lam: float,
     style: TraceStyle,
     floor: float = 0.0,
-    kernel: bool | None = None,
 ) -> torch.Tensor:
-    """c ⊙ grad with c = `credit_weights(mask)`: the backward of ε-trace's on-policy form (loss.py).
-
-    With the CPU kernel (see `traced_sum`'s `kernel`) and prefix masks, one pass that evaluates the closed form per
-    token in float64 and multiplies; otherwise `credit_weights(mask, dtype=grad.dtype) * grad`.
-    """
-    decay = trace_decay(gamma, lam)
-    _check_style_and_floor(style, floor)
-    if use_cpu_kernel(grad, kernel):
-        window_sums, early = _credit_tables(decay, floor, 1 << max(grad.shape[-1], 1).bit_length())
-        scaled = trace_kernels.credit_scaled_gradient(grad, mask, window_sums, early, style)
-        if scaled is not None:
-            return scaled
+    """c ⊙ grad with c = `credit_weights(mask)`: the backward of ε-trace's on-policy form (loss.py)."""
     return credit_weights(mask, gamma, lam, style, floor, dtype=grad.dtype).mul_(grad)
-
-
-@functools.lru_cache(maxsize=32)
-def _credit_tables(decay: float, floor: float, size: int):
-    """W(n) for n < size and w(k) = max(ε, a^k) for k < size, float64 numpy arrays (read-only use)."""
-    _, early = trace_kernels.tables(decay, floor, size)
-    return _window_sums(size - 1, decay, floor, torch.device("cpu")).numpy(), early
 
 
 def _prefix_credit_weights(
