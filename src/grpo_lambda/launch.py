@@ -181,8 +181,8 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
     else:
         recipe, overrides, note = resolve_recipe(root, args)
     config, accelerate_extra = accelerate_config(root, args.accelerate, _machines(args))
-    if args.vllm_mode:
-        overrides += ["--vllm_mode", args.vllm_mode]
+    if args.vllm_mode:  # VLLM_MODE also turns vLLM on (the default recipe generates with transformers)
+        overrides += ["--use_vllm", "true", "--vllm_mode", args.vllm_mode]
     module = "grpo_lambda.sft" if args.stage == "sft" else "grpo_lambda.grpo"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *accelerate_extra,
@@ -328,8 +328,7 @@ def plan_vllm_server(command: list[str], root: Path) -> tuple[list[str], dict[st
         model_args.model_name_or_path, "0.0.0.0", port, model_args.dtype, training_args.vllm_tensor_parallel_size,
         training_args.vllm_max_model_length, training_args.generation_batch_size * processes,
     )  # fmt: skip
-    command = [*command, "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "127.0.0.1",
-               "--vllm_server_port", str(port)]  # fmt: skip
+    command = [*command, "--vllm_server_host", "127.0.0.1", "--vllm_server_port", str(port)]
     if gpus:
         command += ["--vllm_group_port", str(free_port())]  # NCCL weight sync; two runs on one node must not share it
     log = root / training_args.output_dir / "vllm-server.log"
