@@ -93,3 +93,18 @@ def test_the_trl_methods_the_cpu_adaptation_hooks_exist(monkeypatch):
         SystemExit, match=r"hooks TRL's VLLMGeneration\.sync_weights\(self\), .* install trl==1\.16\.0"
     ):
         cpu_test_bench.check_trl_hooks()
+
+
+@pytest.mark.slow
+def test_make_train_vllm_server_dry_run_shows_the_server_and_the_trainers_pointed_at_it(tiny_model_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lambda.launch", "--model", str(tiny_model_dir), "--vllm-mode", "server",
+         "--dry-run", "--args", "--vllm_max_model_length 64"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    server = next(line for line in result.stdout.splitlines() if line.startswith("vLLM server: "))
+    command = next(line for line in result.stdout.splitlines() if line.startswith("command: "))
+    port = server.split("--port ")[1].split()[0]
+    assert f"--model {tiny_model_dir}" in server and "--dtype float32 " in server  # the recipe's dtype
+    assert "--use_vllm true --vllm_mode server" in command and f"--vllm_server_port {port}" in command
