@@ -49,7 +49,7 @@ def test_make_train_with_vllm_colocated_on_embedded_smollm2(tmp_path):
     output_dir = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "grpo_lambda.launch", "--vllm-mode", "colocate", "--args",
-         f"--vllm_max_model_length 256 --max_steps 2 --save_steps 2 --learning_rate 1e-4 "
+         f"--vllm_max_model_length 256 --max_steps 2 --save_steps 2 --max_completion_length 32 --learning_rate 1e-4 "
          f"--output_dir {output_dir}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
         env={**os.environ, "GRPO_LAMBDA_CACHE": os.environ.get("GRPO_LAMBDA_CACHE", str(tmp_path / "cache"))},

