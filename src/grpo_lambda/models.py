@@ -205,3 +205,34 @@ def checkpoint_to_resume(training_args) -> str | None:
     if os.path.isdir(training_args.output_dir):
         return get_last_checkpoint(training_args.output_dir)
     return None
+
+
+ADAPTER_FOLDER = "adapter"  # <output_dir>/adapter: the LoRA adapter of a run whose merged weights are in output_dir
+
+
+def save_final_model(trainer, model_args, output_dir: str) -> None:
+    """Save a finished run as a plain model folder that `from_pretrained` and vLLM load.
+
+    Full fine-tuning: the trainer's own save (it gathers ZeRO-3's partitioned parameters). LoRA (7B, Table 2): the
+    trainer saves the adapter (gathered the same way) to <output_dir>/adapter; then the main process loads the base
+    model afresh on the CPU, merges the adapter into it and saves the merged weights to output_dir. The trainer's own
+    modules are never merged: under ZeRO-3 each rank holds only a shard of them.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if not model_args.use_peft:
+        trainer.save_model(output_dir)
+        return
+    adapter = os.path.join(output_dir, ADAPTER_FOLDER)
+    trainer.save_model(adapter)  # every rank takes part: ZeRO-3 gathers the adapter's shards
+    if not trainer.accelerator.is_main_process:
+        return
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model(model_args.model_name_or_path), revision=model_args.model_revision, dtype=dtype
+    )
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    merged.save_pretrained(output_dir)
+    trainer.processing_class.save_pretrained(output_dir)
