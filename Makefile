@@ -72,7 +72,7 @@ PLOTS ?= plots
 help:
 	@echo "make install   create $(VENV): torch $(TORCH_VERSION), $(VLLM_PACKAGE), the package [STACK=gpu|cpu, default gpu]"
 	@echo "make demo      SFT -> GRPO and GRPO-λ -> evaluation -> table + plot, on the embedded SmolLM2 (CPU, minutes)"
-	@echo "make test      the test suite without the slow end-to-end tests, offline (CPU, < 5 min)"
+	@echo "make test      the test suite without the slow end-to-end tests, offline (CPU)"
 	@echo "make test-slow the slow end-to-end tests (a SLURM cluster, real trainings)"
 	@echo "make train     GRPO-λ on the embedded SmolLM2-135M + arithmetic task (CPU, no download)"
 	@echo "               MODEL=.. DATASET=.. LOSS_VARIANT=grpo|eps_trace|eps_weight TRACE_STYLE=recent|both"
