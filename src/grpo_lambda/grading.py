@@ -268,5 +268,10 @@ def grade_sample(grader: Grader, completion: str, template: str, golds: list[str
     ):
         formatted, answer = reader(completion, template)
         correct = grader([(answer, expected)], check)[0] if answer is not None else False
-        verdicts[grade] = {"formatted": formatted, "answer": answer, "correct": bool(correct), "timeout": correct is None}
+        verdicts[grade] = {
+            "formatted": formatted,
+            "answer": answer,
+            "correct": bool(correct),
+            "timeout": correct is None,
+        }
     return verdicts

@@ -116,7 +116,8 @@ _UNIT_WORDS_SINGULAR = (
     "s .", "metre", "meter", "inch",
 )  # fmt: skip
 _UNIT_WORD_PATTERNS = tuple(
-    re.compile(r"(^|\W)" + word + r"($|\W)") for word in (*_UNIT_WORDS_SINGULAR, *(w + "s" for w in _UNIT_WORDS_SINGULAR))
+    re.compile(r"(^|\W)" + word + r"($|\W)")
+    for word in (*_UNIT_WORDS_SINGULAR, *(w + "s" for w in _UNIT_WORDS_SINGULAR))
 )
 
 
