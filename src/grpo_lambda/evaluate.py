@@ -281,17 +281,21 @@ def make_backend(config: EvalConfig, model_path: str):
         return TransformersBackend(config, model_path)
 
 
-def read_samples(path: Path) -> dict[tuple[str, int], dict]:
-    """Samples already written by an earlier (possibly interrupted) run; a torn last line is ignored."""
-    finished = {}
+def read_lines(path: Path) -> list[dict]:
+    """The samples of a samples.jsonl, in order; a torn last line (an interrupted write) is ignored."""
+    samples = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                sample = json.loads(line)
+                samples.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            finished[(sample["benchmark"], sample["index"])] = sample
-    return finished
+    return samples
+
+
+def read_samples(path: Path) -> dict[tuple[str, int], dict]:
+    """Samples already written by an earlier (possibly interrupted) run, by (benchmark, index)."""
+    return {(sample["benchmark"], sample["index"]): sample for sample in read_lines(path)}
 
 
 def graded(grader: Grader, sample: dict, item: dict, template: str) -> dict:
@@ -410,7 +414,7 @@ def regrade(
 ) -> dict:
     """Re-score `<folder>/samples.jsonl` with the current graders and rewrite it and `results.json`; nothing is
     generated. Samples need `benchmark`, `index` (the problem's row in its benchmark) and `completion`; gold
-    answers come from the suite. The template and suite default to those recorded in `results.json`, then in the
+    answers come from the suite; a problem may have several samples (accuracy is then the mean over samples). The template and suite default to those recorded in `results.json`, then in the
     samples (the template), then to the defaults (the suite); a samples file made elsewhere needs `template`."""
     _check_graders()
     folder = Path(folder)
@@ -419,7 +423,7 @@ def regrade(
         raise SystemExit(f"grpo_lambda: no samples.jsonl in {folder}.")
     recorded = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else {}
     recorded_config = recorded.get("config", {})
-    samples = list(read_samples(samples_path).values())
+    samples = read_lines(samples_path)  # several completions of one problem are all kept
     missing = [key for key in ("benchmark", "index", "completion") if any(key not in s for s in samples)]
     if missing or not samples:
         raise SystemExit(f"grpo_lambda: {samples_path} has no samples with benchmark, index and completion.")

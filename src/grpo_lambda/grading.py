@@ -92,6 +92,7 @@ _R1_ANSWER = re.compile(r"</think>\s*<answer>", re.DOTALL)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _E_NOTATION = re.compile(r"(?<![\w.\\])(\d+(?:\.\d*)?|\.\d+)[eE]([+-]?\d+)(?![\w.])")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
+_CONTROL_WORD_SPACE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])")
 _SPACING = re.compile(r"\s+|\\[ ,;:!]|\\quad|\\qquad|~")
 _PERCENT = re.compile(r"\s*\\?%\s*$")
 _SMALL = 1.0  # rule 7 applies to numbers below this size
@@ -159,13 +160,15 @@ def _answer_forms(answer: str) -> list[str]:
 
 
 def _squeezed(text: str) -> str:
-    """Rule 8: the text without spacing, `\\text{…}`-style wrappers unwrapped; words (2+ letters) in lower case."""
+    """Rule 8: the text without spacing and `$`, `\\text{…}`-style wrappers unwrapped; words (2+ letters) in lower
+    case."""
     while True:
         unwrapped = _TEXT_WRAPPER.sub(r"\1", text)
         if unwrapped == text:
             break
         text = unwrapped
-    text = _SPACING.sub("", text)
+    text = _CONTROL_WORD_SPACE.sub(r"\1{}", text)  # "\pi c" is not "\pic": the space ends the control word
+    text = _SPACING.sub("", text).replace("$", "")  # math-mode delimiters carry nothing
     return text.lower() if len(text) >= 2 and text.isalpha() else text
 
 
