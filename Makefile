@@ -20,10 +20,10 @@ UPDATE ?=
 ACCEL ?= auto
 VLLM_MODE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=auto|vllm|transformers]
-# (unset SUITE: the suite shipped in the package; unset TEMPLATE: the model's recipe template, else qwen_math)
+# (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
 # make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
 SUITE ?=
-BENCHMARKS ?= aime,amc,math,minerva,olympiad_bench
+BENCHMARKS ?=
 TEMPLATE ?=
 LIMIT ?=
 BACKEND ?= auto
@@ -103,7 +103,7 @@ sft: install
 	$(PY) -m grpo_lambda.launch --stage sft $(LAUNCH_FLAGS)
 
 evaluate: install
-	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") --benchmarks "$(BENCHMARKS)" \
+	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks "$(BENCHMARKS)") \
 		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
 regrade: install

