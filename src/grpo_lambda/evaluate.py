@@ -45,7 +45,7 @@ DEFAULT_TEMPLATE = "qwen_math"  # for models without a recipe
 class EvalConfig:
     model: str
     output_dir: str
-    suite: str | None = None  # None: DEFAULT_SUITE
+    suite: str | None = None  # None: DEFAULT_SUITE (recorded as None, so that results.json moves between machines)
     benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
     template: str | None = None  # None: the model's recipe template (default_template)
     backend: str = "auto"
@@ -71,7 +71,6 @@ class EvalConfig:
             raise SystemExit(f"grpo_lambda: TEMPLATE={self.template!r} is not one of {', '.join(TEMPLATES)}.")
         if self.backend not in BACKENDS:
             raise SystemExit(f"grpo_lambda: backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
-        self.suite = str(self.suite or DEFAULT_SUITE)
 
 
 def default_template(model: str) -> tuple[str, str]:

@@ -217,7 +217,8 @@ class Grader:
     """Grades (prediction, gold answers) pairs in a worker process with a per-item time bound.
 
     Returns True / False per item, or None for an item that timed out (it counts as wrong). `check` names the
-    verdict function: math-verify (`grade_one`, the default), or a grade's `is_correct`.
+    verdict function: math-verify (`grade_one`, the default), or a grade's `is_correct`; `timeout_s` overrides the
+    grader's bound for these items.
     """
 
     def __init__(self, timeout_s: float = 5.0):
@@ -239,13 +240,16 @@ class Grader:
             self._pool = None
 
     def __call__(
-        self, items: list[tuple[str, list[str]]], check: Callable[[str, list[str]], bool] = grade_one
+        self,
+        items: list[tuple[str, list[str]]],
+        check: Callable[[str, list[str]], bool] = grade_one,
+        timeout_s: float | None = None,
     ) -> list[bool | None]:
         results: list[bool | None] = []
         for predicted, golds in items:
             pending = self._worker().apply_async(check, (predicted, golds))
             try:
-                results.append(bool(pending.get(timeout=self.timeout_s)))
+                results.append(bool(pending.get(timeout=timeout_s or self.timeout_s)))
             except multiprocessing.TimeoutError:
                 self.timeouts += 1
                 results.append(None)
@@ -260,7 +264,8 @@ class Grader:
 
 def grade_sample(grader: Grader, completion: str, template: str, golds: list[str], paper_golds: list[str]) -> dict:
     """Both grades of one completion: {grade: {"formatted", "answer", "correct", "timeout"}}. `golds` are the
-    suite's answers as strings, `paper_golds` as the reference passes them (paper_grader.reference_golds)."""
+    suite's answers as strings, `paper_golds` as the reference passes them (paper_grader.reference_golds). Each gold
+    answer gets the grader's time bound (the paper's grade may spend a few 1-second bounds on each)."""
     from grpo_lambda import paper_grader
 
     verdicts = {}
@@ -269,7 +274,8 @@ def grade_sample(grader: Grader, completion: str, template: str, golds: list[str
         ("corrected", read_answer, is_correct, golds),
     ):
         formatted, answer = reader(completion, template)
-        correct = grader([(answer, expected)], check)[0] if answer is not None else False
+        bound = grader.timeout_s * max(len(expected), 1)
+        correct = grader([(answer, expected)], check, bound)[0] if answer is not None else False
         verdicts[grade] = {
             "formatted": formatted,
             "answer": answer,
