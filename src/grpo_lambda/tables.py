@@ -158,7 +158,8 @@ def render_all_runs(results_dir: str | Path, latex: bool = False) -> str:
     whether or not it matches a cell of the paper: the summary of a sweep of your own. Cells: paper / corrected."""
     root = Path(results_dir)
     found = [(path, json.loads(path.read_text())) for path in sorted(root.rglob("results.json"))]
-    benchmarks = list(dict.fromkeys(b for _, results in found for b in results["benchmarks"]))
+    present = {b for _, results in found for b in results["benchmarks"]}
+    benchmarks = [b for b in BENCHMARKS if b in present] + sorted(present - set(BENCHMARKS))
     rows = []
     for path, results in found:
         run = path.parent.relative_to(root).as_posix().removesuffix("/eval")
