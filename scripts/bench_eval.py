@@ -4,8 +4,8 @@ side by side in one run, and grading throughput (completions/s).
     python scripts/bench_eval.py [--model embedded:SmolLM2-135M-Instruct] [--problems 32] [--max_new_tokens 128]
 
 Both backends decode greedily in float32 (where their tokens agree) from the MATH500 problems of the suite (the
-shipped one unless --suite names another). vLLM gets every prompt at once; the grading rate is for both grades of a
-completion (paper and corrected, each in the grading worker).
+shipped one unless --suite names another). vLLM gets every prompt at once; the grading rate is for both grades (paper
+and corrected, each in the grading worker) of each completion with its gold answer boxed at the end.
 """
 
 import argparse
@@ -49,12 +49,17 @@ def main() -> None:
         rows.append((backend.name, load_s, seconds, tokens, tokens / seconds))
         del backend
 
+    # Grading: each completion with its problem's gold answer boxed at the end, so that both grades have an answer
+    graded = [
+        (f"{text}\nThe answer is \\boxed{{{item['golds'][0]}}}.", item)
+        for (text, _), item in zip(outputs["vllm"], items)
+    ]
     grader = Grader()
     grade = lambda text, item: grade_sample(grader, text, "qwen_math", item["golds"], item["paper_golds"])  # noqa: E731
-    grade(*outputs["vllm"][0][:1], items[0])  # start the worker outside the timing
+    grade(*graded[0])  # start the worker outside the timing
     start = time.perf_counter()
     for _ in range(4):
-        for (text, _), item in zip(outputs["vllm"], items):
+        for text, item in graded:
             grade(text, item)
     grading_rate = 4 * len(items) / (time.perf_counter() - start)
     grader.close()
