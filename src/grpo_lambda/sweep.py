@@ -38,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from grpo_lambda.launch import EXIT_PREEMPTED, STOP_FILE, repo_root
+from grpo_lambda.launch import repo_root
+from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
 from grpo_lambda.recipes import expand_grid, load_grid, model_tail
 
 SWEEP_KEYS = {"description", "output_dir", "runs", "evaluation", "slurm"}
