@@ -1,9 +1,12 @@
 """traced_sum, its adjoint and the credit weights against the dense matrix of Eq. 17–18, and their stated limits.
 
-The comparison with the dense reference runs on a covering set: every style × λ ∈ {0, 0.5, 0.98, 0.99, 1} with and
-without γ < 1 and floors (none, one reached after hundreds of lags, one after a few, ε = 1) × shapes from one token
-to past the scan's chunk (32) and to a second level of chunks (T = 2 048), each with a mask with holes and a
-right-padded one (with a full and an empty row). Every case checks all the fast forms at once.
+The comparison with the dense reference runs on a covering set rather than a full grid: both styles × eight
+(γ, λ, ε) that reach every branch of the sums (λ = 0 and 1, γ < 1, a floor reached after hundreds of lags, one
+reached after a few, the floor alone, ε = 1) × five shapes, from one token to past the scan's chunk of 32, plus
+T = 2 048 (a second level of chunks); each case uses a mask with holes and a right-padded one (with a full and an
+empty row), and checks every fast form at once: forward with and without autograd, with ε-trace's offset
+(off-policy), the adjoint and the gradient, the credit weights and their scaling (on-policy). float32 and garbage
+in the padding have their own tests.
 """
 
 import itertools
@@ -38,7 +41,8 @@ TRACES = [
     TraceSpec(g, lam, style, floor)
     for (g, lam, floor), style in itertools.product(GAMMA_LAMBDA_FLOOR, ["recent", "both"])
 ]
-SHAPES = [(1, 1), (3, 2), (4, 33), (5, 97), (2, 300)]  # one token; one chunk; one chunk + 1; odd; > 256 lags
+# one token; one chunk of the scan; a chunk + 1; odd, past the 0.2 floor; past the 1e-3 floor (342 lags)
+SHAPES = [(1, 1), (3, 2), (4, 33), (5, 97), (2, 400)]
 LONG = [TraceSpec(1.0, 0.99, style, floor) for style in ("recent", "both") for floor in (0.0, 0.01)]
 
 

@@ -104,6 +104,23 @@ class GRPOLambdaConfig(GRPOConfig):
         """Whether the trainer computes Lemma 1's bound: asked for, or needed by `eos_bound`."""
         return self.lemma1_diagnostics or self.advantage_bias_correction == "eos_bound"
 
+    def _check_liger(self) -> None:
+        """Liger's fused loss replaces TRL's `_compute_loss` and its policy forward, where every GRPO-λ piece acts."""
+        fixes = {  # field: (the value that needs no TRL loss, whether it is set otherwise)
+            "loss_variant": ("grpo", self.loss_variant != "grpo"),
+            "adv_clamp_min": ("null", self.adv_clamp_min is not None),
+            "lemma1_diagnostics": ("false", self.lemma1_diagnostics),
+            "advantage_bias_correction": ("none", self.advantage_bias_correction != "none"),
+        }
+        needs = {name: fix for name, (fix, is_set) in fixes.items() if is_set}
+        if needs:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in needs)
+            undo = ", ".join(f"{name}={fix}" for name, fix in needs.items())
+            raise ValueError(
+                f"{values} need(s) TRL's own loss, which use_liger_kernel=True replaces. "
+                f"Set use_liger_kernel=false or {undo}."
+            )
+
     def _check_grpo_lambda_fields(self) -> None:
         choices = {
             "loss_variant": LOSS_VARIANTS,
@@ -114,12 +131,8 @@ class GRPOLambdaConfig(GRPOConfig):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
         self.trace  # noqa: B018 (TraceSpec checks trace_gamma, trace_lambda, trace_style and trace_floor)
-        if self.lemma1_enabled and self.use_liger_kernel:
-            needs = "lemma1_diagnostics=true" if self.lemma1_diagnostics else "advantage_bias_correction='eos_bound'"
-            raise ValueError(
-                f"{needs} needs the policy forward of TRL's own loss, which use_liger_kernel=True replaces. Set "
-                "use_liger_kernel=false, or lemma1_diagnostics=false and advantage_bias_correction=none."
-            )
+        if self.use_liger_kernel:
+            self._check_liger()
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError(
                 f"max_prompt_length={self.max_prompt_length} must be a positive number of tokens or null."
@@ -130,11 +143,6 @@ class GRPOLambdaConfig(GRPOConfig):
             )
         if self.loss_variant == "grpo":
             return
-        if self.use_liger_kernel:
-            raise ValueError(
-                f"use_liger_kernel=True replaces the model's loss path, which would bypass loss_variant="
-                f"{self.loss_variant!r}. Set use_liger_kernel=false or loss_variant=grpo."
-            )
         if self.loss_type not in TRACE_LOSS_TYPES:
             raise ValueError(
                 f"loss_type={self.loss_type!r} does not clip a per-token ratio, so loss_variant={self.loss_variant!r} "
