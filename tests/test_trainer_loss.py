@@ -97,7 +97,9 @@ def test_lambda_zero_recent_is_trl_grpo(stock, ours, loss_type, beta, old_noise)
     assert_same(*loss_and_grads(stock, batch), *loss_and_grads(ours, batch))
 
 
-REFERENCE_CASES = [  # every variant and style, each loss type, with and without KL, clamp, γ < 1, floor, πold ≠ πθ
+# Every variant × style on- and off-policy (old_noise > 0: πold ≠ πθ); each loss type, with and without KL, clamp,
+# γ < 1, floor and both soft clamps somewhere.
+REFERENCE_CASES = [  # variant, loss_type, β, λ, style, γ, floor, adv_clamp_min, old_noise, weight_clamp_fn
     ("eps_trace", "grpo", 0.04, 0.99, "both", 1.0, 0.0, -0.1, 0.0, "sigmoid"),
     ("eps_trace", "grpo", 0.0, 0.99, "recent", 1.0, 0.0, None, 0.3, "sigmoid"),
     ("eps_trace", "bnpo", 0.04, 0.98, "both", 0.95, 0.01, -0.1, 0.3, "sigmoid"),
@@ -105,8 +107,10 @@ REFERENCE_CASES = [  # every variant and style, each loss type, with and without
     ("eps_trace", "dapo", 0.0, 0.99, "both", 1.0, 0.1, None, 0.0, "sigmoid"),
     ("eps_trace", "grpo", 0.0, 0.0, "both", 1.0, 0.0, None, 0.3, "sigmoid"),  # λ = 0 `both` traces the first token
     ("eps_trace", "grpo", 0.04, 1.0, "recent", 1.0, 0.0, -0.1, 0.2, "sigmoid"),
+    ("eps_trace", "bnpo", 0.04, 0.99, "recent", 1.0, 0.0, -0.1, 0.0, "sigmoid"),
     ("eps_weight", "grpo", 0.04, 0.99, "both", 1.0, 0.0, -0.1, 0.0, "sigmoid"),
     ("eps_weight", "bnpo", 0.0, 0.98, "recent", 1.0, 0.0, None, 0.3, "sigmoid"),
+    ("eps_weight", "grpo", 0.04, 0.98, "both", 0.95, 0.01, -0.1, 0.3, "tanh"),
     ("eps_weight", "dr_grpo", 0.04, 0.99, "recent", 0.9, 0.05, -0.1, 0.3, "tanh"),
     ("eps_weight", "dapo", 0.04, 0.0, "recent", 1.0, 0.0, -0.1, 0.0, "sigmoid"),
     ("grpo", "grpo", 0.04, 0.99, "both", 1.0, 0.0, -0.1, 0.3, "sigmoid"),  # plain GRPO with the advantage clamp
