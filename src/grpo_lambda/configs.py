@@ -130,7 +130,7 @@ class GRPOLambdaConfig(GRPOConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
-        self.trace  # noqa: B018 (TraceSpec checks trace_gamma, trace_lambda, trace_style and trace_floor)
+        _ = self.trace  # building the TraceSpec checks trace_gamma, trace_lambda, trace_style and trace_floor
         if self.use_liger_kernel:
             self._check_liger()
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
