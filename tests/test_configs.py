@@ -83,6 +83,11 @@ BAD_SETTINGS = [
     ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
     ({"use_bias_correction_kl": True}, "use_bias_correction_kl"),
     ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold"),
+    ({"advantage_bias_correction": "eos"}, "advantage_bias_correction"),
+    ({"loss_variant": "grpo", "advantage_bias_correction": "eos_bound", "use_liger_kernel": True}, "use_liger_kernel"),
+    ({"loss_variant": "grpo", "lemma1_diagnostics": True, "use_liger_kernel": True}, "lemma1_diagnostics=false"),
+    ({"loss_variant": "grpo", "adv_clamp_min": -0.1, "use_liger_kernel": True}, "adv_clamp_min=null"),
+    ({"max_prompt_length": 0}, "max_prompt_length"),
 ]
 
 

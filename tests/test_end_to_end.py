@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import REPO_ROOT
+from grpo_lambda.callbacks import JsonlMetricsCallback
 from grpo_lambda.configs import GRPOLambdaConfig
 from grpo_lambda.data import arithmetic_dataset, to_prompts
-from grpo_lambda.grpo import JsonlMetricsCallback
 from grpo_lambda.rewards import completion_text
 from grpo_lambda.trainer import GRPOLambdaTrainer
 
@@ -29,7 +29,7 @@ VARIANTS = [
     dict(loss_variant="grpo"),
     dict(loss_variant="eps_trace", trace_style="recent"),
     dict(loss_variant="eps_trace", trace_style="both", adv_clamp_min=-0.1),
-    dict(loss_variant="eps_weight", trace_style="both", adv_clamp_min=-0.1),
+    dict(loss_variant="eps_weight", trace_style="both", adv_clamp_min=-0.1, lemma1_diagnostics=True),
     dict(loss_variant="eps_trace", trace_style="both", num_iterations=2),
 ]
 
@@ -76,6 +76,7 @@ def test_training_moves_parameters_logs_metrics_and_saves(tiny_model_dir, tmp_pa
         assert math.isfinite(record["loss"]) and math.isfinite(record["kl"])
         if variant["loss_variant"] != "grpo":
             assert record["trace/credit_weight_mean"] > 1.0
+        assert ("lemma1/bound_mean" in record) == variant.get("lemma1_diagnostics", False)
     assert (output_dir / "checkpoint-3" / "model.safetensors").is_file()
 
 
@@ -97,6 +98,7 @@ def test_dry_run_resolves_the_default_recipe():
     assert "accelerate.commands.launch --config_file" in result.stdout and "-m grpo_lambda.grpo" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["grpo", "eps_trace"])
 def test_make_train_with_local_model_and_dataset(tiny_model_dir, tmp_path, method):
     dataset_dir = tmp_path / "problems"
@@ -135,6 +137,7 @@ def test_make_train_default_on_embedded_smollm2(tmp_path):
     assert math.isfinite(record["loss"]) and "trace/credit_weight_mean" in record
 
 
+@pytest.mark.slow
 def test_sft_then_grpo_lambda_chain_with_zero2(tiny_model_dir, tmp_path):
     """`make sft` then `make train MODEL=<sft output>`, both under the ZeRO-2 accelerate config in one CPU process."""
     sft_dir = tmp_path / "sft"

@@ -133,7 +133,7 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
 def test_resumed_metrics_log_keeps_each_step_once(tmp_path):
     from types import SimpleNamespace
 
-    from grpo_lambda.grpo import JsonlMetricsCallback
+    from grpo_lambda.callbacks import JsonlMetricsCallback
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": step, "reward": 0.1 * step}) + "\n" for step in (1, 2, 3, 4, 5)))
@@ -152,8 +152,7 @@ def test_stop_file_stops_after_the_step_and_a_rerun_forgets_it(tmp_path):
 
     from transformers import TrainerControl
 
-    from grpo_lambda.grpo import PreemptionCallback
-    from grpo_lambda.launch import STOP_FILE
+    from grpo_lambda.callbacks import STOP_FILE, PreemptionCallback
 
     stop_file = tmp_path / STOP_FILE
     previous = signal.getsignal(signal.SIGUSR1)

@@ -44,11 +44,6 @@ from grpo_lambda.models import EMBEDDED_PREFIX
 
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
 SFT_RECORD = "grpo_lambda_sft.json"  # written by grpo_lambda.sft into its output folder
-# Exit status of a training run that saved a checkpoint on the warning signal and stopped early (75: EX_TEMPFAIL,
-# "try again later"): grpo_lambda.sweep requeues it.
-EXIT_PREEMPTED = 75
-# Created in a run's output_dir, it asks every training rank to save a checkpoint and stop (see above).
-STOP_FILE = "STOP_REQUESTED"
 PAPER_METHOD = Method("eps_trace", "both", 0.99)  # §4.1: the preferred run when the method is left unset
 DEPRECATED_NOTE = (
     "grpo_lambda: METHOD, LAMBDA, STYLE and UPDATE are deprecated: use the config's fields, "

@@ -17,9 +17,9 @@ from pathlib import Path
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from grpo_lambda.callbacks import JsonlMetricsCallback
 from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
 from grpo_lambda.data import solution_dataset
-from grpo_lambda.grpo import JsonlMetricsCallback
 from grpo_lambda.launch import SFT_RECORD
 from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
 from grpo_lambda.tracking import announce_wandb

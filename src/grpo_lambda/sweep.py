@@ -39,8 +39,9 @@ from typing import Any
 
 import yaml
 
-from grpo_lambda.launch import EXIT_PREEMPTED, STOP_FILE, recipe_method, repo_root
+from grpo_lambda.launch import recipe_method, repo_root
 from grpo_lambda.methods import Method
+from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
 from grpo_lambda.recipes import expand_grid, load_grid, model_tail
 
 SWEEP_KEYS = {"description", "output_dir", "runs", "evaluation", "slurm"}
