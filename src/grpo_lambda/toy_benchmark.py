@@ -159,9 +159,9 @@ def rl_run(sft_dir: str, run_dir: str, overrides: dict, steps: int, seed: int, t
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
+    from .callbacks import JsonlMetricsCallback
     from .configs import GRPOLambdaConfig
     from .data import load_problem_dataset
-    from .grpo import JsonlMetricsCallback
     from .rewards import get_reward_funcs
     from .trainer import GRPOLambdaTrainer
 
