@@ -24,7 +24,7 @@ SKIP_SYNC_FLAG = "--skip_vllm_sync_at_step"
 LOGP_DIFFERENCE = "sampling/sampling_logp_difference/mean"
 # A tiny GRPO-λ run of the default recipe (ε-trace, `both`, λ 0.99, clamp −0.1, β 0.04, float32)
 TINY_RUN = [
-    "--config", str(REPO_ROOT / "recipes/default/grpo/config_grpo-lambda.yaml"), "--reward_funcs", "digit_share",
+    "--config", str(REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"), "--reward_funcs", "digit_share",
     "--reward_weights", "1.0", "--num_generations", "4", "--max_completion_length", "8", "--learning_rate", "1e-2",
     "--use_cpu", "true", "--seed", "0",
 ]  # fmt: skip

@@ -67,12 +67,18 @@ def test_ddp_rank_killed_mid_step_stops_the_run_and_the_requeued_run_resumes(tin
     command = observed_command(*tiny_run, "--per_device_train_batch_size", "4", "--max_steps", str(steps),
                                "--save_steps", "2", "--output_dir", str(output_dir), accelerate="ddp")  # fmt: skip
     launcher = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while logged_steps(output_dir / "metrics.jsonl") < 3:
-        assert launcher.poll() is None, launcher.stdout.read()[-5000:]
-        time.sleep(0.1)
-    rank_process(launcher, 1).kill()  # mid-step 4 (or 5): checkpoint-2 is complete
-    killed = time.monotonic()
-    output, _ = launcher.communicate(timeout=120)
+    try:
+        while logged_steps(output_dir / "metrics.jsonl") < 3:
+            assert launcher.poll() is None, launcher.stdout.read()[-5000:]
+            time.sleep(0.1)
+        rank_process(launcher, 1).kill()  # mid-step 4 (or 5): checkpoint-2 is complete
+        killed = time.monotonic()
+        output, _ = launcher.communicate(timeout=120)
+    finally:  # a failed wait leaves no training behind
+        if launcher.poll() is None:
+            for process in [*psutil.Process(launcher.pid).children(recursive=True), launcher]:
+                with contextlib.suppress(psutil.Error, ProcessLookupError):
+                    process.kill()
     assert launcher.returncode != 0 and time.monotonic() - killed < 60
     assert "rank      : 1 (local_rank: 1)" in output and "Signal 9 (SIGKILL)" in output  # torchrun's summary
     assert not (output_dir / "model.safetensors").exists()
