@@ -91,11 +91,13 @@ def _stop_on_trl(what: str, version: str):
 
 def support_cpu_test_bench(training_args) -> None:
     """Installs, in this training process, what its run needs on CPUs: restoring `cpu:<index>` checkpoints where it
-    trains on the CPU (1.), and `CPUVLLMGeneration` in TRL's GRPO trainer where it generates with vLLM on the CPU
-    (2.–4.). Nothing where it trains and generates on GPUs."""
+    trains on the CPU (1.), and, for GRPO generating with vLLM on the CPU, `CPUVLLMGeneration` in TRL's GRPO
+    trainer (2.–4.). Nothing where it trains and generates on GPUs. Any stage's TrainingArguments."""
+    from trl import GRPOConfig
+
     if training_args.device.type == "cpu":
         _restore_indexed_cpu_storages()
-    if training_args.use_vllm:
+    if isinstance(training_args, GRPOConfig) and training_args.use_vllm:
         _use_vllm_on_cpu()
 
 
