@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Both benchmarks on a lent GPU machine, in one call of under 5 minutes, printing their tables.
+# Both benchmarks on a lent GPU machine, in one call of under 8 minutes, printing their tables: the loss op, and a
+# whole step of stock TRL vs each GRPO-λ variant at a recipe's real shape (Table 2: batch 16, 8 per prompt, 256
+# completion tokens), with transformers `generate` and, where vLLM is installed, vLLM colocated.
 #
 # The machine has no network and its own python3 with CUDA torch and transformers; it lacks TRL, datasets and
 # math-verify, which only the step benchmark needs. Fetch their wheels here once (network), into the ignored .whl/:
@@ -7,7 +9,8 @@
 #   scripts/gpu_check.sh --fetch-wheels
 #
 # then run, on the device (carrying .whl):   bash scripts/gpu_check.sh
-# Without .whl/ the loss-op benchmark still runs and the step benchmark says why it was skipped.
+# Without .whl/ the loss-op benchmark still runs and the step benchmark says why it was skipped. vLLM (hundreds of
+# MB) cannot be carried: the vLLM rows appear only where the machine's python has vllm.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,9 +39,16 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 echo "== loss op: GRPO vs dense trace vs ours (B = 16, T up to 32768) =="
 timeout 170 $PY scripts/bench_traces.py --repeats 41 || echo "bench_traces.py failed or timed out (rc $?)"
 
-echo "== training step: GRPO vs each GRPO-λ variant, tiny model =="
+echo "== training step: stock TRL vs each GRPO-λ variant, tiny model, a recipe's shape (Table 2) =="
 if $PY -c "import trl, datasets, math_verify" 2>/dev/null; then
-    timeout 100 $PY scripts/bench_step.py --model tiny --rounds 10 --batch 16 --max_completion_length 256 \
+    BACKENDS=(generate)
+    if $PY -c "import vllm" 2>/dev/null; then
+        BACKENDS+=(vllm)
+    else
+        echo "vLLM is not importable here: only the generate rows"
+    fi
+    timeout 280 $PY scripts/bench_step.py --model tiny --rounds 10 --batch 16 --num_generations 8 \
+        --max_completion_length 256 --generation "${BACKENDS[@]}" --vllm_max_model_length 512 \
         || echo "bench_step.py failed or timed out (rc $?)"
 else
     echo "skipped: trl, datasets or math_verify is not importable here (run scripts/gpu_check.sh --fetch-wheels first)"

@@ -24,10 +24,10 @@ def test_bench_traces_prints_every_op(monkeypatch, capsys):
 def test_bench_step_runs_on_the_tiny_model(monkeypatch, capsys):
     """num_iterations = 2: TRL keeps old log-probabilities, so ε-trace takes the traced-sum (off-policy) path."""
     argv = ["--model", "tiny", "--rounds", "1", "--max_completion_length", "8", "--skip_generation"]
-    argv += ["--variants", "eps_trace/both", "--num_iterations", "2"]
+    argv += ["--variants", "eps_trace/both", "--num_iterations", "2", "--generation", "generate"]
     run_script("bench_step.py", argv, monkeypatch)
     out = capsys.readouterr().out
-    assert "eps_trace/both" in out and "× grpo" in out
+    assert "eps_trace/both" in out and " trl " in out and "× trl" in out  # stock TRL is the reference
 
 
 def test_peak_memory_counts_only_what_the_op_allocates(monkeypatch):

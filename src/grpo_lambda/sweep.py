@@ -39,7 +39,13 @@ from typing import Any
 
 import yaml
 
-from grpo_lambda.launch import recipe_method, repo_root
+from grpo_lambda.launch import (
+    read_training_settings,
+    recipe_method,
+    repo_root,
+    vllm_server_command,
+    wait_for_vllm_server,
+)
 from grpo_lambda.methods import Method
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
 from grpo_lambda.recipes import expand_grid, load_grid, model_tail
@@ -58,15 +64,14 @@ SLURM_DEFAULTS = {
     "job_name": None,  # default: grpo-lambda-<sweep name>
     "partition": None,
     "time": None,
-    "nodes": 1,  # > 1: the last node serves generations with `trl vllm-serve`, the others train
+    "nodes": 1,  # > 1: the last node serves generations with `trl vllm-serve`, the others train (waiting for it)
     "gpus_per_node": None,
     "cpus_per_task": None,
     "mem": None,
     "throttle": None,  # at most this many array tasks at once (`--array=...%N`)
     "signal_seconds": 300,  # SIGUSR1 this long before the time limit
     "accelerate": "auto",  # recipes/accelerate_configs/<name>.yaml; auto: zero2 with GPUs, cpu without
-    "vllm_tensor_parallel_size": 1,
-    "vllm_data_parallel_size": 1,
+    "vllm_tensor_parallel_size": 1,  # GPUs of the serving node that vLLM shards the model over
     "sbatch_args": [],  # anything else, e.g. ["--account=abc", "--qos=high"]
 }
 
@@ -282,20 +287,27 @@ class Runner:
         if len(nodes) <= 1:
             return [[*launch, "--args", shlex.join(trainer_flags)]]
         server, trainers = nodes[-1], nodes[:-1]
-        model = str(_recipe_value(self.run, "model_name_or_path"))
-        serve = [
-            "srun", "--nodes=1", "--ntasks=1", f"--nodelist={server}", "--export=ALL",
-            str(Path(self.python).with_name("trl")), "vllm-serve", "--model", model,
-            "--tensor_parallel_size", str(self.slurm["vllm_tensor_parallel_size"]),
-            "--data_parallel_size", str(self.slurm["vllm_data_parallel_size"]),
-        ]  # fmt: skip
-        trainer_flags += ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", server]
+        command, env, url, _ = self.vllm_server(server)
+        serve = ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={server}",
+                 "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())]), *command]  # fmt: skip
+        trainer_flags += ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_base_url", url]
         train = [
             "srun", f"--nodes={len(trainers)}", "--ntasks-per-node=1", f"--nodelist={','.join(trainers)}",
             "--export=ALL", *launch, "--num-machines", str(len(trainers)), "--main-process-ip", trainers[0],
             "--args", shlex.join(trainer_flags),
         ]  # fmt: skip
         return [serve, train]
+
+    def vllm_server(self, node: str) -> tuple[list[str], dict[str, str], str, float]:
+        """The serving node's command and environment (grpo_lambda.launch.vllm_server_command), its address, and
+        how long the trainers wait for it (the recipe's vllm_server_timeout)."""
+        _, training_args, model_args = read_training_settings(["--config", str(self.run.recipe), *self.run.flags()])
+        port = training_args.vllm_server_port
+        command, env = vllm_server_command(
+            model_args.model_name_or_path, "0.0.0.0", port, model_args.dtype, self.slurm["vllm_tensor_parallel_size"],
+            training_args.vllm_max_model_length, training_args.generation_batch_size,
+        )  # fmt: skip
+        return command, env, f"http://{node}:{port}", training_args.vllm_server_timeout
 
     def evaluation_command(self) -> list[str]:
         config = self.evaluation
@@ -339,10 +351,16 @@ class Runner:
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
         commands = self.training_commands()
         server = None
-        if len(commands) > 1:
-            print("[sweep] " + shlex.join(commands[0]), flush=True)
-            server = subprocess.Popen(commands[0], start_new_session=True)
         try:
+            if len(commands) > 1:  # trainers start once the server answers (it may download the model first)
+                print("[sweep] " + shlex.join(commands[0]), flush=True)
+                server = subprocess.Popen(commands[0], start_new_session=True)
+                _, _, url, timeout = self.vllm_server(_job_nodes()[-1])
+                try:
+                    wait_for_vllm_server(url, timeout, server)
+                except SystemExit as error:
+                    print(error, file=sys.stderr, flush=True)
+                    return 1
             return self._run(commands[-1], "train")
         finally:
             if server is not None and server.poll() is None:
@@ -549,7 +567,6 @@ def main(argv: list[str] | None = None) -> int:
                 **SLURM_DEFAULTS,
                 "accelerate": os.environ.get("GRPO_LAMBDA_ACCELERATE", "auto"),
                 "vllm_tensor_parallel_size": int(os.environ.get("GRPO_LAMBDA_VLLM_TP", "1")),
-                "vllm_data_parallel_size": int(os.environ.get("GRPO_LAMBDA_VLLM_DP", "1")),
             }
             runner = Runner(SweepRun(0, Path(args.run_dir).name, recipe, overrides), Path(args.run_dir).resolve(),
                             evaluation, slurm)  # fmt: skip
