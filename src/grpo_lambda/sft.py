@@ -19,6 +19,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from grpo_lambda.callbacks import JsonlMetricsCallback
 from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
+from grpo_lambda.cpu_test_bench import support_cpu_test_bench
 from grpo_lambda.data import solution_dataset
 from grpo_lambda.launch import SFT_RECORD
 from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
@@ -31,6 +32,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
+    support_cpu_test_bench(training_args)  # several CPU processes: resumable checkpoints; nothing on GPUs
 
     base_model = model_args.model_name_or_path
     model, tokenizer = load_model_and_tokenizer(model_args)
