@@ -1,9 +1,9 @@
 """`make demo`: the whole pipeline, small, on a CPU with no download.
 
 1. Format SFT of the embedded SmolLM2-135M-Instruct on worked arithmetic solutions (qwen_math template).
-2. GRPO and GRPO-λ (ε-trace, λ 0.99, `both`) from the SFT checkpoint on the built-in arithmetic task.
-3. Evaluation of the SFT, GRPO and GRPO-λ models on the held-out arithmetic split (and on a slice of the paper's
-   benchmark suite when one is available), with vLLM where it runs.
+2. GRPO and GRPO-λ (ε-trace, `both`, λ 0.99) from the SFT checkpoint on the built-in arithmetic task.
+3. Evaluation of the SFT, GRPO and GRPO-λ models on the held-out arithmetic split (and on the first problems of
+   each benchmark of an evaluation suite given with --suite), with vLLM where it runs.
 4. A results table (Markdown) and the training curves (PNG).
 
 Every stage is the same command a user runs (`make sft`, `make train`, `make evaluate`), launched here with the
@@ -21,13 +21,18 @@ import sys
 from pathlib import Path
 
 from grpo_lambda.evaluate import BENCHMARKS, EvalConfig, evaluate
+from grpo_lambda.methods import Method
 from grpo_lambda.plots import plot_training
 
+METHODS = (Method("grpo"), Method("eps_trace", "both", 0.99))
 SIZES = {
-    # SFT steps, RL steps, completions per prompt, arithmetic problems evaluated, suite problems each, new tokens
-    "default": dict(sft_steps=60, rl_steps=12, generations=4, eval_problems=100, suite_problems=5, new_tokens=128),
-    "small": dict(sft_steps=2, rl_steps=1, generations=2, eval_problems=4, suite_problems=1, new_tokens=16),
-}
+    # SFT steps, RL steps, prompts per step, completions per prompt, RL learning rate, arithmetic problems evaluated,
+    # suite problems each, new tokens at evaluation
+    "default": dict(sft_steps=60, rl_steps=12, prompts=2, generations=4, learning_rate=1e-6, eval_problems=100,
+                    suite_problems=5, new_tokens=128),
+    "small": dict(sft_steps=2, rl_steps=1, prompts=2, generations=2, learning_rate=1e-6, eval_problems=4,
+                  suite_problems=1, new_tokens=16),
+}  # fmt: skip
 
 
 def run_stage(name: str, argv: list[str], done: Path) -> None:
@@ -37,6 +42,11 @@ def run_stage(name: str, argv: list[str], done: Path) -> None:
     command = [sys.executable, "-m", "grpo_lambda.launch", *argv]
     print(f"[demo] {name}: {shlex.join(command[1:])}", flush=True)
     subprocess.run(command, check=True)
+
+
+def method_flags(method: Method) -> str:
+    """The method as trainer flags (its config values) over the default GRPO recipe; unset values keep the recipe's."""
+    return " ".join(f"--{key} {value}" for key, value in method.config().items() if value is not None)
 
 
 def results_table(rows: dict[str, dict]) -> str:
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default="data/demo")
     parser.add_argument("--size", default="default", choices=SIZES)
     parser.add_argument(
-        "--suite", default=str(Path(__file__).resolve().parents[3] / "shared" / "data" / "evaluation_suite")
+        "--suite", default=None, help="an evaluation suite (folder or Hub id) to evaluate on too; default: none"
     )
     parser.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"))
     args = parser.parse_args(argv)
@@ -67,52 +77,40 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     sft = out / "sft"
-    run_stage(
-        "1/4 format SFT",
-        [
-            "--stage",
-            "sft",
-            "--args",
-            f"--max_steps {size['sft_steps']} --save_steps {size['sft_steps']} --output_dir {sft}",
-        ],
-        sft / "grpo_lambda_sft.json",
-    )
+    sft_flags = f"--max_steps {size['sft_steps']} --save_steps {size['sft_steps']} --output_dir {sft}"
+    run_stage("1/4 format SFT", ["--stage", "sft", "--args", sft_flags], sft / "grpo_lambda_sft.json")
     runs = {}
-    for method in ("grpo", "grpo-lambda"):
-        runs[method] = out / method
+    for method in METHODS:
+        runs[method.tag] = out / method.tag
         flags = (
             f"--prompt_template qwen_math --max_steps {size['rl_steps']} --save_steps {size['rl_steps']} "
-            f"--num_generations {size['generations']} --per_device_train_batch_size {2 * size['generations']} "
-            f"--output_dir {runs[method]}"
+            f"--num_generations {size['generations']} "
+            f"--per_device_train_batch_size {size['prompts'] * size['generations']} "
+            f"--learning_rate {size['learning_rate']} --output_dir {runs[method.tag]} {method_flags(method)}"
         )
-        trace = ["--lambda", "0.99", "--style", "both", "--update", "trace"] if method == "grpo-lambda" else []
         run_stage(
-            f"2/4 {method}",
-            ["--model", str(sft), "--dataset", "arithmetic", "--method", method, *trace, "--args", flags],
-            runs[method] / "model.safetensors",
+            f"2/4 {method.tag}",
+            ["--model", str(sft), "--dataset", "arithmetic", "--method", "grpo", "--args", flags],
+            runs[method.tag] / "model.safetensors",
         )
 
     print("[demo] 3/4 evaluation", flush=True)
-    suite = args.suite if Path(args.suite).is_dir() else None
     table_rows = {}
-    for name, model in (("sft", sft), ("grpo", runs["grpo"]), ("grpo-lambda", runs["grpo-lambda"])):
+    for name, model in (("sft", sft), *runs.items()):
         common = dict(
-            template="qwen_math",
-            backend=args.backend,
-            max_new_tokens=size["new_tokens"],
-            max_model_len=1024,
+            template="qwen_math", backend=args.backend, max_new_tokens=size["new_tokens"], max_model_len=1024,
             dtype="float32",
-        )
+        )  # fmt: skip
         results = evaluate(
             EvalConfig(
                 model=str(model), output_dir=str(out / "eval" / name / "arithmetic"), suite=None,
                 benchmarks=["arithmetic"], limit=size["eval_problems"], **common,
             )
         )  # fmt: skip
-        if suite:
+        if args.suite:
             suite_results = evaluate(
                 EvalConfig(
-                    model=str(model), output_dir=str(out / "eval" / name / "suite"), suite=suite,
+                    model=str(model), output_dir=str(out / "eval" / name / "suite"), suite=args.suite,
                     benchmarks=list(BENCHMARKS), limit=size["suite_problems"], **common,
                 )
             )  # fmt: skip
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     note = (
         f"SmolLM2-135M-Instruct (embedded), SFT {size['sft_steps']} steps, then {size['rl_steps']} RL steps each; "
         f"arithmetic: {size['eval_problems']} held-out problems"
-        + (f"; each benchmark: its first {size['suite_problems']} problems" if suite else "")
+        + (f"; each benchmark: its first {size['suite_problems']} problems" if args.suite else "")
         + ". Accuracy under greedy decoding.\n"
     )
     (out / "results.md").write_text(note + "\n" + table + "\n")
