@@ -183,7 +183,7 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
         output_dir=str(run_dir), max_steps=steps, logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=True, bf16=False, seed=seed, disable_tqdm=True, **config,
     )  # fmt: skip
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     trainer = GRPOLambdaTrainer(
         model=AutoModelForCausalLM.from_pretrained(sft_dir),
         reward_funcs=get_reward_funcs(["exact"]),
@@ -194,7 +194,8 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
     )
     trainer.remove_callback(PrinterCallback)  # the parent's progress bar reports; metrics.jsonl keeps every record
     trainer.train()
-    summary = {"seconds": time.time() - started, "steps": steps, "seed": seed, "config": config}
+    summary = {"seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started, "steps": steps,
+               "seed": seed, "threads": threads, "config": config}  # fmt: skip
     (run_dir / "done.json").write_text(json.dumps(summary) + "\n")
     return summary
 
@@ -434,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--learning_rate", type=float, default=LEARNING_RATE, help="for every method")
     factorial = parser.add_argument_group("factorial study")
     factorial.add_argument("--pilot_seeds", type=int, default=None, help="pilot seeds per learning rate (default 2)")
+    factorial.add_argument(
+        "--pilot_steps", type=int, default=None, help="steps per pilot run (default: the quick study's, 200)"
+    )
     factorial.add_argument("--lr_grid", default=None, help="comma-separated learning rates (default 1e-4,3e-4,1e-3)")
     args = parser.parse_args(argv)
     if args.scale is None:

@@ -285,7 +285,8 @@ def factorial_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dic
 
     grid = sorted(float(r) for r in args.lr_grid.split(",")) if args.lr_grid else list(LR_GRID)
     pilot_seeds = list(range(args.pilot_seeds if args.pilot_seeds is not None else PILOT_SEEDS))
-    pilot_steps, pilot_last = size["rl_steps"], size["last_steps"]
+    pilot_steps = args.pilot_steps or size["rl_steps"]
+    pilot_last = max(1, round(size["last_steps"] * pilot_steps / size["rl_steps"]))
     seeds = [MAIN_SEED_BASE + i for i in range(args.seeds if args.seeds is not None else MAIN_SEEDS)]
     steps = max(1, round(size["rl_steps"] * args.scale))
     last_steps = max(1, round(size["last_steps"] * args.scale))
