@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -179,7 +180,7 @@ def test_factorial_report_from_hand_made_logs(tmp_path):
     }
     pilot = {m: {1e-4: [0.2], 3e-4: [0.3]} for m in ARMS}
     design = dict(sft={"sft_steps": 200, "test_accuracy_t1": 0.3}, pilot_seeds=[0], pilot_steps=4, pilot_last_steps=2,
-                  grid=[1e-4, 3e-4], seeds=[100, 101], steps=4, last_steps=2, started=0.0)  # fmt: skip
+                  grid=[1e-4, 3e-4], seeds=[100, 101], steps=4, last_steps=2, started=time.time())  # fmt: skip
     assert report(tmp_path, pilot, rates, logs, design) == 0
 
     text = (tmp_path / "results.md").read_text()
@@ -195,8 +196,10 @@ def test_factorial_report_from_hand_made_logs(tmp_path):
     # ε-trace traces with the clamp: (0.4 − 0.2, 0.6 − 0.6) = (0.2, 0.0); resample means 0.2, 0.1, 0.1, 0.0
     traces = by_name["ε-trace `both` λ 0.99 traces with the clamp"]["reward_area"]
     assert (traces["estimate"], traces["low"], traces["high"]) == pytest.approx((0.1, 0.0, 0.2))
-    assert "The clamp without traces (grpo+adv_clamp_min=-0.1 − grpo): final reward +0.100 [+0.100, +0.100], " \
+    assert "- The clamp without traces (grpo+adv_clamp_min=-0.1 − grpo): final reward +0.100 [+0.100, +0.100], " \
            "established, higher" in text  # fmt: skip
+    # ε-weight's interaction: (0.3 − 0.2 − 0.2 + 0.1, 0.5 − 0.6 − 0.2 + 0.5) = (0, 0.2): an interval that touches 0
+    assert "- ε-weight `both` λ 0.99 traces without the clamp" in text and "[+0.000, +0.200], not established" in text
     assert "| eps_trace-both-0.99 | ε-trace | -0.1 | 0.0003 | 0.500 ± 0.141 [0.400, 0.600] | 0.500 ± 0.141 | " \
            "0.0100 | 2.000 | 100% |" in text  # fmt: skip
     for figure in ("reward_vs_step.png", "interaction.png"):

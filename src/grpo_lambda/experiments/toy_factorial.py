@@ -108,11 +108,12 @@ def paired_contrast(per_seed: dict[Method, dict[int, float]], terms: list[tuple[
 
 
 def verdict(result: dict) -> str:
-    if result["low"] > 0:
+    """Established when the interval excludes 0 (beyond float rounding of the per-seed sums)."""
+    if result["low"] > 1e-9:
         return "established, higher"
-    if result["high"] < 0:
+    if result["high"] < -1e-9:
         return "established, lower"
-    return "not established (the interval contains 0)"
+    return "not established"
 
 
 def pick_learning_rates(pilot: dict[Method, dict[float, float]]) -> dict[Method, float]:
@@ -134,7 +135,10 @@ def run_metrics(records: list[dict], last_steps: int, max_grad_norm: float) -> d
 
 
 def _interval(result: dict) -> str:
-    return f"{result['estimate']:+.3f} [{result['low']:+.3f}, {result['high']:+.3f}]"
+    def signed(value: float) -> str:
+        return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
+
+    return f"{signed(result['estimate'])} [{signed(result['low'])}, {signed(result['high'])}]"
 
 
 def _expression(terms: list[tuple[Method, int]]) -> str:
@@ -165,14 +169,15 @@ def analyse(metrics: dict[Method, dict[int, dict]]) -> dict:
     return {"arms": arms, "contrasts": rows}
 
 
-def sentences(analysis: dict, seeds: int) -> list[str]:
+def sentences(analysis: dict) -> list[str]:
+    """One sentence per contrast: its estimate, interval and verdict for final reward and for area."""
     lines = []
     for row in analysis["contrasts"]:
         final, area = row["final_reward"], row["reward_area"]
+        name = row["name"].replace("the ", "The ", 1) if row["name"].startswith("the ") else row["name"]
         lines.append(
-            f"{row['name'][0].upper() + row['name'][1:]} ({row['expression']}): final reward {_interval(final)}, "
-            f"{verdict(final)}; area under the reward curve {_interval(area)}, {verdict(area)} "
-            f"({seeds} paired seeds, 95 % bootstrap interval)."
+            f"{name} ({row['expression']}): final reward {_interval(final)}, {verdict(final)}; area under the "
+            f"reward curve {_interval(area)}, {verdict(area)}."
         )
     return lines
 
@@ -200,14 +205,14 @@ def arms_table(analysis: dict, rates: dict[Method, float], last_steps: int, step
 
 def contrasts_table(analysis: dict) -> str:
     lines = [
-        "| contrast | arms (paired by seed) | Δ final reward [95 % CI] | | Δ area per step [95 % CI] | |",
+        "| contrast | arms (paired by seed) | Δ final reward [95 % CI] | verdict | Δ area per step [95 % CI] | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for row in analysis["contrasts"]:
         final, area = row["final_reward"], row["reward_area"]
         lines.append(
-            f"| {row['name']} | {row['expression']} | {_interval(final)} | {verdict(final).split(' (')[0]} | "
-            f"{_interval(area)} | {verdict(area).split(' (')[0]} |"
+            f"| {row['name']} | {row['expression']} | {_interval(final)} | {verdict(final)} | {_interval(area)} | "
+            f"{verdict(area)} |"
         )
     return "\n".join(lines)
 
@@ -371,7 +376,10 @@ def report(study_dir: Path, pilot: dict, rates: dict[str, dict[Method, float]], 
             "",
             contrasts_table(analysis),
             "",
-            *(f"- {sentence}" for sentence in sentences(analysis, len(seeds))),
+            f"Each contrast's mean over {len(seeds)} seeds (arms paired by seed) and its 95 % paired bootstrap "
+            "interval; established = the interval excludes 0.",
+            "",
+            *(f"- {sentence}" for sentence in sentences(analysis)),
         ]
     if "own" not in rates:
         lines += ["", "Every arm picked the shared learning rate: its own-rate results are the shared-rate ones."]
