@@ -45,8 +45,8 @@ def run_stage(name: str, argv: list[str], done: Path) -> None:
 
 
 def method_flags(method: Method) -> str:
-    """The method as trainer flags (its config values) over the default GRPO recipe; unset values keep the recipe's."""
-    return " ".join(f"--{key} {value}" for key, value in method.config().items() if value is not None)
+    """The method as trainer flags: its config values, over whichever default recipe the launcher picks."""
+    return " ".join(f"--{key} {'null' if value is None else value}" for key, value in method.config().items())
 
 
 def results_table(rows: dict[str, dict]) -> str:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         run_stage(
             f"2/4 {method.tag}",
-            ["--model", str(sft), "--dataset", "arithmetic", "--method", "grpo", "--args", flags],
+            ["--model", str(sft), "--dataset", "arithmetic", "--args", flags],
             runs[method.tag] / "model.safetensors",
         )
 

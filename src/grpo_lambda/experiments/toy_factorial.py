@@ -240,9 +240,7 @@ def plot_reward_curves(logs: dict[str, dict[Method, list[list[dict]]]], rates, p
         for column, clamp in enumerate((False, True)):
             axis = axes[row][column]
             panel = {
-                f"{m.tag} (lr {rates[setting][m]:g})": by_arm[m]
-                for m in ARMS
-                if (m.adv_clamp_min is not None) == clamp
+                f"{m.tag}, lr {rates[setting][m]:g}": by_arm[m] for m in ARMS if (m.adv_clamp_min is not None) == clamp
             }
             plot_curves(axis, panel, window)
             axis.set_title(f"{'clamp max(A, −0.1)' if clamp else 'no clamp'}, {setting} learning rate", fontsize=10)
