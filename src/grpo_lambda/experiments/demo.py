@@ -1,7 +1,10 @@
 """`make demo`: the whole pipeline, small, on a CPU with no download.
 
 1. Format SFT of the embedded SmolLM2-135M-Instruct on worked arithmetic solutions (qwen_math template).
-2. GRPO and GRPO-λ (ε-trace, `both`, λ 0.99) from the SFT checkpoint on the built-in arithmetic task.
+2. GRPO and GRPO-λ (ε-trace, `both`, λ 0.99) from the SFT checkpoint: a few passes over a small fixed set of the
+   built-in arithmetic task's training problems, in the same order for both methods. The mean reward of a pass is
+   then the reward on the same problems each time, so the curves (a trailing mean over one pass) show learning
+   rather than which problems a step happened to draw.
 3. Evaluation of the SFT, GRPO and GRPO-λ models on the held-out arithmetic split (and on the first problems of
    each benchmark of an evaluation suite given with --suite), with vLLM where it runs.
 4. A results table (Markdown) and the training curves (PNG).
@@ -26,12 +29,12 @@ from grpo_lambda.plots import plot_training
 
 METHODS = (Method("grpo"), Method("eps_trace", "both", 0.99))
 SIZES = {
-    # SFT steps, RL steps, prompts per step, completions per prompt, RL learning rate, arithmetic problems evaluated,
-    # suite problems each, new tokens at evaluation
-    "default": dict(sft_steps=60, rl_steps=12, prompts=2, generations=4, learning_rate=1e-6, eval_problems=100,
-                    suite_problems=5, new_tokens=128),
-    "small": dict(sft_steps=2, rl_steps=1, prompts=2, generations=2, learning_rate=1e-6, eval_problems=4,
-                  suite_problems=1, new_tokens=16),
+    # SFT steps; RL: training problems, steps, prompts per step, completions per prompt, learning rate; evaluation:
+    # arithmetic problems, suite problems each, new tokens
+    "default": dict(sft_steps=20, train_problems=8, rl_steps=16, prompts=2, generations=8, learning_rate=1e-5,
+                    eval_problems=100, suite_problems=5, new_tokens=128),
+    "small": dict(sft_steps=2, train_problems=2, rl_steps=1, prompts=2, generations=2, learning_rate=1e-5,
+                  eval_problems=4, suite_problems=1, new_tokens=16),
 }  # fmt: skip
 
 
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--prompt_template qwen_math --max_steps {size['rl_steps']} --save_steps {size['rl_steps']} "
             f"--num_generations {size['generations']} "
             f"--per_device_train_batch_size {size['prompts'] * size['generations']} "
-            f"--learning_rate {size['learning_rate']} --output_dir {runs[method.tag]} {method_flags(method)}"
+            f"--learning_rate {size['learning_rate']} --max_train_samples {size['train_problems']} "
+            f"--output_dir {runs[method.tag]} {method_flags(method)}"
         )
         run_stage(
             f"2/4 {method.tag}",
@@ -122,14 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     print("[demo] 4/4 table and plots", flush=True)
     table = results_table(table_rows)
     note = (
-        f"SmolLM2-135M-Instruct (embedded), SFT {size['sft_steps']} steps, then {size['rl_steps']} RL steps each; "
+        f"SmolLM2-135M-Instruct (embedded), SFT {size['sft_steps']} steps, then {size['rl_steps']} RL steps each "
+        f"({size['prompts']} of {size['train_problems']} training problems × {size['generations']} completions per "
+        f"step, learning rate {size['learning_rate']:g}); "
         f"arithmetic: {size['eval_problems']} held-out problems"
         + (f"; each benchmark: its first {size['suite_problems']} problems" if args.suite else "")
         + ". Accuracy under greedy decoding.\n"
     )
     (out / "results.md").write_text(note + "\n" + table + "\n")
     (out / "results.json").write_text(json.dumps(table_rows, indent=2) + "\n")
-    plots = plot_training(list(runs.values()), out / "plots", window=3)
+    one_pass = max(1, size["train_problems"] // size["prompts"])  # steps per pass over the training problems
+    plots = plot_training(list(runs.values()), out / "plots", window=one_pass)
     print("\n" + table)
     print(f"\ntable: {out / 'results.md'}")
     for path in plots:
