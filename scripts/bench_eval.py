@@ -3,21 +3,18 @@ side by side in one run, and grading throughput (completions/s).
 
     python scripts/bench_eval.py [--model embedded:SmolLM2-135M-Instruct] [--problems 32] [--max_new_tokens 128]
 
-Both backends decode greedily in float32 (where their tokens agree) from the MATH500 problems of the suite, or from
-the built-in arithmetic split when the suite is absent.
+Both backends decode greedily in float32 (where their tokens agree) from the MATH500 problems of the suite (the
+shipped one unless --suite names another). vLLM gets every prompt at once; the grading rate is for both grades (paper
+and corrected, each in the grading worker) of each completion with its gold answer boxed at the end.
 """
 
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 from grpo_lambda.evaluate import EvalConfig, TransformersBackend, VLLMBackend, load_suite, prompt_text
-from grpo_lambda.grading import Grader
+from grpo_lambda.grading import Grader, grade_sample
 from grpo_lambda.models import resolve_model
-from grpo_lambda.templates import extract_answer
-
-SUITE = Path(__file__).resolve().parents[2] / "shared" / "data" / "evaluation_suite"
 
 
 def main() -> None:
@@ -25,14 +22,14 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--suite", default=str(SUITE))
+    parser.add_argument("--suite", default=None, help="Default: the shipped suite.")
     args = parser.parse_args()
 
-    benchmark = "math" if Path(args.suite).is_dir() else "arithmetic"
-    items = load_suite(args.suite if benchmark == "math" else None, [benchmark], args.problems)
+    benchmark = "math"
+    items = load_suite(args.suite, [benchmark], args.problems)
     config = EvalConfig(
-        model=args.model, output_dir=tempfile.mkdtemp(), suite=None, benchmarks=[benchmark],
-        max_new_tokens=args.max_new_tokens, dtype="float32",
+        model=args.model, output_dir=tempfile.mkdtemp(), suite=args.suite, benchmarks=[benchmark],
+        template="qwen_math", max_new_tokens=args.max_new_tokens, dtype="float32",
     )  # fmt: skip
     model_path = resolve_model(args.model)
     rows = []
@@ -43,19 +40,28 @@ def main() -> None:
         load_s = time.perf_counter() - start
         prompts = [prompt_text(backend.tokenizer, item["problem"], "qwen_math") for item in items]
         start = time.perf_counter()
-        completions = backend.generate(prompts, [])
+        completions = [None] * len(prompts)
+        for position, text, count in backend.generate(prompts, [], args.max_new_tokens):
+            completions[position] = (text, count)
         seconds = time.perf_counter() - start
         tokens = sum(n for _, n in completions)
         outputs[backend.name] = completions
         rows.append((backend.name, load_s, seconds, tokens, tokens / seconds))
         del backend
 
+    # Grading: each completion with its problem's gold answer boxed at the end, so that both grades have an answer
+    graded = [
+        (f"{text}\nThe answer is \\boxed{{{item['golds'][0]}}}.", item)
+        for (text, _), item in zip(outputs["vllm"], items)
+    ]
     grader = Grader()
-    graded = [(extract_answer(text, "no") or "", item["golds"]) for (text, _), item in zip(outputs["vllm"], items)]
-    grader(graded[:1])  # start the worker outside the timing
+    grade = lambda text, item: grade_sample(grader, text, "qwen_math", item["golds"], item["paper_golds"])  # noqa: E731
+    grade(*graded[0])  # start the worker outside the timing
     start = time.perf_counter()
-    grader(graded * 4)
-    grading_rate = 4 * len(graded) / (time.perf_counter() - start)
+    for _ in range(4):
+        for text, item in graded:
+            grade(text, item)
+    grading_rate = 4 * len(items) / (time.perf_counter() - start)
     grader.close()
 
     same = sum(a == b for (a, _), (b, _) in zip(outputs["vllm"], outputs["transformers"]))
@@ -67,7 +73,9 @@ def main() -> None:
     print(
         f"\nvLLM / transformers tokens/s: {rows[0][4] / rows[1][4]:.1f}×; identical completions: {same}/{len(items)}"
     )
-    print(f"grading: {grading_rate:.0f} completions/s (math-verify in a worker process, per-item time bound)")
+    print(
+        f"grading: {grading_rate:.0f} completions/s (paper and corrected grades in a worker process, per-item bound)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,22 +8,18 @@ batch mean); backward is to the log-probabilities. Rows:
 - dense: the paper's form, exp((Δ·mask) @ Wᵀ) with W = trace_matrix(T) (float64, built per call, Eq. 17–18).
 - on-policy: ε-trace with πold = πθ (num_iterations = 1): `on_policy_traced_log_probs` with `credit_weights`.
 - off-policy: ε-trace with a stale πold: `eligibility_traced_log_probs` (the scan, adjoint backward).
-- off-policy (torch): the same formulas as torch ops (`kernel=False`: what GPUs run; on CPU the fused kernel is
-  the default).
 - eps-weight: ε-weight (Alg. 2): `eps_weight_trace_weights` of πold times the advantages, GRPO's surrogate.
 
 Time: median over `--repeats` rounds × `--block` calls (CPU: one thread by default, `--threads`). Each round runs
 every op as a block of calls, in a rotated order so that load from other processes falls on all of them alike; the
-first call of a block is not timed. Timed one call at a time between unrelated ops, a small op's time depended on
-which ops ran beside it (at T = 256, on-policy read 1.31× GRPO beside GRPO alone and 1.75× with the dense form and
-the torch ops in the rotation: their buffers and code evict the small op's); in blocks it reads the same either way.
-On CPU the script first allocates and frees a 30 MiB tensor, as every training process has done long before its loss
-(weights, logits): glibc then raises its mmap threshold and serves [B, T] tensors from its heap, as in training,
-instead of mapping fresh pages for each (page faults that otherwise take 10–20 % of GRPO's time at T = 8192 and more
-of ops with more temporaries; `--no-prime` measures that state). Memory: on CUDA, torch.cuda.max_memory_allocated
-during one call, minus what was allocated before it; on CPU, torch's MemTracker (a dispatch mode that adds up the
-storage of every tensor the op creates and subtracts it when the storage is freed), i.e. the peak of live tensor
-bytes the op allocated, inputs excluded. The allocator's caching and fragmentation are not counted on either device.
+first call of a block is not timed (timed one call at a time between unrelated ops, a small op's time depends on
+which ops ran beside it, whose buffers and code evict its own). On CPU the script first allocates and frees a
+30 MiB tensor, as every training process has done long before its loss (weights, logits): glibc then serves [B, T]
+tensors from its heap, as in training, instead of mapping fresh, page-faulting memory for each (`--no-prime`
+measures that state). Memory: on CUDA, torch.cuda.max_memory_allocated during one call, minus what was allocated
+before it; on CPU, torch's MemTracker (a dispatch mode that adds up the storage of every tensor the op creates and
+subtracts it when the storage is freed), i.e. the peak of live tensor bytes the op allocated, inputs excluded. The
+allocator's caching and fragmentation are not counted on either device.
 
     python scripts/bench_traces.py                                    # T = 256 … 8192 on CPU (32768 on CUDA)
     python scripts/bench_traces.py --lengths 64 --repeats 1            # smoke test
@@ -40,7 +36,7 @@ from collections.abc import Callable
 import torch
 
 from grpo_lambda.loss import eligibility_traced_log_probs, eps_weight_trace_weights, on_policy_traced_log_probs
-from grpo_lambda.traces import trace_matrix
+from grpo_lambda.traces import TRACE_STYLES, TraceSpec, trace_matrix
 
 EPSILON = 0.2
 
@@ -53,44 +49,34 @@ def grpo_loss(logps: torch.Tensor, old: torch.Tensor, mask: torch.Tensor, advant
 
 
 def make_ops(lam: float, style: str, floor: float) -> dict[str, Callable]:
-    trace = dict(gamma=1.0, lam=lam, style=style, floor=floor)
+    trace = TraceSpec(1.0, lam, style, floor)
 
     def grpo(logps, old, mask, advantages):
         return grpo_loss(logps, old, mask, advantages[:, None])
 
     def dense(logps, old, mask, advantages):
-        matrix = trace_matrix(logps.shape[-1], **trace)
+        matrix = trace_matrix(logps.shape[-1], trace)
         traced = ((logps - old).double() * mask) @ matrix.T
         return grpo_loss(old + traced.to(logps.dtype), old, mask, advantages[:, None])
 
     def on_policy(logps, old, mask, advantages):
-        traced = on_policy_traced_log_probs(logps, mask, **trace)
+        traced = on_policy_traced_log_probs(logps, mask, trace)
         return grpo_loss(traced, logps.detach(), mask, advantages[:, None])
 
     def off_policy(logps, old, mask, advantages):
-        traced = eligibility_traced_log_probs(logps, old, mask, **trace)
-        return grpo_loss(traced, old, mask, advantages[:, None])
-
-    def off_policy_torch(logps, old, mask, advantages):
-        traced = eligibility_traced_log_probs(logps, old, mask, **trace, kernel=False)
+        traced = eligibility_traced_log_probs(logps, old, mask, trace)
         return grpo_loss(traced, old, mask, advantages[:, None])
 
     def eps_weight(logps, old, mask, advantages):
-        weights = eps_weight_trace_weights(old, mask, **trace)
+        weights = eps_weight_trace_weights(old, mask, trace)
         return grpo_loss(logps, old, mask, weights.mul_(advantages[:, None]))  # in place, as the trainer does
-
-    def eps_weight_torch(logps, old, mask, advantages):
-        weights = eps_weight_trace_weights(old, mask, **trace, kernel=False)
-        return grpo_loss(logps, old, mask, weights.mul_(advantages[:, None]))
 
     return {
         "grpo": grpo,
         "dense": dense,
         "on-policy": on_policy,
         "off-policy": off_policy,
-        "off-policy (torch)": off_policy_torch,
         "eps-weight": eps_weight,
-        "eps-weight (torch)": eps_weight_torch,
     }
 
 
@@ -234,7 +220,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--trace-lambda", type=float, default=0.99)
-    parser.add_argument("--trace-style", choices=["recent", "both"], default="both")
+    parser.add_argument("--trace-style", choices=TRACE_STYLES, default="both")
     parser.add_argument("--trace-floor", type=float, default=0.0)
     parser.add_argument("--no-prime", dest="prime", action="store_false", help="skip the allocator warm-up (CPU)")
     args = parser.parse_args()

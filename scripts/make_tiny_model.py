@@ -1,7 +1,7 @@
 """Write a tiny random Qwen2 model (with a tokenizer trained offline) to a folder, for smoke runs and tests.
 
 python scripts/make_tiny_model.py data/tiny-qwen2
-make train MODEL=data/tiny-qwen2 DATASET=arithmetic METHOD=grpo-lambda ARGS="--max_steps 2"
+make train MODEL=data/tiny-qwen2 DATASET=arithmetic LOSS_VARIANT=eps_trace ARGS="--max_steps 2"
 """
 
 import argparse

@@ -11,12 +11,25 @@ from trl import SFTConfig
 from conftest import REPO_ROOT
 from grpo_lambda.configs import CONFIG_ERROR, GRPOLambdaConfig, parse_grpo_args, parse_sft_args
 
-TRAINING_RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("config_*.yaml"))
+RECIPE_YAMLS = sorted((REPO_ROOT / "recipes").rglob("*.yaml"))
+TRAINING_RECIPES = [p for p in RECIPE_YAMLS if p.parent.name in ("grpo", "sft")]
+ACCELERATE_CONFIGS = REPO_ROOT / "recipes" / "accelerate_configs"
 
 
-def test_recipes_are_found_recursively():
-    assert len(TRAINING_RECIPES) >= 2
-    assert all("accelerate_configs" not in p.parts for p in TRAINING_RECIPES)
+def test_every_recipe_file_is_found_and_checked():
+    """The recursive listing finds every generated recipe and the defaults, and nothing under recipes/ escapes
+    the tests: each YAML is a training recipe, an accelerate config, a sweep or the grid."""
+    from grpo_lambda.recipes import generate
+
+    others = [p.relative_to(REPO_ROOT).as_posix() for p in RECIPE_YAMLS if p not in TRAINING_RECIPES]
+    assert all(
+        p.startswith(("recipes/accelerate_configs/", "recipes/sweeps/"))
+        for p in others
+        if p != "recipes/paper_grid.yaml"
+    )
+    defaults = set((REPO_ROOT / "recipes" / "default").rglob("*.yaml"))
+    assert set(TRAINING_RECIPES) == {REPO_ROOT / p for p in generate(REPO_ROOT)} | defaults
+    assert len(defaults) == 3 and all(p.name.startswith("config_") for p in TRAINING_RECIPES)
 
 
 def parse_recipe(recipe: Path):
@@ -35,11 +48,24 @@ def test_every_recipe_parses(recipe):
 
 
 @pytest.mark.parametrize(
-    "accelerate_config", sorted((REPO_ROOT / "recipes" / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name
+    ("name", "distributed_type", "zero_stage"),
+    [("cpu", "NO", None), ("ddp", "MULTI_GPU", None), ("zero2", "DEEPSPEED", 2), ("zero3", "DEEPSPEED", 3)],
 )
-def test_accelerate_configs_are_yaml_mappings(accelerate_config):
-    config = yaml.safe_load(accelerate_config.read_text())
-    assert {"distributed_type", "num_processes"} <= config.keys()
+def test_accelerate_configs_load_with_accelerates_own_loader(name, distributed_type, zero_stage):
+    """accelerate's loader rejects unknown keys and bad enum values, as `accelerate launch` would."""
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+
+    config = load_config_from_file(str(ACCELERATE_CONFIGS / f"{name}.yaml"))
+    assert isinstance(config, ClusterConfig) and config.distributed_type.value == distributed_type
+    assert (config.deepspeed_config or {}).get("zero_stage") == zero_stage
+    if zero_stage == 3:  # the trainer's save gathers the shards into one file (LoRA adapters and full weights)
+        assert config.deepspeed_config["zero3_save_16bit_model"] is True
+
+
+def test_every_launcher_choice_has_an_accelerate_config():
+    from grpo_lambda.launch import ACCELERATE_CONFIGS as CHOICES
+
+    assert {p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")} == set(CHOICES) - {"auto"}
 
 
 BAD_SETTINGS = [
@@ -57,11 +83,18 @@ BAD_SETTINGS = [
     ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
     ({"use_bias_correction_kl": True}, "use_bias_correction_kl"),
     ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold"),
+    ({"advantage_bias_correction": "eos"}, "advantage_bias_correction"),
+    ({"loss_variant": "grpo", "advantage_bias_correction": "eos_bound", "use_liger_kernel": True}, "use_liger_kernel"),
+    ({"loss_variant": "grpo", "lemma1_diagnostics": True, "use_liger_kernel": True}, "lemma1_diagnostics=false"),
+    ({"loss_variant": "grpo", "adv_clamp_min": -0.1, "use_liger_kernel": True}, "adv_clamp_min=null"),
+    ({"max_prompt_length": 0}, "max_prompt_length"),
 ]
 
 
 def write_recipe(tmp_path: Path, **settings) -> Path:
-    recipe = yaml.safe_load((REPO_ROOT / "recipes/default/grpo/config_grpo-lambda.yaml").read_text())
+    recipe = yaml.safe_load(
+        (REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml").read_text()
+    )
     recipe.update(settings, output_dir=str(tmp_path / "out"))
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))

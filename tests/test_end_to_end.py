@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import REPO_ROOT
+from grpo_lambda.callbacks import JsonlMetricsCallback
 from grpo_lambda.configs import GRPOLambdaConfig
 from grpo_lambda.data import arithmetic_dataset, to_prompts
-from grpo_lambda.grpo import JsonlMetricsCallback
 from grpo_lambda.rewards import completion_text
 from grpo_lambda.trainer import GRPOLambdaTrainer
 
@@ -29,7 +29,7 @@ VARIANTS = [
     dict(loss_variant="grpo"),
     dict(loss_variant="eps_trace", trace_style="recent"),
     dict(loss_variant="eps_trace", trace_style="both", adv_clamp_min=-0.1),
-    dict(loss_variant="eps_weight", trace_style="both", adv_clamp_min=-0.1),
+    dict(loss_variant="eps_weight", trace_style="both", adv_clamp_min=-0.1, lemma1_diagnostics=True),
     dict(loss_variant="eps_trace", trace_style="both", num_iterations=2),
 ]
 
@@ -76,6 +76,7 @@ def test_training_moves_parameters_logs_metrics_and_saves(tiny_model_dir, tmp_pa
         assert math.isfinite(record["loss"]) and math.isfinite(record["kl"])
         if variant["loss_variant"] != "grpo":
             assert record["trace/credit_weight_mean"] > 1.0
+        assert ("lemma1/bound_mean" in record) == variant.get("lemma1_diagnostics", False)
     assert (output_dir / "checkpoint-3" / "model.safetensors").is_file()
 
 
@@ -93,11 +94,12 @@ def launch(*argv, env=None, timeout=900):
 def test_dry_run_resolves_the_default_recipe():
     result = launch("--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "recipe: recipes/default/grpo/config_grpo-lambda.yaml" in result.stdout
+    assert "recipe: recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml" in result.stdout
     assert "accelerate.commands.launch --config_file" in result.stdout and "-m grpo_lambda.grpo" in result.stdout
 
 
-@pytest.mark.parametrize("method", ["grpo", "grpo-lambda"])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["grpo", "eps_trace"])
 def test_make_train_with_local_model_and_dataset(tiny_model_dir, tmp_path, method):
     dataset_dir = tmp_path / "problems"
     arithmetic_dataset(32, 5).save_to_disk(str(dataset_dir))
@@ -106,13 +108,15 @@ def test_make_train_with_local_model_and_dataset(tiny_model_dir, tmp_path, metho
         f"--max_steps 2 --save_steps 2 --num_generations 2 --per_device_train_batch_size 4 "
         f"--max_completion_length 8 --output_dir {output_dir}"
     )
-    result = launch("--model", str(tiny_model_dir), "--dataset", str(dataset_dir), "--method", method, "--args", flags)
+    result = launch(
+        "--model", str(tiny_model_dir), "--dataset", str(dataset_dir), "--loss_variant", method, "--args", flags
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"config_{method}.yaml" in result.stdout
+    assert f"config_arithmetic_{method}" in result.stdout
     assert (output_dir / "checkpoint-2").is_dir() and (output_dir / "model.safetensors").is_file()
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("reward" in r for r in records)
-    assert any(k.startswith("trace/") for r in records for k in r) == (method == "grpo-lambda")
+    assert any(k.startswith("trace/") for r in records for k in r) == (method == "eps_trace")
     # grading ran in its worker without timing out (a worker that re-imported the training script once did)
     timeouts = [r["reward/grading_timeouts"] for r in records if "reward/grading_timeouts" in r]
     assert timeouts and not any(timeouts)
@@ -133,6 +137,7 @@ def test_make_train_default_on_embedded_smollm2(tmp_path):
     assert math.isfinite(record["loss"]) and "trace/credit_weight_mean" in record
 
 
+@pytest.mark.slow
 def test_sft_then_grpo_lambda_chain_with_zero2(tiny_model_dir, tmp_path):
     """`make sft` then `make train MODEL=<sft output>`, both under the ZeRO-2 accelerate config in one CPU process."""
     sft_dir = tmp_path / "sft"
@@ -141,14 +146,15 @@ def test_sft_then_grpo_lambda_chain_with_zero2(tiny_model_dir, tmp_path):
         "--args", f"--max_steps 3 --save_steps 3 --logging_steps 1 --max_length 128 --output_dir {sft_dir}",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "recipes/default/sft/config_sft.yaml" in result.stdout and "zero2.yaml" in result.stdout
+    assert "recipes/default/sft/config_arithmetic.yaml" in result.stdout and "zero2.yaml" in result.stdout
     assert json.loads((sft_dir / "grpo_lambda_sft.json").read_text())["base_model"] == str(tiny_model_dir)
     sft_records = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(math.isfinite(r.get("loss", math.nan)) for r in sft_records)
 
     rl_dir = tmp_path / "rl"
     result = launch(
-        "--model", str(sft_dir), "--dataset", "arithmetic", "--lambda", "0.99", "--style", "both", "--update", "trace",
+        "--model", str(sft_dir), "--dataset", "arithmetic", "--loss_variant", "eps_trace", "--trace_style", "both",
+        "--trace_lambda", "0.99",
         "--accelerate", "zero2",
         "--args", f"--max_steps 2 --save_steps 2 --num_generations 2 --per_device_train_batch_size 4 "
         f"--max_completion_length 8 --prompt_template qwen_math --output_dir {rl_dir}",
@@ -167,7 +173,7 @@ def test_lora_sft_saves_merged_weights(tiny_model_dir, tmp_path):
     output_dir = tmp_path / "sft-lora"
     argv = [
         "--config",
-        str(REPO_ROOT / "recipes/default/sft/config_sft.yaml"),
+        str(REPO_ROOT / "recipes/default/sft/config_arithmetic.yaml"),
         "--model_name_or_path",
         str(tiny_model_dir),
     ]

@@ -4,12 +4,13 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
+from trl import GRPOTrainer
 
 from grpo_lambda.configs import GRPOLambdaConfig
-from grpo_lambda.data import arithmetic_dataset, to_prompts
 from grpo_lambda.lemma1 import eos_bound_advantages, eos_log_probs, lemma1_bound
-from grpo_lambda.trainer import LEMMA1_POSITIONS, GRPOLambdaTrainer
+from grpo_lambda.trainer import LEMMA1_POSITIONS
+from helpers import configure, make_trainer, right_padded_mask
 
 
 def reference_bound(eos_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -26,10 +27,6 @@ def reference_bound(eos_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
                     survive *= 1.0 - float(eos_probs[b, k])
             out[b, t] = 1.0 - survive
     return out
-
-
-def right_padded_mask(lengths: list[int], length: int) -> torch.Tensor:
-    return (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -55,9 +52,10 @@ def test_hand_example():
 
 
 def test_padding_changes_nothing():
-    eos_probs = torch.rand(2, 6, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    eos_probs = torch.rand(2, 6, dtype=torch.float64, generator=generator)
     short = lemma1_bound(eos_probs.log(), right_padded_mask([4, 6], 6))
-    padded = lemma1_bound(torch.cat([eos_probs, torch.rand(2, 5, dtype=torch.float64)], 1).log(),
+    padded = lemma1_bound(torch.cat([eos_probs, torch.rand(2, 5, dtype=torch.float64, generator=generator)], 1).log(),
                           right_padded_mask([4, 6], 11))  # fmt: skip
     torch.testing.assert_close(padded[:, :6], short)
 
@@ -90,51 +88,85 @@ def test_eos_bound_adds_the_bound_per_token():
     torch.testing.assert_close(per_token, 1.0 + bound.float())
 
 
-@pytest.mark.parametrize("loss_variant", ["grpo", "eps_weight"])
-def test_trainer_bound_equals_full_logits_reference_and_eos_bound_adds_it(tiny_model_dir, tmp_path, loss_variant):
-    """The trainer's bound, from the policy forward of the loss (no extra forward), against full float64 logits."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():  # a random tiny model puts ~1/V on EOS; raise it so the bound is far from 0
-        model.get_output_embeddings().weight[tokenizer.eos_token_id] *= 4.0
-    reference_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
-    reference_model.load_state_dict(model.state_dict())
-    args = GRPOLambdaConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-        use_cpu=True, bf16=False, report_to="none", loss_variant=loss_variant, trace_lambda=0.0,
-        trace_style="recent", advantage_bias_correction="eos_bound",
-    )  # fmt: skip
-    trainer = GRPOLambdaTrainer(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-                                args=args, train_dataset=to_prompts(arithmetic_dataset(8, 0), "no"),
-                                processing_class=tokenizer)  # fmt: skip
+@pytest.fixture(scope="module")
+def eos_heavy_trainer(tiny_model_dir, tmp_path_factory):
+    """Our trainer on a float32 tiny model whose EOS logit is raised (a random tiny model puts ~1/V on EOS), so that
+    the bound is far from 0; and the same weights in float64 for the reference."""
+    trainer = make_trainer(tiny_model_dir, tmp_path_factory.mktemp("lemma1"), True, dtype=torch.float32)
+    eos = trainer.processing_class.eos_token_id
+    with torch.no_grad():
+        trainer.model.get_output_embeddings().weight[eos] *= 4.0
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    reference.load_state_dict(trainer.model.state_dict())
+    return trainer, reference
 
+
+LEMMA1_CASES = [  # loss_variant, advantage_bias_correction, lemma1_diagnostics
+    ("grpo", "eos_bound", False),
+    ("eps_weight", "eos_bound", False),
+    ("eps_trace", "none", True),
+    ("grpo", "none", False),
+]
+
+
+@pytest.mark.parametrize("loss_variant,correction,diagnostics", LEMMA1_CASES)
+def test_trainer_bound_equals_full_logits_reference(eos_heavy_trainer, monkeypatch, loss_variant, correction,
+                                                    diagnostics):  # fmt: skip
+    """The trainer's bound, from the policy forward of the loss (no extra forward), against full float64 logits:
+    added to the advantages TRL's loss reads under `eos_bound`, logged as lemma1/… with it or with
+    `lemma1_diagnostics`, and neither computed nor logged otherwise."""
+    trainer, reference_model = eos_heavy_trainer
+    configure(
+        trainer, loss_variant=loss_variant, trace_lambda=0.0, trace_style="recent", max_completion_length=9,
+        advantage_bias_correction=correction, lemma1_diagnostics=diagnostics,
+    )  # fmt: skip
+    trainer._metrics["train"].clear()
     generator = torch.Generator().manual_seed(0)
     prompt_length, length = 5, 9
-    input_ids = torch.randint(3, len(tokenizer), (3, prompt_length + length), generator=generator)
+    input_ids = torch.randint(3, reference_model.config.vocab_size, (3, prompt_length + length), generator=generator)
     mask = right_padded_mask([9, 4, 6], length)
-    attention_mask = torch.cat([torch.ones(3, prompt_length, dtype=torch.long), mask], dim=1)
     advantages = torch.tensor([0.5, -1.0, 0.0])
-    inputs = {"completion_mask": mask, "advantages": advantages}
-    trainer.model.train()  # metrics go to the "train" bucket, as during training
-    trainer._loss_inputs = inputs
-    trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, length)
+    batch = {
+        "prompt_ids": input_ids[:, :prompt_length],
+        "prompt_mask": torch.ones(3, prompt_length, dtype=torch.long),
+        "completion_ids": input_ids[:, prompt_length:],
+        "completion_mask": mask,
+        "advantages": advantages,
+        "num_items_in_batch": mask.sum().float(),
+    }
+    read_by_trl = {}  # the batch TRL's loss reads, after our policy forward wrote into it
 
+    def trl_compute_loss(self, model, inputs, original=GRPOTrainer._compute_loss):
+        read_by_trl.update(inputs=inputs)
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", trl_compute_loss)
+    trainer._compute_loss(trainer.model, batch)
+    inputs = read_by_trl["inputs"]
+
+    attention_mask = torch.cat([batch["prompt_mask"], mask], dim=1)
     with torch.no_grad():
         logits = reference_model(input_ids=input_ids, attention_mask=attention_mask).logits
     log_softmax = torch.log_softmax(logits[:, prompt_length - 1 : -1], dim=-1)
-    expected = reference_bound(log_softmax[..., tokenizer.eos_token_id].exp(), mask)
+    expected = reference_bound(log_softmax[..., trainer.processing_class.eos_token_id].exp(), mask)
     assert expected.max() > 1e-3
-    added = inputs["advantages"] - advantages[:, None]
+
+    read = inputs["advantages"] if inputs["advantages"].dim() == 2 else inputs["advantages"][:, None]
     if loss_variant == "eps_weight":  # λ = 0 `recent`: the weight is f(log π_t); undo it to read the bound
-        old_logps = inputs["old_per_token_logps"]
-        added = inputs["advantages"] / (1.0 + torch.sigmoid(old_logps - 1.0)) - advantages[:, None]
-    torch.testing.assert_close(added.double() * mask, expected, rtol=1e-4, atol=1e-5)
+        read = read / (1.0 + torch.sigmoid(inputs["old_per_token_logps"] - 1.0))
+    added = (read - advantages[:, None]).double() * mask
+    torch.testing.assert_close(added, expected if correction == "eos_bound" else torch.zeros_like(expected),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
 
     metrics = trainer._metrics["train"]
+    if correction == "none" and not diagnostics:
+        assert not any(name.startswith("lemma1/") for name in metrics)
+        return
     real = expected[mask.bool()]
     assert metrics["lemma1/bound_mean"][-1] == pytest.approx(real.mean().item(), rel=1e-4, abs=1e-6)
     assert metrics["lemma1/bound_final"][-1] == pytest.approx(expected[[0, 1, 2], [8, 3, 5]].mean().item(), rel=1e-4)
     assert metrics["lemma1/bound_at_1"][-1] == pytest.approx(expected[:, 1].mean().item(), rel=1e-4, abs=1e-6)
+    assert metrics["lemma1/bound_at_8"][-1] == pytest.approx(expected[0, 8].item(), rel=1e-4, abs=1e-6)
     assert f"lemma1/bound_at_{LEMMA1_POSITIONS[-1]}" not in metrics  # no completion is that long: not logged
     assert all(math.isfinite(v) for values in metrics.values() for v in values)
 
@@ -142,6 +174,7 @@ def test_trainer_bound_equals_full_logits_reference_and_eos_bound_adds_it(tiny_m
 def test_config_rejects_unknown_correction_and_liger(tmp_path):
     with pytest.raises(ValueError, match="advantage_bias_correction='eos'"):
         GRPOLambdaConfig(output_dir=str(tmp_path), advantage_bias_correction="eos")
-    with pytest.raises(ValueError, match="use_liger_kernel=false or advantage_bias_correction=none"):
-        GRPOLambdaConfig(output_dir=str(tmp_path), advantage_bias_correction="eos_bound", use_liger_kernel=True,
-                         loss_variant="grpo")  # fmt: skip
+    for needs, fix in [(dict(advantage_bias_correction="eos_bound"), "advantage_bias_correction=none"),
+                       (dict(lemma1_diagnostics=True), "lemma1_diagnostics=false")]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"Set use_liger_kernel=false or {fix}.$"):
+            GRPOLambdaConfig(output_dir=str(tmp_path), use_liger_kernel=True, loss_variant="grpo", **needs)

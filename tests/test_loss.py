@@ -10,7 +10,8 @@ from grpo_lambda.loss import (
     on_policy_traced_log_probs,
     soft_clamp_log_probs,
 )
-from grpo_lambda.traces import credit_weights, trace_matrix
+from grpo_lambda.traces import TraceSpec, credit_weights
+from helpers import dense_adjoint, dense_traced_sum, right_padded_mask
 
 
 def test_advantage_clamp():
@@ -29,30 +30,23 @@ def test_soft_clamp_values_and_range():
         soft_clamp_log_probs(logps, "relu")
 
 
+@pytest.mark.parametrize("fn", ["sigmoid", "tanh"])
 @pytest.mark.parametrize("style", ["recent", "both"])
-def test_eps_weight_weights_are_trace_matrix_times_soft_clamp(style):
-    logps = -torch.rand(3, 30, dtype=torch.float64) * 5
-    mask = (torch.rand(3, 30) > 0.2).double()
-    expected = (soft_clamp_log_probs(logps) * mask) @ trace_matrix(30, 1.0, 0.99, style).T
-    weights = eps_weight_trace_weights(logps.requires_grad_(), mask, 1.0, 0.99, style)
-    torch.testing.assert_close(weights, expected.detach())
-    assert not weights.requires_grad and (weights[mask.bool()] >= 1).all()
-
-
-@pytest.mark.parametrize("style,floor", [("recent", 0.0), ("both", 0.0), ("both", 0.05)])
-def test_credit_weights_are_masked_column_sums(style, floor):
-    mask = torch.ones(2, 40, dtype=torch.float64)
-    mask[1, 25:] = 0
-    mask[0, 7] = 0
-    matrix = trace_matrix(40, 0.97, 0.9, style, floor)
-    expected = (mask[:, :, None] * matrix[None]).sum(1) * mask  # Σ_{t ≥ k, mask_t} tr(t, t − k)
-    torch.testing.assert_close(credit_weights(mask, 0.97, 0.9, style, floor), expected)
+def test_eps_weight_weights_are_trace_matrix_times_soft_clamp(style, fn):
+    generator = torch.Generator().manual_seed(0)
+    logps = -torch.rand(3, 30, dtype=torch.float64, generator=generator) * 5
+    mask = (torch.rand(3, 30, generator=generator) > 0.2).double()
+    trace = TraceSpec(1.0, 0.99, style, 0.01)
+    expected = dense_traced_sum(soft_clamp_log_probs(logps, fn), mask, trace)
+    weights = eps_weight_trace_weights(logps.clone().requires_grad_(), mask, trace, fn)
+    torch.testing.assert_close(weights, expected)
+    assert not weights.requires_grad and (weights[mask.bool()] >= (1 if fn == "sigmoid" else 0)).all()
 
 
 def test_credit_weights_closed_form_for_recent():
     # Σ_{t=k}^{L−1} a^(t−k) = (1 − a^(L−k)) / (1 − a) for a completion of length L.
     length, a = 50, 0.99
-    weights = credit_weights(torch.ones(1, length), 1.0, a, "recent")[0]
+    weights = credit_weights(torch.ones(1, length), TraceSpec(1.0, a, "recent"))[0]
     k = torch.arange(length, dtype=torch.float64)
     torch.testing.assert_close(weights, (1 - a ** (length - k)) / (1 - a))
 
@@ -60,7 +54,7 @@ def test_credit_weights_closed_form_for_recent():
 @pytest.mark.parametrize("fn", ["sigmoid", "tanh"])
 def test_soft_clamp_with_and_without_gradient(fn):
     """Without autograd the clamp works in place on one temporary; with it, the gradient is f'(log π)."""
-    logps = -4 * torch.rand(3, 7, dtype=torch.float64)
+    logps = -4 * torch.rand(3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     plain = soft_clamp_log_probs(logps, fn)
     x = logps.clone().requires_grad_()
     tracked = soft_clamp_log_probs(x, fn)
@@ -73,23 +67,30 @@ def test_soft_clamp_with_and_without_gradient(fn):
 
 
 def test_traced_log_ratio_is_zero_on_policy_but_not_its_gradient():
-    logps = torch.randn(2, 10, dtype=torch.float64, requires_grad=True)
+    logps = torch.randn(2, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
     mask = torch.ones(2, 10, dtype=torch.float64)
-    traced = eligibility_traced_log_probs(logps, logps.detach(), mask, 1.0, 0.5, "recent") - logps.detach()
+    traced = eligibility_traced_log_probs(logps, logps.detach(), mask, TraceSpec(1.0, 0.5, "recent")) - logps.detach()
     assert torch.equal(traced, torch.zeros_like(traced))
     traced[:, -1].sum().backward()
     expected = 0.5 ** torch.arange(9, -1, -1, dtype=torch.float64)  # ∂Λ_9/∂log π_k = a^(9−k)
     torch.testing.assert_close(logps.grad, expected.expand(2, 10))
 
 
-@pytest.mark.parametrize("style,lam,floor", [("recent", 0.99, 0.0), ("both", 0.98, 0.01), ("both", 0.0, 0.0)])
-def test_on_policy_form_has_the_traced_value_and_gradient(style, lam, floor):
+@pytest.mark.parametrize(
+    "trace",
+    [TraceSpec(1.0, 0.99, "recent"), TraceSpec(0.95, 0.98, "both", 0.01), TraceSpec(1.0, 0.0, "both"),
+     TraceSpec(1.0, 1.0, "recent", 0.0)],
+    ids=lambda trace: f"{trace.style}-l{trace.lam:g}-f{trace.floor:g}",
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_on_policy_form_has_the_traced_value_and_gradient(trace, dtype):
     """With πold = πθ and the same loss gradient at each real token of a row (here −A_i/L_i, TRL's `grpo`),
-    sg(log π) + c·(log π − sg(log π)) gives the traced sum's value and gradient."""
-    logps = -torch.rand(3, 50, dtype=torch.float64) * 4
+    sg(log π) + c·(log π − sg(log π)) gives the traced sum's value and gradient (Theorem 1's forward view)."""
+    generator = torch.Generator().manual_seed(0)
+    logps = (-torch.rand(3, 50, dtype=torch.float64, generator=generator) * 4).to(dtype)
     lengths = torch.tensor([50, 31, 1])
-    mask = (torch.arange(50)[None, :] < lengths[:, None]).to(torch.float64)
-    advantages = torch.tensor([[1.3], [-0.4], [0.7]], dtype=torch.float64)
+    mask = right_padded_mask(lengths, 50).to(dtype)
+    advantages = torch.tensor([[1.3], [-0.4], [0.7]], dtype=dtype)
 
     def loss_and_grad(traced_fn):
         x = logps.clone().requires_grad_()
@@ -100,7 +101,12 @@ def test_on_policy_form_has_the_traced_value_and_gradient(style, lam, floor):
         loss.backward()
         return traced.detach(), loss.detach(), x.grad
 
-    general = loss_and_grad(lambda x: eligibility_traced_log_probs(x, x.detach(), mask, 1.0, lam, style, floor))
-    fast = loss_and_grad(lambda x: on_policy_traced_log_probs(x, mask, 1.0, lam, style, floor))
+    general = loss_and_grad(lambda x: eligibility_traced_log_probs(x, x.detach(), mask, trace))
+    fast = loss_and_grad(lambda x: on_policy_traced_log_probs(x, mask, trace))
     assert torch.equal(fast[0], logps) and torch.equal(general[0], logps) and torch.equal(fast[1], general[1])
-    torch.testing.assert_close(fast[2], general[2], rtol=1e-12, atol=1e-15)
+    tol = dict(rtol=1e-12, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(fast[2], general[2], **tol)
+    # and both are GRPO's gradient with token k's advantage scaled by c_k = Σ_{t ≥ k, mask_t} tr(t, t − k)
+    per_token_grad = -(advantages / lengths[:, None]) * mask / 3
+    expected = dense_adjoint(per_token_grad, mask, trace)
+    torch.testing.assert_close(fast[2].double(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-9)

@@ -4,7 +4,7 @@ import json
 
 import matplotlib.image
 
-from grpo_lambda.plots import main, read_metrics, smooth
+from grpo_lambda.plots import describe, main, read_metrics, smooth
 
 
 def write_run(folder, rewards, trace=False, repeat_step=None):
@@ -36,10 +36,14 @@ def test_smoothing_is_a_trailing_mean():
 def test_training_and_generation_length_figures(tmp_path, capsys):
     base = tmp_path / "data" / "Qwen2.5-Math-1.5B-Instruct" / "grpo"
     write_run(base / "math12k_grpo", [0.1, 0.2, 0.3, 0.4], repeat_step=2)
-    write_run(base / "math12k_grpo-lambda-0.99-both-trace", [0.2, 0.3, 0.5, 0.6], trace=True)
+    write_run(base / "math12k_eps_trace-both-0.99", [0.2, 0.3, 0.5, 0.6], trace=True)
     assert [r["reward"] for r in read_metrics(base / "math12k_grpo")] == [0.1, 9.0, 0.3, 0.4]
+    group = "Qwen2.5-Math-1.5B-Instruct on math12k"
+    assert describe(base / "math12k_eps_trace-both-0.99") == (group, "eps_trace-both-0.99")
+    assert describe(base / "math12k_grpo") == (group, "grpo")
+    assert describe(tmp_path / "elsewhere") == ("runs", "elsewhere")
     results = tmp_path / "eval"
-    for name, length in (("grpo", 300.0), ("grpo-lambda", 280.0)):
+    for name, length in (("grpo", 300.0), ("eps_trace-both-0.99", 280.0)):
         (results / name).mkdir(parents=True)
         per = {b: {"accuracy": 0.5, "mean_generation_length": length, "n": 3} for b in ("aime", "math")}
         (results / name / "results.json").write_text(json.dumps({"benchmarks": per}))

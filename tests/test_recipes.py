@@ -1,13 +1,13 @@
 """The paper's recipe grid: generated files in sync with the grid, Table 2 in every recipe, and `make train`'s
 lookup resolving every cell of the grid to its own file."""
 
-import argparse
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT
-from grpo_lambda.launch import resolve_recipe
+from grpo_lambda.launch import MethodQuery, recipe_method, resolve_recipe
+from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.recipes import expand_grid, generate, load_grid, model_tail, sft_path
 from test_configs import parse_recipe
 
@@ -69,11 +69,12 @@ def test_the_grid_is_the_papers():
     assert set(GRID["datasets"]) == {"gsm8k", "math12k", "math-rl-16k", "orz-57k"}
     per_model = {m: [r for r in RUNS if r.model_id == m] for m in MODELS}
     assert [len(per_model[m]) for m in MODELS] == [4 * 9, 4 * 9, 4 * 3, 4 * 2]
-    seven_b = {
-        (r.method, r.trace_lambda, r.trace_style, r.update)
-        for r in per_model["deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"]
+    seven_b = {r.method for r in per_model["deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"]}
+    assert seven_b == {Method("grpo"), Method("eps_trace", "recent", 0.99)}
+    one_and_half = {r.method.tag for r in per_model["Qwen/Qwen2.5-Math-1.5B-Instruct"] if r.dataset == "gsm8k"}
+    assert one_and_half == {"grpo"} | {
+        f"{v}-{s}-{lam}" for v in ("eps_trace", "eps_weight") for s in ("both", "recent") for lam in ("0.98", "0.99")
     }
-    assert seven_b == {("grpo", None, None, None), ("grpo-lambda", 0.99, "recent", "trace")}
     for model_id, (size, template) in MODELS.items():
         assert GRID["models"][model_id]["size"] == size and GRID["models"][model_id]["template"] == template
 
@@ -88,13 +89,15 @@ def test_table_2_values_in_every_training_recipe(run):
     assert model_args.model_name_or_path == run.model_id and model_args.dtype == "bfloat16"
     assert script_args.dataset_name == run.dataset and script_args.prompt_template == template
     assert script_args.reward_funcs == ["accuracy", "format"]
-    if run.method == "grpo":
-        assert args.loss_variant == "grpo" and args.adv_clamp_min is None
-    else:
-        assert args.loss_variant == {"trace": "eps_trace", "weight": "eps_weight"}[run.update]
-        assert (args.trace_lambda, args.trace_style, args.trace_gamma) == (run.trace_lambda, run.trace_style, 1.0)
-        assert args.adv_clamp_min == -0.1  # Table 2
+    # the file's name, its output folder and its values are one method (the paper's clamp: −0.1 for GRPO-λ only)
+    assert Method.from_config(args) == run.method and run.path.name == f"config_{run.dataset}_{run.method.tag}.yaml"
+    assert RunFolder.find(args.output_dir) == RunFolder(model_tail(run.model_id), run.dataset, run.method)
+    assert args.adv_clamp_min == (None if run.method.loss_variant == "grpo" else -0.1)  # Table 2
+    if run.method.loss_variant != "grpo":
+        assert args.trace_gamma == 1.0
     assert args.use_vllm and args.vllm_mode == "colocate"
+    # vLLM's KV cache is sized for what a rollout uses (prompts are cut to max_prompt_length before generation)
+    assert args.vllm_max_model_length == args.max_prompt_length + args.max_completion_length
 
 
 @pytest.mark.parametrize("model_id", MODELS)
@@ -105,60 +108,79 @@ def test_table_2_values_in_every_sft_recipe(model_id):
     assert script_args.prompt_template == MODELS[model_id][1]
 
 
-def lookup(**kwargs):
-    defaults = dict(
-        stage="train", model=None, dataset=None, method="grpo-lambda", trace_lambda=None, style=None, update=None
-    )
-    return resolve_recipe(REPO_ROOT, argparse.Namespace(**{**defaults, **kwargs}))
+def lookup(stage="train", model=None, dataset=None, **method):
+    return resolve_recipe(REPO_ROOT, stage, model, dataset, MethodQuery(**method))
 
 
 @pytest.mark.parametrize("run", RUNS, ids=lambda r: r.path.as_posix().removeprefix("recipes/"))
 def test_make_train_resolves_every_cell(run):
-    trace = {}
-    if run.method == "grpo-lambda":
-        trace = dict(trace_lambda=str(run.trace_lambda), style=run.trace_style, update=run.update)
-    recipe, overrides, _ = lookup(model=run.model_id, dataset=run.dataset, method=run.method, **trace)
+    fields = {k: v for k, v in vars(run.method).items() if k in ("loss_variant", "trace_style", "trace_lambda")}
+    recipe, overrides, _ = lookup(model=run.model_id, dataset=run.dataset, **fields)
     assert recipe == REPO_ROOT / run.path
     assert overrides == ["--model_name_or_path", run.model_id]
     assert run.make_command in recipe.read_text()  # the recipe's own launch line resolves to it
+    assert "LOSS_VARIANT=" in run.make_command
 
 
-def test_unset_trace_fields_pick_the_papers_preferred_run():
+def test_unset_method_fields_pick_the_papers_preferred_run():
     recipe, _, _ = lookup(model="Qwen/Qwen2.5-Math-1.5B-Instruct", dataset="math12k")
-    assert recipe.name == "config_math12k_grpo-lambda-0.99-both-trace.yaml"
+    assert recipe.name == "config_math12k_eps_trace-both-0.99.yaml"
+    recipe, _, _ = lookup(model="Qwen/Qwen2.5-Math-1.5B-Instruct", dataset="math12k", loss_variant="eps_weight")
+    assert recipe.name == "config_math12k_eps_weight-both-0.99.yaml"
     recipe, _, _ = lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k")
-    assert recipe.name == "config_math12k_grpo-lambda-0.99-recent-trace.yaml"
+    assert recipe.name == "config_math12k_eps_trace-recent-0.99.yaml"
+    recipe, _, _ = lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", loss_variant="grpo")
+    assert recipe.name == "config_math12k_grpo.yaml"
 
 
 def test_a_cell_outside_the_grid_is_a_clear_error():
-    with pytest.raises(SystemExit, match="it has: .*0.99-recent-trace"):
-        lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", style="both")
-    with pytest.raises(SystemExit, match="need METHOD=grpo-lambda"):
-        lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", method="grpo", trace_lambda="0.99")
+    with pytest.raises(SystemExit, match="it has: .*eps_trace-recent-0.99"):
+        lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", trace_style="both")
+    with pytest.raises(SystemExit, match="not to grpo"):
+        lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", loss_variant="grpo",
+               trace_lambda=0.99)  # fmt: skip
+    with pytest.raises(SystemExit, match="has recipes for gsm8k, .*, not my_set.*DATASET=gsm8k ARGS='--dataset_name"):
+        lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="my_set")
 
 
 def test_an_sft_output_folder_finds_its_base_models_recipes(tmp_path):
     (tmp_path / "grpo_lambda_sft.json").write_text('{"base_model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"}')
-    recipe, overrides, _ = lookup(model=str(tmp_path), dataset="gsm8k", method="grpo")
+    recipe, overrides, _ = lookup(model=str(tmp_path), dataset="gsm8k", loss_variant="grpo")
     assert recipe == REPO_ROOT / "recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/config_gsm8k_grpo.yaml"
     assert overrides == ["--model_name_or_path", str(tmp_path)]
 
 
-def test_unknown_models_fall_back_to_the_default_recipe_with_overrides(tmp_path):
-    recipe, overrides, note = lookup(model=str(tmp_path), dataset="arithmetic", trace_lambda="0.5", style="recent")
-    assert recipe == REPO_ROOT / "recipes/default/grpo/config_grpo-lambda.yaml" and "default" in note
+def test_make_train_without_arguments_runs_the_default_recipe_as_written():
+    recipe, overrides, note = lookup()
+    assert recipe == REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
+    assert overrides == [] and note == "default recipe"
+    assert lookup(loss_variant="grpo")[0].name == "config_arithmetic_grpo.yaml"
+    assert lookup(stage="sft")[0] == REPO_ROOT / "recipes/default/sft/config_arithmetic.yaml"
+
+
+def test_unknown_models_fall_back_to_the_default_recipe_in_their_own_run_folder(tmp_path):
+    """A model without recipes trains the default recipe with its model, dataset and method, in the run folder of
+    that method (not the default recipe's folder, where two methods would resume each other's checkpoints)."""
+    model = tmp_path / "my-model"
+    model.mkdir()
+    recipe, overrides, note = lookup(model=str(model), dataset="gsm8k", loss_variant="eps_weight", trace_lambda=0.5)
+    assert recipe == REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
+    assert "no recipe for my-model" in note
     assert overrides == [
-        "--model_name_or_path",
-        str(tmp_path),
-        "--dataset_name",
-        "arithmetic",
-        "--trace_lambda",
-        "0.5",
-        "--trace_style",
-        "recent",
-    ]
-    sft, _, _ = lookup(stage="sft", model=str(tmp_path), method="grpo-lambda")
-    assert sft == REPO_ROOT / "recipes/default/sft/config_sft.yaml"
+        "--model_name_or_path", str(model), "--loss_variant", "eps_weight", "--trace_lambda", "0.5",
+        "--dataset_name", "gsm8k", "--output_dir", "data/my-model/grpo/gsm8k_eps_weight-both-0.5",
+    ]  # fmt: skip
+    run = RunFolder.find(overrides[-1])
+    assert run.method == recipe_method({"loss_variant": "eps_weight", "trace_style": "both", "trace_lambda": 0.5,
+                                         "adv_clamp_min": -0.1})  # fmt: skip
+    grpo, overrides, _ = lookup(model="HuggingFaceTB/SmolLM2-360M-Instruct", dataset="math12k", loss_variant="grpo")
+    assert grpo.name == "config_arithmetic_grpo.yaml"
+    assert overrides[-2:] == ["--output_dir", "data/SmolLM2-360M-Instruct/grpo/math12k_grpo"]
+    sft, overrides, _ = lookup(stage="sft", model=str(model))
+    assert sft == REPO_ROOT / "recipes/default/sft/config_arithmetic.yaml"
+    assert overrides[-2:] == ["--output_dir", "data/my-model/sft/arithmetic"]
+    with pytest.raises(SystemExit, match="apply to `make train`, not to SFT"):
+        lookup(stage="sft", model=str(model), trace_lambda=0.9)
 
 
 def test_recipe_folders_are_named_after_the_model():
@@ -172,7 +194,7 @@ def test_recipe_folders_are_named_after_the_model():
 
 
 def test_sft_needs_no_dataset_when_the_model_has_one_sft_recipe():
-    recipe, _, _ = lookup(stage="sft", model="suayptalha/DeepSeek-R1-Distill-Llama-3B", method="grpo-lambda")
+    recipe, _, _ = lookup(stage="sft", model="suayptalha/DeepSeek-R1-Distill-Llama-3B")
     assert recipe == REPO_ROOT / "recipes/DeepSeek-R1-Distill-Llama-3B/sft/config_gsm8k.yaml"
     with pytest.raises(SystemExit, match="set DATASET for DeepSeek-R1-Distill-Llama-3B: one of gsm8k, math-rl-16k"):
         lookup(model="suayptalha/DeepSeek-R1-Distill-Llama-3B")

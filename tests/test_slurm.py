@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from grpo_lambda.methods import RunFolder
 from grpo_lambda.recipes import expand_grid, load_grid, model_tail
 from grpo_lambda.sweep import _compact, load_sweep, sbatch_command
 
@@ -41,14 +42,19 @@ def test_paper_sweeps_are_exactly_the_paper_grid(name, size, expected):
     assert [run.recipe for run in sweep.runs] == [ROOT / run.path for run in grid]
     assert all(run.recipe.is_file() for run in sweep.runs)
     assert [run.name for run in sweep.runs] == [
-        f"{model_tail(run.model_id)}/grpo/{run.dataset}_{run.tag}" for run in grid
+        RunFolder(model_tail(run.model_id), run.dataset, run.method).name for run in grid
     ]
+    assert [RunFolder.find(run.name).method for run in sweep.runs] == [run.method for run in grid]
     assert [run.index for run in sweep.runs] == list(range(expected))
+    # Table 2: 4 devices; CPUs and memory for 4 ranks, vLLM and grading; one checkpoint of ~25-30 GB per run
+    assert sweep.slurm["gpus_per_node"] == 4 and sweep.slurm["cpus_per_task"] and sweep.slurm["mem"]
+    assert all(run.overrides == {"save_total_limit": 1} for run in sweep.runs)
 
 
 def test_make_sweep_dry_run_lists_the_1_5b_grid(tmp_path):
     result = subprocess.run(
-        ["make", "-s", "sweep", "SWEEP=paper-1.5b", "DRY_RUN=1", f"VENV={Path(sys.executable).parents[1]}"],
+        ["make", "-s", "-o", "install", "sweep", "SWEEP=paper-1.5b", "DRY_RUN=1",
+         f"VENV={Path(sys.executable).parents[1]}"],
         capture_output=True, text=True, cwd=ROOT, check=True,
     )  # fmt: skip
     rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
@@ -56,6 +62,9 @@ def test_make_sweep_dry_run_lists_the_1_5b_grid(tmp_path):
     assert len({row[2] for row in rows}) == 72  # 72 distinct recipes
     assert {row[2].split("/")[1] for row in rows} == {"Qwen2.5-Math-1.5B-Instruct", "DeepSeek-R1-Distill-Qwen-1.5B"}
     assert "--array=0-71%8" in result.stdout and "submitted" not in result.stdout
+    assert "--gpus-per-node=4 --cpus-per-task=32 --mem=128G" in result.stdout
+    assert "each task: 1 node(s), 4 GPU(s) per node, 32 CPUs, 128G memory" in result.stdout
+    assert "settings on every run: save_total_limit=1" in result.stdout
 
 
 def test_sbatch_command_skips_nothing_by_itself_and_compacts_indices(tmp_path):
@@ -76,6 +85,25 @@ def test_sweep_typos_fail_with_one_line(tmp_path):
     assert "available: paper-1.5b" in result.stderr and "Traceback" not in result.stderr
     bad.write_text(yaml.safe_dump({"runs": {"paper_grid": True}, "slurm": {"gpus": 8}}))
     assert "unknown key(s) gpus" in sweep_cli("list", str(bad), check=False).stderr
+
+
+def test_sweep_names_say_what_trains(tmp_path):
+    """A variant named like a method must train that method (its folder is what tables and plots read), and a
+    paper-grid sweep cannot change a method behind its run folders' names."""
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    sweep = load_sweep("tiny-cpu", ROOT, tmp_path)
+    assert [RunFolder.find(run.name).method.tag for run in sweep.runs] == list(spec["runs"]["variants"])
+    spec["runs"]["variants"] = {"eps_trace-both-0.99": {"loss_variant": "eps_trace", "trace_lambda": 0.99}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit, match="trains 'eps_trace-recent-0.99\\+adv_clamp_min=none'"):
+        load_sweep(bad, ROOT)
+    spec["runs"]["variants"] = {"lr-1e-5": {"learning_rate": 1e-5}}  # not a method name: free
+    bad.write_text(yaml.safe_dump(spec))
+    assert load_sweep(bad, ROOT).runs[0].name == "tiny-qwen2/grpo/arithmetic_lr-1e-5"
+    bad.write_text(yaml.safe_dump({"runs": {"paper_grid": True, "settings": {"trace_lambda": 0.5}}}))
+    with pytest.raises(SystemExit, match="sets trace_lambda, which the run folders' method tags name"):
+        load_sweep(bad, ROOT)
 
 
 def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeypatch, tmp_path):
@@ -105,7 +133,7 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
 def test_resumed_metrics_log_keeps_each_step_once(tmp_path):
     from types import SimpleNamespace
 
-    from grpo_lambda.grpo import JsonlMetricsCallback
+    from grpo_lambda.callbacks import JsonlMetricsCallback
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": step, "reward": 0.1 * step}) + "\n" for step in (1, 2, 3, 4, 5)))
@@ -124,8 +152,7 @@ def test_stop_file_stops_after_the_step_and_a_rerun_forgets_it(tmp_path):
 
     from transformers import TrainerControl
 
-    from grpo_lambda.grpo import PreemptionCallback
-    from grpo_lambda.launch import STOP_FILE
+    from grpo_lambda.callbacks import STOP_FILE, PreemptionCallback
 
     stop_file = tmp_path / STOP_FILE
     previous = signal.getsignal(signal.SIGUSR1)
@@ -240,7 +267,10 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     output = tmp_path / "out"
     max_steps = 40
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
-    spec["runs"]["variants"] = {"grpo-lambda-0.99-both-trace": {"loss_variant": "eps_trace", "trace_lambda": 0.99}}
+    spec["runs"]["variants"] = {
+        "eps_trace-both-0.99": {"loss_variant": "eps_trace", "trace_style": "both", "trace_lambda": 0.99,
+                                "adv_clamp_min": -0.1}
+    }  # fmt: skip
     spec["runs"]["settings"].update(max_steps=max_steps, save_steps=1000)  # the only checkpoint: the preemption's
     sweep_path = tmp_path / "sweep.yaml"
     sweep_path.write_text(yaml.safe_dump(spec))

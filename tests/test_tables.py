@@ -7,18 +7,20 @@ import statistics
 import pytest
 
 from conftest import REPO_ROOT
-from grpo_lambda.tables import BENCHMARKS, collect_results, load_paper, main, render_run_tables, render_table1
+from grpo_lambda.evaluate import BENCHMARKS
+from grpo_lambda.methods import Method
+from grpo_lambda.tables import collect_results, load_paper, main, render_run_tables, render_table1
 
 PAPER = load_paper()
 PAPER_TEXT = REPO_ROOT.parent / "shared" / "paper" / "grpo_lambda_paper.txt"
 
 # Where the paper's AVG is not the mean of its five benchmarks (to ±0.001): printed value, mean of the five.
 INCONSISTENT_RUN_AVERAGES = {
-    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "grpo-lambda-0.99-both-weight"): (0.378, 0.3716),
-    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "grpo-lambda-0.98-recent-weight"): (0.276, 0.2876),
-    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "grpo-lambda-0.99-recent-weight"): (0.323, 0.3288),
-    ("DeepSeek-R1-Distill-Qwen-1.5B", "orz-57k", "grpo-lambda-0.98-recent-trace"): (0.366, 0.3678),
-    ("DeepSeek-R1-Distill-Llama-3B", "gsm8k", "grpo-lambda-0.99-both-trace"): (0.277, 0.229),
+    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "eps_weight-both-0.99"): (0.378, 0.3716),
+    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "eps_weight-recent-0.98"): (0.276, 0.2876),
+    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "eps_weight-recent-0.99"): (0.323, 0.3288),
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "orz-57k", "eps_trace-recent-0.98"): (0.366, 0.3678),
+    ("DeepSeek-R1-Distill-Llama-3B", "gsm8k", "eps_trace-both-0.99"): (0.277, 0.229),
 }
 INCONSISTENT_TABLE1_AVERAGES = {("DeepSeek-R1-Distill-Llama-3B", "grpo"): (0.142, 0.1298)}
 
@@ -30,7 +32,7 @@ def mean5(row):
 def test_the_stored_runs_are_the_grid():
     from grpo_lambda.recipes import expand_grid, load_grid
 
-    grid = {(r.model_id, r.dataset, r.tag) for r in expand_grid(load_grid(REPO_ROOT))}
+    grid = {(r.model_id, r.dataset, Method.from_tag(r.tag).tag) for r in expand_grid(load_grid(REPO_ROOT))}
     stored = {(r["model"], r["dataset"], r["run"]) for r in PAPER["runs"]}
     assert stored == grid and len(stored) == 92
 
@@ -68,7 +70,7 @@ def test_table_1_lambda_rows_for_3b_and_7b_are_the_carried_configuration():
     ):
         if "1.5B" in row["model"]:
             continue
-        runs = [r for r in PAPER["runs"] if r["model"] == row["model"] and r["run"] == "grpo-lambda-0.99-recent-trace"]
+        runs = [r for r in PAPER["runs"] if r["model"] == row["model"] and r["run"] == "eps_trace-recent-0.99"]
         for key in ("average", *BENCHMARKS):
             assert row[key] == pytest.approx(statistics.fmean(r[key] for r in runs), abs=6e-4), (row["model"], key)
 
@@ -102,17 +104,25 @@ def test_every_stored_run_value_appears_in_the_paper_rows():
         assert sorted(stored) == sorted(printed), label
 
 
-def write_results(folder, accuracies):
+def write_results(folder, accuracies, corrected_shift=0.01):
+    """A results.json as grpo_lambda.evaluate writes it: the paper grade's accuracies, the corrected grade's
+    `corrected_shift` higher."""
     folder.mkdir(parents=True)
-    benchmarks = {b: {"accuracy": a, "n": 1} for b, a in zip(BENCHMARKS, accuracies, strict=True)}
-    (folder / "results.json").write_text(json.dumps({"model": "checkpoints/x", "benchmarks": benchmarks}))
+    benchmarks = {
+        b: {"n": 1, "paper": {"accuracy": a}, "corrected": {"accuracy": a + corrected_shift}}
+        for b, a in zip(BENCHMARKS, accuracies, strict=True)
+    }
+    average = {"paper": statistics.fmean(accuracies), "corrected": statistics.fmean(accuracies) + corrected_shift}
+    (folder / "results.json").write_text(
+        json.dumps({"model": "checkpoints/x", "benchmarks": benchmarks, "average": average})
+    )
 
 
 def test_your_results_beside_the_papers(tmp_path, capsys):
     write_results(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval", [0.1, 0.4, 0.7, 0.2, 0.3])
     write_results(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/gsm8k_grpo/eval", [0.0, 0.2, 0.5, 0.2, 0.1])
     write_results(
-        tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo-lambda-0.99-both-trace/eval",
+        tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_eps_trace-both-0.99/eval",
         [0.2, 0.5, 0.8, 0.3, 0.4],
     )
     write_results(tmp_path / "unrelated/eval", [1, 1, 1, 1, 1])
@@ -120,14 +130,25 @@ def test_your_results_beside_the_papers(tmp_path, capsys):
     assert set(user) == {
         ("Qwen/Qwen2.5-Math-1.5B-Instruct", "math12k", "grpo"),
         ("Qwen/Qwen2.5-Math-1.5B-Instruct", "gsm8k", "grpo"),
-        ("Qwen/Qwen2.5-Math-1.5B-Instruct", "math12k", "grpo-lambda-0.99-both-trace"),
+        ("Qwen/Qwen2.5-Math-1.5B-Instruct", "math12k", "eps_trace-both-0.99"),
     }
     table1 = render_table1(PAPER, user)
     grpo_row = next(line for line in table1.splitlines() if "Qwen2.5" in line and "| GRPO |" in line)
-    assert "0.067 / 0.050 (-0.017)" in grpo_row  # AIME: mean of 0.1 and 0.0 over the two training sets
+    assert "0.067 / 0.050 (-0.017) [0.060]" in grpo_row  # AIME: mean of 0.1 and 0.0 over the two training sets
     runs = render_run_tables(PAPER, user)
-    assert "0.704 / 0.700 (-0.004)" in runs  # math12k GRPO, MATH
-    assert "0.756 / 0.800 (+0.044)" in runs  # math12k λ 0.99 both ε-trace, MATH
+    assert "0.704 / 0.700 (-0.004) [0.710]" in runs  # math12k GRPO, MATH
+    assert "0.756 / 0.800 (+0.044) [0.810]" in runs  # math12k λ 0.99 both ε-trace, MATH
+    assert "| both ε-trace λ=0.99 |" in runs
     assert main(["--results", str(tmp_path), "--latex"]) == 0
     latex = capsys.readouterr().out
     assert "\\begin{tabular}" in latex and "$\\lambda$" in latex
+    assert "0.400 / 0.410" in latex  # every run, paper / corrected: math12k GRPO's AMC
+
+
+def test_results_without_both_grades_ask_for_a_regrade(tmp_path, capsys):
+    folder = tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval"
+    folder.mkdir(parents=True)
+    per = {b: {"accuracy": 0.5, "n": 1} for b in BENCHMARKS}
+    (folder / "results.json").write_text(json.dumps({"model": "x", "benchmarks": per, "average": 0.5}))
+    assert collect_results(tmp_path, PAPER) == {}
+    assert f"make regrade RESULTS={folder}" in capsys.readouterr().out

@@ -1,55 +1,79 @@
-"""traced_sum / trace_matrix against the paper's definitions (Eq. 2, Eq. 17–18) and their stated limits."""
+"""traced_sum, its adjoint and the credit weights against the dense matrix of Eq. 17–18, and their stated limits.
+
+The comparison with the dense reference runs on a covering set rather than a full grid: both styles × eight
+(γ, λ, ε) that reach every branch of the sums (λ = 0 and 1, γ < 1, a floor reached after hundreds of lags, one
+reached after a few, the floor alone, ε = 1) × five shapes, from one token to past the scan's chunk of 32, plus
+T = 2 048 (a second level of chunks); each case uses a mask with holes and a right-padded one (with a full and an
+empty row), and checks every fast form at once: forward with and without autograd, with ε-trace's offset
+(off-policy), the adjoint and the gradient, the credit weights and their scaling (on-policy). float32 and garbage
+in the padding have their own tests.
+"""
 
 import itertools
 
 import pytest
 import torch
 
-from grpo_lambda import trace_kernels
 from grpo_lambda.traces import (
+    TraceSpec,
     credit_weights,
     discounted_cumsum,
     scale_by_credit_weights,
     trace_matrix,
     traced_sum,
     traced_sum_adjoint,
-    use_cpu_kernel,
 )
+from helpers import dense_adjoint, dense_traced_sum, masks_with_holes_and_padding
 
-LAMBDAS = [0.0, 0.5, 0.98, 0.99, 1.0]
-# Every fast path is checked: the torch ops (what GPUs run) and the fused CPU kernel (trace_kernels.py, numba).
-KERNELS = [
-    pytest.param(False, id="torch"),
-    pytest.param(True, id="cpu_kernel", marks=pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")),
+# (γ, λ, ε): λ = 0 and 1, γ < 1, a floor that the decay reaches after ~340 lags, one it reaches after 8, the floor
+# alone (λ = 0: every off-diagonal weight is ε), and ε = 1 (every weight 1, whatever λ).
+GAMMA_LAMBDA_FLOOR = [
+    (1.0, 0.0, 0.0),
+    (1.0, 0.5, 0.0),
+    (0.97, 0.99, 0.0),
+    (1.0, 1.0, 0.0),
+    (1.0, 0.98, 1e-3),
+    (0.9, 0.9, 0.2),
+    (1.0, 0.0, 0.05),
+    (1.0, 0.7, 1.0),
 ]
+TRACES = [
+    TraceSpec(g, lam, style, floor)
+    for (g, lam, floor), style in itertools.product(GAMMA_LAMBDA_FLOOR, ["recent", "both"])
+]
+# one token; one chunk of the scan; a chunk + 1; odd, past the 0.2 floor; past the 1e-3 floor (342 lags)
+SHAPES = [(1, 1), (3, 2), (4, 33), (5, 97), (2, 400)]
+LONG = [TraceSpec(1.0, 0.99, style, floor) for style in ("recent", "both") for floor in (0.0, 0.01)]
 
 
-def tr_reference(t: int, lag: int, gamma: float, lam: float, style: str, floor: float) -> float:
+def trace_id(trace: TraceSpec) -> str:
+    return f"{trace.style}-g{trace.gamma:g}-l{trace.lam:g}-f{trace.floor:g}"
+
+
+def tr_reference(t: int, lag: int, trace: TraceSpec) -> float:
     """tr(t, l) written straight from Eq. 2 / Eq. 17–18, in Python floats."""
     if lag == 0:
         return 1.0
-    a = gamma * lam
-    weight = a**lag if style == "recent" else max(a**lag, a ** (t - lag))
-    return max(floor, weight)
+    a = trace.gamma * trace.lam
+    weight = a**lag if trace.style == "recent" else max(a**lag, a ** (t - lag))
+    return max(trace.floor, weight)
 
 
-@pytest.mark.parametrize("style", ["recent", "both"])
-@pytest.mark.parametrize("lam", LAMBDAS)
-@pytest.mark.parametrize("gamma,floor", [(1.0, 0.0), (0.9, 0.0), (1.0, 0.05), (0.95, 0.3)])
-def test_trace_matrix_matches_equation(style, lam, gamma, floor):
+@pytest.mark.parametrize("trace", TRACES, ids=trace_id)
+def test_trace_matrix_matches_equation(trace):
     length = 23
-    matrix = trace_matrix(length, gamma, lam, style, floor)
+    matrix = trace_matrix(length, trace)
     assert matrix.dtype == torch.float64 and matrix.shape == (length, length)
-    for t, k in itertools.product(range(length), repeat=2):
-        expected = tr_reference(t, t - k, gamma, lam, style, floor) if k <= t else 0.0
-        assert matrix[t, k].item() == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    expected = [[tr_reference(t, t - k, trace) if k <= t else 0.0 for k in range(length)] for t in range(length)]
+    torch.testing.assert_close(matrix, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-300)
 
 
 def test_trace_matrix_limits():
     eye = torch.eye(6, dtype=torch.float64)
-    assert torch.equal(trace_matrix(6, 1.0, 0.0, "recent"), eye)  # λ = 0: GRPO, each token only itself
-    assert torch.equal(trace_matrix(6, 1.0, 1.0, "recent"), torch.tril(torch.ones(6, 6, dtype=torch.float64)))
-    both = trace_matrix(6, 1.0, 0.0, "both")  # (γλ)^0 = 1 keeps the first token in every row
+    assert torch.equal(trace_matrix(6, TraceSpec(1.0, 0.0, "recent")), eye)  # λ = 0: GRPO, each token only itself
+    ones = torch.tril(torch.ones(6, 6, dtype=torch.float64))
+    assert torch.equal(trace_matrix(6, TraceSpec(1.0, 1.0, "recent")), ones)
+    both = trace_matrix(6, TraceSpec(1.0, 0.0, "both"))  # (γλ)^0 = 1 keeps the first token in every row
     expected = eye.clone()
     expected[:, 0] = 1.0
     assert torch.equal(both, expected)
@@ -60,258 +84,160 @@ def test_hand_computed_example():
     # both row 2: k=0 → max(0.5², 0.5⁰) = 1; k=1 → max(0.5¹, 0.5¹) = 0.5; k=2 → 1.
     values = torch.tensor([[4.0, 2.0, 1.0]], dtype=torch.float64)
     mask = torch.ones_like(values)
-    recent = traced_sum(values, mask, 1.0, 0.5, "recent")
-    both = traced_sum(values, mask, 1.0, 0.5, "both")
+    recent = traced_sum(values, mask, TraceSpec(1.0, 0.5, "recent"))
+    both = traced_sum(values, mask, TraceSpec(1.0, 0.5, "both"))
     assert recent.tolist() == [[4.0, 2.0 + 2.0, 1.0 + 1.0 + 1.0]]
     assert both.tolist() == [[4.0, 2.0 + 4.0, 1.0 + 1.0 + 4.0]]
 
 
-def random_masks(batch: int, length: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A mask with holes and a right-padded one (prefixes of random lengths, one full row, one empty row when there
-    are three rows or more): the CPU kernel reads the second kind by its row lengths, the first by the mask."""
-    holes = (torch.rand(batch, length, generator=generator) > 0.25).to(torch.float64)
-    lengths = torch.randint(0, length + 1, (batch,), generator=generator)
-    lengths[0] = length
-    if batch >= 3:
-        lengths[-1] = 0
-    return [holes, (torch.arange(length)[None, :] < lengths[:, None]).to(torch.float64)]
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Equal to float64 rounding of sums whose terms are as large as the largest result."""
+    atol = 1e-9 * max(1.0, expected.abs().max().item()) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-CASES = [
-    (batch, length, lam, gamma, style, floor, seed)
-    for (batch, length), lam, (gamma, floor), style, seed in itertools.product(
-        [(1, 1), (3, 2), (2, 63), (4, 64), (2, 65), (3, 300), (8, 50), (11, 97)],  # lanes 1 … 16, blocks of 8
-        LAMBDAS,
-        [(1.0, 0.0), (0.97, 0.0), (1.0, 1e-3), (0.9, 0.2), (1.0, 1.0)],
-        ["recent", "both"],
-        [0],
-    )
-] + [(2, 4096, lam, 1.0, style, floor, 1) for lam in LAMBDAS for style in ["recent", "both"] for floor in (0.0, 0.01)]
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("batch,length,lam,gamma,style,floor,seed", CASES)
-def test_traced_sum_matches_dense_matrix(batch, length, lam, gamma, style, floor, seed, kernel):
+def check_against_dense(trace: TraceSpec, batch: int, length: int, seed: int) -> None:
+    """For a mask with holes and a right-padded one: the forward (with and without autograd, with an offset), the
+    adjoint, the gradient, the credit weights (closed form and scan) and their scaling, all against W."""
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(batch, length, dtype=torch.float64, generator=generator)
-    for mask in random_masks(batch, length, generator):
-        dense = (values * mask) @ trace_matrix(length, gamma, lam, style, floor).T
-        atol = 1e-9 * max(1.0, dense.abs().max().item())
-        fast = traced_sum(values, mask, gamma, lam, style, floor, kernel)
-        torch.testing.assert_close(fast, dense, rtol=1e-9, atol=atol)
-
-
-ADJOINT_CASES = [
-    (batch, length, lam, gamma, style, floor)
-    for (batch, length), lam, (gamma, floor), style in itertools.product(
-        [(1, 1), (3, 2), (2, 65), (3, 300), (11, 97)],
-        LAMBDAS,
-        [(1.0, 0.0), (0.97, 0.0), (1.0, 1e-3), (0.9, 0.2), (1.0, 1.0)],
-        ["recent", "both"],
-    )
-] + [(2, 4096, lam, 1.0, style, floor) for lam in (0.99, 1.0) for style in ["recent", "both"] for floor in (0.0, 0.01)]
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("batch,length,lam,gamma,style,floor", ADJOINT_CASES)
-def test_adjoint_and_gradient_match_dense_matrix(batch, length, lam, gamma, style, floor, kernel):
-    """traced_sum_adjoint is g @ M (the transpose), and it is traced_sum's backward: ∂(Σ g·S)/∂v = mask·(g @ M)."""
-    generator = torch.Generator().manual_seed(length)
+    offset = values + 0.1 * torch.randn(batch, length, dtype=torch.float64, generator=generator)
     grad = torch.randn(batch, length, dtype=torch.float64, generator=generator)
-    for mask in random_masks(batch, length, generator):
-        dense = (grad @ trace_matrix(length, gamma, lam, style, floor)) * mask
-        atol = 1e-9 * max(1.0, dense.abs().max().item())
-        adjoint = traced_sum_adjoint(grad, mask, gamma, lam, style, floor, kernel)
-        torch.testing.assert_close(adjoint, dense, rtol=1e-9, atol=atol)
-        values = torch.randn(batch, length, dtype=torch.float64, generator=generator, requires_grad=True)
-        (traced_sum(values, mask, gamma, lam, style, floor, kernel) * grad).sum().backward()
-        torch.testing.assert_close(values.grad, dense, rtol=1e-9, atol=atol)
+    for kind, mask in masks_with_holes_and_padding(batch, length, generator).items():
+        dense = dense_traced_sum(values, mask, trace)
+        assert_matches(traced_sum(values, mask, trace), dense, f"{kind} mask, forward")
+        x = values.clone().requires_grad_()
+        out = traced_sum(x, mask, trace)
+        assert_matches(out.detach(), dense, f"{kind} mask, forward with autograd")
+        (out * grad).sum().backward()  # ∂(Σ g·S)/∂v = mask·(g @ W)
+        adjoint = dense_adjoint(grad, mask, trace)
+        assert_matches(x.grad, adjoint, f"{kind} mask, gradient")
+        assert_matches(traced_sum_adjoint(grad, mask, trace), adjoint, f"{kind} mask, adjoint")
+
+        shifted = offset + dense_traced_sum(values - offset, mask, trace)  # ε-trace off-policy: b + S(v − b)
+        assert_matches(traced_sum(values, mask, trace, offset=offset), shifted, f"{kind} mask, offset")
+
+        credit = dense_adjoint(mask, mask, trace)  # c_k = Σ_{t ≥ k, mask_t} tr(t, t − k): ε-trace on-policy
+        assert_matches(credit_weights(mask, trace), credit, f"{kind} mask, credit weights")
+        assert_matches(scale_by_credit_weights(grad, mask, trace), credit * grad, f"{kind} mask, scaled gradient")
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("batch,length,lam,gamma,style,floor", ADJOINT_CASES)
-def test_credit_weights_match_dense_column_sums(batch, length, lam, gamma, style, floor, kernel):
-    """c_k = Σ_{t ≥ k, mask_t} tr(t, t − k): the closed form (prefix masks, incl. empty and full rows) and the
-    adjoint scan (masks with holes) against the dense matrix; `scale_by_credit_weights` (the on-policy backward)
-    is c ⊙ g, on the kernel's fused closed form and on its fallbacks."""
-    generator = torch.Generator().manual_seed(length + 1)
-    matrix = trace_matrix(length, gamma, lam, style, floor)
-    for mask in random_masks(batch, length, generator):
-        dense = (mask @ matrix) * mask
-        atol = 1e-9 * max(1.0, dense.abs().max().item())
-        torch.testing.assert_close(credit_weights(mask, gamma, lam, style, floor), dense, rtol=1e-9, atol=atol)
-        grad = torch.randn(batch, length, dtype=torch.float64, generator=generator)
-        scaled = scale_by_credit_weights(grad, mask, gamma, lam, style, floor, kernel)
-        torch.testing.assert_close(scaled, dense * grad, rtol=1e-9, atol=atol * grad.abs().max().item())
+@pytest.mark.parametrize("batch,length", SHAPES)
+@pytest.mark.parametrize("trace", TRACES, ids=trace_id)
+def test_fast_forms_match_dense_matrix(trace, batch, length):
+    check_against_dense(trace, batch, length, seed=length)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_float32_input_keeps_dtype_and_precision(kernel):
-    values = torch.randn(2, 2000)
+@pytest.mark.parametrize("trace", LONG, ids=trace_id)
+def test_fast_forms_match_dense_matrix_at_long_length(trace):
+    """T = 2 048: two levels of the chunked scan (T > 32²), and a floor reached after ~460 lags."""
+    check_against_dense(trace, 2, 2048, seed=1)
+
+
+def test_float32_input_keeps_dtype_and_precision():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 2000, generator=generator)
     mask = torch.ones(2, 2000)
-    dense = values.double() @ trace_matrix(2000, 1.0, 0.99, "both").T
-    out = traced_sum(values, mask, 1.0, 0.99, "both", kernel=kernel)
+    trace = TraceSpec(1.0, 0.99, "both")
+    out = traced_sum(values, mask, trace)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), dense, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(out.double(), dense_traced_sum(values, mask, trace), rtol=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_float32_log_ratio_with_int_prefix_mask(kernel):
+def test_float32_log_ratio_with_int_prefix_mask():
     """ε-trace's inputs as TRL gives them: float32 log πθ (with gradient) and log πold, an int32 right-padded mask."""
-    logps = -3 * torch.rand(3, 500, dtype=torch.float64)
-    old = logps + 0.05 * torch.randn(3, 500, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    logps = -3 * torch.rand(3, 500, dtype=torch.float64, generator=generator)
+    old = logps + 0.05 * torch.randn(3, 500, dtype=torch.float64, generator=generator)
     mask = (torch.arange(500)[None, :] < torch.tensor([[500], [321], [7]])).int()
-    matrix = trace_matrix(500, 1.0, 0.99, "both")
+    trace = TraceSpec(1.0, 0.99, "both")
     x = logps.float().requires_grad_()
-    out = traced_sum(x - old.float(), mask, 1.0, 0.99, "both", kernel=kernel)
+    out = traced_sum(x - old.float(), mask, trace)
     assert out.dtype == torch.float32
-    expected = ((x.double() - old.float().double()) * mask) @ matrix.T
-    torch.testing.assert_close(out.double(), expected.detach(), rtol=1e-6, atol=1e-5)
-    grad = torch.randn(3, 500)
+    expected = dense_traced_sum(x.detach().double() - old.float().double(), mask, trace)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-5)
+    grad = torch.randn(3, 500, generator=generator)
     out.backward(grad)
-    torch.testing.assert_close(x.grad.double(), (grad.double() @ matrix) * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), dense_adjoint(grad, mask, trace), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")
-@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int32, torch.int64, torch.float32])
-def test_cpu_kernel_takes_any_mask_dtype_layout_and_leading_dims(mask_dtype):
-    """TRL's masks are int; tool masks can be float; a transposed view is not contiguous; [..., T] inputs work."""
-    values = torch.randn(3, 2, 70, dtype=torch.float64)
-    mask = torch.rand(3, 2, 70) > 0.3
-    dense = (values * mask) @ trace_matrix(70, 1.0, 0.9, "both", 0.01).T
-    out = traced_sum(values, mask.to(mask_dtype), 1.0, 0.9, "both", 0.01, kernel=True)
-    torch.testing.assert_close(out, dense, rtol=1e-9, atol=1e-9)
-    strided = values.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
-    torch.testing.assert_close(traced_sum(strided, mask, 1.0, 0.9, "both", 0.01, kernel=True), dense)
-    half = traced_sum(values.to(torch.bfloat16), mask, 1.0, 0.9, "both", 0.01, kernel=True)
-    assert half.dtype == torch.bfloat16
-    expected = (values.to(torch.bfloat16).double() * mask) @ trace_matrix(70, 1.0, 0.9, "both", 0.01).T
-    torch.testing.assert_close(half.double(), expected, rtol=1e-2, atol=1e-2)
-
-
-@pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")
-@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int32, torch.int64, torch.float32, torch.float64])
-def test_prefix_lengths_recognise_right_padded_masks_only(mask_dtype):
-    """The kernels read a mask whose rows are prefixes of ones by its row lengths; any other mask by its entries."""
-    lengths = torch.tensor([0, 1, 5, 9, 9])
-    prefix = torch.arange(9)[None, :] < lengths[:, None]
-    found = trace_kernels.prefix_lengths(prefix.to(mask_dtype).numpy())
-    assert found is not None and found.tolist() == lengths.tolist()
-    for row, position in [(0, 8), (1, 3), (2, 2), (3, 0), (2, 7)]:  # a hole, or a one after the padding
-        holed = prefix.clone()
-        holed[row, position] = not holed[row, position]
-        assert trace_kernels.prefix_lengths(holed.to(mask_dtype).numpy()) is None, (row, position)
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows", [6, 19, 27])
-@pytest.mark.parametrize("style,floor", [("both", 0.0), ("recent", 0.01)])
-def test_row_groups_with_garbage_in_the_padding(style, floor, rows, dtype, kernel):
-    """The kernel sweeps up to 16 rows at once (fewer: a power of 2), moving whole blocks of 8 rows × 8 positions
-    through register transposes (a right-padded row's padding zeroed there) and the rest one number at a time. 6 rows
-    (8 lanes, no block), 19 (16 + 3: two blocks, then none) and 27 (16 + 11: two blocks, then one and 3 rows) × 203
-    positions (25 blocks and 3) cover every path, with NaN and 1e30 in the padding that must not reach any output;
-    with log πold as offset, and NaN in its padding too."""
-    generator = torch.Generator().manual_seed(rows)
-    values = torch.randn(rows, 203, dtype=torch.float64, generator=generator)
-    old = values + 0.1 * torch.randn(rows, 203, dtype=torch.float64, generator=generator)
-    lengths = torch.randint(0, 204, (rows,), generator=generator)
-    lengths[:3] = torch.tensor([203, 0, 197])
-    matrix = trace_matrix(203, 1.0, 0.97, style, floor)
-    holes = torch.rand(rows, 203, generator=generator) > 0.2
+@pytest.mark.parametrize("trace", [TraceSpec(1.0, 0.97, "both"), TraceSpec(1.0, 0.97, "recent", 0.01)], ids=trace_id)
+def test_garbage_in_the_padding_reaches_no_output(trace, dtype):
+    """NaN and 1e30 in the padding must not reach any output, forward or backward; with log πold as offset, and NaN in
+    its padding too."""
+    generator = torch.Generator().manual_seed(19)
+    rows, length = 19, 203
+    values = torch.randn(rows, length, dtype=torch.float64, generator=generator)
+    old = values + 0.1 * torch.randn(rows, length, dtype=torch.float64, generator=generator)
+    lengths = torch.randint(0, length + 1, (rows,), generator=generator)
+    lengths[:3] = torch.tensor([length, 0, length - 6])
+    holes = torch.rand(rows, length, generator=generator) > 0.2
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
-    for mask in (torch.arange(203)[None, :] < lengths[:, None], holes):
+    for mask in (torch.arange(length)[None, :] < lengths[:, None], holes):
         garbage, garbage_old = values.clone(), old.clone()
         for tensor in (garbage, garbage_old):
             noise = torch.rand(int((~mask).sum()), generator=generator) > 0.5
             tensor[~mask] = torch.where(noise, float("nan"), 1e30).double()
         x = garbage.to(dtype).requires_grad_()
-        out = traced_sum(x, mask, 1.0, 0.97, style, floor, kernel)
+        out = traced_sum(x, mask, trace)
         assert out.dtype == dtype
-        torch.testing.assert_close(out.double(), (values.to(dtype).double() * mask) @ matrix.T, **tol)
-        grad = torch.randn(rows, 203, dtype=torch.float64, generator=generator)
-        out.backward(grad.to(dtype))
-        torch.testing.assert_close(x.grad.double(), (grad.to(dtype).double() @ matrix) * mask, **tol)
+        torch.testing.assert_close(out.double(), dense_traced_sum(values.to(dtype), mask, trace), **tol)
+        grad = torch.randn(rows, length, dtype=torch.float64, generator=generator).to(dtype)
+        out.backward(grad)
+        torch.testing.assert_close(x.grad.double(), dense_adjoint(grad, mask, trace), **tol)
 
-        based = traced_sum(garbage.to(dtype), mask, 1.0, 0.97, style, floor, kernel, offset=garbage_old.to(dtype))
-        difference = (values.to(dtype) - old.to(dtype)).double() * mask
+        based = traced_sum(garbage.to(dtype), mask, trace, offset=garbage_old.to(dtype))
         real = mask.bool()  # log πold + S at real tokens; masked ones carry the padding's garbage, as torch's would
-        expected = old.to(dtype).double() + difference @ matrix.T
+        expected = old.to(dtype).double() + dense_traced_sum((values.to(dtype) - old.to(dtype)).double(), mask, trace)
         torch.testing.assert_close(based.double()[real], expected[real], **tol)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_offset_form_is_offset_plus_traced_difference(dtype, kernel):
+def test_offset_form_is_offset_plus_traced_difference(dtype):
     """traced_sum(v, offset=b) = b + S(v − b) (ε-trace's log πold + Σ tr·(log πθ − log πold)), the difference and
-    the sum in v's dtype; gradient S's adjoint, none into b. 10 × 77 (16 lanes: one block of 8 rows and 2 rows one by
-    one; 9 blocks of positions and 5)."""
+    the sum in v's dtype; gradient S's adjoint, none into b."""
     generator = torch.Generator().manual_seed(3)
     logps = (-3 * torch.rand(10, 77, dtype=torch.float64, generator=generator)).to(dtype)
     old = (logps + 0.1 * torch.randn(10, 77, dtype=torch.float64, generator=generator).to(dtype)).requires_grad_()
     mask = torch.arange(77)[None, :] < torch.randint(1, 78, (10, 1), generator=generator)
-    matrix = trace_matrix(77, 0.99, 0.95, "both", 0.001)
+    trace = TraceSpec(0.99, 0.95, "both", 0.001)
     x = logps.clone().requires_grad_()
-    out = traced_sum(x, mask, 0.99, 0.95, "both", 0.001, kernel, offset=old)
+    out = traced_sum(x, mask, trace, offset=old)
     assert out.dtype == dtype
     difference = (logps - old.detach()).double()  # rounded to dtype, as torch takes it
-    expected = old.detach().double() + (difference * mask) @ matrix.T
+    expected = old.detach().double() + dense_traced_sum(difference, mask, trace)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(out.double(), expected, **tol)
     grad = torch.randn(10, 77, dtype=torch.float64, generator=generator).to(dtype)
     out.backward(grad)
-    torch.testing.assert_close(x.grad.double(), (grad.double() @ matrix) * mask, **tol)
+    torch.testing.assert_close(x.grad.double(), dense_adjoint(grad.double(), mask, trace), **tol)
     assert old.grad is None
 
 
-@pytest.mark.skipif(not trace_kernels.AVAILABLE, reason="no numba")
-def test_kernels_leave_numbas_settings_as_they_were():
-    """The sweeps are compiled with LLVM's SLP vectorizer on; numba's process-wide setting is restored afterwards."""
-    import numba
-
-    before = numba.core.config.SLP_VECTORIZE
-    for rows in (1, 3, 12):  # lanes 1, 4, 16: new compilations (or loads from the disk cache)
-        traced_sum(torch.randn(rows, 9), torch.ones(rows, 9), 1.0, 0.9, "recent", kernel=True)
-    assert numba.core.config.SLP_VECTORIZE == before
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_empty_completions(kernel):
+def test_empty_completions():
     empty = torch.zeros(2, 0)
-    assert traced_sum(empty, empty, 1.0, 0.99, "both", kernel=kernel).shape == (2, 0)
-    assert traced_sum_adjoint(empty, empty, 1.0, 0.99, "recent", kernel=kernel).shape == (2, 0)
-    assert scale_by_credit_weights(empty, empty, 1.0, 0.99, "both", kernel=kernel).shape == (2, 0)
+    trace = TraceSpec(1.0, 0.99, "both")
+    assert traced_sum(empty, empty, trace).shape == (2, 0)
+    assert traced_sum_adjoint(empty, empty, TraceSpec(1.0, 0.99, "recent")).shape == (2, 0)
+    assert scale_by_credit_weights(empty, empty, trace).shape == (2, 0)
 
 
-def test_kernel_choice(monkeypatch):
-    cpu = torch.zeros(1, 3)
-    assert use_cpu_kernel(cpu) is trace_kernels.AVAILABLE
-    assert use_cpu_kernel(cpu, False) is False
-    monkeypatch.setenv("GRPO_LAMBDA_TRACE_KERNEL", "torch")
-    assert use_cpu_kernel(cpu) is False
-    monkeypatch.setenv("GRPO_LAMBDA_TRACE_KERNEL", "numba")
-    if trace_kernels.AVAILABLE:
-        with pytest.raises(ValueError, match="GRPO_LAMBDA_TRACE_KERNEL"):
-            use_cpu_kernel(cpu)
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_long_sequences_do_not_overflow(kernel):
+def test_long_sequences_do_not_overflow():
     # (γλ)^(−t) forms overflow float64 near t ≈ 70 000 at λ = 0.99; the scan uses only non-negative powers.
     length = 100_000
     values = torch.ones(1, length, dtype=torch.float64)
     mask = torch.ones_like(values)
-    recent = traced_sum(values, mask, 1.0, 0.99, "recent", kernel=kernel)
+    recent = traced_sum(values, mask, TraceSpec(1.0, 0.99, "recent"))
     assert torch.isfinite(recent).all()
     t = torch.arange(length, dtype=torch.float64)
     torch.testing.assert_close(recent[0], (1 - 0.99 ** (t + 1)) / (1 - 0.99), rtol=1e-9, atol=1e-9)
-    both = traced_sum(values, mask, 1.0, 0.99, "both", kernel=kernel)
+    both = traced_sum(values, mask, TraceSpec(1.0, 0.99, "both"))
     assert torch.isfinite(both).all() and (both >= recent).all()
 
 
 def test_discounted_cumsum_is_the_recursion():
-    values = torch.randn(3, 777, dtype=torch.float64)
+    values = torch.randn(3, 777, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     expected = torch.empty_like(values)
     running = torch.zeros(3, dtype=torch.float64)
     for t in range(values.shape[1]):  # ε_t = a ε_{t−1} + v_t (Eq. 15)
@@ -321,51 +247,57 @@ def test_discounted_cumsum_is_the_recursion():
     torch.testing.assert_close(discounted_cumsum(values, 0.93), expected)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("style", ["recent", "both"])
-def test_padding_changes_nothing_and_masked_tokens_get_no_gradient(style, kernel):
-    values = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
+def test_padding_changes_nothing_and_masked_tokens_get_no_gradient(style):
+    generator = torch.Generator().manual_seed(0)
+    trace = TraceSpec(1.0, 0.98, style, 0.01)
+    values = torch.randn(3, 40, dtype=torch.float64, generator=generator).requires_grad_()
     mask = torch.ones(3, 40, dtype=torch.float64)
     mask[0, 30:] = 0
     mask[1, 5] = 0
-    out = traced_sum(values, mask, 1.0, 0.98, style, 0.01, kernel)
+    out = traced_sum(values, mask, trace)
     (out * mask).sum().backward()
     assert torch.all(values.grad[mask == 0] == 0)
     assert torch.all(values.grad[mask == 1] != 0)
 
-    padded = torch.cat([values.detach(), torch.randn(3, 25, dtype=torch.float64) * 1e6], dim=1)
+    padded = torch.cat([values.detach(), torch.randn(3, 25, dtype=torch.float64, generator=generator) * 1e6], dim=1)
     padded_mask = torch.cat([mask, torch.zeros(3, 25, dtype=torch.float64)], dim=1)
-    out_padded = traced_sum(padded, padded_mask, 1.0, 0.98, style, 0.01, kernel)
-    torch.testing.assert_close(out_padded[:, :40], out.detach())
+    torch.testing.assert_close(traced_sum(padded, padded_mask, trace)[:, :40], out.detach())
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_nan_in_masked_positions_does_not_leak(kernel):
+def test_nan_in_masked_positions_does_not_leak():
     values = torch.tensor([[1.0, float("nan"), 2.0]], dtype=torch.float64)
     mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
-    assert torch.isfinite(traced_sum(values, mask, 1.0, 0.5, "both", kernel=kernel)).all()
+    assert torch.isfinite(traced_sum(values, mask, TraceSpec(1.0, 0.5, "both"))).all()
 
 
 def test_permuting_the_batch_permutes_the_result():
-    values = torch.randn(5, 50, dtype=torch.float64)
-    mask = (torch.rand(5, 50) > 0.3).double()
-    order = torch.randperm(5)
-    out = traced_sum(values, mask, 1.0, 0.99, "both")
-    torch.testing.assert_close(traced_sum(values[order], mask[order], 1.0, 0.99, "both"), out[order])
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(5, 50, dtype=torch.float64, generator=generator)
+    mask = (torch.rand(5, 50, generator=generator) > 0.3).double()
+    order = torch.randperm(5, generator=generator)
+    trace = TraceSpec(1.0, 0.99, "both")
+    out = traced_sum(values, mask, trace)
+    torch.testing.assert_close(traced_sum(values[order], mask[order], trace), out[order])
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(gamma=1.0, lam=1.5, style="recent"), "trace_lambda"),
-        (dict(gamma=1.0, lam=-0.1, style="recent"), "trace_lambda"),
-        (dict(gamma=0.0, lam=0.5, style="recent"), "trace_gamma"),
-        (dict(gamma=1.0, lam=0.5, style="forward"), "style"),
-        (dict(gamma=1.0, lam=0.5, style="both", floor=2.0), "trace_floor"),
+        (dict(gamma=1.0, lam=1.5, style="recent"), "trace_lambda=1.5"),
+        (dict(gamma=1.0, lam=-0.1, style="recent"), "trace_lambda=-0.1"),
+        (dict(gamma=0.0, lam=0.5, style="recent"), "trace_gamma=0.0"),
+        (dict(gamma=1.0, lam=0.5, style="forward"), "trace_style='forward'"),
+        (dict(gamma=1.0, lam=0.5, style="both", floor=2.0), "trace_floor=2.0"),
     ],
 )
 def test_bad_parameters_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        trace_matrix(4, **kwargs)
-    with pytest.raises(ValueError, match=match):
-        traced_sum(torch.zeros(1, 4), torch.ones(1, 4), **kwargs)
+        TraceSpec(**kwargs)
+
+
+def test_trace_spec_is_frozen_and_gives_the_decay():
+    trace = TraceSpec(0.9, 0.5, "both", 0.01)
+    assert trace.decay == pytest.approx(0.45)
+    with pytest.raises(AttributeError):
+        trace.lam = 0.9

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from .data import ARITHMETIC_LEVELS
-from .loss import WEIGHT_CLAMP_FNS
-from .templates import check_template
-from .traces import TRACE_STYLES
+from .loss import WEIGHT_CLAMP_FNS, WeightClampFn
+from .templates import PromptTemplate, check_template
+from .traces import TRACE_STYLES as TRACE_STYLES  # re-exported: the choice lists live beside LOSS_VARIANTS
+from .traces import TraceSpec, TraceStyle
+from .trainer import check_trl_seam
 
-LOSS_VARIANTS: tuple[str, ...] = ("grpo", "eps_trace", "eps_weight")
-ADVANTAGE_BIAS_CORRECTIONS: tuple[str, ...] = ("none", "eos_bound")
+LossVariant = Literal["grpo", "eps_trace", "eps_weight"]
+AdvantageBiasCorrection = Literal["none", "eos_bound"]
+LOSS_VARIANTS: tuple[str, ...] = get_args(LossVariant)
+ADVANTAGE_BIAS_CORRECTIONS: tuple[str, ...] = get_args(AdvantageBiasCorrection)
 # TRL loss types whose per-token term is the clipped ratio times the advantage; the others (cispo, sapo, vespo,
 # luspo) use the log-probabilities or a sequence-level ratio in ways the traces of Eq. 2 are not defined for.
 TRACE_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -23,14 +27,14 @@ TRACE_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
 class GRPOLambdaConfig(GRPOConfig):
     """TRL's `GRPOConfig` plus the GRPO-λ fields (§3, Alg. 1–2, Table 2)."""
 
-    loss_variant: Literal["grpo", "eps_trace", "eps_weight"] = field(
+    loss_variant: LossVariant = field(
         default="eps_trace",
         metadata={
             "help": "Policy loss: 'grpo' (TRL's own), 'eps_trace' (GRPO-λ with traced ratios, Alg. 1) or "
             "'eps_weight' (GRPO-λ with trace-weighted per-token losses, Alg. 2)."
         },
     )
-    trace_style: Literal["recent", "both"] = field(
+    trace_style: TraceStyle = field(
         default="recent",
         metadata={"help": "Trace shape tr(t, l) (Eq. 2): 'recent' = (γλ)^l, 'both' = max((γλ)^l, (γλ)^(t−l))."},
     )
@@ -46,7 +50,7 @@ class GRPOLambdaConfig(GRPOConfig):
         default=None,
         metadata={"help": "Advantages below this are raised to it (Alg. 1–2; −0.1 in Table 2); null disables it."},
     )
-    weight_clamp_fn: Literal["sigmoid", "tanh"] = field(
+    weight_clamp_fn: WeightClampFn = field(
         default="sigmoid",
         metadata={
             "help": "Soft clamp f of ε-weight (Alg. 2): 'sigmoid' = 1 + σ(log π − 1), 'tanh' = 1 + tanh(log π − 1)."
@@ -68,39 +72,67 @@ class GRPOLambdaConfig(GRPOConfig):
         },
     )
 
-    advantage_bias_correction: Literal["none", "eos_bound"] = field(
+    advantage_bias_correction: AdvantageBiasCorrection = field(
         default="none",
         metadata={
             "help": "'eos_bound' adds Lemma 1's bound on GRPO's baseline bias, 1 − Π_{k<t}(1 − π(EOS|s_k)), to the "
             "normalised advantage of each token t (the paper's preliminary experiment, Appendix A.2; 'inconclusive' "
-            "there). 'none' (default) leaves advantages as they are; the bound is logged as lemma1/… either way."
+            "there) and logs it as lemma1/…. 'none' (default) leaves advantages as they are."
+        },
+    )
+    lemma1_diagnostics: bool = field(
+        default=False,
+        metadata={
+            "help": "Log Lemma 1's bound (lemma1/…, §3.1) at every micro-step, from the loss's own policy forward: a "
+            "[B, T, hidden] float32 copy of the final hidden states, one all-reduce, and under ZeRO-3 a gather of the "
+            "LM head. On by itself with advantage_bias_correction=eos_bound, which needs the bound."
         },
     )
 
     def __post_init__(self):
+        check_trl_seam()
         self._check_grpo_lambda_fields()
         super().__post_init__()
 
-    def _check_grpo_lambda_fields(self) -> None:
-        def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}.")
+    @property
+    def trace(self) -> TraceSpec:
+        """The trace tr(t, l) of these fields (`trace_gamma`, `trace_lambda`, `trace_style`, `trace_floor`)."""
+        return TraceSpec(self.trace_gamma, self.trace_lambda, self.trace_style, self.trace_floor)
 
-        choice("loss_variant", self.loss_variant, LOSS_VARIANTS)
-        choice("trace_style", self.trace_style, TRACE_STYLES)
-        choice("weight_clamp_fn", self.weight_clamp_fn, WEIGHT_CLAMP_FNS)
-        choice("advantage_bias_correction", self.advantage_bias_correction, ADVANTAGE_BIAS_CORRECTIONS)
-        if self.advantage_bias_correction == "eos_bound" and self.use_liger_kernel:
+    @property
+    def lemma1_enabled(self) -> bool:
+        """Whether the trainer computes Lemma 1's bound: asked for, or needed by `eos_bound`."""
+        return self.lemma1_diagnostics or self.advantage_bias_correction == "eos_bound"
+
+    def _check_liger(self) -> None:
+        """Liger's fused loss replaces TRL's `_compute_loss` and its policy forward, where every GRPO-λ piece acts."""
+        fixes = {  # field: (the value that needs no TRL loss, whether it is set otherwise)
+            "loss_variant": ("grpo", self.loss_variant != "grpo"),
+            "adv_clamp_min": ("null", self.adv_clamp_min is not None),
+            "lemma1_diagnostics": ("false", self.lemma1_diagnostics),
+            "advantage_bias_correction": ("none", self.advantage_bias_correction != "none"),
+        }
+        needs = {name: fix for name, (fix, is_set) in fixes.items() if is_set}
+        if needs:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in needs)
+            undo = ", ".join(f"{name}={fix}" for name, fix in needs.items())
             raise ValueError(
-                "advantage_bias_correction='eos_bound' needs the policy forward of TRL's own loss, which "
-                "use_liger_kernel=True replaces. Set use_liger_kernel=false or advantage_bias_correction=none."
+                f"{values} need(s) TRL's own loss, which use_liger_kernel=True replaces. "
+                f"Set use_liger_kernel=false or {undo}."
             )
-        if not 0.0 <= self.trace_lambda <= 1.0:
-            raise ValueError(f"trace_lambda={self.trace_lambda} is outside [0, 1]; the paper uses 0.98 or 0.99.")
-        if not 0.0 < self.trace_gamma <= 1.0:
-            raise ValueError(f"trace_gamma={self.trace_gamma} is outside (0, 1]; use 1.0 for undiscounted traces.")
-        if not 0.0 <= self.trace_floor <= 1.0:
-            raise ValueError(f"trace_floor={self.trace_floor} is outside [0, 1]; use 0.0 to disable the floor.")
+
+    def _check_grpo_lambda_fields(self) -> None:
+        choices = {
+            "loss_variant": LOSS_VARIANTS,
+            "weight_clamp_fn": WEIGHT_CLAMP_FNS,
+            "advantage_bias_correction": ADVANTAGE_BIAS_CORRECTIONS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
+        _ = self.trace  # building the TraceSpec checks trace_gamma, trace_lambda, trace_style and trace_floor
+        if self.use_liger_kernel:
+            self._check_liger()
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError(
                 f"max_prompt_length={self.max_prompt_length} must be a positive number of tokens or null."
@@ -111,11 +143,6 @@ class GRPOLambdaConfig(GRPOConfig):
             )
         if self.loss_variant == "grpo":
             return
-        if self.use_liger_kernel:
-            raise ValueError(
-                f"use_liger_kernel=True replaces the model's loss path, which would bypass loss_variant="
-                f"{self.loss_variant!r}. Set use_liger_kernel=false or loss_variant=grpo."
-            )
         if self.loss_type not in TRACE_LOSS_TYPES:
             raise ValueError(
                 f"loss_type={self.loss_type!r} does not clip a per-token ratio, so loss_variant={self.loss_variant!r} "
@@ -153,7 +180,7 @@ class DataArguments(ScriptArguments):
         default=None,
         metadata={"help": "A local copy of `dataset_name` (save_to_disk folder, .jsonl, .json or .parquet)."},
     )
-    prompt_template: Literal["qwen_math", "r1", "no"] = field(
+    prompt_template: PromptTemplate = field(
         default="no",
         metadata={"help": "Prompt template and answer extraction: qwen_math (\\boxed{}), r1 (<answer>), no (bare)."},
     )
@@ -229,6 +256,6 @@ def _parse(dataclasses: tuple, argv: list[str] | None):
     parser = OneLineErrorParser(dataclasses)
     try:
         return parser.parse_args_and_config(args=argv)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, ImportError) as error:
         message = " ".join(str(error).split())
         raise SystemExit(f"{CONFIG_ERROR} {message}") from None

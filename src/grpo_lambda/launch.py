@@ -1,14 +1,22 @@
-"""`make train` / `make sft`: find the recipe for MODEL × DATASET × METHOD [× LAMBDA × STYLE × UPDATE] and launch
-it with `accelerate launch`, as open-r1 does.
+"""`make train` / `make sft`: find the recipe for a model, a training set and a method, and launch it with
+`accelerate launch`, as open-r1 does.
 
     python -m grpo_lambda.launch --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --dataset math12k \
-        --method grpo-lambda --lambda 0.99 --style both --update trace --accelerate zero2 [--dry-run]
+        --loss_variant eps_trace --trace_style both --trace_lambda 0.99 --accelerate zero2 [--dry-run]
 
-Lookup: recipes/<model name tail>/grpo/config_<dataset>_<method tag>.yaml (recipes/<model>/sft/config_<dataset>.yaml
-for SFT). Unset LAMBDA / STYLE / UPDATE pick the paper's preferred run among the recipes that exist (λ 0.99,
-ε-trace, `both`; §4.1). A model or dataset without recipes falls back to recipes/default/<stage>/ with your
-model, dataset and trace settings passed on the command line. An SFT output folder (it records its base model)
-finds its base model's recipes. `--recipe` names the recipe file itself (the SLURM scripts use it).
+Lookup: recipes/<model name tail>/grpo/config_<dataset>_<method tag>.yaml, with grpo_lambda.methods.Method's tag
+(`grpo`, `eps_trace-both-0.99`, ...); SFT: recipes/<model>/sft/config_<dataset>.yaml. Method fields left unset pick
+the paper's preferred run among the recipes that exist (λ 0.99, ε-trace, `both`; §4.1). Without a model, the
+recipes of recipes/default/ (the embedded SmolLM2-135M-Instruct on the arithmetic task). A model without recipes
+falls back to recipes/default/<stage>/ with your model, dataset and method on the command line and its output in
+data/<model>/grpo/<dataset>_<tag>. An SFT output folder (it records its base model) finds its base model's recipes.
+`--recipe` names the recipe file itself (the SLURM scripts use it).
+
+Processes: one per usable GPU (`--num-processes N`: N of them). Without a GPU, N CPU processes (default 1) over
+gloo, with `--use_cpu true` for the trainer: without it, DDP on a CPU trains independent copies of the model and
+ZeRO rejects the batch size. Precision: accelerate's mixed precision follows the recipe's `bf16` / `fp16`, so a
+DeepSpeed config never contradicts the trainer. Port: derived from the SLURM job id (a free port outside SLURM), so
+that two jobs on one node do not both take accelerate's 29500.
 
 A running training checkpoints and stops at the end of its current step when the file <output_dir>/STOP_REQUESTED
 appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.sweep) handles the warning before a time limit.
@@ -17,25 +25,31 @@ appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.sweep) handle
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
+import yaml
+
+from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.models import EMBEDDED_PREFIX
 
-METHODS = ("grpo", "grpo-lambda")
-UPDATES = ("trace", "weight")
-STYLES = ("both", "recent")
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
 SFT_RECORD = "grpo_lambda_sft.json"  # written by grpo_lambda.sft into its output folder
-# Exit status of a training run that saved a checkpoint on the warning signal and stopped early (75: EX_TEMPFAIL,
-# "try again later"): grpo_lambda.sweep requeues it.
-EXIT_PREEMPTED = 75
-# Created in a run's output_dir, it asks every training rank to save a checkpoint and stop (see above).
-STOP_FILE = "STOP_REQUESTED"
+PAPER_METHOD = Method("eps_trace", "both", 0.99)  # §4.1: the preferred run when the method is left unset
+DEPRECATED_NOTE = (
+    "grpo_lambda: METHOD, LAMBDA, STYLE and UPDATE are deprecated: use the config's fields, "
+    "LOSS_VARIANT=grpo|eps_trace|eps_weight TRACE_STYLE=recent|both TRACE_LAMBDA=<λ> "
+    "(UPDATE=trace|weight is LOSS_VARIANT=eps_trace|eps_weight)."
+)
 
 
 def repo_root() -> Path:
@@ -55,94 +69,250 @@ def recipe_model(model: str) -> str:
     return model
 
 
-def _preference(path: Path) -> tuple:
-    """Sort key putting the paper's preferred GRPO-λ run first (§4.1: λ 0.99, ε-trace, `both`)."""
-    _, lam, style, update = path.stem.split("_", 2)[-1].rsplit("-", 3)
-    return (lam != "0.99", update != "trace", style != "both", path.name)
+@functools.cache
+def config_choices(field: str) -> tuple[str, ...]:
+    """The values GRPOLambdaConfig accepts for a `Literal` field."""
+    from grpo_lambda.configs import GRPOLambdaConfig
+
+    return typing.get_args(typing.get_type_hints(GRPOLambdaConfig)[field])
 
 
-def resolve_recipe(root: Path, args: argparse.Namespace) -> tuple[Path, list[str], str]:
-    """The recipe, the command-line overrides that go with it, and a note on how it was chosen."""
-    model = os.path.abspath(args.model) if args.model and os.path.exists(args.model) else args.model
-    dataset = os.path.abspath(args.dataset) if args.dataset and os.path.exists(args.dataset) else args.dataset
-    overrides = ["--model_name_or_path", model] if model else []
-    trace = {"lambda": args.trace_lambda, "style": args.style, "update": args.update}
-    if args.stage == "sft" and any(trace.values()):
-        raise SystemExit("grpo_lambda: LAMBDA, STYLE and UPDATE apply to METHOD=grpo-lambda training, not to SFT.")
-    if args.method == "grpo" and any(trace.values()):
-        raise SystemExit("grpo_lambda: LAMBDA, STYLE and UPDATE need METHOD=grpo-lambda.")
+@functools.cache
+def _method_defaults() -> dict:
+    from grpo_lambda.configs import GRPOLambdaConfig
 
-    stage_folder = "sft" if args.stage == "sft" else "grpo"
-    folder = root / "recipes" / name_tail(recipe_model(model)) / stage_folder if model else None
-    if folder is not None and folder.is_dir() and not dataset:
-        recipes = sorted(folder.glob("config_*.yaml"))
-        if args.stage == "sft" and len(recipes) == 1:
-            return recipes[0], overrides, f"the SFT recipe of {name_tail(recipe_model(model))}"
-        datasets = sorted({p.stem.removeprefix("config_").split("_")[0] for p in recipes})
-        raise SystemExit(
-            f"grpo_lambda: set DATASET for {name_tail(recipe_model(model))}: one of {', '.join(datasets)}."
-        )
-    if folder is not None and dataset and folder.is_dir():
-        tag = name_tail(dataset)
-        if args.stage == "sft":
-            candidates = [folder / f"config_{tag}.yaml"]
-        elif args.method == "grpo":
-            candidates = [folder / f"config_{tag}_grpo.yaml"]
-        else:
-            pattern = (
-                f"config_{tag}_grpo-lambda-{args.trace_lambda or '*'}-{args.style or '*'}-{args.update or '*'}.yaml"
-            )
-            candidates = sorted(folder.glob(pattern), key=_preference)
-        candidates = [c for c in candidates if c.is_file()]
-        if candidates:
-            return candidates[0], overrides, f"recipe of {name_tail(recipe_model(model))} on {tag}"
-        available = sorted(p.name for p in folder.glob(f"config_{tag}_*.yaml")) or sorted(
-            p.name for p in folder.glob("*.yaml")
-        )
-        if available:
+    names = {f.name for f in dataclasses.fields(Method)}
+    return {f.name: f.default for f in dataclasses.fields(GRPOLambdaConfig) if f.name in names}
+
+
+def recipe_method(values: dict) -> Method:
+    """The method a recipe's values (plus overrides) train, unset fields at GRPOLambdaConfig's defaults."""
+    return Method.from_config(argparse.Namespace(**{**_method_defaults(), **values}))
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodQuery:
+    """The method fields `make train` was given (None: any; the paper's preferred among the recipes)."""
+
+    loss_variant: str | None = None
+    trace_style: str | None = None
+    trace_lambda: float | None = None
+    traced: bool = False  # the deprecated METHOD=grpo-lambda: any loss_variant but grpo
+
+    def __post_init__(self):
+        if self.loss_variant == "grpo" and (self.trace_style is not None or self.trace_lambda is not None):
             raise SystemExit(
-                f"grpo_lambda: no recipe in {folder.relative_to(root)} for dataset={tag} method={args.method} "
-                f"lambda={args.trace_lambda} style={args.style} update={args.update}; it has: {', '.join(available)}."
+                "grpo_lambda: TRACE_STYLE and TRACE_LAMBDA apply to LOSS_VARIANT=eps_trace|eps_weight, not to grpo."
             )
 
-    default = (
-        root
-        / "recipes"
-        / "default"
-        / stage_folder
-        / ("config_sft.yaml" if args.stage == "sft" else f"config_{args.method}.yaml")
+    @property
+    def empty(self) -> bool:
+        return self == MethodQuery()
+
+    def matches(self, method: Method) -> bool:
+        if self.traced and method.loss_variant == "grpo":
+            return False
+        return all(getattr(method, k) == v for k, v in self.settings().items())
+
+    def settings(self) -> dict:
+        fields = ("loss_variant", "trace_style", "trace_lambda")
+        return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
+
+    def flags(self) -> list[str]:
+        return [token for k, v in self.settings().items() for token in (f"--{k}", _text(v))]
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={_text(v)}" for k, v in self.settings().items()) or "any method"
+
+
+def _text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _preference(method: Method) -> tuple:
+    """Sort key putting the paper's preferred run first (§4.1: GRPO-λ, λ 0.99, ε-trace, `both`)."""
+    return (
+        method.loss_variant == "grpo",
+        method.trace_lambda != PAPER_METHOD.trace_lambda,
+        method.loss_variant != PAPER_METHOD.loss_variant,
+        method.trace_style != PAPER_METHOD.trace_style,
+        method.tag,
     )
+
+
+def _recipes(folder: Path, stage: str) -> dict[Path, tuple[str, Method | None]]:
+    """The recipes of a folder: path → (dataset, method); an SFT recipe has no method."""
+    found = {}
+    for path in sorted(folder.glob("config_*.yaml")):
+        name = path.stem.removeprefix("config_")
+        if stage == "sft":
+            found[path] = (name, None)
+            continue
+        dataset, _, tag = name.partition("_")
+        try:
+            found[path] = (dataset, Method.from_tag(tag))
+        except ValueError:
+            continue  # not a method recipe (a user's own file): only --recipe reaches it
+    return found
+
+
+def _local(path: str | None) -> str | None:
+    return os.path.abspath(path) if path and os.path.exists(path) else path
+
+
+def resolve_recipe(
+    root: Path, stage: str, model: str | None, dataset: str | None, query: MethodQuery
+) -> tuple[Path, list[str], str]:
+    """The recipe, the command-line overrides that go with it, and a note on how it was chosen."""
+    model, dataset = _local(model), _local(dataset)
+    if stage == "sft" and not query.empty:
+        raise SystemExit("grpo_lambda: LOSS_VARIANT, TRACE_STYLE and TRACE_LAMBDA apply to `make train`, not to SFT.")
+    overrides = ["--model_name_or_path", model] if model else []
+    stage_folder = "sft" if stage == "sft" else "grpo"
+    base = name_tail(recipe_model(model)) if model else None
+    folder = root / "recipes" / base / stage_folder if base else None
+    if folder is not None and folder.is_dir():
+        recipes = _recipes(folder, stage)
+        datasets = sorted({d for d, _ in recipes.values()})
+        if not dataset:
+            if stage == "sft" and len(recipes) == 1:
+                return next(iter(recipes)), overrides, f"the SFT recipe of {base}"
+            raise SystemExit(f"grpo_lambda: set DATASET for {base}: one of {', '.join(datasets)}.")
+        tail = name_tail(dataset)
+        found = [p for p, (d, m) in recipes.items() if d == tail and (m is None or query.matches(m))]
+        if found:
+            best = min(found, key=lambda p: _preference(recipes[p][1]) if recipes[p][1] else ())
+            return best, overrides, f"recipe of {base} on {tail}"
+        if tail in datasets:
+            names = ", ".join(p.name for p, (d, _) in recipes.items() if d == tail)
+            raise SystemExit(
+                f"grpo_lambda: no recipe in {folder.relative_to(root)} for {tail} with {query.describe()}; it has: "
+                f"{names}. Another setting: start from one of them and override it, e.g. ARGS='--trace_style both'."
+            )
+        raise SystemExit(
+            f"grpo_lambda: {base} has recipes for {', '.join(datasets)}, not {tail}; to train on another set, start "
+            f"from one of them: DATASET={datasets[0]} ARGS='--dataset_name {dataset}'."
+        )
+
+    default_folder = root / "recipes" / "default" / stage_folder
+    recipes = _recipes(default_folder, stage)
+    if stage == "sft":
+        recipe = next(iter(recipes))
+    else:
+        exact = [p for p, (_, m) in recipes.items() if query.matches(m)]
+        alike = [p for p, (_, m) in recipes.items() if (m.loss_variant == "grpo") == (query.loss_variant == "grpo")]
+        recipe = min(exact or alike, key=lambda p: _preference(recipes[p][1]))
+        overrides += query.flags()
     if dataset:
         overrides += ["--dataset_name", dataset]
-    if args.method == "grpo-lambda" and args.stage == "train":
-        if args.trace_lambda:
-            overrides += ["--trace_lambda", args.trace_lambda]
-        if args.style:
-            overrides += ["--trace_style", args.style]
-        if args.update:
-            overrides += ["--loss_variant", f"eps_{args.update}"]
-    note = "default recipe" + (f" (no recipe for {name_tail(model)})" if model else "")
-    return default, overrides, note
+    values = yaml.safe_load(recipe.read_text())
+    model_tail = base or name_tail(values["model_name_or_path"])
+    dataset_tail = name_tail(dataset or values["dataset_name"]).replace("_", "-")  # run folders: <dataset>_<tag>
+    if stage == "sft":
+        output_dir = f"data/{model_tail}/sft/{dataset_tail}"
+    else:
+        method = recipe_method({**values, **query.settings()})
+        output_dir = f"data/{RunFolder(model_tail, dataset_tail, method).name}"
+    if output_dir != values.get("output_dir"):
+        overrides += ["--output_dir", output_dir]
+    note = "default recipe" + (f" (no recipe for {base})" if base else "")
+    return recipe, overrides, note
 
 
-def accelerate_config(root: Path, name: str, machines: dict | None = None) -> tuple[Path, list[str]]:
-    """recipes/accelerate_configs/<name>.yaml; 'auto' is zero2 where CUDA is visible, else cpu. The process count
-    follows the visible GPUs (times the machines, for a multi-node run); without a GPU, a DeepSpeed or DDP config
-    runs one process in full precision."""
+def _nvidia_smi_gpus() -> int:
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
+
+
+def usable_gpus() -> int:
+    """The CUDA devices torch can use; stops with one line when NVIDIA GPUs are present but torch cannot use them
+    (on an NVIDIA driver too old for torch's CUDA, `device_count` may still count them while every rank would fail
+    at CUDA init)."""
     import torch
 
-    gpus = torch.cuda.device_count()
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    present = torch.cuda.device_count() or _nvidia_smi_gpus()
+    if not present:
+        return 0
+    if torch.version.cuda is None:
+        problem = f"torch {torch.__version__} is a CPU build: reinstall the GPU stack (make clean install STACK=gpu)"
+    else:
+        problem = (
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use them: the NVIDIA driver is older than "
+            "its CUDA needs (CUDA 13: driver >= 580; nvidia-smi shows yours). Update the driver or install PyTorch's "
+            "CUDA 12 build (README: Install)"
+        )
+    raise SystemExit(f"grpo_lambda: this machine has {present} NVIDIA GPU(s) but {problem}; ACCEL=cpu trains on CPU.")
+
+
+def accelerate_config(
+    root: Path, name: str, num_processes: int | None = None, machines: dict | None = None
+) -> tuple[Path, list[str], bool]:
+    """recipes/accelerate_configs/<name>.yaml ('auto': zero2 where a GPU is usable, else cpu), accelerate's process
+    flags, and whether the run is on the CPU."""
+    gpus = 0 if name == "cpu" else usable_gpus()
     if name == "auto":
         name = "zero2" if gpus else "cpu"
+    config = root / "recipes" / "accelerate_configs" / f"{name}.yaml"
     if name == "cpu":
-        extra = []
-    elif gpus:
-        extra = ["--num_processes", str(gpus * (machines["num_machines"] if machines else 1))]
-    else:
-        extra = ["--num_processes", "1", "--mixed_precision", "no"]
+        if (num_processes or 1) > 1:
+            raise SystemExit("grpo_lambda: ACCEL=cpu is one process; several CPU processes: ACCEL=ddp|zero2|zero3.")
+        return config, [], True
+    per_machine = num_processes or gpus or 1
+    if gpus and per_machine > gpus:
+        raise SystemExit(f"grpo_lambda: NPROC={per_machine}, but this machine has {gpus} usable GPU(s).")
+    flags = ["--num_processes", str(per_machine * (machines["num_machines"] if machines else 1))]
     if machines:
-        extra += [f"--{key}={value}" for key, value in machines.items()]
-    return root / "recipes" / "accelerate_configs" / f"{name}.yaml", extra
+        flags += [f"--{key}={value}" for key, value in machines.items()]
+    return config, flags, not gpus
+
+
+def main_process_port(explicit: int | None, multi_machine: bool = False) -> int:
+    """`explicit`; else derived from SLURM_JOB_ID (the same on every node of a job, different for two array tasks
+    sharing a node); else a free port (one machine) or accelerate's 29500 (several machines outside SLURM)."""
+    if explicit:
+        return explicit
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if job.isdigit():
+        return 20000 + int(job) % 10000  # below Linux's ephemeral range (32768–60999)
+    if multi_machine:
+        return 29500
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def flag_value(tokens: list[str], name: str) -> str | None:
+    """The last value given to `--name` among command-line tokens (a bare flag: 'true')."""
+    value = None
+    for index, token in enumerate(tokens):
+        key, equals, inline = token.partition("=")
+        if key != f"--{name}":
+            continue
+        following = tokens[index + 1] if index + 1 < len(tokens) else "--"
+        value = inline if equals else ("true" if following.startswith("--") else following)
+    return value
+
+
+def mixed_precision(recipe: Path, tokens: list[str]) -> str:
+    """accelerate's --mixed_precision for a recipe plus command-line overrides: the trainer's bf16 / fp16 (TRL:
+    bf16 defaults to true unless fp16 is set)."""
+    values = yaml.safe_load(recipe.read_text()) or {}
+
+    def setting(name: str) -> bool | None:
+        given = flag_value(tokens, name)
+        value = values.get(name) if given is None else given.lower() in ("true", "1", "yes")
+        return None if value is None else bool(value)
+
+    if setting("fp16"):
+        return "fp16"
+    return "no" if setting("bf16") is False else "bf16"
 
 
 def _machines(args: argparse.Namespace) -> dict | None:
@@ -156,8 +326,29 @@ def _machines(args: argparse.Namespace) -> dict | None:
         "num_machines": args.num_machines,
         "machine_rank": rank,
         "main_process_ip": args.main_process_ip,
-        "main_process_port": args.main_process_port,
+        "main_process_port": main_process_port(args.main_process_port, multi_machine=True),
     }
+
+
+def method_query(args: argparse.Namespace) -> MethodQuery:
+    """The method fields given, the deprecated METHOD / LAMBDA / STYLE / UPDATE mapped onto them (with a note)."""
+    given = {k: getattr(args, k) for k in ("loss_variant", "trace_style", "trace_lambda")}
+    deprecated = {k: getattr(args, k) for k in ("method", "old_lambda", "old_style", "update")}
+    traced = False
+    if any(v is not None for v in deprecated.values()):
+        print(DEPRECATED_NOTE, file=sys.stderr, flush=True)
+        if deprecated["update"]:
+            given["loss_variant"] = given["loss_variant"] or f"eps_{deprecated['update']}"
+        if deprecated["method"] == "grpo":
+            given["loss_variant"] = given["loss_variant"] or "grpo"
+        traced = deprecated["method"] == "grpo-lambda" and given["loss_variant"] is None
+        given["trace_lambda"] = (
+            given["trace_lambda"] if given["trace_lambda"] is not None else deprecated["old_lambda"]
+        )
+        given["trace_style"] = given["trace_style"] or deprecated["old_style"]
+        if deprecated["method"] == "grpo" and given["loss_variant"] != "grpo":
+            raise SystemExit("grpo_lambda: METHOD=grpo contradicts the GRPO-λ settings given; use LOSS_VARIANT=.")
+    return MethodQuery(**given, traced=traced)
 
 
 def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]:
@@ -167,37 +358,54 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
             raise SystemExit(f"grpo_lambda: no recipe file {args.recipe}.")
         overrides, note = (["--model_name_or_path", args.model] if args.model else []), "recipe given"
     else:
-        recipe, overrides, note = resolve_recipe(root, args)
-    config, accelerate_extra = accelerate_config(root, args.accelerate, _machines(args))
+        recipe, overrides, note = resolve_recipe(root, args.stage, args.model, args.dataset, method_query(args))
+    extra = shlex.split(args.args or "")
+    machines = _machines(args)
+    config, accelerate_flags, on_cpu = accelerate_config(root, args.accelerate, args.num_processes, machines)
+    processes = int(accelerate_flags[1]) if accelerate_flags else 1
+    accelerate_flags += ["--mixed_precision", mixed_precision(recipe, overrides + extra)]
+    if processes > 1 and machines is None:
+        accelerate_flags += ["--main_process_port", str(main_process_port(args.main_process_port))]
     if args.vllm_mode:
         overrides += ["--vllm_mode", args.vllm_mode]
+    if on_cpu:
+        overrides += ["--use_cpu", "true"]
     module = "grpo_lambda.sft" if args.stage == "sft" else "grpo_lambda.grpo"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *accelerate_extra,
-        "-m", module, "--config", str(recipe), *overrides, *shlex.split(args.args or ""),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *accelerate_flags,
+        "-m", module, "--config", str(recipe), *overrides, *extra,
     ]  # fmt: skip
     return command, note
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default="train", choices=("train", "sft"))
-    parser.add_argument("--recipe", default=None, help="A recipe file; skips the MODEL/DATASET/METHOD lookup.")
+    parser.add_argument("--recipe", default=None, help="A recipe file; skips the lookup.")
     parser.add_argument("--model", default=None, help="Hub id, local folder or embedded:SmolLM2-135M-Instruct.")
     parser.add_argument("--dataset", default=None, help="gsm8k, math12k, math-rl-16k, orz-57k, arithmetic, a path.")
-    parser.add_argument("--method", default="grpo-lambda", choices=METHODS)
-    parser.add_argument("--lambda", dest="trace_lambda", default=None, help="GRPO-λ's λ, e.g. 0.99.")
-    parser.add_argument("--style", default=None, choices=STYLES)
-    parser.add_argument("--update", default=None, choices=UPDATES, help="trace (ε-trace) or weight (ε-weight).")
+    parser.add_argument("--loss_variant", default=None, choices=config_choices("loss_variant"))
+    parser.add_argument("--trace_style", default=None, choices=config_choices("trace_style"))
+    parser.add_argument("--trace_lambda", default=None, type=float, help="λ of the traces, e.g. 0.99.")
+    # Deprecated spellings (a note says what to use instead)
+    parser.add_argument("--method", default=None, choices=("grpo", "grpo-lambda"), help=argparse.SUPPRESS)
+    parser.add_argument("--lambda", dest="old_lambda", default=None, type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--style", dest="old_style", default=None, choices=("both", "recent"), help=argparse.SUPPRESS)
+    parser.add_argument("--update", default=None, choices=("trace", "weight"), help=argparse.SUPPRESS)
     parser.add_argument("--accelerate", default="auto", choices=ACCELERATE_CONFIGS)
+    parser.add_argument("--num-processes", type=int, default=None, help="Processes per machine (default: GPUs, or 1).")
     parser.add_argument("--vllm-mode", default=None, choices=("colocate", "server"))
     parser.add_argument("--args", default="", help="Extra trainer flags, e.g. '--learning_rate 2e-6'.")
     parser.add_argument("--num-machines", type=int, default=1, help="Training nodes of a multi-node run.")
     parser.add_argument("--machine-rank", type=int, default=None, help="This node's rank (default: SLURM_PROCID).")
     parser.add_argument("--main-process-ip", default=None, help="Address of the rank-0 training node.")
-    parser.add_argument("--main-process-port", type=int, default=29500)
+    parser.add_argument("--main-process-port", type=int, default=None, help="Default: from SLURM_JOB_ID.")
     parser.add_argument("--dry-run", action="store_true", help="Print the recipe and the command; run nothing.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     root = repo_root()
     command, note = build_command(args, root)
     recipe = command[command.index("--config") + 1]

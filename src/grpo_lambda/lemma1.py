@@ -6,8 +6,8 @@ GRPO's baseline is V(s_0) for every token; Lemma 1 bounds how far that is from V
 
 the probability that the policy would have ended the episode before t. How this is used, relative to plain GRPO:
 
-1. Diagnostic: the bound per completion token, from the policy forward the loss already runs (no extra forward),
-   logged as `lemma1/…` (docs/metrics.md).
+1. Diagnostic (`lemma1_diagnostics: true`): the bound per completion token, from the policy forward the loss
+   already runs (no extra forward), logged as `lemma1/…` (docs/metrics.md).
 2. `advantage_bias_correction: eos_bound` adds the bound to the normalised advantage per token,
    δ_t = A_NAE + bound_t (Appendix A.2, "Relation with GRPO's NAE": the paper's preliminary experiment).
 

@@ -18,14 +18,14 @@ value and gradient as the general traced sum; docs/method.md says when the train
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-from .traces import TraceStyle, scale_by_credit_weights, traced_sum
+from .traces import TraceSpec, scale_by_credit_weights, traced_sum
 
 WeightClampFn = Literal["sigmoid", "tanh"]
-WEIGHT_CLAMP_FNS: tuple[str, ...] = ("sigmoid", "tanh")
+WEIGHT_CLAMP_FNS: tuple[str, ...] = get_args(WeightClampFn)
 
 
 def clamp_negative_advantages(advantages: torch.Tensor, adv_clamp_min: float | None) -> torch.Tensor:
@@ -42,14 +42,7 @@ def clamp_negative_advantages(advantages: torch.Tensor, adv_clamp_min: float | N
 
 
 def eligibility_traced_log_probs(
-    per_token_logps: torch.Tensor,
-    old_per_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: float,
-    lam: float,
-    style: TraceStyle,
-    floor: float = 0.0,
-    kernel: bool | None = None,
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor, trace: TraceSpec
 ) -> torch.Tensor:
     """ε-trace's traced log-probabilities, log πold plus the exponent of its ratio (Eq. 1; Eq. 2 for general tr):
 
@@ -62,11 +55,11 @@ def eligibility_traced_log_probs(
         per_token_logps: [B, T] log πθ of the completion tokens.
         old_per_token_logps: [B, T] log πold of the same tokens.
         mask: [B, T] completion mask.
-        kernel: see `traces.traced_sum` (None: the fused CPU kernel on CPU).
+        trace: the trace tr(t, l) (γ, λ, style, floor).
     Returns:
         [B, T] traced log-probabilities (the log-ratio is this minus `old_per_token_logps`).
     """
-    return traced_sum(per_token_logps, mask, gamma, lam, style, floor, kernel, offset=old_per_token_logps)
+    return traced_sum(per_token_logps, mask, trace, offset=old_per_token_logps)
 
 
 def soft_clamp_log_probs(per_token_logps: torch.Tensor, fn: WeightClampFn = "sigmoid") -> torch.Tensor:
@@ -86,35 +79,22 @@ def soft_clamp_log_probs(per_token_logps: torch.Tensor, fn: WeightClampFn = "sig
 
 @torch.no_grad()
 def eps_weight_trace_weights(
-    per_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: float,
-    lam: float,
-    style: TraceStyle,
-    floor: float = 0.0,
-    fn: WeightClampFn = "sigmoid",
-    kernel: bool | None = None,
+    per_token_logps: torch.Tensor, mask: torch.Tensor, trace: TraceSpec, fn: WeightClampFn = "sigmoid"
 ) -> torch.Tensor:
     """ε^w = w @ f(log π) of Alg. 2: ε^w_t = Σ_{l=0}^{t} tr(t, l)·f(log π(a_{t−l}|s_{t−l})), a constant coefficient.
 
     Args:
         per_token_logps: [B, T] log-probabilities of the sampled tokens under the policy that generated them.
         mask: [B, T] completion mask; padded tokens add nothing.
-        kernel: see `traces.traced_sum`.
+        trace: the trace tr(t, l).
+        fn: the soft clamp f (`soft_clamp_log_probs`).
     Returns:
         [B, T] non-negative weights (no gradient); ≥ 1 with the sigmoid clamp.
     """
-    return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, gamma, lam, style, floor, kernel)
+    return traced_sum(soft_clamp_log_probs(per_token_logps, fn), mask, trace)
 
 
-def on_policy_traced_log_probs(
-    per_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: float,
-    lam: float,
-    style: TraceStyle,
-    floor: float = 0.0,
-) -> torch.Tensor:
+def on_policy_traced_log_probs(per_token_logps: torch.Tensor, mask: torch.Tensor, trace: TraceSpec) -> torch.Tensor:
     """ε-trace's traced log-probabilities when πold = πθ in value (num_iterations = 1), in one elementwise pass:
 
         log π^λ_t = sg(log πθ_t) + c_t·(log πθ_t − sg(log πθ_t)),   c = credit_weights(mask)
@@ -134,13 +114,13 @@ def on_policy_traced_log_probs(
     Args:
         per_token_logps: [B, T] log πθ of the completion tokens (with gradient).
         mask: [B, T] completion mask.
-        gamma, lam, style, floor: the trace (see `credit_weights`).
+        trace: the trace tr(t, l) (see `credit_weights`).
     Returns:
         [B, T] tensor equal to `per_token_logps` in value.
     """
     if not (per_token_logps.requires_grad and torch.is_grad_enabled()):
         return per_token_logps
-    return _CreditScaledGradient.apply(per_token_logps, mask, dict(gamma=gamma, lam=lam, style=style, floor=floor))
+    return _CreditScaledGradient.apply(per_token_logps, mask, trace)
 
 
 class _CreditScaledGradient(torch.autograd.Function):
@@ -156,4 +136,4 @@ class _CreditScaledGradient(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return scale_by_credit_weights(grad, mask, **ctx.trace), None, None
+        return scale_by_credit_weights(grad, mask, ctx.trace), None, None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -205,3 +207,40 @@ def checkpoint_to_resume(training_args) -> str | None:
     if os.path.isdir(training_args.output_dir):
         return get_last_checkpoint(training_args.output_dir)
     return None
+
+
+ADAPTER_FOLDER = "adapter"  # <output_dir>/adapter: the LoRA adapter of a run whose merged weights are in output_dir
+
+
+def save_final_model(trainer, model_args, output_dir: str) -> None:
+    """Save a finished run as a plain model folder that `from_pretrained` and vLLM load.
+
+    Full fine-tuning: the trainer's own save (it gathers ZeRO-3's partitioned parameters). LoRA (7B, Table 2): the
+    trainer saves the adapter (gathered the same way) to <output_dir>/adapter; then the main process merges it into
+    the base model in a fresh Python process and saves the merged weights to output_dir. The trainer's own modules
+    are never merged (under ZeRO-3 each rank holds a shard of them), and the base model is not loaded here either
+    (under ZeRO-3, `from_pretrained` would partition it across ranks that are not loading it).
+    """
+    if not model_args.use_peft:
+        trainer.save_model(output_dir)
+        return
+    adapter = os.path.join(output_dir, ADAPTER_FOLDER)
+    trainer.save_model(adapter)  # every rank takes part: ZeRO-3 gathers the adapter's shards
+    if trainer.accelerator.is_main_process:
+        merge = "import sys; from grpo_lambda.models import merge_lora; merge_lora(*sys.argv[1:])"
+        base = resolve_model(model_args.model_name_or_path)
+        arguments = [base, adapter, output_dir, str(model_args.dtype or "auto"), model_args.model_revision or "main"]
+        subprocess.run([sys.executable, "-c", merge, *arguments], check=True)
+        trainer.processing_class.save_pretrained(output_dir)
+
+
+def merge_lora(base: str, adapter: str, output_dir: str, dtype: str = "auto", revision: str = "main") -> None:
+    """Load `base` on the CPU, merge the LoRA `adapter` into it and save the merged weights to `output_dir`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        base, revision=revision, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+    )
+    PeftModel.from_pretrained(model, adapter).merge_and_unload().save_pretrained(output_dir)

@@ -2,10 +2,10 @@
 
     python -m grpo_lambda.plots --runs data/<model>/grpo/* [--results data/eval] --output_dir plots
 
-Runs are grouped by model and training set (from the recipes' run folders `<model>/grpo/<dataset>_<run>`; other
-folders form one group), GRPO against every GRPO-λ run on one figure: accuracy reward, KL to the reference and
-completion length against the training step, each smoothed with a trailing mean over `--window` logged steps (the
-paper smooths over the last 20 iterations).
+Runs are grouped by model and training set (from the recipes' run folders `<model>/grpo/<dataset>_<method tag>`,
+read by grpo_lambda.methods.RunFolder; other folders form one group), GRPO against every GRPO-λ run on one figure:
+accuracy reward, KL to the reference and completion length against the training step, each smoothed with a trailing
+mean over `--window` logged steps (the paper smooths over the last 20 iterations).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from grpo_lambda.methods import RunFolder  # noqa: E402
+
 CURVES = (("reward", "accuracy reward"), ("kl", "KL(π‖π_ref)"), ("completions/mean_length", "completion length"))
-_RUN_FOLDER = re.compile(r"([^/]+)/grpo/([a-z0-9-]+?)_(grpo(?:-lambda-[0-9.]+-(?:both|recent)-(?:trace|weight))?)$")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -47,10 +48,10 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def describe(run_dir: Path) -> tuple[str, str]:
-    """(group, label) of a run: the model and training set, and the method."""
-    match = _RUN_FOLDER.search(run_dir.resolve().as_posix())
-    if match:
-        return f"{match.group(1)} on {match.group(2)}", match.group(3)
+    """(group, label) of a run: the model and training set, and the method's tag."""
+    run = RunFolder.find(run_dir.resolve())
+    if run:
+        return f"{run.model} on {run.dataset}", run.method.tag
     return "runs", run_dir.name
 
 

@@ -1,10 +1,10 @@
 """The paper's recipe grid: `recipes/paper_grid.yaml` expanded into one explicit YAML per run.
 
 Every generated file holds every value of its run, each value taken from the paper naming its source (Table 2,
-§4, §4.1) or marked "our choice" where the paper gives none (docs/recipes.md says why). File names:
+§4, §4.1) or marked "our choice" where the paper gives none (docs/recipes.md says why). File names carry the
+method's tag (grpo_lambda.methods.Method: `grpo`, `eps_trace-both-0.99`, `eps_weight-recent-0.98`):
 
-    recipes/<model tail>/grpo/config_<dataset>_grpo.yaml
-    recipes/<model tail>/grpo/config_<dataset>_grpo-lambda-<λ>-<style>-<trace|weight>.yaml
+    recipes/<model tail>/grpo/config_<dataset>_<method tag>.yaml
     recipes/<model tail>/sft/config_<sft dataset>.yaml
 """
 
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
-UPDATES = {"trace": "eps_trace", "weight": "eps_weight"}
+from grpo_lambda.methods import Method, RunFolder
+
+MAX_PROMPT_LENGTH = 256  # Table 2
 GENERATED = "generated from recipes/paper_grid.yaml by scripts/generate_recipes.py: edit the grid, not this file"
 
 
@@ -32,16 +34,16 @@ class Run:
     size: str
     template: str
     dataset: str
-    method: str  # grpo | grpo-lambda
-    trace_lambda: float | None = None
-    trace_style: str | None = None
-    update: str | None = None  # trace | weight
+    method: Method
 
     @property
     def tag(self) -> str:
-        if self.method == "grpo":
-            return "grpo"
-        return f"grpo-lambda-{self.trace_lambda}-{self.trace_style}-{self.update}"
+        return self.method.tag
+
+    @property
+    def name(self) -> str:
+        """The run folder `<model tail>/grpo/<dataset>_<tag>` (grpo_lambda.methods.RunFolder)."""
+        return RunFolder(model_tail(self.model_id), self.dataset, self.method).name
 
     @property
     def path(self) -> Path:
@@ -49,10 +51,14 @@ class Run:
 
     @property
     def make_command(self) -> str:
-        command = f"make train MODEL={self.model_id} DATASET={self.dataset} METHOD={self.method}"
-        if self.method == "grpo-lambda":
-            command += f" LAMBDA={self.trace_lambda} STYLE={self.trace_style} UPDATE={self.update}"
-        return command
+        return f"make train MODEL={self.model_id} DATASET={self.dataset} " + make_method_arguments(self.method)
+
+
+def make_method_arguments(method: Method) -> str:
+    """The `make train` variables that select `method`: its config fields in upper case."""
+    if method.loss_variant == "grpo":
+        return "LOSS_VARIANT=grpo"
+    return f"LOSS_VARIANT={method.loss_variant} TRACE_STYLE={method.trace_style} TRACE_LAMBDA={method.trace_lambda:g}"
 
 
 def load_grid(root: Path) -> dict:
@@ -60,13 +66,15 @@ def load_grid(root: Path) -> dict:
 
 
 def expand_grid(grid: dict) -> list[Run]:
-    """Every (model, dataset) gets GRPO plus its λ × style × update GRPO-λ runs."""
+    """Every (model, dataset) gets GRPO plus its λ × trace_style × loss_variant GRPO-λ runs."""
     runs = []
     for model_id, spec in grid["models"].items():
         for dataset in grid["datasets"]:
-            runs.append(Run(model_id, spec["size"], spec["template"], dataset, "grpo"))
-            for lam, style, update in itertools.product(spec["trace_lambda"], spec["trace_style"], spec["update"]):
-                runs.append(Run(model_id, spec["size"], spec["template"], dataset, "grpo-lambda", lam, style, update))
+            runs.append(Run(model_id, spec["size"], spec["template"], dataset, Method("grpo")))
+            for lam, style, variant in itertools.product(
+                spec["trace_lambda"], spec["trace_style"], spec["loss_variant"]
+            ):
+                runs.append(Run(model_id, spec["size"], spec["template"], dataset, Method(variant, style, lam)))
     return runs
 
 
@@ -83,8 +91,9 @@ def _lora_lines(lora: bool, source: str) -> list[str]:
 
 
 def render_grpo_recipe(run: Run, size: dict) -> str:
-    title = "GRPO" if run.method == "grpo" else (
-        f"GRPO-λ (ε-{run.update}, λ = {run.trace_lambda}, {run.trace_style} traces)"
+    method = run.method
+    title = "GRPO" if method.loss_variant == "grpo" else (
+        f"GRPO-λ ({method.loss_variant}, λ = {method.trace_lambda:g}, {method.trace_style} traces)"
     )  # fmt: skip
     lines = [
         f"# {model_tail(run.model_id)} on {run.dataset}: {title}.",
@@ -110,14 +119,14 @@ def render_grpo_recipe(run: Run, size: dict) -> str:
         "reward_weights: [1.0, 0.0]             # Table 2: accuracy 1.0, format 0.0",
         "",
     ]
-    if run.method == "grpo":
+    if method.loss_variant == "grpo":
         lines += ["# Method", "loss_variant: grpo                     # the paper's baseline: TRL's GRPO loss", ""]
     else:
         lines += [
             "# GRPO-λ",
-            f"loss_variant: {UPDATES[run.update]}               # §3.2 / Alg. {1 if run.update == 'trace' else 2}",
-            f"trace_lambda: {run.trace_lambda}                     # §4.1",
-            f"trace_style: {run.trace_style}                    # §3.2, Eq. 2",
+            f"loss_variant: {method.loss_variant}  # §3.2 / Alg. {1 if method.loss_variant == 'eps_trace' else 2}",
+            f"trace_lambda: {method.trace_lambda:g}                     # §4.1",
+            f"trace_style: {method.trace_style}                    # §3.2, Eq. 2",
             "trace_gamma: 1.0                       # §3.2: γ = 1",
             "trace_floor: 0.0                       # our choice (Eq. 17–18 name a floor but give no value)",
             "adv_clamp_min: -0.1                    # Table 2: advantage clamping −0.1",
@@ -129,7 +138,7 @@ def render_grpo_recipe(run: Run, size: dict) -> str:
         "scale_rewards: group                   # §2: A_NAE normalises by the group's std",
         "beta: 0.04                             # Table 2: KL coefficient",
         "num_generations: 8                     # Table 2: group size",
-        "max_prompt_length: 256                 # Table 2 (left truncation, as the paper's TRL did)",
+        f"max_prompt_length: {MAX_PROMPT_LENGTH}                 # Table 2 (left truncation, as the paper's TRL did)",
         f"max_completion_length: {size['max_completion_length']}             # Table 2",
         f"per_device_train_batch_size: {size['per_device_train_batch_size']}         # Table 2 (per device, 4 devices)",
         f"gradient_accumulation_steps: {size['gradient_accumulation_steps']}         # Table 2",
@@ -145,6 +154,8 @@ def render_grpo_recipe(run: Run, size: dict) -> str:
         "use_vllm: true",
         "vllm_mode: colocate                    # our choice: single node; VLLM_MODE=server for trl vllm-serve",
         "vllm_gpu_memory_utilization: 0.3       # our choice: leaves room for the trainer on the same GPU",
+        f"vllm_max_model_length: {MAX_PROMPT_LENGTH + size['max_completion_length']}"
+        "  # prompt + completion: vLLM's KV cache for a rollout, not the model's whole context",
         "",
         "# Logging and checkpoints",
         "logging_steps: 10",
@@ -153,7 +164,7 @@ def render_grpo_recipe(run: Run, size: dict) -> str:
         "save_total_limit: 3",
         "report_to: [wandb]",
         "seed: 42",
-        f"output_dir: data/{model_tail(run.model_id)}/grpo/{run.dataset}_{run.tag}",
+        f"output_dir: data/{run.name}",
     ]
     return _align_comments(lines)
 

@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from grpo_lambda.callbacks import JsonlMetricsCallback
 from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
 from grpo_lambda.data import solution_dataset
-from grpo_lambda.grpo import JsonlMetricsCallback
 from grpo_lambda.launch import SFT_RECORD
-from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer
+from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
+from grpo_lambda.tracking import announce_wandb
 
 logger = logging.getLogger(__name__)
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
-    os.environ.setdefault("WANDB_MODE", "offline")
+    announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
 
     base_model = model_args.model_name_or_path
@@ -59,14 +59,8 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    if model_args.use_peft:
-        # Save merged full weights (LoRA for 7B, Table 2), so that the RL stage loads a plain model folder.
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        if trainer.accelerator.is_main_process:
-            merged.save_pretrained(training_args.output_dir)
-            tokenizer.save_pretrained(training_args.output_dir)
-    else:
-        trainer.save_model(training_args.output_dir)
+    # LoRA (7B, Table 2): merged weights, so that the RL stage loads a plain model folder (the adapter in adapter/)
+    save_final_model(trainer, model_args, training_args.output_dir)
     if trainer.accelerator.is_main_process:
         record = {
             "base_model": base_model,

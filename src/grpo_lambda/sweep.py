@@ -23,6 +23,7 @@ stopped (SIGTERM) and resumes from its samples.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -38,11 +39,13 @@ from typing import Any
 
 import yaml
 
-from grpo_lambda.launch import EXIT_PREEMPTED, STOP_FILE, repo_root
+from grpo_lambda.launch import recipe_method, repo_root
+from grpo_lambda.methods import Method
+from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
 from grpo_lambda.recipes import expand_grid, load_grid, model_tail
 
 SWEEP_KEYS = {"description", "output_dir", "runs", "evaluation", "slurm"}
-PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path"}
+PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path", "settings"}
 VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants"}
 EVALUATION_DEFAULTS = {
     "suite": None,  # None: the recipe's own benchmark folder or hub ids (grpo_lambda.evaluate's default)
@@ -83,7 +86,7 @@ class SweepRun:
     """One training run (and its evaluation) of a sweep."""
 
     index: int
-    name: str  # <model tail>/grpo/<dataset>_<tag>, the folder `make tables` matches to the paper
+    name: str  # <model tail>/grpo/<dataset>_<method tag> (grpo_lambda.methods.RunFolder), as `make tables` reads it
     recipe: Path
     overrides: dict[str, Any] = field(default_factory=dict)  # trainer flags on top of the recipe
 
@@ -121,15 +124,24 @@ def _paper_runs(spec: dict, root: Path) -> list[SweepRun]:
     unknown = sorted(set(model_path) - {run.model_id for run in runs})
     if unknown:
         _fail(f"model_path names models outside the sweep: {', '.join(unknown)}.")
+    settings = dict(spec.get("settings") or {})  # trainer fields for every run, e.g. save_total_limit
+    _check_not_method(settings, "runs.settings of a paper-grid sweep")
     return [
         SweepRun(
             index,
-            f"{model_tail(run.model_id)}/grpo/{run.dataset}_{run.tag}",
+            run.name,
             root / run.path,
-            {"model_name_or_path": model_path[run.model_id]} if run.model_id in model_path else {},
+            {**settings, **({"model_name_or_path": model_path[run.model_id]} if run.model_id in model_path else {})},
         )
         for index, run in enumerate(runs)
     ]
+
+
+def _check_not_method(settings: dict, where: str) -> None:
+    """A paper-grid run's folder names its method: settings must not change it behind the name's back."""
+    fields = sorted(set(settings) & {f.name for f in dataclasses.fields(Method)})
+    if fields:
+        _fail(f"{where} sets {', '.join(fields)}, which the run folders' method tags name; use a variant sweep.")
 
 
 def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
@@ -149,9 +161,22 @@ def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
     )
     runs = []
     for index, (tag, settings) in enumerate(spec["variants"].items()):
+        overrides = {**common, **(settings or {})}
+        _check_variant_name(tag, recipe_method({**base, **overrides}))
         name = f"{model_tail(model.removeprefix('embedded:'))}/grpo/{Path(str(dataset)).name}_{tag}"
-        runs.append(SweepRun(index, name, recipe, {**common, **(settings or {})}))
+        runs.append(SweepRun(index, name, recipe, overrides))
     return runs
+
+
+def _check_variant_name(name: str, method: Method) -> None:
+    """A variant named like a method (`eps_trace-both-0.99`, `grpo+adv_clamp_min=none`) must train that method, so
+    that its run folder, tables and plots say what ran. Other names are free (they match no paper cell)."""
+    try:
+        named = Method.from_tag(name)
+    except ValueError:
+        return
+    if named != method:
+        _fail(f"variant {name!r} trains {method.tag!r} (its recipe plus settings): name it {method.tag!r}.")
 
 
 def load_sweep(
@@ -420,9 +445,21 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def resources(sweep: Sweep) -> str:
+    """One line on what each array task asks SLURM for and the settings every run gets."""
+    slurm = sweep.slurm
+    asks = [f"{slurm['nodes']} node(s)"]
+    asks += [f"{slurm[key]} {label}" for key, label in (("gpus_per_node", "GPU(s) per node"),
+             ("cpus_per_task", "CPUs"), ("mem", "memory"), ("time", "time limit")) if slurm[key] is not None]  # fmt: skip
+    common = {k: v for k, v in sweep.runs[0].overrides.items() if all(r.overrides.get(k) == v for r in sweep.runs)}
+    settings = ", ".join(f"{k}={v}" for k, v in common.items()) or "none"
+    return f"each task: {', '.join(asks)}; settings on every run: {settings}"
+
+
 def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
     todo = [run.index for run in sweep.runs if rerun or run_state(sweep.run_dir(run)) != "done"]
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} finished, {len(todo)} to run")
+    print(resources(sweep))
     print(list_runs(sweep))
     if not todo:
         print("nothing to submit; aggregate with: " + shlex.join(_aggregate_command(sweep)))
@@ -507,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluation = dict(EVALUATION_DEFAULTS)
             if args.benchmarks:
                 evaluation["benchmarks"] = args.benchmarks.split(",")
-            evaluation["suite"] = args.suite or "data/evaluation_suite"
+            evaluation["suite"] = args.suite
             slurm = {
                 **SLURM_DEFAULTS,
                 "accelerate": os.environ.get("GRPO_LAMBDA_ACCELERATE", "auto"),

@@ -4,67 +4,88 @@
     python -m grpo_lambda.tables --results data/ [--latex]
 
 A `results.json` written by `grpo_lambda.evaluate` is matched to a cell of the paper by the run folder the recipes
-name, `<model>/grpo/<dataset>_<run>`, found in its evaluated model path or in its own path. Cells you have run show
-"paper / yours (Δ)". Table 1 averages over training sets: GRPO rows over the GRPO runs, GRPO-λ rows over the
-GRPO-λ configuration the paper carried to that model (docs/evaluation.md explains how we read Table 1).
+name, `<model>/grpo/<dataset>_<method tag>` (grpo_lambda.methods.RunFolder), found in its evaluated model path or in
+its own path. Cells you have run show "paper / yours (Δ) [corrected]": yours under the `paper` grade (the paper's own
+grader, like for like), the difference, and yours under the `corrected` grade. Table 1 averages over training sets:
+GRPO rows over the GRPO runs, GRPO-λ rows over the GRPO-λ configuration the paper carried to that model
+(docs/evaluation.md explains how we read Table 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
 
 import yaml
 
-BENCHMARKS = ("aime", "amc", "math", "minerva", "olympiad_bench")
-TABLE1_COLUMNS = ("average", "aime", "amc", "math", "minerva", "olympiad_bench")
+from grpo_lambda.evaluate import BENCHMARKS
+from grpo_lambda.grading import GRADES
+from grpo_lambda.methods import Method, RunFolder
+
+TABLE1_COLUMNS = ("average", *BENCHMARKS)
 TABLE1_LABELS = ("Average", "AIME24", "AMC", "MATH", "Minerva", "Olympiad")
 RUN_ROWS = ("aime", "math", "amc", "olympiad_bench", "minerva", "average")  # Tables 3–6 row order
 RUN_ROW_LABELS = ("AIME", "MATH", "AMC", "OLBen", "MIN", "AVG")
 DATASET_ORDER = ("math12k", "math-rl-16k", "gsm8k", "orz-57k")
 # The GRPO-λ configuration whose mean over training sets is Table 1's GRPO-λ row (§4.1 and our reading of Table 1).
 TABLE1_LAMBDA_RUN = {
-    "Qwen/Qwen2.5-Math-1.5B-Instruct": "grpo-lambda-0.99-both-trace",
-    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": "grpo-lambda-0.99-both-trace",
-    "suayptalha/DeepSeek-R1-Distill-Llama-3B": "grpo-lambda-0.99-recent-trace",
-    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": "grpo-lambda-0.99-recent-trace",
+    "Qwen/Qwen2.5-Math-1.5B-Instruct": "eps_trace-both-0.99",
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": "eps_trace-both-0.99",
+    "suayptalha/DeepSeek-R1-Distill-Llama-3B": "eps_trace-recent-0.99",
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": "eps_trace-recent-0.99",
 }
-_RUN_FOLDER = re.compile(
-    r"([^/]+)/grpo/([a-z0-9-]+?)_(grpo(?:-lambda-[0-9.]+-(?:both|recent)-(?:trace|weight))?)(?:/|$)"
-)
+CELL_LEGEND = "Cells: paper / yours under the paper's grader (difference) [yours under the corrected grade]."
 
 
 def load_paper() -> dict:
     return yaml.safe_load((Path(__file__).with_name("paper_results.yaml")).read_text())
 
 
+def grade_scores(results: dict) -> dict[str, dict[str, float]] | None:
+    """{grade: {benchmark: accuracy, "average": mean over the five}} of a results.json; None for one written
+    before both grades existed (`make regrade RESULTS=<its folder>` updates it)."""
+    per = results["benchmarks"]
+    if not all(grade in values for values in per.values() for grade in GRADES):
+        return None
+    scores = {}
+    for grade in GRADES:
+        scores[grade] = {b: v[grade]["accuracy"] for b, v in per.items()}
+        if set(BENCHMARKS) <= scores[grade].keys():
+            scores[grade]["average"] = statistics.fmean(scores[grade][b] for b in BENCHMARKS)
+    return scores
+
+
 def collect_results(results_dir: str | Path, paper: dict) -> dict[tuple[str, str, str], dict]:
-    """{(model id, dataset, run): {benchmark: accuracy, average}} from every results.json under `results_dir`."""
+    """{(model id, dataset, method tag): {grade: {benchmark: accuracy, average}}} from every results.json under
+    `results_dir` that belongs to a run of the paper's grid."""
     by_tail = {model.split("/")[-1]: model for model in {row["model"] for row in paper["runs"]}}
     found = {}
     for path in sorted(Path(results_dir).rglob("results.json")):
         results = json.loads(path.read_text())
         for where in (str(results.get("model", "")), path.parent.as_posix()):
-            match = _RUN_FOLDER.search(where)
-            if match and match.group(1) in by_tail:
-                scores = {b: v["accuracy"] for b, v in results["benchmarks"].items()}
-                if set(BENCHMARKS) <= scores.keys():
-                    scores["average"] = statistics.fmean(scores[b] for b in BENCHMARKS)
-                found[(by_tail[match.group(1)], match.group(2), match.group(3))] = scores
+            run = RunFolder.find(where)
+            if run and run.model in by_tail:
+                scores = grade_scores(results)
+                if scores is None:
+                    print(
+                        f"{path}: written without the paper and corrected grades; make regrade RESULTS={path.parent}"
+                    )
+                else:
+                    found[(by_tail[run.model], run.dataset, run.method.tag)] = scores
                 break
     return found
 
 
-def _cell(paper_value: float | None, user_value: float | None) -> str:
-    if user_value is None:
+def _cell(paper_value: float | None, mine: dict[str, float] | None) -> str:
+    """The cell "paper / yours (Δ) [corrected]"; `mine` is {grade: value} or None."""
+    if not mine or mine.get("paper") is None:
         return "" if paper_value is None else f"{paper_value:.3f}"
-    if paper_value is None:
-        return f"– / {user_value:.3f}"
-    return f"{paper_value:.3f} / {user_value:.3f} ({user_value - paper_value:+.3f})"
+    ours, corrected = mine["paper"], mine.get("corrected")
+    text = f"– / {ours:.3f}" if paper_value is None else f"{paper_value:.3f} / {ours:.3f} ({ours - paper_value:+.3f})"
+    return text + ("" if corrected is None else f" [{corrected:.3f}]")
 
 
 def _render(header: list[str], rows: list[list[str]], latex: bool) -> str:
@@ -78,13 +99,16 @@ def _render(header: list[str], rows: list[list[str]], latex: bool) -> str:
 
 
 def table1_user_rows(user: dict, model: str) -> dict[str, dict]:
-    """Your Table 1 rows: means over the training sets you ran, for GRPO and for TABLE1_LAMBDA_RUN[model]."""
+    """Your Table 1 rows: {method: {column: {grade: mean}}}, means over the training sets you ran, for GRPO and for
+    TABLE1_LAMBDA_RUN[model]."""
     rows = {}
     for method, run in (("grpo", "grpo"), ("grpo-lambda", TABLE1_LAMBDA_RUN[model])):
         cells = [scores for (m, _, r), scores in user.items() if m == model and r == run]
         if cells:
             rows[method] = {
-                k: statistics.fmean(c[k] for c in cells) for k in TABLE1_COLUMNS if all(k in c for c in cells)
+                key: {grade: statistics.fmean(c[grade][key] for c in cells) for grade in GRADES}
+                for key in TABLE1_COLUMNS
+                if all(key in c[grade] for c in cells for grade in GRADES)
             }
     return rows
 
@@ -99,10 +123,10 @@ def render_table1(paper: dict, user: dict | None = None, latex: bool = False) ->
 
 
 def _run_label(run: str) -> str:
-    if run == "grpo":
+    method = Method.from_tag(run)
+    if method.loss_variant == "grpo":
         return "GRPO"
-    _, _, lam, style, update = run.split("-")
-    return f"{style} ε-{update} λ={lam}"
+    return f"{method.trace_style} ε-{method.loss_variant.removeprefix('eps_')} λ={method.trace_lambda:g}"
 
 
 def render_run_tables(paper: dict, user: dict | None = None, latex: bool = False) -> str:
@@ -118,7 +142,12 @@ def render_run_tables(paper: dict, user: dict | None = None, latex: bool = False
             cells = {row["run"]: row for row in entries if row["dataset"] == dataset}
             rows = []
             for key, label in zip(RUN_ROWS, RUN_ROW_LABELS, strict=True):
-                mine = [user.get((model, dataset, run), {}).get(key) for run in runs]
+                mine = [
+                    {grade: scores[grade].get(key) for grade in GRADES}
+                    if (scores := user.get((model, dataset, run)))
+                    else None
+                    for run in runs
+                ]
                 rows.append([dataset, label, *[_cell(cells[run][key], m) for run, m in zip(runs, mine, strict=True)]])
             blocks.append(_render(["Trained on", "", *[_run_label(run) for run in runs]], rows, latex))
     return "\n\n".join(blocks)
@@ -126,18 +155,21 @@ def render_run_tables(paper: dict, user: dict | None = None, latex: bool = False
 
 def render_all_runs(results_dir: str | Path, latex: bool = False) -> str:
     """Every results.json under `results_dir`, one row per evaluated run (its folder relative to `results_dir`),
-    whether or not it matches a cell of the paper: the summary of a sweep of your own."""
+    whether or not it matches a cell of the paper: the summary of a sweep of your own. Cells: paper / corrected."""
     root = Path(results_dir)
     found = [(path, json.loads(path.read_text())) for path in sorted(root.rglob("results.json"))]
-    benchmarks = list(dict.fromkeys(b for _, results in found for b in results["benchmarks"]))
+    present = {b for _, results in found for b in results["benchmarks"]}
+    benchmarks = [b for b in BENCHMARKS if b in present] + sorted(present - set(BENCHMARKS))
     rows = []
     for path, results in found:
         run = path.parent.relative_to(root).as_posix().removesuffix("/eval")
-        scores = [results["benchmarks"].get(b, {}).get("accuracy") for b in benchmarks]
-        average = results.get("average")
-        rows.append(
-            [run, *["" if v is None else f"{v:.3f}" for v in scores], "" if average is None else f"{average:.3f}"]
-        )
+        scores = grade_scores(results)
+        if scores is None:
+            rows.append([run, *["" for _ in benchmarks], f"make regrade RESULTS={path.parent}"])
+            continue
+        cells = [" / ".join(f"{scores[g][b]:.3f}" for g in GRADES) if b in scores["paper"] else "" for b in benchmarks]
+        average = results["average"]
+        rows.append([run, *cells, " / ".join(f"{average[g]:.3f}" for g in GRADES)])
     return _render(["Run", *benchmarks, "Average"], rows, latex)
 
 
@@ -150,10 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     paper = load_paper()
     user = collect_results(args.results, paper) if args.results else None
     if args.results and not user:
-        print(f"no results.json under {args.results} matches a run of the paper (<model>/grpo/<dataset>_<run>)")
+        print(f"no results.json under {args.results} matches a run of the paper (<model>/grpo/<dataset>_<tag>)")
     text = "Table 1\n\n" + render_table1(paper, user, args.latex) + "\n\n" + render_run_tables(paper, user, args.latex)
+    if user:
+        text = CELL_LEGEND + "\n\n" + text
     if args.results:
-        text += f"\n\nEvery evaluated run under {args.results}\n\n" + render_all_runs(args.results, args.latex)
+        text += f"\n\nEvery evaluated run under {args.results} (paper / corrected grade)\n\n"
+        text += render_all_runs(args.results, args.latex)
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")

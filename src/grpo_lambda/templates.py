@@ -4,9 +4,11 @@
   model's own chat template renders it, which for Qwen2.5 is exactly understand-r1-zero's qwen_math string.
 - `r1` (R1-distilled models): the R1-Zero plain-text prompt; the completion continues after "<think>" and ends
   with "</think> <answer> … </answer>".
-- `no`: the bare problem as the user turn.
+- `no`: the bare problem. The evaluation sends it with no chat template, as understand-r1-zero does; training
+  passes it as the user turn (TRL then applies the model's chat template).
 
-Each template also fixes where the final answer is read (`extract_answer`).
+Each template also fixes where the training reward reads the final answer (`extract_answer`); the evaluation reads
+it by its grades' stricter rules (grading.read_answer, paper_grader.read_answer; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_answer(text: str, template: PromptTemplate) -> str | None:
-    """The final answer as the template dictates: the last \\boxed{} (qwen_math), the last <answer> tag (r1, with a
-    \\boxed{} inside it preferred), or for `no` the last \\boxed{} if any, else the whole text (math-verify then
-    takes its last expression). None when the required marker is missing."""
+    """The final answer as the training reward reads it: the last \\boxed{} (qwen_math), the last <answer> tag (r1,
+    with a \\boxed{} inside it preferred), or for `no` the last \\boxed{} if any, else the whole text (math-verify
+    then takes its last expression, so models that do not box yet still get a signal). None when the required
+    marker is missing."""
     if template == "r1":
         tags = _ANSWER_TAG.findall(text)
         if not tags:

@@ -7,7 +7,7 @@ that the current token t gives an earlier token k = t − l (lag l ≥ 0) is, wi
     both:    tr(t, l) = max(ε, a^l, a^(t−l)) = max(ε, a^min(l, t−l))  (Eq. 2, Eq. 17)
 
 and tr(t, 0) = 1 (the diagonal; a^0 = 1 ≥ ε because ε ∈ [0, 1]). `both` gives the first completion token
-(k = 0) weight a^0 = 1 at every t, so it is not plain GRPO even at λ = 0.
+(k = 0) weight a^0 = 1 at every t, so it is not plain GRPO even at λ = 0. A `TraceSpec` holds (γ, λ, style, ε).
 
 Four forms live here:
 
@@ -24,76 +24,78 @@ Four forms live here:
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
-from . import trace_kernels
-
 TraceStyle = Literal["recent", "both"]
-TRACE_STYLES: tuple[str, ...] = ("recent", "both")
+TRACE_STYLES: tuple[str, ...] = get_args(TraceStyle)
 
 
-def trace_decay(gamma: float, lam: float) -> float:
-    """The per-token decay a = γλ of the traces (Theorem 1, Eq. 1), with γ ∈ (0, 1] and λ ∈ [0, 1]."""
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"trace_lambda must lie in [0, 1], got {lam}.")
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"trace_gamma must lie in (0, 1], got {gamma}.")
-    return gamma * lam
+@dataclass(frozen=True)
+class TraceSpec:
+    """The trace tr(t, l) of Eq. 2 / Eq. 17–18: discount γ ∈ (0, 1], trace parameter λ ∈ [0, 1], style and floor
+    ε ∈ [0, 1]; validated when built (the messages name the config fields `trace_gamma`, `trace_lambda`, …)."""
+
+    gamma: float
+    lam: float
+    style: TraceStyle
+    floor: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"trace_lambda={self.lam} is outside [0, 1]; the paper uses 0.98 or 0.99.")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"trace_gamma={self.gamma} is outside (0, 1]; use 1.0 for undiscounted traces.")
+        if self.style not in TRACE_STYLES:
+            raise ValueError(f"trace_style={self.style!r} is not one of {', '.join(TRACE_STYLES)}.")
+        if not 0.0 <= self.floor <= 1.0:
+            raise ValueError(f"trace_floor={self.floor} is outside [0, 1]; use 0.0 to disable the floor.")
+
+    @property
+    def decay(self) -> float:
+        """The per-token decay a = γλ of the traces (Theorem 1, Eq. 1)."""
+        return self.gamma * self.lam
+
+    def exponential_horizon(self, length: int) -> int:
+        """L*: the number of lags whose weight is a^l rather than the floor, so that max(ε, a^l) = a^l for l < L*
+        and = ε for l ≥ L*. Capped at length + 1 (no lag reaches the floor)."""
+        decay, floor, never = self.decay, self.floor, length + 1
+        if floor <= 0.0 or decay >= 1.0:
+            return never
+        if decay <= 0.0:
+            return 1
+        horizon = max(0, math.ceil(math.log(floor) / math.log(decay)))
+        while horizon > 0 and decay ** (horizon - 1) < floor:  # guard the rounding of the logarithms
+            horizon -= 1
+        while decay**horizon >= floor:
+            horizon += 1
+        return min(horizon, never)
 
 
-def _check_style_and_floor(style: str, floor: float) -> None:
-    if style not in TRACE_STYLES:
-        raise ValueError(f"trace style must be one of {TRACE_STYLES}, got {style!r}.")
-    if not 0.0 <= floor <= 1.0:
-        raise ValueError(f"trace_floor must lie in [0, 1], got {floor}.")
-
-
-def trace_matrix(length: int, gamma: float, lam: float, style: TraceStyle, floor: float = 0.0) -> torch.Tensor:
+def trace_matrix(length: int, trace: TraceSpec) -> torch.Tensor:
     """Dense trace matrix of Eq. 17 (`both`) / Eq. 18 (`recent`), the reference form.
 
     Args:
         length: number of completion positions T.
-        gamma, lam: discount γ and trace parameter λ; the decay is a = γλ.
-        style: "recent" or "both".
-        floor: ε, the smallest off-diagonal weight inside the lower triangle.
+        trace: γ, λ (decay a = γλ), style and floor ε (the smallest off-diagonal weight inside the lower triangle).
 
     Returns:
         float64 tensor [T, T], lower-triangular; entry [t, k] = tr(t, t − k) for k ≤ t (row t = current token,
         column k = earlier token), 1 on the diagonal, 0 above it.
     """
-    decay = trace_decay(gamma, lam)
-    _check_style_and_floor(style, floor)
     t = torch.arange(length, dtype=torch.float64)[:, None]  # [T, 1]
     k = torch.arange(length, dtype=torch.float64)[None, :]  # [1, T]
     lag = (t - k).clamp(min=0)
-    base = torch.tensor(decay, dtype=torch.float64)
+    base = torch.tensor(trace.decay, dtype=torch.float64)
     weights = torch.pow(base, lag)  # a^l; torch gives 0^0 = 1
-    if style == "both":
+    if trace.style == "both":
         weights = torch.maximum(weights, torch.pow(base, k).expand_as(weights))  # a^(t−l) = a^k
-    weights = weights.clamp(min=floor)
+    weights = weights.clamp(min=trace.floor)
     weights.fill_diagonal_(1.0)
     return torch.tril(weights)
-
-
-def _exponential_horizon(decay: float, floor: float, length: int) -> int:
-    """L*: the number of lags whose weight is a^l rather than the floor, so that max(ε, a^l) = a^l for l < L* and
-    = ε for l ≥ L*. Capped at length + 1 (no lag reaches the floor)."""
-    never = length + 1
-    if floor <= 0.0 or decay >= 1.0:
-        return never
-    if decay <= 0.0:
-        return 1
-    horizon = max(0, math.ceil(math.log(floor) / math.log(decay)))
-    while horizon > 0 and decay ** (horizon - 1) < floor:  # guard the rounding of the logarithms
-        horizon -= 1
-    while decay**horizon >= floor:
-        horizon += 1
-    return min(horizon, never)
 
 
 def _decay_matrix(size: int, decay: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -133,14 +135,7 @@ def discounted_cumsum(values: torch.Tensor, decay: float, chunk_size: int = 32) 
 
 
 def traced_sum(
-    values: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: float,
-    lam: float,
-    style: TraceStyle,
-    floor: float = 0.0,
-    kernel: bool | None = None,
-    offset: torch.Tensor | None = None,
+    values: torch.Tensor, mask: torch.Tensor, trace: TraceSpec, offset: torch.Tensor | None = None
 ) -> torch.Tensor:
     """S_t = Σ_{k ≤ t, mask_k} tr(t, t − k) · v_k, i.e. `values` times the trace matrix of Eq. 17–18, row-wise.
 
@@ -163,12 +158,7 @@ def traced_sum(
     Args:
         values: [B, T] per-token values v_k (e.g. log πθ − log πold), position 0 = first completion token.
         mask: [B, T] 1 for real completion tokens, 0 for padding.
-        gamma, lam: γ and λ (a = γλ).
-        style: "recent" or "both".
-        floor: ε ∈ [0, 1].
-        kernel: evaluate these formulas in the fused CPU kernel of trace_kernels.py (one pass, no [B, T]
-            temporaries) or with the torch ops below (any device). None: the kernel for CPU tensors when numba is
-            installed and `GRPO_LAMBDA_TRACE_KERNEL` is not "torch". Both are exact; the tests check both.
+        trace: γ, λ (a = γλ), style and floor ε.
         offset: if given, a constant [B, T] tensor b, and the result is b + S(values − b) (ε-trace's traced
             log-probabilities log πold + Σ_l tr(t, l)·(log πθ − log πold), Eq. 1, with b = log πold), in one
             autograd node (its backward is the adjoint alone). No gradient flows into b.
@@ -176,79 +166,19 @@ def traced_sum(
     Returns:
         [B, T] tensor in the dtype of `values` (with `offset`: of values − offset).
     """
-    decay = trace_decay(gamma, lam)
-    _check_style_and_floor(style, floor)
     if values.requires_grad and torch.is_grad_enabled():
-        return _TracedSum.apply(values, mask, decay, style, floor, kernel, offset)
-    return _traced_sum(values, mask, decay, style, floor, kernel, offset)
-
-
-def traced_sum_adjoint(
-    grad: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: float,
-    lam: float,
-    style: TraceStyle,
-    floor: float = 0.0,
-    kernel: bool | None = None,
-) -> torch.Tensor:
-    """G_k = mask_k · Σ_{t ≥ k} tr(t, t − k) · g_t: the transpose of `traced_sum`, i.e. ∂(Σ_t g_t S_t)/∂v_k.
-
-    This is the forward view of the traces (Theorem 1 regrouped by the earlier token, Eq. 12): how much token k
-    is credited by the tokens after it. Derivation, with w(j) = max(ε, a^j) as in `traced_sum` and the reverse
-    running sums C^r_k = Σ_{t ≥ k} g_t, E^r_k = Σ_{t ≥ k} a^(t−k) g_t (both 0 for k ≥ T): a window of the n tokens
-    from k on is
-
-        V(k, n) = Σ_{j < n} w(j) g_{k+j} = E^r_k − a^n'·E^r_{k+n'} + ε·(C^r_{k+n'} − C^r_{k+n}),   n' = min(n, L*).
-
-    recent (tr depends on the lag t − k only): G_k = V(k, T − k). both: for t ≤ 2k the exponent min(t − k, k) is
-    the lag, beyond it is k, so G_k = V(k, k + 1) + w(k)·C^r_{2k+1}. O(B·T), summed in float64.
-
-    Args:
-        grad: [B, T] per-token values g_t (the gradient arriving at S_t).
-        mask: [B, T] completion mask (of the tokens k that receive the result).
-        gamma, lam, style, floor, kernel: as in `traced_sum`.
-    Returns:
-        [B, T] tensor in the dtype of `grad`, 0 where mask is 0.
-    """
-    decay = trace_decay(gamma, lam)
-    _check_style_and_floor(style, floor)
-    return _traced_sum_adjoint(grad, mask, decay, style, floor, kernel)
-
-
-def use_cpu_kernel(tensor: torch.Tensor, kernel: bool | None = None) -> bool:
-    """Whether the scans of `tensor` run in the fused CPU kernels of trace_kernels.py (CPU tensors, numba importable,
-    `GRPO_LAMBDA_TRACE_KERNEL` not "torch") rather than in the torch code below (GPU tensors, or on request)."""
-    if tensor.device.type != "cpu" or not trace_kernels.AVAILABLE or kernel is False:
-        if kernel:
-            raise ValueError("kernel=True needs a CPU tensor and numba.")
-        return False
-    if kernel:
-        return True
-    choice = os.environ.get("GRPO_LAMBDA_TRACE_KERNEL", "auto")
-    if choice not in ("auto", "torch"):
-        raise ValueError(f"GRPO_LAMBDA_TRACE_KERNEL must be 'auto' or 'torch', got {choice!r}.")
-    return choice == "auto"
+        return _TracedSum.apply(values, mask, trace, offset)
+    return _traced_sum(values, mask, trace, offset)
 
 
 def _traced_sum(
-    values: torch.Tensor,
-    mask: torch.Tensor,
-    decay: float,
-    style: str,
-    floor: float,
-    kernel: bool | None = None,
-    offset: torch.Tensor | None = None,
+    values: torch.Tensor, mask: torch.Tensor, trace: TraceSpec, offset: torch.Tensor | None = None
 ) -> torch.Tensor:
-    length = values.shape[-1]
-    fused = offset is None or (offset.shape == values.shape and offset.dtype == values.dtype)
-    if use_cpu_kernel(values, kernel) and fused:  # the kernel takes the difference and adds the offset back
-        horizon = _exponential_horizon(decay, floor, length)
-        return trace_kernels.traced_sum(values, mask, decay, style, floor, horizon, offset=offset)
     if offset is not None:  # the result is a new tensor: the sum can go in place
         offset = offset.detach()
-        return _traced_sum(values - offset, mask, decay, style, floor, kernel).add_(offset)
-    device = values.device
+        return _traced_sum(values - offset, mask, trace).add_(offset)
+    length, device = values.shape[-1], values.device
+    decay, style, floor = trace.decay, trace.style, trace.floor
     v = torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=device)).to(torch.float64)
 
     discounted = discounted_cumsum(v, decay)  # E_t
@@ -257,7 +187,7 @@ def _traced_sum(
     t = torch.arange(length, device=device)
     half = torch.div(t, 2, rounding_mode="floor")
     window = t + 1 if style == "recent" else t - half
-    horizon = _exponential_horizon(decay, floor, length)
+    horizon = trace.exponential_horizon(length)
     window_exp = window.clamp(max=horizon)
 
     def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # running[..., index], index ≥ 0
@@ -280,22 +210,51 @@ def _traced_sum(
     return total.to(values.dtype)
 
 
-def _traced_sum_adjoint(
-    grad: torch.Tensor, mask: torch.Tensor, decay: float, style: str, floor: float, kernel: bool | None = None
-) -> torch.Tensor:
-    length = grad.shape[-1]
-    if use_cpu_kernel(grad, kernel):
-        return trace_kernels.traced_sum_adjoint(
-            grad, mask, decay, style, floor, _exponential_horizon(decay, floor, length)
-        )
-    device = grad.device
+class _TracedSum(torch.autograd.Function):
+    """`traced_sum` with its adjoint as the backward: linear in v, so only the mask is saved."""
+
+    @staticmethod
+    def forward(ctx, values, mask, trace, offset):
+        ctx.save_for_backward(mask)
+        ctx.trace = trace
+        return _traced_sum(values, mask, trace, offset)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return traced_sum_adjoint(grad, mask, ctx.trace), None, None, None
+
+
+def traced_sum_adjoint(grad: torch.Tensor, mask: torch.Tensor, trace: TraceSpec) -> torch.Tensor:
+    """G_k = mask_k · Σ_{t ≥ k} tr(t, t − k) · g_t: the transpose of `traced_sum`, i.e. ∂(Σ_t g_t S_t)/∂v_k.
+
+    This is the forward view of the traces (Theorem 1 regrouped by the earlier token, Eq. 12): how much token k
+    is credited by the tokens after it. Derivation, with w(j) = max(ε, a^j) as in `traced_sum` and the reverse
+    running sums C^r_k = Σ_{t ≥ k} g_t, E^r_k = Σ_{t ≥ k} a^(t−k) g_t (both 0 for k ≥ T): a window of the n tokens
+    from k on is
+
+        V(k, n) = Σ_{j < n} w(j) g_{k+j} = E^r_k − a^n'·E^r_{k+n'} + ε·(C^r_{k+n'} − C^r_{k+n}),   n' = min(n, L*).
+
+    recent (tr depends on the lag t − k only): G_k = V(k, T − k). both: for t ≤ 2k the exponent min(t − k, k) is
+    the lag, beyond it is k, so G_k = V(k, k + 1) + w(k)·C^r_{2k+1}. O(B·T), summed in float64.
+
+    Args:
+        grad: [B, T] per-token values g_t (the gradient arriving at S_t).
+        mask: [B, T] completion mask (of the tokens k that receive the result).
+        trace: as in `traced_sum`.
+    Returns:
+        [B, T] tensor in the dtype of `grad`, 0 where mask is 0.
+    """
+    length, device = grad.shape[-1], grad.device
+    decay, style, floor = trace.decay, trace.style, trace.floor
     g = grad.to(torch.float64).flip(-1)
     zero = torch.zeros((*g.shape[:-1], 1), dtype=torch.float64, device=device)
     discounted = discounted_cumsum(g, decay).flip(-1)  # index k holds E^r_k
 
     k = torch.arange(length, device=device)
     window = length - k if style == "recent" else torch.minimum(k + 1, length - k)
-    horizon = _exponential_horizon(decay, floor, length)
+    horizon = trace.exponential_horizon(length)
     window_exp = window.clamp(max=horizon)
 
     def at(running: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # running[..., index], 0 from index T on
@@ -321,26 +280,11 @@ def _traced_sum_adjoint(
     return total.to(grad.dtype)
 
 
-class _TracedSum(torch.autograd.Function):
-    """`traced_sum` with its adjoint as the backward: linear in v, so only the mask is saved."""
-
-    @staticmethod
-    def forward(ctx, values, mask, decay, style, floor, kernel, offset):
-        ctx.save_for_backward(mask)
-        ctx.trace = (decay, style, floor, use_cpu_kernel(values, kernel))  # the backward takes the same path
-        return _traced_sum(values, mask, *ctx.trace, offset)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return _traced_sum_adjoint(grad, mask, *ctx.trace), None, None, None, None, None, None
-
-
-def _window_sums(length: int, decay: float, floor: float, device: torch.device) -> torch.Tensor:
+def _window_sums(length: int, trace: TraceSpec, device: torch.device) -> torch.Tensor:
     """W(n) = Σ_{j < n} max(ε, a^j) for n = 0 … T: (1 − a^n')/(1 − a) + ε·(n − n'), n' = min(n, L*). [T + 1] float64."""
+    decay, floor = trace.decay, trace.floor
     n = torch.arange(length + 1, dtype=torch.float64, device=device)
-    n_exp = n.clamp(max=_exponential_horizon(decay, floor, length))
+    n_exp = n.clamp(max=trace.exponential_horizon(length))
     if decay >= 1.0:
         geometric = n_exp
     else:
@@ -348,14 +292,7 @@ def _window_sums(length: int, decay: float, floor: float, device: torch.device) 
     return geometric + floor * (n - n_exp) if floor > 0.0 else geometric
 
 
-def credit_weights(
-    mask: torch.Tensor,
-    gamma: float,
-    lam: float,
-    style: TraceStyle,
-    floor: float = 0.0,
-    dtype: torch.dtype = torch.float64,
-) -> torch.Tensor:
+def credit_weights(mask: torch.Tensor, trace: TraceSpec, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Forward view of the traces: c_k = Σ_{t ≥ k, mask_t} tr(t, t − k) for each real token k (Theorem 1, Eq. 12).
 
     On-policy, ε-trace's gradient is GRPO's with token k's advantage multiplied by c_k (regroup Theorem 1's double
@@ -373,52 +310,22 @@ def credit_weights(
 
     Args:
         mask: [B, T] completion mask.
+        trace: γ, λ, style and floor ε.
         dtype: of the result; the table and the scan are float64 and rounded once at the end.
     Returns:
         [B, T] weights, 0 on masked tokens.
     """
-    decay = trace_decay(gamma, lam)
-    _check_style_and_floor(style, floor)
-    length = mask.shape[-1]
     if (mask[..., 1:] > mask[..., :-1]).any():  # a 0 before a 1: not a prefix (masks hold 0 and 1)
-        return _traced_sum_adjoint(mask.to(torch.float64), mask, decay, style, floor).to(dtype)
-    return _prefix_credit_weights(mask.sum(-1, keepdim=True).long(), length, decay, style, floor, dtype)
+        return traced_sum_adjoint(mask.to(torch.float64), mask, trace).to(dtype)
+    return _prefix_credit_weights(mask.sum(-1, keepdim=True).long(), mask.shape[-1], trace, dtype)
 
 
-def scale_by_credit_weights(
-    grad: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: float,
-    lam: float,
-    style: TraceStyle,
-    floor: float = 0.0,
-    kernel: bool | None = None,
-) -> torch.Tensor:
-    """c ⊙ grad with c = `credit_weights(mask)`: the backward of ε-trace's on-policy form (loss.py).
-
-    With the CPU kernel (see `traced_sum`'s `kernel`) and prefix masks, one pass that evaluates the closed form per
-    token in float64 and multiplies; otherwise `credit_weights(mask, dtype=grad.dtype) * grad`.
-    """
-    decay = trace_decay(gamma, lam)
-    _check_style_and_floor(style, floor)
-    if use_cpu_kernel(grad, kernel):
-        window_sums, early = _credit_tables(decay, floor, 1 << max(grad.shape[-1], 1).bit_length())
-        scaled = trace_kernels.credit_scaled_gradient(grad, mask, window_sums, early, style)
-        if scaled is not None:
-            return scaled
-    return credit_weights(mask, gamma, lam, style, floor, dtype=grad.dtype).mul_(grad)
+def scale_by_credit_weights(grad: torch.Tensor, mask: torch.Tensor, trace: TraceSpec) -> torch.Tensor:
+    """c ⊙ grad with c = `credit_weights(mask)`: the backward of ε-trace's on-policy form (loss.py)."""
+    return credit_weights(mask, trace, dtype=grad.dtype).mul_(grad)
 
 
-@functools.lru_cache(maxsize=32)
-def _credit_tables(decay: float, floor: float, size: int):
-    """W(n) for n < size and w(k) = max(ε, a^k) for k < size, float64 numpy arrays (read-only use)."""
-    _, early = trace_kernels.tables(decay, floor, size)
-    return _window_sums(size - 1, decay, floor, torch.device("cpu")).numpy(), early
-
-
-def _prefix_credit_weights(
-    lengths: torch.Tensor, length: int, decay: float, style: str, floor: float, dtype: torch.dtype
-) -> torch.Tensor:
+def _prefix_credit_weights(lengths: torch.Tensor, length: int, trace: TraceSpec, dtype: torch.dtype) -> torch.Tensor:
     """`credit_weights` of rows that are prefixes of `lengths` [B, 1] ones, in a few passes over [B, T].
 
     recent: row i is W(L_i − k), a window of the fixed sequence W(T), …, W(1), 0, …, 0 starting at T − L_i, so the
@@ -426,14 +333,14 @@ def _prefix_credit_weights(
     W(k + 1) + w(k)·(L − 1 − 2k) = [W(k + 1) − (2k + 1)·w(k)] + L·w(k), one fused multiply-add of [T] vectors, and
     for the other k it is the `recent` window."""
     device = lengths.device
-    table = _window_sums(length, decay, floor, device)  # [T+1] float64, W(0) = 0
+    table = _window_sums(length, trace, device)  # [T+1] float64, W(0) = 0
     reversed_table = torch.cat([table.flip(0), table.new_zeros(max(length - 1, 0))]).to(dtype)  # [2T]: W(T − j)
     windows = reversed_table.unfold(0, length, 1)  # [T+1, T] view, row r = W(T − r − k) for k = 0 … T−1
     recent = windows.index_select(0, (length - lengths).flatten())  # [B, T], row i = W(L_i − k), 0 from k = L_i
-    if style == "recent":
+    if trace.style == "recent":
         return recent
     k = torch.arange(length, device=device, dtype=torch.float64)
-    early = torch.pow(torch.tensor(decay, dtype=torch.float64, device=device), k).clamp(min=floor)  # w(k)
+    early = torch.pow(torch.tensor(trace.decay, dtype=torch.float64, device=device), k).clamp(min=trace.floor)  # w(k)
     offset = (table[1:] - (2 * k + 1) * early).to(dtype)  # W(k + 1) − (2k + 1)·w(k)
     head = torch.addcmul(offset, lengths.to(dtype), early.to(dtype))  # [B, T]
     return head.where((2 * k + 1) <= lengths, recent)

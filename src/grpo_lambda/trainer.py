@@ -1,4 +1,4 @@
-"""GRPO-λ as a thin subclass of TRL's GRPOTrainer (tested against trl==1.16.0).
+"""GRPO-λ as a thin subclass of TRL's GRPOTrainer (written against trl==1.16.0, checked at start-up).
 
 How it departs from TRL's GRPO, and how little it touches:
 
@@ -12,21 +12,30 @@ How it departs from TRL's GRPO, and how little it touches:
    sg(log πθ) + c·(log πθ − sg(log πθ)) with the closed-form credit weights c: same value, same gradient, no scan.
 3. ε-weight: TRL accepts per-token advantages of shape [B, T]; we pass Â·ε^w_t (Alg. 2). As ε^w_t > 0,
    −min(r Â ε^w, clip(r) Â ε^w) = ε^w·(−min(r Â, clip(r) Â)): the clipped per-token loss weighted by the trace.
-
 4. `max_prompt_length` (gone from TRL 1.x) keeps the last N prompt tokens, as the paper's TRL did (Table 2: 256).
-5. Lemma 1 (§3.1): the bound on GRPO's baseline bias is computed from the final hidden states of the same policy
-   forward (a hook on the backbone) and logged as `lemma1/…`; `advantage_bias_correction: eos_bound` adds it to
-   the advantages per token (Appendix A.2).
+5. Lemma 1 (§3.1), when `lemma1_diagnostics` is on or `advantage_bias_correction: eos_bound` needs it: the bound
+   on GRPO's baseline bias, from the final hidden states of the same policy forward (a hook on the backbone),
+   logged as `lemma1/…`; `eos_bound` adds it to the advantages per token (Appendix A.2).
 
-Both hooks act only on the policy forward inside `_compute_loss`; reference and old-policy forwards are TRL's.
-The batch dict TRL buffers (and reuses over `num_iterations`) is never modified: we work on a shallow copy.
+The seam with TRL. TRL's `_compute_loss` runs the policy forward (`_get_per_token_logps_and_entropies`) exactly
+once, and reads the advantages, the old and the reference log-probabilities from its batch only after it. Our
+`_compute_loss` puts a `LossBatch` (a shallow copy of TRL's batch) where that forward finds it; the forward
+replaces entries of the copy (never tensors of the batch, which TRL reuses over `num_iterations`), and TRL's loss
+then reads them. Forwards outside `_compute_loss` (old and reference log-probabilities at generation) are TRL's,
+untouched. `check_trl_seam` verifies at start-up that the installed TRL is the one this was written against, and
+that the forward ran once is checked at every loss; tests/test_trainer_loss.py checks the reading order.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+import trl
 from trl import GRPOTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
@@ -39,70 +48,117 @@ from .loss import (
 )
 from .traces import credit_weights
 
+SUPPORTED_TRL_VERSION = "1.16.0"
+# The GRPOTrainer methods the subclass overrides, with the leading parameters it passes on or reads.
+TRL_SEAM: dict[str, tuple[str, ...]] = {
+    "_compute_loss": ("self", "model", "inputs"),
+    "_get_per_token_logps_and_entropies": ("self", "model", "input_ids", "attention_mask", "logits_to_keep"),
+    "_tokenize_prompts": ("self", "prompts"),
+}
 LEMMA1_POSITIONS: tuple[int, ...] = (1, 8, 32)  # completion positions t at which `lemma1/bound_at_t` is logged
+
+
+def check_trl_seam() -> None:
+    """Raises ImportError, in one line, unless the installed TRL is the version the subclass was written against and
+    its GRPOTrainer has the methods (with the leading parameters) that the subclass overrides."""
+    fix = f"grpo_lambda's trainer hooks TRL's private loss path and supports trl=={SUPPORTED_TRL_VERSION} only"
+    if trl.__version__ != SUPPORTED_TRL_VERSION:
+        raise ImportError(f"{fix}; found trl=={trl.__version__}. Run: pip install trl=={SUPPORTED_TRL_VERSION}")
+    for name, expected in TRL_SEAM.items():
+        method = getattr(GRPOTrainer, name, None)
+        found = tuple(inspect.signature(method).parameters)[: len(expected)] if callable(method) else ()
+        if found != expected:
+            raise ImportError(f"{fix}; its GRPOTrainer.{name} is not {name}({', '.join(expected)}, …) here.")
+
+
+def _seam_error(what: str) -> str:
+    return f"TRL's GRPOTrainer._compute_loss {what}; GRPO-λ's loss expects one (trl=={SUPPORTED_TRL_VERSION})."
+
+
+@dataclass
+class LossBatch:
+    """One `_compute_loss` call's batch, for the one policy forward TRL runs inside it.
+
+    `inputs` is a shallow copy of the batch TRL passed in: the forward replaces its entries (advantages, old and
+    reference log-probabilities), which TRL's loss reads after the forward, and leaves TRL's batch as it was."""
+
+    inputs: dict[str, Any]
+    policy_forwards: int = 0
 
 
 class GRPOLambdaTrainer(GRPOTrainer):
     """GRPOTrainer whose policy loss is `args.loss_variant` (grpo, eps_trace, eps_weight); args: GRPOLambdaConfig."""
 
     def __init__(self, *args, **kwargs):
-        self._loss_inputs: dict | None = None
+        check_trl_seam()
+        self._loss_batch: LossBatch | None = None
         super().__init__(*args, **kwargs)
 
     def _compute_loss(self, model, inputs):
-        inputs = dict(inputs)
-        inputs["advantages"] = clamp_negative_advantages(inputs["advantages"], self.args.adv_clamp_min)
-        self._loss_inputs = inputs
+        batch = LossBatch(copy.copy(inputs))
+        batch.inputs["advantages"] = clamp_negative_advantages(inputs["advantages"], self.args.adv_clamp_min)
+        self._loss_batch = batch
         try:
-            return super()._compute_loss(model, inputs)
+            loss = super()._compute_loss(model, batch.inputs)
         finally:
-            self._loss_inputs = None
+            self._loss_batch = None
+        if batch.policy_forwards != 1:
+            raise RuntimeError(_seam_error(f"ran {batch.policy_forwards} policy forwards"))
+        return loss
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        inputs, self._loss_inputs = self._loss_inputs, None
-        with self._final_hidden_states(model, enabled=inputs is not None) as hidden_states:
+        batch = self._loss_batch
+        if batch is None:  # generation-time forwards (old / reference log-probs): TRL's own
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        batch.policy_forwards += 1
+        if batch.policy_forwards > 1:
+            raise RuntimeError(_seam_error("ran a second policy forward"))
+        lemma1 = self.args.lemma1_enabled
+        with self._final_hidden_states(model, enabled=lemma1) as hidden_states:
             logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-        if inputs is None:  # generation-time forwards (old / reference log-probs)
-            return logps, entropies, aux_loss
-        self._lemma1(model, inputs, input_ids[:, -logits_to_keep:], logps, hidden_states, logits_to_keep)
-        if self.args.loss_variant == "grpo":
-            return logps, entropies, aux_loss
+        if lemma1:
+            self._lemma1(model, batch.inputs, input_ids[:, -logits_to_keep:], logps, hidden_states, logits_to_keep)
+        if self.args.loss_variant != "grpo":
+            logps = self._apply_traces(batch.inputs, logps)
+        return logps, entropies, aux_loss
 
-        args = self.args
-        trace = dict(gamma=args.trace_gamma, lam=args.trace_lambda, style=args.trace_style, floor=args.trace_floor)
+    def _apply_traces(self, inputs: dict, logps: torch.Tensor) -> torch.Tensor:
+        """ε-trace: returns the traced log-probabilities and shifts the reference ones; ε-weight: returns `logps` and
+        replaces the advantages by Â·ε^w. Writes `old_per_token_logps` (log πθ detached when TRL left it out)."""
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
+        trace = self.args.trace  # TraceSpec, from the config as it is now (a bench may switch it between steps)
         on_policy = self._on_policy_fast_path(inputs)
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
         inputs["old_per_token_logps"] = old_logps
-        credit = credit_weights(mask, **trace)
-        metrics = {"trace/credit_weight_mean": credit}
+        means = {"trace/credit_weight_mean": credit_weights(mask, trace)}
 
-        if args.loss_variant == "eps_trace":
+        if self.args.loss_variant == "eps_trace":
             if on_policy:
-                traced_logps = on_policy_traced_log_probs(logps, mask, **trace)
+                traced_logps = on_policy_traced_log_probs(logps, mask, trace)
             else:
-                traced_logps = eligibility_traced_log_probs(logps, old_logps, mask, **trace)
+                traced_logps = eligibility_traced_log_probs(logps, old_logps, mask, trace)
             if "ref_per_token_logps" in inputs:
                 inputs["ref_per_token_logps"] = inputs["ref_per_token_logps"] + (traced_logps - logps)
             traced_log_ratio = traced_logps.detach() - old_logps
-            metrics["trace/log_ratio_abs_mean"] = traced_log_ratio.abs()
-            metrics["trace/ratio_mean"] = traced_log_ratio.exp()
-            logps = traced_logps
-        else:
-            weights = eps_weight_trace_weights(old_logps, mask, fn=args.weight_clamp_fn, **trace)
-            metrics["trace/eps_weight_mean"] = weights
+            means["trace/log_ratio_abs_mean"] = traced_log_ratio.abs()
+            means["trace/ratio_mean"] = traced_log_ratio.exp()
+            self._log_means({name: (values, mask) for name, values in means.items()})
+            return traced_logps
 
-        self._log_trace_metrics(metrics, mask)
-        if args.loss_variant == "eps_weight":  # Â·ε^w, in place (one [B, T] tensor fewer) now that ε^w is logged
-            advantages = inputs["advantages"]
-            advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-            inputs["advantages"] = weights.to(advantages.dtype).mul_(advantages)
-        return logps, entropies, aux_loss
+        weights = eps_weight_trace_weights(old_logps, mask, trace, fn=self.args.weight_clamp_fn)
+        means["trace/eps_weight_mean"] = weights
+        self._log_means({name: (values, mask) for name, values in means.items()})
+        advantages = inputs["advantages"]  # Â·ε^w, in place (one [B, T] tensor fewer) now that ε^w is logged
+        advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+        inputs["advantages"] = weights.to(advantages.dtype).mul_(advantages)
+        return logps
 
     def _on_policy_fast_path(self, inputs: dict) -> bool:
         """Whether `on_policy_traced_log_probs` gives the general path's loss and gradient exactly: πold = πθ in
@@ -122,13 +178,24 @@ class GRPOLambdaTrainer(GRPOTrainer):
         return prompt_ids, images, multimodal_fields
 
     @torch.no_grad()
-    def _log_trace_metrics(self, metrics: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+    def _log_means(self, means: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Logs Σ values·weights / Σ weights over all processes for each name, in one reduction and one host sync.
+        A name whose weights sum to 0 everywhere (e.g. `lemma1/bound_at_32` when no completion is that long) is not
+        logged at this step, so its logged value averages the steps that had one."""
+        totals = torch.stack(
+            [total for values, weights in means.values() for total in self._weighted_totals(values, weights)]
+        )
+        totals = self.accelerator.reduce(totals, reduction="sum").tolist()  # every process calls it
         mode = "train" if self.model.training else "eval"
-        mask = mask.to(torch.float64)
-        for name, values in metrics.items():
-            totals = torch.stack([(values.to(torch.float64) * mask).sum(), mask.sum()])
-            totals = self.accelerator.reduce(totals, reduction="sum")
-            self._metrics[mode][name].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        for index, name in enumerate(means):
+            total, weight = totals[2 * index], totals[2 * index + 1]
+            if weight > 0:
+                self._metrics[mode][name].append(total / weight)
+
+    @staticmethod
+    def _weighted_totals(values: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = weights.to(torch.float64)
+        return (values.to(torch.float64) * weights).sum(), weights.sum()
 
     @contextmanager
     def _final_hidden_states(self, model, enabled: bool):
@@ -176,19 +243,14 @@ class GRPOLambdaTrainer(GRPOTrainer):
 
         float_mask = mask.to(torch.float64)
         last_token = float_mask * (1.0 - torch.nn.functional.pad(float_mask[:, 1:], (0, 1)))
-        self._log_lemma1_mean("lemma1/bound_mean", bound, float_mask)
-        self._log_lemma1_mean("lemma1/eos_prob_mean", log_eos.exp(), float_mask)
-        self._log_lemma1_mean("lemma1/bound_final", bound, last_token)
+        means = {
+            "lemma1/bound_mean": (bound, float_mask),
+            "lemma1/eos_prob_mean": (log_eos.exp(), float_mask),
+            "lemma1/bound_final": (bound, last_token),
+        }
         for position in LEMMA1_POSITIONS:
             at_position = torch.zeros_like(float_mask)
             if position < at_position.size(1):
                 at_position[:, position] = float_mask[:, position]
-            self._log_lemma1_mean(f"lemma1/bound_at_{position}", bound, at_position)
-
-    def _log_lemma1_mean(self, name: str, values: torch.Tensor, weights: torch.Tensor) -> None:
-        """Weighted mean over all processes; nothing is logged when no completion reaches the position (e.g. t = 32
-        of shorter ones), so the logged value averages the steps that had one."""
-        totals = torch.stack([(values.to(torch.float64) * weights).sum(), weights.sum()])
-        totals = self.accelerator.reduce(totals, reduction="sum")  # every process calls it, whatever its batch
-        if totals[1] > 0:
-            self._metrics["train" if self.model.training else "eval"][name].append((totals[0] / totals[1]).item())
+            means[f"lemma1/bound_at_{position}"] = (bound, at_position)
+        self._log_means(means)

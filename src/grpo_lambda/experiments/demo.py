@@ -5,9 +5,9 @@
    built-in arithmetic task's training problems, in the same order for both methods. The mean reward of a pass is
    then the reward on the same problems each time, so the curves (a trailing mean over one pass) show learning
    rather than which problems a step happened to draw.
-3. Evaluation of the SFT, GRPO and GRPO-λ models on the held-out arithmetic split (and on the first problems of
-   each benchmark of an evaluation suite given with --suite), with vLLM where it runs.
-4. A results table (Markdown) and the training curves (PNG).
+3. Evaluation of the SFT, GRPO and GRPO-λ models on the held-out arithmetic split and on the first problems of each
+   benchmark of the evaluation suite shipped with the package, with vLLM where it runs.
+4. Tables (training reward per pass, accuracy) in Markdown and the training curves (PNG).
 
 Every stage is the same command a user runs (`make sft`, `make train`, `make evaluate`), launched here with the
 demo's sizes, and writes under --output_dir (default data/demo). A finished stage is not run again.
@@ -19,11 +19,13 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from grpo_lambda.evaluate import BENCHMARKS, EvalConfig, evaluate
+from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method
 from grpo_lambda.plots import plot_training
 
@@ -53,29 +55,44 @@ def method_flags(method: Method) -> str:
 
 
 def results_table(rows: dict[str, dict]) -> str:
+    """Accuracy per benchmark and its macro average, each as "paper grade / corrected grade" (grading.py)."""
     benchmarks = list(dict.fromkeys(b for results in rows.values() for b in results["benchmarks"]))
-    lines = [
-        "| model | " + " | ".join(benchmarks) + " | average | format rate |",
-        "|---" * (len(benchmarks) + 3) + "|",
-    ]
+    lines = ["| model | " + " | ".join(benchmarks) + " | average |", "|---" * (len(benchmarks) + 2) + "|"]
     for name, results in rows.items():
         per = results["benchmarks"]
-        format_rate = sum(v["format_rate"] * v["n"] for v in per.values()) / sum(v["n"] for v in per.values())
-        cells = [f"{per[b]['accuracy']:.3f}" for b in benchmarks]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {results['average']:.3f} | {format_rate:.2f} |")
+        cells = [" / ".join(f"{per[b][grade]['accuracy']:.3f}" for grade in GRADES) for b in benchmarks]
+        average = " / ".join(f"{statistics.fmean(v[grade]['accuracy'] for v in per.values()):.3f}" for grade in GRADES)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {average} |")
     return "\n".join(lines)
+
+
+def training_table(runs: dict[str, Path], steps_per_pass: int) -> str:
+    """Mean training reward of each pass over the training problems (the same problems every pass), and the share
+    of groups whose rewards all agree (no learning signal), per method."""
+    lines = []
+    for tag, run in runs.items():
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in records if "reward" in r]
+        passes = [steps[i : i + steps_per_pass] for i in range(0, len(steps), steps_per_pass)]
+        rewards = [statistics.fmean(r["reward"] for r in p) for p in passes]
+        zero_std = statistics.fmean(r["frac_reward_zero_std"] for r in steps)
+        lines.append(f"| {tag} | " + " → ".join(f"{v:.3f}" for v in rewards) + f" | {zero_std:.2f} |")
+    header = "| method | training reward, mean of each pass | frac_reward_zero_std (mean over steps) |\n|---|---|---|"
+    return header + "\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="data/demo")
     parser.add_argument("--size", default="default", choices=SIZES)
+    parser.add_argument("--suite", default=None, help="evaluation suite (folder or Hub id); default: the shipped one")
     parser.add_argument(
-        "--suite", default=None, help="an evaluation suite (folder or Hub id) to evaluate on too; default: none"
+        "--suite_problems", type=int, default=None, help="first N problems of each benchmark (default 5; 0: none)"
     )
     parser.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"))
     args = parser.parse_args(argv)
     size = SIZES[args.size]
+    suite_problems = size["suite_problems"] if args.suite_problems is None else args.suite_problems
     out = Path(args.output_dir).resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -111,32 +128,30 @@ def main(argv: list[str] | None = None) -> int:
                 benchmarks=["arithmetic"], limit=size["eval_problems"], **common,
             )
         )  # fmt: skip
-        if args.suite:
+        if suite_problems:
             suite_results = evaluate(
                 EvalConfig(
                     model=str(model), output_dir=str(out / "eval" / name / "suite"), suite=args.suite,
-                    benchmarks=list(BENCHMARKS), limit=size["suite_problems"], **common,
+                    benchmarks=list(BENCHMARKS), limit=suite_problems, **common,
                 )
             )  # fmt: skip
             results["benchmarks"].update(suite_results["benchmarks"])
-            accuracies = [v["accuracy"] for v in results["benchmarks"].values()]
-            results["average"] = sum(accuracies) / len(accuracies)
         table_rows[name] = results
 
-    print("[demo] 4/4 table and plots", flush=True)
-    table = results_table(table_rows)
+    print("[demo] 4/4 tables and plots", flush=True)
+    steps_per_pass = max(1, size["train_problems"] // size["prompts"])
+    table = training_table(runs, steps_per_pass) + "\n\n" + results_table(table_rows)
     note = (
         f"SmolLM2-135M-Instruct (embedded), SFT {size['sft_steps']} steps, then {size['rl_steps']} RL steps each "
         f"({size['prompts']} of {size['train_problems']} training problems × {size['generations']} completions per "
         f"step, learning rate {size['learning_rate']:g}); "
-        f"arithmetic: {size['eval_problems']} held-out problems"
-        + (f"; each benchmark: its first {size['suite_problems']} problems" if args.suite else "")
-        + ". Accuracy under greedy decoding.\n"
+        f"evaluation: {size['eval_problems']} held-out arithmetic problems"
+        + (f" and the first {suite_problems} problems of each benchmark" if suite_problems else "")
+        + ", greedy decoding, accuracy under the paper grade / the corrected grade.\n"
     )
     (out / "results.md").write_text(note + "\n" + table + "\n")
     (out / "results.json").write_text(json.dumps(table_rows, indent=2) + "\n")
-    one_pass = max(1, size["train_problems"] // size["prompts"])  # steps per pass over the training problems
-    plots = plot_training(list(runs.values()), out / "plots", window=one_pass)
+    plots = plot_training(list(runs.values()), out / "plots", window=steps_per_pass)
     print("\n" + table)
     print(f"\ntable: {out / 'results.md'}")
     for path in plots:

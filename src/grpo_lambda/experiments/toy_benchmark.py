@@ -162,9 +162,9 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.trainer_callback import PrinterCallback
 
+    from grpo_lambda.callbacks import JsonlMetricsCallback
     from grpo_lambda.configs import GRPOLambdaConfig
     from grpo_lambda.data import load_problem_dataset
-    from grpo_lambda.grpo import JsonlMetricsCallback
     from grpo_lambda.rewards import get_reward_funcs
     from grpo_lambda.trainer import GRPOLambdaTrainer
 

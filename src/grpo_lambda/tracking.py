@@ -1,0 +1,65 @@
+"""Where a training run reports to wandb: online when you are logged in, offline otherwise, never a login prompt.
+
+Logged in means WANDB_API_KEY is set or the netrc file (NETRC, else ~/.netrc) has an entry for the wandb server
+(WANDB_BASE_URL, default https://api.wandb.ai), which is what `wandb login` writes. A WANDB_MODE you set wins. The
+run's wandb files go to <output_dir>/wandb (WANDB_DIR, unless you set it), so an offline run is uploaded later with
+`wandb sync <output_dir>/wandb/offline-run-*`.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+DEFAULT_SERVER = "https://api.wandb.ai"
+DEFAULT_PROJECT = "grpo-lambda"
+
+
+def wandb_login_source(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Where wandb would find an API key (WANDB_API_KEY or the netrc file), or None."""
+    if environ.get("WANDB_API_KEY"):
+        return "WANDB_API_KEY"
+    path = Path(environ.get("NETRC") or Path(environ.get("HOME") or Path.home()) / ".netrc")
+    host = urlsplit(environ.get("WANDB_BASE_URL") or DEFAULT_SERVER).netloc
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return str(path) if entry and entry[2] else None
+
+
+def configure_wandb(
+    report_to: list[str] | str | None, output_dir: str, environ: MutableMapping[str, str] = os.environ
+) -> str:
+    """Set WANDB_MODE / WANDB_DIR / WANDB_PROJECT for a run that reports to wandb and return the line that says which
+    mode it is in and how to sync ('' when the run does not report to wandb). Call it before the trainer exists."""
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if "wandb" not in targets and "all" not in targets:
+        return ""
+    environ.setdefault("WANDB_DIR", str(output_dir))
+    environ.setdefault("WANDB_PROJECT", DEFAULT_PROJECT)
+    Path(environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+    where = f"project {environ['WANDB_PROJECT']}, files in {environ['WANDB_DIR']}/wandb"
+    sync = f"upload it later with `wandb sync {environ['WANDB_DIR']}/wandb/offline-run-*`"
+    if environ.get("WANDB_MODE"):
+        mode = environ["WANDB_MODE"]
+        tail = f"; {sync}" if mode == "offline" else ""
+        return f"wandb: {mode} (WANDB_MODE set in your environment), {where}{tail}"
+    source = wandb_login_source(environ)
+    if source:
+        environ["WANDB_MODE"] = "online"
+        return f"wandb: online (logged in through {source}), {where}"
+    environ["WANDB_MODE"] = "offline"
+    return f"wandb: offline (not logged in: `wandb login` or WANDB_API_KEY for online runs), {where}; {sync}"
+
+
+def announce_wandb(report_to, output_dir: str) -> None:
+    """configure_wandb, with its line logged once (by the process of rank 0)."""
+    line = configure_wandb(report_to, output_dir)
+    if line and os.environ.get("RANK", "0") == "0":
+        logger.info(line)

