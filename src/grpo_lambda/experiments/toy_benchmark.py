@@ -43,6 +43,7 @@ RL_SETTINGS = dict(
     loss_type="grpo",
     lr_scheduler_type="constant",
     warmup_steps=0,
+    lemma1_diagnostics=True,  # logs lemma1/… (the quick study's table); the training is the same without it
 )
 LEARNING_RATE = 3e-4  # the quick study's, for every method: our choice, from a GRPO-only pilot (docs/toy_benchmark.md)
 QUICK_METHODS = [
