@@ -43,7 +43,6 @@ RL_SETTINGS = dict(
     loss_type="grpo",
     lr_scheduler_type="constant",
     warmup_steps=0,
-    lemma1_diagnostics=True,  # logs lemma1/… (the quick study's table); the training is the same without it
 )
 LEARNING_RATE = 3e-4  # the quick study's, for every method: our choice, from a GRPO-only pilot (docs/toy_benchmark.md)
 QUICK_METHODS = [
@@ -75,6 +74,7 @@ class Run:
     learning_rate: float
     steps: int
     seed: int
+    lemma1_diagnostics: bool = False  # log lemma1/… (the quick study's table); the training is the same without it
 
     def folder(self, output_dir: Path) -> Path:
         setting = f"lr{self.learning_rate:g}_steps{self.steps}"
@@ -82,7 +82,8 @@ class Run:
 
     def config(self) -> dict:
         """The GRPOLambdaConfig fields of this run besides its folder, steps and seed."""
-        return {**RL_SETTINGS, "learning_rate": self.learning_rate, **self.method.config()}
+        extra = {"lemma1_diagnostics": True} if self.lemma1_diagnostics else {}
+        return {**RL_SETTINGS, "learning_rate": self.learning_rate, **self.method.config(), **extra}
 
 
 def build_sft_model(
@@ -212,7 +213,7 @@ def _steps_logged(run_dir: Path) -> int:
 def run_all(runs: list[Run], output_dir: Path, sft_dir: Path, workers: int, bar) -> None:
     """Trains the unfinished runs on `workers` processes (0: in this one), advancing `bar` as steps are logged and
     printing a line as each run ends."""
-    unique = list(dict.fromkeys(runs))
+    unique = list({run.folder(output_dir): run for run in runs}.values())
     todo = [run for run in unique if not (run.folder(output_dir) / "done.json").exists()]
     bar.update(sum(run.steps for run in unique if run not in todo))
     finished = len(unique) - len(todo)
@@ -381,7 +382,7 @@ def quick_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dict, s
     with_098 = bool(at_099) and not args.no_lambda_098
     total_runs = len(seeds) * (len(methods) + with_098)
     print(f"[toy] 2/3 RL: {total_runs} runs of {steps} steps ({args.workers} at a time)", flush=True)
-    runs = [Run(m, lr, steps, s) for m in methods for s in seeds]
+    runs = [Run(m, lr, steps, s, lemma1_diagnostics=True) for m in methods for s in seeds]
     with tqdm(total=total_runs * steps, unit="step", desc="RL steps", dynamic_ncols=True) as bar:
         run_all(runs, out, sft_dir, args.workers, bar)
         if with_098:
@@ -393,7 +394,7 @@ def quick_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dict, s
             )
             print(f"\n[toy] best at λ = 0.99: {best.tag} ({finals[best]:.3f}); running {extra.tag}", flush=True)
             methods.append(extra)
-            extra_runs = [Run(extra, lr, steps, s) for s in seeds]
+            extra_runs = [Run(extra, lr, steps, s, lemma1_diagnostics=True) for s in seeds]
             run_all(extra_runs, out, sft_dir, args.workers, bar)
 
     print("[toy] 3/3 table and plot", flush=True)

@@ -319,7 +319,9 @@ def factorial_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dic
     if all(rate == shared for rate in picks.values()):
         rates = {"shared": rates["shared"]}  # every arm picked the shared rate: one setting
     main_runs = list(dict.fromkeys(Run(m, r[m], steps, s) for r in rates.values() for m in ARMS for s in seeds))
-    print(f"[toy] 3/4 main runs: {len(main_runs)} runs of {steps} steps", flush=True)
+    pace = _mean([json.loads((r.folder(out) / "done.json").read_text())["seconds"] / r.steps for r in pilot_runs])
+    minutes = sum(r.steps for r in main_runs) * pace / max(1, args.workers) / 60
+    print(f"[toy] 3/4 main runs: {len(main_runs)} runs of {steps} steps (≈ {minutes:.0f} min at the pilot's pace)")
     with tqdm(total=sum(r.steps for r in main_runs), unit="step", desc="main steps", dynamic_ncols=True) as bar:
         run_all(main_runs, out, sft_dir, args.workers, bar)
 
