@@ -90,6 +90,7 @@ help:
 	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers fallback, and grading throughput"
 	@echo "make reproduce-toy  GRPO vs GRPO-λ (4 variants, λ 0.99/0.98), eos_bound and the clamp alone on the credit_echo toy task, 3 seeds, CPU < 30 min"
 	@echo "               [TOY_OUTPUT=data/toy] [ARGS='--scale 2 --seeds 5 --workers 2']"
+	@echo "               ARGS='--study factorial': traces × clamp, learning rates from a pilot, 8 paired seeds, 95% CIs (CPU ≤ 90 min)"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check"
 
@@ -112,7 +113,7 @@ endif
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m grpo_lambda.demo $(ARGS)
+	$(PY) -m grpo_lambda.experiments.demo $(ARGS)
 
 test: install
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
@@ -156,11 +157,11 @@ bench-eval: install
 recipes: install
 	$(PY) scripts/generate_recipes.py
 
-# make reproduce-toy [TOY_OUTPUT=data/toy] [ARGS="--scale 2 --seeds 5"]: docs/toy_benchmark.md; finished runs are kept
+# make reproduce-toy [TOY_OUTPUT=data/toy] [ARGS="--scale 2 --seeds 5" | "--study factorial"]: docs/toy_benchmark.md; finished runs are kept
 TOY_OUTPUT ?= data/toy
 .PHONY: reproduce-toy
 reproduce-toy: install
-	$(PY) -m grpo_lambda.toy_benchmark --output_dir "$(TOY_OUTPUT)" $(ARGS)
+	$(PY) -m grpo_lambda.experiments.toy_benchmark --output_dir "$(TOY_OUTPUT)" $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests scripts

@@ -185,21 +185,3 @@ def test_lora_sft_saves_merged_weights(tiny_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = [n for n, p in merged.named_parameters() if not torch.equal(p, base.state_dict()[n])]
     assert changed and all(("q_proj" in n or "v_proj" in n) for n in changed)
-
-
-@pytest.mark.slow
-def test_make_demo_small(tmp_path):
-    """`make demo` at its smallest: SFT → GRPO and GRPO-λ → evaluation → table and PNG, on the embedded SmolLM2."""
-    output_dir = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.demo", "--size", "small", "--backend", "transformers",
-         "--suite", str(tmp_path / "no-suite"), "--output_dir", str(output_dir)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "GRPO_LAMBDA_CACHE": os.environ.get("GRPO_LAMBDA_CACHE", str(tmp_path / "cache"))},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    table = (output_dir / "results.md").read_text()
-    assert all(f"| {name} |" in table for name in ("sft", "grpo", "grpo-lambda"))
-    assert f"table: {output_dir / 'results.md'}" in result.stdout
-    assert (output_dir / "plots" / "training_runs.png").stat().st_size > 10_000
-    assert (output_dir / "grpo-lambda" / "model.safetensors").is_file()

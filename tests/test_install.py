@@ -21,8 +21,13 @@ STACK_VARIABLES = ("STACK", "TORCH_INDEX", "VLLM_PACKAGE", "TORCH_VERSION", "VLL
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "WANDB_MODE")
 
 
+# An outer make (`make test STACK=cpu`) passes its command-line variables and its depth to the make these tests
+# run through these; dropped so that the inner make sees only what a user's shell would give it.
+OUTER_MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+
+
 def clean_env(*drop: str) -> dict:
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    return {k: v for k, v in os.environ.items() if k not in drop + OUTER_MAKE_VARIABLES}
 
 
 def install_plan(tmp_path: Path, *variables: str, env: dict | None = None) -> list[str]:
@@ -81,7 +86,9 @@ def test_the_stack_is_chosen_never_guessed_from_the_installing_host(tmp_path):
     with_gpu = clean_env(*STACK_VARIABLES) | {"PATH": f"{fake}:{os.environ['PATH']}"}
     assert install_plan(tmp_path, env=with_gpu) == install_plan(tmp_path)
     assert install_plan(tmp_path, "STACK=cpu", env=with_gpu) == install_plan(tmp_path, "STACK=cpu")
-    wrong = subprocess.run(["make", "-n", "install", "STACK=tpu"], cwd=REPO_ROOT, capture_output=True, text=True)
+    wrong = subprocess.run(
+        ["make", "-n", "install", "STACK=tpu"], cwd=REPO_ROOT, capture_output=True, text=True, env=clean_env()
+    )
     assert wrong.returncode != 0 and "STACK must be gpu or cpu, not 'tpu'" in wrong.stderr
 
 
@@ -115,7 +122,12 @@ def test_ci_runs_lint_then_the_fast_tests_then_the_slow_ones():
     makes = [line.split()[1] for line in steps if line.startswith("make ")]
     assert makes == ["install", "lint", "test", "test-slow"]
     plan = subprocess.run(
-        ["make", "-n", "-o", "install", "test", "test-slow"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ["make", "-n", "-o", "install", "test", "test-slow"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
     ).stdout
     assert re.search(r"pytest tests -m \"not slow\"", plan) and re.search(r"pytest tests -m slow", plan)
 

@@ -1,13 +1,20 @@
-"""The credit_echo task (generator, verifier, dataset and reward wiring) and `make reproduce-toy` at its smallest."""
+"""The credit_echo task (generator, verifier, dataset source), `make reproduce-toy` at its smallest, and the
+factorial study: its paired bootstrap on hand-computed examples, its report on hand-made logs, and the whole study
+at a tiny scale."""
 
 import json
+import os
 import random
+import subprocess
+import sys
+import time
 
 import pytest
 
 from grpo_lambda.data import load_problem_dataset
-from grpo_lambda.rewards import get_reward_funcs
-from grpo_lambda.toy import ALPHABET, credit_echo_dataset, credit_echo_problem, is_correct
+from grpo_lambda.experiments.toy import ALPHABET, credit_echo_dataset, credit_echo_problem
+from grpo_lambda.methods import Method
+from grpo_lambda.rewards import exact_match, get_reward_funcs
 
 
 def test_generator_is_deterministic_per_seed_and_splits_differ():
@@ -41,7 +48,7 @@ def test_answers_follow_the_rule():
     ],
 )
 def test_verifier_is_exact(completion, correct):
-    assert is_correct(completion, "c b g ; c b g") is correct
+    assert exact_match(completion, "c b g ; c b g") is correct
 
 
 def test_dataset_source_and_exact_reward():
@@ -58,19 +65,47 @@ def test_dataset_source_and_exact_reward():
     assert reward(completions[2:], answer=[rows["answer"][1]]) == [1.0]
 
 
-def test_reproduce_toy_small_writes_table_plot_and_logs_and_resumes(tmp_path, capsys):
+def test_library_does_not_import_the_experiments_and_the_benchmark_runs_from_any_folder(tmp_path):
+    """The library's modules load without grpo_lambda.experiments; `python -m ...toy_benchmark` needs no repo cwd
+    (one interpreter, from an empty folder: the import check, then the module run as `-m` runs it)."""
+    code = (
+        "import runpy, sys, grpo_lambda.data, grpo_lambda.rewards;"
+        "print(sorted(m for m in sys.modules if 'experiments' in m));"
+        "sys.argv = ['toy_benchmark', '--help'];"
+        "runpy.run_module('grpo_lambda.experiments.toy_benchmark', run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "[]\n" in shown.stdout and "--study {quick,factorial}" in shown.stdout
+
+
+def test_quick_methods_are_tags_and_include_the_clamp_control():
+    """The comparison's reading rests on grpo+adv_clamp_min=-0.1: GRPO with GRPO-λ's clamp and nothing else."""
+    from grpo_lambda.experiments.toy_benchmark import QUICK_METHODS, parse_methods
+
+    tags = [m.tag for m in QUICK_METHODS]
+    assert tags == ["grpo", "grpo+advantage_bias_correction=eos_bound", "grpo+adv_clamp_min=-0.1",
+                    "eps_trace-both-0.99", "eps_trace-recent-0.99", "eps_weight-both-0.99",
+                    "eps_weight-recent-0.99"]  # fmt: skip
+    assert parse_methods(",".join(tags)) == QUICK_METHODS
+    with pytest.raises(SystemExit, match="grpo_lambda: --methods: 'eps-trace-both-λ0.99' is not a method tag"):
+        parse_methods("grpo,eps-trace-both-λ0.99")
+
+
+def test_reproduce_toy_small_writes_table_plot_and_logs_and_resumes(tmp_path):
     """`make reproduce-toy` at its smallest: SFT → two methods × one seed → table, PNG, per-step logs; a rerun
     trains nothing and rewrites the same table."""
-    from grpo_lambda.toy_benchmark import main
+    from grpo_lambda.experiments.toy_benchmark import main
 
-    argv = ["--size", "small", "--methods", "grpo,eps-trace-both-λ0.99", "--no_lambda_098", "--workers", "0",
+    argv = ["--size", "small", "--methods", "grpo,eps_trace-both-0.99", "--no_lambda_098", "--workers", "0",
             "--output_dir", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     table = (tmp_path / "results.md").read_text()
-    assert "| grpo |" in table and "| eps-trace-both-λ0.99 |" in table
+    assert "| grpo |" in table and "| eps_trace-both-0.99 |" in table
     assert (tmp_path / "reward_vs_step.png").stat().st_size > 10_000
-    for method in ("grpo", "eps-trace-both-λ0.99"):
-        run = tmp_path / "runs" / method / "seed0"
+    for method in ("grpo", "eps_trace-both-0.99"):
+        run = tmp_path / "runs" / method / "lr0.0003_steps2" / "seed0"
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in records if "reward" in r]
         assert len(steps) == 2 and all("lemma1/bound_mean" in r and "kl" in r for r in steps)
@@ -81,14 +116,123 @@ def test_reproduce_toy_small_writes_table_plot_and_logs_and_resumes(tmp_path, ca
     assert (tmp_path / "results.md").read_text().split("\n", 1)[1] == table.split("\n", 1)[1]
 
 
-def test_default_methods_include_the_clamp_control():
-    """The comparison's reading rests on grpo+clamp: GRPO with GRPO-λ's clamp and nothing else of GRPO-λ."""
-    from grpo_lambda.toy_benchmark import GRPO_LAMBDA_SETTINGS, first_methods
+# The factorial study
 
-    methods = {m.name: m.overrides for m in first_methods()}
-    assert list(methods) == ["grpo", "grpo+eos_bound", "grpo+clamp", "eps-trace-both-λ0.99",
-                             "eps-trace-recent-λ0.99", "eps-weight-both-λ0.99", "eps-weight-recent-λ0.99"]  # fmt: skip
-    assert methods["grpo+clamp"] == {**methods["grpo"], "adv_clamp_min": GRPO_LAMBDA_SETTINGS["adv_clamp_min"]}
-    for name, overrides in methods.items():
-        traced = name.startswith("eps-")
-        assert (overrides.get("adv_clamp_min") == -0.1) == (traced or name == "grpo+clamp")
+
+def test_bootstrap_interval_by_hand():
+    """Per-seed differences (0, 0, 3): a resample of 3 seeds has mean k where k = the number of 3s drawn, so
+    P(0) = (2/3)³ = 8/27, P(1) = 12/27, P(2) = 6/27, P(3) = 1/27 ≈ 0.037. The 2.5 % quantile is 0 (8/27 > 0.025)
+    and the 97.5 % quantile is 3 (P(mean ≤ 2) = 26/27 ≈ 0.963 < 0.975): the interval is [0, 3] around 1, which
+    touches 0, so the effect is not established."""
+    from grpo_lambda.experiments.toy_factorial import bootstrap_mean_interval, verdict
+
+    estimate, low, high = bootstrap_mean_interval([0.0, 0.0, 3.0])
+    assert (estimate, low, high) == (1.0, 0.0, 3.0)
+    assert verdict(dict(estimate=estimate, low=low, high=high)).startswith("not established")
+    assert verdict(dict(estimate=0.2, low=0.1, high=0.3)) == "established, higher"
+    assert verdict(dict(estimate=-0.2, low=-0.3, high=-0.1)) == "established, lower"
+
+
+def test_contrast_pairs_by_seed():
+    """Arm B is arm A + 0.1 on every seed while the seeds differ by 0.4: paired, each difference is 0.1, so every
+    resample's mean is 0.1 and the interval is [0.1, 0.1] (established). Resampling the arms independently would
+    give an interval from −0.3 to +0.5. Pairing is by seed, not by position; unmatched seeds are an error."""
+    from grpo_lambda.experiments.toy_factorial import paired_contrast
+
+    a, b = Method("grpo"), Method("grpo", adv_clamp_min=-0.1)
+    result = paired_contrast({a: {100: 0.1, 101: 0.5}, b: {101: 0.6, 100: 0.2}}, [(b, 1), (a, -1)])
+    assert result["seeds"] == [100, 101]
+    assert result["per_seed"] == pytest.approx([0.1, 0.1])
+    assert (result["estimate"], result["low"], result["high"]) == pytest.approx((0.1, 0.1, 0.1))
+    with pytest.raises(ValueError, match="cannot pair"):
+        paired_contrast({a: {100: 0.1, 101: 0.5}, b: {100: 0.2, 102: 0.6}}, [(b, 1), (a, -1)])
+
+
+def test_learning_rate_rule():
+    from grpo_lambda.experiments.toy_factorial import pick_learning_rates
+
+    a, b = Method("grpo"), Method("eps_trace", "both", 0.99)
+    picks = pick_learning_rates({a: {1e-3: 0.1, 3e-4: 0.4, 1e-4: 0.2}, b: {1e-3: 0.5, 1e-4: 0.5, 3e-4: 0.3}})
+    assert picks == {a: 3e-4, b: 1e-4}  # the highest final reward; a tie goes to the smaller rate
+
+
+def test_factorial_report_from_hand_made_logs(tmp_path):
+    """The report of two seeds whose runs have constant rewards (final reward = area = that constant): the tables,
+    the contrasts with their hand-computed intervals, one sentence per contrast, both figures."""
+    from grpo_lambda.experiments.toy_factorial import ARMS, arm, contrasts, report
+
+    finals = {  # (seed 100, seed 101) per arm, at the shared rate
+        arm(None, False): (0.1, 0.5), arm(None, True): (0.2, 0.6),
+        arm("eps_trace", False): (0.1, 0.3), arm("eps_trace", True): (0.4, 0.6),
+        arm("eps_weight", False): (0.2, 0.2), arm("eps_weight", True): (0.3, 0.5),
+    }  # fmt: skip
+
+    def records(value, grad_norm):
+        return [{"step": i + 1, "reward": value, "kl": 0.01, "grad_norm": grad_norm} for i in range(4)]
+
+    logs = {
+        "shared": {m: [records(v, 2.0 if m.loss_variant == "eps_trace" else 0.5) for v in finals[m]] for m in ARMS},
+        "own": {m: [records(v + 0.05, 0.5) for v in finals[m]] for m in ARMS},
+    }
+    rates = {
+        "shared": {m: 3e-4 for m in ARMS},
+        "own": {m: 1e-4 if m.loss_variant == "eps_trace" else 3e-4 for m in ARMS},
+    }
+    pilot = {m: {1e-4: [0.2], 3e-4: [0.3]} for m in ARMS}
+    design = dict(sft={"sft_steps": 200, "test_accuracy_t1": 0.3}, pilot_seeds=[0], pilot_steps=4, pilot_last_steps=2,
+                  grid=[1e-4, 3e-4], seeds=[100, 101], steps=4, last_steps=2, started=time.time())  # fmt: skip
+    assert report(tmp_path, pilot, rates, logs, design) == 0
+
+    text = (tmp_path / "results.md").read_text()
+    for tag in ("grpo", "grpo+adv_clamp_min=-0.1", "eps_trace-both-0.99+adv_clamp_min=none", "eps_weight-both-0.99"):
+        assert f"| {tag} |" in text
+    assert "## Every arm at the shared learning rate" in text and "## Every arm at its own learning rate" in text
+    assert text.count("\n- ") == 2 * len(contrasts()) == 18
+    shared = json.loads((tmp_path / "results.json").read_text())["analyses"]["shared"]["contrasts"]
+    by_name = {row["name"]: row for row in shared}
+    # clamp without traces: (0.2 − 0.1, 0.6 − 0.5) = (0.1, 0.1): every resample 0.1
+    clamp = by_name["the clamp without traces"]["final_reward"]
+    assert (clamp["estimate"], clamp["low"], clamp["high"]) == pytest.approx((0.1, 0.1, 0.1))
+    # ε-trace traces with the clamp: (0.4 − 0.2, 0.6 − 0.6) = (0.2, 0.0); resample means 0.2, 0.1, 0.1, 0.0
+    traces = by_name["ε-trace `both` λ 0.99 traces with the clamp"]["reward_area"]
+    assert (traces["estimate"], traces["low"], traces["high"]) == pytest.approx((0.1, 0.0, 0.2))
+    assert "- The clamp without traces (grpo+adv_clamp_min=-0.1 − grpo): final reward +0.100 [+0.100, +0.100], " \
+           "established, higher" in text  # fmt: skip
+    # ε-weight's interaction: (0.3 − 0.2 − 0.2 + 0.1, 0.5 − 0.6 − 0.2 + 0.5) = (0, 0.2): an interval that touches 0
+    assert "- ε-weight `both` λ 0.99 traces without the clamp" in text and "[+0.000, +0.200], not established" in text
+    assert "| eps_trace-both-0.99 | ε-trace | -0.1 | 0.0003 | 0.500 ± 0.141 [0.400, 0.600] | 0.500 ± 0.141 | " \
+           "0.0100 | 2.000 | 100% |" in text  # fmt: skip
+    for figure in ("reward_vs_step.png", "interaction.png"):
+        assert (tmp_path / figure).stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_factorial_study_tiny_end_to_end_and_resumes(tmp_path):
+    """The whole study at a tiny scale (2 seeds, 2 steps, one pilot seed, two learning rates): pilot, main runs,
+    report; the reported paired differences are those of the runs' own logs; a rerun trains nothing."""
+    from grpo_lambda.experiments.toy_benchmark import Run, final_value, load_steps, main
+    from grpo_lambda.experiments.toy_factorial import arm
+
+    argv = ["--study", "factorial", "--size", "small", "--seeds", "2", "--pilot_seeds", "1", "--lr_grid",
+            "1e-4,1e-3", "--scale", "1", "--workers", "0", "--output_dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    study = tmp_path / "factorial"
+    result = json.loads((study / "results.json").read_text())
+    assert result["seeds"] == [100, 101] and result["pilot_seeds"] == [0]
+    rates = result["learning_rates"]
+    shared_rate = rates["shared"]["grpo"]
+    assert shared_rate in (1e-4, 1e-3) and set(rates["shared"].values()) == {shared_rate}
+    none, clamp = arm(None, False), arm(None, True)
+    finals = {
+        m: [final_value(load_steps(Run(m, shared_rate, 2, s).folder(tmp_path)), "reward", 1) for s in (100, 101)]
+        for m in (none, clamp)
+    }
+    row = next(r for r in result["analyses"]["shared"]["contrasts"] if r["name"] == "the clamp without traces")
+    assert row["final_reward"]["per_seed"] == pytest.approx([b - a for a, b in zip(finals[none], finals[clamp])])
+    assert "| eps_weight-both-0.99+adv_clamp_min=none |" in (study / "results.md").read_text()
+    assert (study / "reward_vs_step.png").stat().st_size > 20_000 and (study / "interaction.png").is_file()
+    logs = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.jsonl")}
+    pairs = {(tag, rate) for by_arm in rates.values() for tag, rate in by_arm.items()}
+    assert len(logs) == 6 * 2 + 2 * len(pairs), "pilot: 6 arms × 2 rates; main: 2 seeds per arm and rate"
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in logs} == logs, "finished runs are not trained again"

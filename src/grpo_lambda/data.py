@@ -1,5 +1,5 @@
 """Training problems: one adapter per source (gsm8k, math12k, math-rl-16k, orz-57k), local copies, and the
-built-in tasks (arithmetic; credit_echo, the toy benchmark's task in toy.py).
+generated tasks (arithmetic; credit_echo, the toy benchmark's task in grpo_lambda.experiments.toy).
 
 Every source comes out as {problem, answer} (strings), then `to_prompts` adds the `prompt` in the chosen template;
 the reward functions receive `answer=`. Rows without a usable problem or answer are dropped and counted in the log.
@@ -20,8 +20,6 @@ from typing import Any
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 
 from .templates import PromptTemplate, check_template, render_completion, render_prompt
-from .toy import TASK_NAME as TOY_TASK_NAME
-from .toy import credit_echo_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +94,19 @@ def arithmetic_dataset(size: int, seed: int, split: str = "train", level: str = 
     return Dataset.from_dict(
         {"problem": [r[0] for r in rows], "answer": [str(r[1]) for r in rows], "solution": [r[2] for r in rows]}
     )
+
+
+def _credit_echo_dataset(size: int, seed: int, split: str, level: str) -> Dataset:
+    from .experiments.toy import credit_echo_dataset  # an experiment's task: imported only when it is asked for
+
+    return credit_echo_dataset(size, seed, split)
+
+
+# Tasks generated offline from a seed: name → (size, seed, split, level) → rows with problem and answer columns
+GENERATED_TASKS: dict[str, Callable[[int, int, str, str], Dataset]] = {
+    "arithmetic": arithmetic_dataset,
+    "credit_echo": _credit_echo_dataset,
+}
 
 
 @dataclass(frozen=True)
@@ -232,12 +243,10 @@ def load_problem_dataset(
 
 def _raw_rows(name: str, split: str, config: str | None, path: str | None, arithmetic: dict) -> Dataset:
     """The rows of a source as they are stored: generated, read from a local copy, or loaded from the Hub."""
-    if name in ("arithmetic", TOY_TASK_NAME):
+    if name in GENERATED_TASKS:
         size = arithmetic["test_size"] if split == "test" else arithmetic["train_size"]
         split = "test" if split == "test" else "train"
-        if name == TOY_TASK_NAME:
-            return credit_echo_dataset(size, arithmetic["seed"], split)
-        return arithmetic_dataset(size, arithmetic["seed"], split, arithmetic["level"])
+        return GENERATED_TASKS[name](size, arithmetic["seed"], split, arithmetic["level"])
     source = SOURCES.get(name)
     local = Path(path) if path else (Path(name) if os.path.exists(name) else None)
     if local is not None:

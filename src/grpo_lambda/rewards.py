@@ -13,7 +13,6 @@ from collections.abc import Callable
 from .data import ANSWER_SEPARATOR
 from .grading import Grader
 from .templates import PromptTemplate, check_template, extract_answer, has_format
-from .toy import is_correct
 
 
 def completion_text(completion) -> str:
@@ -60,9 +59,14 @@ class FormatReward:
         return [float(has_format(completion_text(c), self.template)) for c in completions]
 
 
+def exact_match(completion: str, answer: str) -> bool:
+    """The completion equals the answer up to whitespace: a wrong or missing token, or trailing text, fails."""
+    return completion.split() == answer.split()
+
+
 class ExactMatchReward:
     """1.0 if the whole completion equals a gold answer up to whitespace, else 0.0: the exact verifier of tasks whose
-    answer is one string, such as the built-in `credit_echo` (toy.is_correct). No template, no answer extraction."""
+    answer is one string, such as the built-in `credit_echo`. No template, no answer extraction."""
 
     __name__ = "exact_match_reward"
 
@@ -71,7 +75,7 @@ class ExactMatchReward:
 
     def __call__(self, completions: list, answer: list[str], **kwargs) -> list[float]:
         return [
-            float(any(is_correct(completion_text(c), gold) for gold in str(golds).split(ANSWER_SEPARATOR)))
+            float(any(exact_match(completion_text(c), gold) for gold in str(golds).split(ANSWER_SEPARATOR)))
             for c, golds in zip(completions, answer, strict=True)
         ]
 

@@ -10,7 +10,8 @@ With the toy tokenizer every " letter" and every " ;" is one token, so the defau
 The only hard decisions are the first `num_letters` tokens (modular addition); the echoes copy them, which a model
 learns long before it learns the addition table. The reward (1 for an exact match, 0 otherwise) therefore arrives
 ~30 tokens after the decisions it depends on: the credit-assignment setting GRPO-λ's traces are meant for.
-docs/toy_benchmark.md explains the design; `toy_benchmark.py` runs the comparison.
+The verifier is the library's `exact` reward (rewards.exact_match). docs/toy_benchmark.md explains the design;
+`toy_benchmark.py` runs the comparison.
 """
 
 from __future__ import annotations
@@ -43,17 +44,6 @@ def credit_echo_dataset(
     rng = random.Random(f"grpo-lambda-{TASK_NAME}/{split}/{seed}/{num_letters}/{repeats}/{max_shift}")
     rows = [credit_echo_problem(rng, num_letters, repeats, max_shift) for _ in range(size)]
     return Dataset.from_dict({"problem": [r[0] for r in rows], "answer": [r[1] for r in rows]})
-
-
-def normalise(text: str) -> str:
-    """Whitespace-insensitive form: tokens joined by single spaces."""
-    return " ".join(text.split())
-
-
-def is_correct(completion: str, answer: str) -> bool:
-    """The verifier: the completion equals the answer exactly, up to whitespace (an extra or missing echo, a
-    wrong letter or trailing text all score 0)."""
-    return normalise(completion) == normalise(answer)
 
 
 def tokenizer_corpus(seed: int = 0, size: int = 500) -> list[str]:

@@ -1,0 +1,463 @@
+"""`make reproduce-toy`: does GRPO-λ learn faster than GRPO? Seeded CPU studies on the `credit_echo` task.
+
+1. A tiny Qwen2 (toy tokenizer) is trained from scratch by SFT to an intermediate success rate on credit_echo.
+   Every RL run of both studies starts from this one checkpoint.
+2. `--study quick` (default, < 30 min): every method trains by RL with the same budget and hyperparameters, for
+   each seed: GRPO, GRPO + Lemma 1's `eos_bound`, GRPO + GRPO-λ's advantage clamp alone, GRPO-λ {ε-trace,
+   ε-weight} × {both, recent} at λ = 0.99, and the best of those four at λ = 0.98 (chosen after they finish).
+   A Markdown table, a PNG of training reward vs step (mean ± std over seeds) and the raw per-step logs.
+3. `--study factorial` (≤ 90 min on an idle 2-core machine): is it the traces or the clamp? toy_factorial.py.
+
+Methods are named by their tag (grpo_lambda.methods.Method), in tables, plots, folders and `--methods`. Every run
+appends its metrics to `<output_dir>/runs/<tag>/lr<lr>_steps<N>/seed<k>/metrics.jsonl` as it trains and writes
+`done.json` when it ends; both studies share these runs, and a rerun skips finished runs and restarts unfinished
+ones, so a crash loses one run at most. docs/toy_benchmark.md describes the task, the settings and the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from grpo_lambda.methods import PAPER_ADV_CLAMP_MIN, Method
+
+from .toy import TASK_NAME
+
+# RL settings shared by every method (Table 2 where it applies: β, group size, grad clip; γ = 1 is the config's)
+RL_SETTINGS = dict(
+    beta=0.04,  # Table 2
+    num_generations=8,  # Table 2
+    per_device_train_batch_size=32,  # 4 prompts × 8 completions
+    max_completion_length=48,
+    temperature=1.0,
+    max_grad_norm=1.0,  # Table 2
+    loss_type="grpo",
+    lr_scheduler_type="constant",
+    warmup_steps=0,
+)
+LEARNING_RATE = 3e-4  # the quick study's, for every method: our choice, from a GRPO-only pilot (docs/toy_benchmark.md)
+QUICK_METHODS = [
+    Method("grpo"),
+    Method("grpo", advantage_bias_correction="eos_bound"),
+    Method("grpo", adv_clamp_min=PAPER_ADV_CLAMP_MIN),  # GRPO-λ's clamp alone: tells the clamp from the traces
+    *(Method(variant, style, 0.99) for variant in ("eps_trace", "eps_weight") for style in ("both", "recent")),
+]
+SIZES = {
+    # most SFT steps, RL steps per quick run, seeds, last N steps averaged for the final reward, held-out SFT problems
+    "default": dict(sft_steps=600, rl_steps=200, seeds=3, last_steps=30, eval_problems=200),
+    "small": dict(sft_steps=4, rl_steps=2, seeds=1, last_steps=1, eval_problems=8),
+}
+LOGGED = (  # table column ← logged metric, averaged over the last N steps
+    ("kl", "kl"),
+    ("completion_length", "completions/mean_length"),
+    ("grad_norm", "grad_norm"),
+    ("lemma1_bound_mean", "lemma1/bound_mean"),
+)
+SFT_TARGET_RATE = 0.25  # SFT stops once sampling at T=1 solves this share of held-out problems
+SFT_CHECK_EVERY = 25  # steps between those checks
+
+
+@dataclass(frozen=True)
+class Run:
+    """One RL run: a method at a learning rate for a number of steps, from one seed (its prompts and sampling)."""
+
+    method: Method
+    learning_rate: float
+    steps: int
+    seed: int
+    lemma1_diagnostics: bool = False  # log lemma1/… (the quick study's table); the training is the same without it
+
+    def folder(self, output_dir: Path) -> Path:
+        setting = f"lr{self.learning_rate:g}_steps{self.steps}"
+        return output_dir / "runs" / self.method.tag / setting / f"seed{self.seed}"
+
+    def config(self) -> dict:
+        """The GRPOLambdaConfig fields of this run besides its folder, steps and seed."""
+        extra = {"lemma1_diagnostics": True} if self.lemma1_diagnostics else {}
+        return {**RL_SETTINGS, "learning_rate": self.learning_rate, **self.method.config(), **extra}
+
+
+def build_sft_model(
+    output_dir: Path, sft_steps: int, eval_problems: int = 200, threads: int = 1, seed: int = 0
+) -> Path:
+    """Stage 1: a tiny Qwen2 with the toy tokenizer, SFT'd on credit_echo solutions until sampling at T=1 solves
+    `SFT_TARGET_RATE` of held-out problems (checked every `SFT_CHECK_EVERY` steps), at most `sft_steps` steps."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from grpo_lambda.models import build_tiny_model
+
+    from .toy import credit_echo_dataset, tokenizer_corpus
+
+    sft_dir = output_dir / "sft"
+    if (sft_dir / "done.json").exists():
+        return sft_dir
+    torch.set_num_threads(threads)
+    base = build_tiny_model(output_dir / "base", seed, hidden_size=128, num_layers=2, num_heads=2,
+                            corpus=tokenizer_corpus(seed))  # fmt: skip
+    rows = credit_echo_dataset(sft_steps * 32, seed, "sft")
+    rows = rows.map(lambda r: {"prompt": r["problem"], "completion": r["answer"]}, remove_columns=rows.column_names)
+    args = SFTConfig(
+        output_dir=str(sft_dir), max_steps=sft_steps, learning_rate=1e-3, per_device_train_batch_size=32,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=20, logging_steps=25, save_strategy="no",
+        report_to="none", use_cpu=True, bf16=False, seed=seed, disable_tqdm=True,
+    )  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    checks = credit_echo_dataset(100, seed, "validation")
+    history = []
+
+    class StopAtTarget(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % SFT_CHECK_EVERY == 0:
+                history.append((state.global_step, sampled_accuracy(model, tokenizer, checks)))
+                model.train()
+                print(f"[toy] SFT step {state.global_step}: exact-match rate {history[-1][1]:.2f}", flush=True)
+                control.should_training_stop = history[-1][1] >= SFT_TARGET_RATE
+
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base), args=args, train_dataset=rows,
+                         processing_class=tokenizer, callbacks=[StopAtTarget()])  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    trainer.save_model(str(sft_dir))
+    accuracy = sampled_accuracy(trainer.model, tokenizer, credit_echo_dataset(eval_problems, seed, "test"))
+    record = {"sft_steps": trainer.state.global_step, "test_accuracy_t1": accuracy, "checks": history}
+    (sft_dir / "done.json").write_text(json.dumps(record) + "\n")
+    return sft_dir
+
+
+def sampled_accuracy(model, tokenizer, rows, max_new_tokens: int = 48, batch: int = 50) -> float:
+    """Share of exact answers when sampling at temperature 1 (what the RL stage starts from)."""
+    import torch
+
+    from grpo_lambda.rewards import exact_match
+
+    model.eval()
+    tokenizer.padding_side = "left"
+    correct = 0
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        encoded = tokenizer(chunk["problem"], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
+                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        texts = tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        correct += sum(exact_match(t, a) for t, a in zip(texts, chunk["answer"], strict=True))
+    return correct / len(rows)
+
+
+def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, threads: int) -> dict:
+    """Stage 2, one run: GRPOLambdaTrainer on credit_echo from the SFT checkpoint; metrics.jsonl grows as it trains.
+    The seed fixes the training prompts and the sampling, the same for every method (a paired design)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    from grpo_lambda.callbacks import JsonlMetricsCallback
+    from grpo_lambda.configs import GRPOLambdaConfig
+    from grpo_lambda.data import load_problem_dataset
+    from grpo_lambda.rewards import get_reward_funcs
+    from grpo_lambda.trainer import GRPOLambdaTrainer
+
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    run_dir = Path(run_dir)
+    if run_dir.exists():  # an unfinished run from a crash: start it again
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    set_seed(seed)
+    prompts_per_step = config["per_device_train_batch_size"] // config["num_generations"]
+    sizes = dict(train_size=steps * prompts_per_step, test_size=1, seed=seed, level="one_step")
+    train = load_problem_dataset(TASK_NAME, "train", **sizes)
+    train = train.map(lambda r: {"prompt": r["problem"]})
+    args = GRPOLambdaConfig(
+        output_dir=str(run_dir), max_steps=steps, logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=True, bf16=False, seed=seed, disable_tqdm=True, **config,
+    )  # fmt: skip
+    started, cpu_started = time.time(), time.process_time()
+    trainer = GRPOLambdaTrainer(
+        model=AutoModelForCausalLM.from_pretrained(sft_dir),
+        reward_funcs=get_reward_funcs(["exact"]),
+        args=args,
+        train_dataset=train,
+        processing_class=AutoTokenizer.from_pretrained(sft_dir),
+        callbacks=[JsonlMetricsCallback(run_dir / "metrics.jsonl")],
+    )
+    trainer.remove_callback(PrinterCallback)  # the parent's progress bar reports; metrics.jsonl keeps every record
+    trainer.train()
+    summary = {"seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started, "steps": steps,
+               "seed": seed, "threads": threads, "config": config}  # fmt: skip
+    (run_dir / "done.json").write_text(json.dumps(summary) + "\n")
+    return summary
+
+
+def _steps_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    with path.open() as stream:
+        return sum(1 for line in stream if '"reward"' in line)
+
+
+def run_all(runs: list[Run], output_dir: Path, sft_dir: Path, workers: int, bar) -> None:
+    """Trains the unfinished runs on `workers` processes (0: in this one), advancing `bar` as steps are logged and
+    printing a line as each run ends."""
+    unique = list({run.folder(output_dir): run for run in runs}.values())
+    todo = [run for run in unique if not (run.folder(output_dir) / "done.json").exists()]
+    bar.update(sum(run.steps for run in unique if run not in todo))
+    finished = len(unique) - len(todo)
+
+    def report(run: Run) -> None:
+        nonlocal finished
+        finished += 1
+        seconds = json.loads((run.folder(output_dir) / "done.json").read_text())["seconds"]
+        bar.write(f"[toy] run {finished}/{len(unique)} done: {run.method.tag} lr {run.learning_rate:g} "
+                  f"seed {run.seed} ({run.steps} steps, {seconds:.0f} s)")  # fmt: skip
+
+    if workers == 0:
+        for run in todo:
+            rl_run(str(sft_dir), str(run.folder(output_dir)), run.config(), run.steps, run.seed, 1)
+            bar.update(run.steps)
+            report(run)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    running: dict = {}
+    counted: dict[Run, int] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        queue = list(todo)
+        while queue or running:
+            while queue and len(running) < workers:
+                run = queue.pop(0)
+                folder = str(run.folder(output_dir))
+                running[pool.submit(rl_run, str(sft_dir), folder, run.config(), run.steps, run.seed, threads)] = run
+                counted[run] = 0
+            done, _ = wait(list(running), timeout=2.0, return_when=FIRST_COMPLETED)
+            for run in running.values():
+                now = _steps_logged(run.folder(output_dir))
+                bar.update(now - counted[run])
+                counted[run] = now
+            for future in done:
+                run = running.pop(future)
+                future.result()  # re-raise a worker's error here
+                bar.update(run.steps - counted[run])
+                report(run)
+
+
+def load_steps(run_dir: Path) -> list[dict]:
+    """The per-step records of one run (those with a reward), in order."""
+    with (run_dir / "metrics.jsonl").open() as stream:
+        return [record for line in stream if '"reward"' in line for record in [json.loads(line)]]
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _std(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    return [_mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def final_value(records: list[dict], key: str, last_steps: int) -> float:
+    """The mean of `key` over the last `last_steps` steps of one run."""
+    return _mean([r.get(key) for r in records[-last_steps:]])
+
+
+def mean_curve(seeds: list[list[dict]], key: str) -> list[float]:
+    length = min(len(records) for records in seeds)
+    return [_mean([records[i].get(key) for records in seeds]) for i in range(length)]
+
+
+def summarise(runs: dict[str, list[list[dict]]], last_steps: int) -> dict[str, dict]:
+    """Per method: final reward (mean of the last N steps, then mean ± std over seeds), steps to reach GRPO's final
+    reward (the first step s ≥ N at which the seed-mean reward averaged over steps s−N+1..s reaches it: the same
+    N-step average as the final reward, so GRPO reaches its own by its last step), KL, length, grad norm, and
+    Lemma 1's mean bound over the last N steps."""
+    summary = {}
+    for name, seeds in runs.items():
+        finals = [final_value(records, "reward", last_steps) for records in seeds]
+        summary[name] = {
+            "seeds": len(seeds),
+            "final_reward": _mean(finals),
+            "final_reward_std": _std(finals),
+            **{out: _mean([final_value(records, key, last_steps) for records in seeds]) for out, key in LOGGED},
+            "curve": mean_curve(seeds, "reward"),
+        }
+    if "grpo" in summary:
+        target = summary["grpo"]["final_reward"]
+        for values in summary.values():
+            smoothed = moving_average(values["curve"], last_steps)
+            reached = (i + 1 for i, v in enumerate(smoothed) if i + 1 >= last_steps and v >= target - 1e-9)
+            values["steps_to_grpo_final"] = next(reached, None)
+    return summary
+
+
+def results_table(summary: dict[str, dict], last_steps: int, steps: int) -> str:
+    lines = [
+        f"| method | final reward (last {last_steps} steps, mean ± std over seeds) | steps to GRPO's final reward "
+        f"(of {steps}) | KL to ref | completion length | grad norm (pre-clip) | Lemma 1 bound (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, v in summary.items():
+        reach = v.get("steps_to_grpo_final")
+        lines.append(
+            f"| {name} | {v['final_reward']:.3f} ± {v['final_reward_std']:.3f} | {reach if reach else 'not reached'} "
+            f"| {v['kl']:.4f} | {v['completion_length']:.1f} | {v['grad_norm']:.3f} | {v['lemma1_bound_mean']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(axis, runs: dict[str, list[list[dict]]], window: int) -> None:
+    """Training reward vs step on `axis`: per method the seed mean of a `window`-step moving average, ± one std."""
+    for name, seeds in runs.items():
+        length = min(len(records) for records in seeds)
+        per_seed = [moving_average([r["reward"] for r in records[:length]], window) for records in seeds]
+        mean = [_mean([s[i] for s in per_seed]) for i in range(length)]
+        std = [_std([s[i] for s in per_seed]) for i in range(length)]
+        steps = list(range(1, length + 1))
+        style = "--" if name.startswith("grpo") else "-"
+        (line,) = axis.plot(steps, mean, style, label=f"{name} ({len(seeds)} seeds)", linewidth=1.8)
+        axis.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                          color=line.get_color(), alpha=0.15)  # fmt: skip
+    axis.set_xlabel("RL step")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+
+
+def plot_rewards(runs: dict[str, list[list[dict]]], path: Path, window: int) -> Path:
+    """Training reward vs step: per method the seed mean (smoothed over `window` steps) and ± one std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    plot_curves(axis, runs, window)
+    axis.set_ylabel(f"training reward (exact match), moving average over {window} steps")
+    axis.set_title(f"{TASK_NAME}: mean ± std over seeds")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def parse_methods(text: str) -> list[Method]:
+    """Comma-separated method tags; a misspelt one exits with one line."""
+    try:
+        return [Method.from_tag(tag.strip()) for tag in text.split(",") if tag.strip()]
+    except ValueError as error:
+        defaults = ",".join(m.tag for m in QUICK_METHODS)
+        raise SystemExit(f"grpo_lambda: --methods: {error} Defaults: {defaults}.") from None
+
+
+def quick_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dict, size: dict, started: float) -> int:
+    from tqdm.auto import tqdm
+
+    steps = max(1, round(size["rl_steps"] * args.scale))
+    last_steps = max(1, round(size["last_steps"] * args.scale))
+    seeds = list(range(args.seeds if args.seeds is not None else size["seeds"]))
+    lr = args.learning_rate
+    methods = parse_methods(args.methods) if args.methods else list(QUICK_METHODS)
+    at_099 = [m for m in methods if m.loss_variant != "grpo" and m.trace_lambda == 0.99]
+    with_098 = bool(at_099) and not args.no_lambda_098
+    total_runs = len(seeds) * (len(methods) + with_098)
+    print(f"[toy] 2/3 RL: {total_runs} runs of {steps} steps ({args.workers} at a time)", flush=True)
+    runs = [Run(m, lr, steps, s, lemma1_diagnostics=True) for m in methods for s in seeds]
+    with tqdm(total=total_runs * steps, unit="step", desc="RL steps", dynamic_ncols=True) as bar:
+        run_all(runs, out, sft_dir, args.workers, bar)
+        if with_098:
+            finals = {m: _mean([final_value(load_steps(Run(m, lr, steps, s).folder(out)), "reward", last_steps)
+                                for s in seeds]) for m in at_099}  # fmt: skip
+            best = max(at_099, key=finals.get)
+            extra = Method(
+                best.loss_variant, best.trace_style, 0.98, best.adv_clamp_min, best.advantage_bias_correction
+            )
+            print(f"\n[toy] best at λ = 0.99: {best.tag} ({finals[best]:.3f}); running {extra.tag}", flush=True)
+            methods.append(extra)
+            extra_runs = [Run(extra, lr, steps, s, lemma1_diagnostics=True) for s in seeds]
+            run_all(extra_runs, out, sft_dir, args.workers, bar)
+
+    print("[toy] 3/3 table and plot", flush=True)
+    logs = {m.tag: [load_steps(Run(m, lr, steps, s).folder(out)) for s in seeds] for m in methods}
+    summary = summarise(logs, last_steps)
+    table = results_table(summary, last_steps, steps)
+    plot = plot_rewards(logs, out / "reward_vs_step.png", window=max(1, last_steps // 2))
+    minutes = (time.time() - started) / 60
+    settings = {**RL_SETTINGS, "learning_rate": lr}
+    note = (
+        f"{TASK_NAME}, tiny Qwen2 SFT'd for {sft['sft_steps']} steps (exact-match rate {sft['test_accuracy_t1']:.2f} "
+        f"sampling at T=1), then {steps} RL steps per run, seeds {seeds}; settings {json.dumps(settings)}. "
+        f"Wall time of this invocation: {minutes:.1f} min.\n"
+    )
+    (out / "results.md").write_text(note + "\n" + table + "\n")
+    (out / "results.json").write_text(json.dumps({"sft": sft, "steps": steps, "summary": summary}, indent=1) + "\n")
+    print("\n" + table)
+    print(f"\ntable: {out / 'results.md'}\nplot:  {plot}\nlogs:  {out / 'runs'}/<method>/<setting>/seed<k>/")
+    print(f"wall time: {minutes:.1f} min")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import toy_factorial
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="quick", choices=("quick", "factorial"))
+    parser.add_argument("--output_dir", default="data/toy")
+    parser.add_argument("--size", default="default", choices=SIZES)
+    parser.add_argument(
+        "--scale", type=float, default=None, help="multiply the RL steps and the last-N window (quick 1, factorial 3)"
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (quick 3, factorial 8)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="runs trained at once (one process each; 0: in this one)"
+    )
+    quick = parser.add_argument_group("quick study")
+    quick.add_argument("--methods", default=None, help="comma-separated method tags (default: the quick set)")
+    quick.add_argument("--no_lambda_098", action="store_true", help="skip the λ = 0.98 run of the best variant")
+    quick.add_argument("--learning_rate", type=float, default=LEARNING_RATE, help="for every method")
+    factorial = parser.add_argument_group("factorial study")
+    factorial.add_argument("--pilot_seeds", type=int, default=None, help="pilot seeds per learning rate (default 2)")
+    factorial.add_argument(
+        "--pilot_steps", type=int, default=None, help="steps per pilot run (default: the quick study's, 200)"
+    )
+    factorial.add_argument("--lr_grid", default=None, help="comma-separated learning rates (default 1e-4,3e-4,1e-3)")
+    args = parser.parse_args(argv)
+    if args.scale is None:
+        args.scale = toy_factorial.MAIN_SCALE if args.study == "factorial" else 1.0
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    size = SIZES[args.size]
+    out = Path(args.output_dir).resolve()
+    started = time.time()
+    print(f"[toy] 1/3 SFT of a tiny Qwen2 on {TASK_NAME} (at most {size['sft_steps']} steps)", flush=True)
+    sft_dir = build_sft_model(out, size["sft_steps"], size["eval_problems"], threads=max(1, args.workers))
+    sft = json.loads((sft_dir / "done.json").read_text())
+    print(f"[toy] SFT model: exact-match rate {sft['test_accuracy_t1']:.2f} when sampling at T=1", flush=True)
+    if args.study == "factorial":
+        return toy_factorial.factorial_study(args, out, sft_dir, sft, size, started)
+    return quick_study(args, out, sft_dir, sft, size, started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
