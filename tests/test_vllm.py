@@ -43,9 +43,9 @@ def test_colocated_vllm_gets_the_weights_after_each_update(tiny_model_dir, tmp_p
 
 @pytest.mark.slow
 def test_make_train_with_vllm_colocated_on_embedded_smollm2(tmp_path):
-    """`make train VLLM_MODE=colocate` on the default recipe: the embedded SmolLM2-135M in float32 generates with
-    vLLM in float32 (vLLM's "auto" would be bfloat16: a difference of ~0.02 from the first step) and gets the
-    weights of every update."""
+    """`make train VLLM_MODE=colocate`, the README's first command with vLLM: GRPO-λ's default recipe on the
+    embedded SmolLM2-135M in float32, generating with vLLM in float32 (vLLM's "auto" would be bfloat16: a
+    difference of ~0.02 from the first step), and vLLM gets the weights of every update."""
     output_dir = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "grpo_lambda.launch", "--vllm-mode", "colocate", "--args",
@@ -55,10 +55,13 @@ def test_make_train_with_vllm_colocated_on_embedded_smollm2(tmp_path):
         env={**os.environ, "GRPO_LAMBDA_CACHE": os.environ.get("GRPO_LAMBDA_CACHE", str(tmp_path / "cache"))},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "recipe: recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml" in result.stdout
+    assert (output_dir / "checkpoint-2").is_dir()
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     differences = [r[LOGP_DIFFERENCE] for r in records if LOGP_DIFFERENCE in r]
     assert len(differences) == 2 and max(differences) < SYNCED_LOGP_DIFFERENCE, differences
     assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert any("trace/credit_weight_mean" in r for r in records)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@
    each seed: GRPO, GRPO + Lemma 1's `eos_bound`, GRPO + GRPO-λ's advantage clamp alone, GRPO-λ {ε-trace,
    ε-weight} × {both, recent} at λ = 0.99, and the best of those four at λ = 0.98 (chosen after they finish).
    A Markdown table, a PNG of training reward vs step (mean ± std over seeds) and the raw per-step logs.
-3. `--study factorial` (≤ 90 min on an idle 2-core machine): is it the traces or the clamp? toy_factorial.py.
+3. `--study factorial` (2–3 h on an idle 2-core machine): is it the traces or the clamp? toy_factorial.py.
 
 Methods are named by their tag (grpo_lambda.methods.Method), in tables, plots, folders and `--methods`. Every run
 appends its metrics to `<output_dir>/runs/<tag>/lr<lr>_steps<N>/seed<k>/metrics.jsonl` as it trains and writes
