@@ -73,7 +73,7 @@ PLOTS ?= plots
 
 help:
 	@echo "make install   create $(VENV): torch $(TORCH_VERSION), $(VLLM_PACKAGE), the package [STACK=gpu|cpu, default gpu]"
-	@echo "make demo      SFT -> GRPO and GRPO-λ -> evaluation -> table + plot, on the embedded SmolLM2 (CPU, minutes)"
+	@echo "make demo      SFT -> GRPO and GRPO-λ -> evaluation -> table + plot, on the embedded SmolLM2 (2 CPU cores: ~35 min)"
 	@echo "make test      the test suite without the slow end-to-end tests, offline (CPU)"
 	@echo "make test-slow the slow end-to-end tests (a SLURM cluster, real trainings)"
 	@echo "make train     GRPO-λ on the embedded SmolLM2-135M + arithmetic task (CPU, no download)"
