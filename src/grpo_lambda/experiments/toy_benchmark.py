@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -260,17 +261,19 @@ def load_steps(run_dir: Path) -> list[dict]:
         return [record for line in stream if '"reward"' in line for record in [json.loads(line)]]
 
 
+def _logged(values: list[float]) -> list[float]:
+    """The values a run logged (a metric absent from a step is None; a failed one NaN)."""
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
 def _mean(values: list[float]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
+    values = _logged(values)
+    return statistics.fmean(values) if values else float("nan")
 
 
 def _std(values: list[float]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    values = _logged(values)
+    return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
