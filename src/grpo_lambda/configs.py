@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal
 
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from .data import ARITHMETIC_LEVELS
 from .loss import WEIGHT_CLAMP_FNS, WeightClampFn
+from .methods import (
+    ADVANTAGE_BIAS_CORRECTIONS,
+    CONFIG_DEFAULTS,
+    LOSS_VARIANTS,
+    AdvantageBiasCorrection,
+    LossVariant,
+    TraceStyle,
+)
 from .templates import PromptTemplate, check_template
-from .traces import TRACE_STYLES as TRACE_STYLES  # re-exported: the choice lists live beside LOSS_VARIANTS
-from .traces import TraceSpec, TraceStyle
+from .traces import TraceSpec
 from .trainer import check_trl_seam
 
-LossVariant = Literal["grpo", "eps_trace", "eps_weight"]
-AdvantageBiasCorrection = Literal["none", "eos_bound"]
-LOSS_VARIANTS: tuple[str, ...] = get_args(LossVariant)
-ADVANTAGE_BIAS_CORRECTIONS: tuple[str, ...] = get_args(AdvantageBiasCorrection)
 # TRL loss types whose per-token term is the clipped ratio times the advantage; the others (cispo, sapo, vespo,
 # luspo) use the log-probabilities or a sequence-level ratio in ways the traces of Eq. 2 are not defined for.
 TRACE_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -28,18 +31,19 @@ class GRPOLambdaConfig(GRPOConfig):
     """TRL's `GRPOConfig` plus the GRPO-λ fields (§3, Alg. 1–2, Table 2)."""
 
     loss_variant: LossVariant = field(
-        default="eps_trace",
+        default=CONFIG_DEFAULTS["loss_variant"],
         metadata={
             "help": "Policy loss: 'grpo' (TRL's own), 'eps_trace' (GRPO-λ with traced ratios, Alg. 1) or "
             "'eps_weight' (GRPO-λ with trace-weighted per-token losses, Alg. 2)."
         },
     )
     trace_style: TraceStyle = field(
-        default="recent",
+        default=CONFIG_DEFAULTS["trace_style"],
         metadata={"help": "Trace shape tr(t, l) (Eq. 2): 'recent' = (γλ)^l, 'both' = max((γλ)^l, (γλ)^(t−l))."},
     )
     trace_lambda: float = field(
-        default=0.99, metadata={"help": "λ ∈ [0, 1] of the traces; λ = 0 with 'recent' is GRPO (§4.1 uses 0.99)."}
+        default=CONFIG_DEFAULTS["trace_lambda"],
+        metadata={"help": "λ ∈ [0, 1] of the traces; λ = 0 with 'recent' is GRPO (§4.1 uses 0.99)."},
     )
     trace_gamma: float = field(default=1.0, metadata={"help": "Discount γ ∈ (0, 1] of the traces (decay = γλ)."})
     trace_floor: float = field(
@@ -47,7 +51,7 @@ class GRPOLambdaConfig(GRPOConfig):
         metadata={"help": "Floor ε ∈ [0, 1] of the off-diagonal trace weights (Eq. 17–18); 0 disables it."},
     )
     adv_clamp_min: float | None = field(
-        default=None,
+        default=CONFIG_DEFAULTS["adv_clamp_min"],
         metadata={"help": "Advantages below this are raised to it (Alg. 1–2; −0.1 in Table 2); null disables it."},
     )
     weight_clamp_fn: WeightClampFn = field(
@@ -73,7 +77,7 @@ class GRPOLambdaConfig(GRPOConfig):
     )
 
     advantage_bias_correction: AdvantageBiasCorrection = field(
-        default="none",
+        default=CONFIG_DEFAULTS["advantage_bias_correction"],
         metadata={
             "help": "'eos_bound' adds Lemma 1's bound on GRPO's baseline bias, 1 − Π_{k<t}(1 − π(EOS|s_k)), to the "
             "normalised advantage of each token t (the paper's preliminary experiment, Appendix A.2; 'inconclusive' "

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import shlex
@@ -42,14 +41,13 @@ import socket
 import subprocess
 import sys
 import time
-import typing
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import yaml
 
-from grpo_lambda.methods import Method, RunFolder
+from grpo_lambda.methods import CONFIG_DEFAULTS, LOSS_VARIANTS, TRACE_STYLES, Method, RunFolder
 from grpo_lambda.models import EMBEDDED_PREFIX
 
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
@@ -79,25 +77,9 @@ def recipe_model(model: str) -> str:
     return model
 
 
-@functools.cache
-def config_choices(field: str) -> tuple[str, ...]:
-    """The values GRPOLambdaConfig accepts for a `Literal` field."""
-    from grpo_lambda.configs import GRPOLambdaConfig
-
-    return typing.get_args(typing.get_type_hints(GRPOLambdaConfig)[field])
-
-
-@functools.cache
-def _method_defaults() -> dict:
-    from grpo_lambda.configs import GRPOLambdaConfig
-
-    names = {f.name for f in dataclasses.fields(Method)}
-    return {f.name: f.default for f in dataclasses.fields(GRPOLambdaConfig) if f.name in names}
-
-
 def recipe_method(values: dict) -> Method:
     """The method a recipe's values (plus overrides) train, unset fields at GRPOLambdaConfig's defaults."""
-    return Method.from_config(argparse.Namespace(**{**_method_defaults(), **values}))
+    return Method.from_config(argparse.Namespace(**{**CONFIG_DEFAULTS, **values}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -537,8 +519,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipe", default=None, help="A recipe file; skips the lookup.")
     parser.add_argument("--model", default=None, help="Hub id, local folder or embedded:SmolLM2-135M-Instruct.")
     parser.add_argument("--dataset", default=None, help="gsm8k, math12k, math-rl-16k, orz-57k, arithmetic, a path.")
-    parser.add_argument("--loss_variant", default=None, choices=config_choices("loss_variant"))
-    parser.add_argument("--trace_style", default=None, choices=config_choices("trace_style"))
+    parser.add_argument("--loss_variant", default=None, choices=LOSS_VARIANTS)
+    parser.add_argument("--trace_style", default=None, choices=TRACE_STYLES)
     parser.add_argument("--trace_lambda", default=None, type=float, help="λ of the traces, e.g. 0.99.")
     # Deprecated spellings (a note says what to use instead)
     parser.add_argument("--method", default=None, choices=("grpo", "grpo-lambda"), help=argparse.SUPPRESS)

@@ -19,6 +19,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from pathlib import PurePath
+from typing import Literal, get_args
+
+# The values and defaults of GRPOLambdaConfig's method fields. configs.py takes them from here, so that planning a
+# run (`make train`, `make sweep` on a login node) knows them without importing TRL and vLLM (~15 s).
+LossVariant = Literal["grpo", "eps_trace", "eps_weight"]
+TraceStyle = Literal["recent", "both"]
+AdvantageBiasCorrection = Literal["none", "eos_bound"]
+LOSS_VARIANTS: tuple[str, ...] = get_args(LossVariant)
+TRACE_STYLES: tuple[str, ...] = get_args(TraceStyle)
+ADVANTAGE_BIAS_CORRECTIONS: tuple[str, ...] = get_args(AdvantageBiasCorrection)
+CONFIG_DEFAULTS = dict(
+    loss_variant="eps_trace", trace_style="recent", trace_lambda=0.99, adv_clamp_min=None,
+    advantage_bias_correction="none",
+)  # fmt: skip
 
 PAPER_ADV_CLAMP_MIN = -0.1  # Table 2: GRPO-λ's advantage clamping
 _TRACED = re.compile(r"(?P<variant>eps_trace|eps_weight)-(?P<style>recent|both)-(?P<lam>[0-9.e-]+)")

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
-TraceStyle = Literal["recent", "both"]
-TRACE_STYLES: tuple[str, ...] = get_args(TraceStyle)
+from .methods import TRACE_STYLES as TRACE_STYLES  # re-exported beside TraceSpec, which checks against it
+from .methods import TraceStyle
 
 
 @dataclass(frozen=True)
