@@ -169,3 +169,14 @@ def test_make_passes_the_config_field_variables():
     line = " ".join(result.stdout.split())
     assert "--loss_variant eps_weight --trace_style recent --trace_lambda 0.98" in line
     assert "--accelerate ddp --num-processes 2" in line and "--method" not in line
+
+
+def test_planning_a_run_does_not_import_trl():
+    """`make train` / `make sweep` plan from methods.py's values: no TRL (and vLLM) import, ~15 s on a login node."""
+    code = (
+        "import sys; from pathlib import Path; from grpo_lambda import launch, sweep; launch.parser(); "
+        "launch.recipe_method({'loss_variant': 'grpo'}); sweep.load_sweep('tiny-cpu', Path('.').resolve()); "
+        "print('trl' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
