@@ -19,7 +19,6 @@ from .methods import (
 )
 from .templates import PromptTemplate, check_template
 from .traces import TraceSpec
-from .trainer import check_trl_seam
 
 # TRL loss types whose per-token term is the clipped ratio times the advantage; the others (cispo, sapo, vespo,
 # luspo) use the log-probabilities or a sequence-level ratio in ways the traces of Eq. 2 are not defined for.
@@ -94,8 +93,10 @@ class GRPOLambdaConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        self._check_grpo_lambda_fields()  # first: a typo fails before TRL's trainer (and vLLM) is imported
+        from .trainer import check_trl_seam
+
         check_trl_seam()
-        self._check_grpo_lambda_fields()
         super().__post_init__()
 
     @property

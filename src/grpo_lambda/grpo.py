@@ -21,7 +21,6 @@ from grpo_lambda.launch import vllm_server_url, wait_for_vllm_server
 from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.tracking import announce_wandb
-from grpo_lambda.trainer import GRPOLambdaTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +39,8 @@ def _load_datasets(script_args: GRPOScriptArguments):
 
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, model_args: ModelConfig):
+    from grpo_lambda.trainer import GRPOLambdaTrainer  # TRL's trainer and vLLM: once the arguments have parsed
+
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
