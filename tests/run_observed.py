@@ -108,6 +108,7 @@ def _main() -> int:
     from safetensors.torch import save_file
 
     import grpo_lambda.grpo as entry
+    import grpo_lambda.trainer as trainer_module
     from grpo_lambda.configs import parse_grpo_args
     from grpo_lambda.rewards import REWARD_FUNCS, completion_text
 
@@ -128,7 +129,7 @@ def _main() -> int:
         skip_sync_at = int(argv[at + 1])
         del argv[at : at + 2]
 
-    class ObservedTrainer(entry.GRPOLambdaTrainer):
+    class ObservedTrainer(trainer_module.GRPOLambdaTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             if skip_sync_at is not None:
@@ -150,7 +151,7 @@ def _main() -> int:
             return result
 
     REWARD_FUNCS["digit_share"] = DigitShareReward
-    entry.GRPOLambdaTrainer = ObservedTrainer
+    trainer_module.GRPOLambdaTrainer = ObservedTrainer  # the class entry.main imports once the arguments parse
     return entry.main(*parse_grpo_args(argv))
 
 
