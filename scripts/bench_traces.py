@@ -5,7 +5,7 @@ of random lengths in [T/2, T], [B] advantages, and returns TRL's `grpo` loss (cl
 batch mean); backward is to the log-probabilities. Rows:
 
 - grpo: exp(log πθ − log πold), clipped surrogate: plain GRPO, the baseline of every ratio.
-- dense: the paper's form, exp((Δ·mask) @ Wᵀ) with W = trace_matrix(T) (float64, built per call, Eq. 17–18).
+- dense: the paper's form, exp((Δ·mask) @ Wᵀ) with W = trace_matrix(T) (float64, built per call on the ops' device, Eq. 17–18).
 - on-policy: ε-trace with πold = πθ (num_iterations = 1): `on_policy_traced_log_probs` with `credit_weights`.
 - off-policy: ε-trace with a stale πold: `eligibility_traced_log_probs` (the scan, adjoint backward).
 - eps-weight: ε-weight (Alg. 2): `eps_weight_trace_weights` of πold times the advantages, GRPO's surrogate.
@@ -55,7 +55,7 @@ def make_ops(lam: float, style: str, floor: float) -> dict[str, Callable]:
         return grpo_loss(logps, old, mask, advantages[:, None])
 
     def dense(logps, old, mask, advantages):
-        matrix = trace_matrix(logps.shape[-1], trace)
+        matrix = trace_matrix(logps.shape[-1], trace, device=logps.device)
         traced = ((logps - old).double() * mask) @ matrix.T
         return grpo_loss(old + traced.to(logps.dtype), old, mask, advantages[:, None])
 

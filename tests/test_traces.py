@@ -66,6 +66,7 @@ def test_trace_matrix_matches_equation(trace):
     assert matrix.dtype == torch.float64 and matrix.shape == (length, length)
     expected = [[tr_reference(t, t - k, trace) if k <= t else 0.0 for k in range(length)] for t in range(length)]
     torch.testing.assert_close(matrix, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-300)
+    assert trace_matrix(length, trace, device="meta").device.type == "meta"  # built where the log-probs are (CUDA)
 
 
 def test_trace_matrix_limits():

@@ -74,21 +74,22 @@ class TraceSpec:
         return min(horizon, never)
 
 
-def trace_matrix(length: int, trace: TraceSpec) -> torch.Tensor:
+def trace_matrix(length: int, trace: TraceSpec, device: torch.device | str | None = None) -> torch.Tensor:
     """Dense trace matrix of Eq. 17 (`both`) / Eq. 18 (`recent`), the reference form.
 
     Args:
         length: number of completion positions T.
         trace: γ, λ (decay a = γλ), style and floor ε (the smallest off-diagonal weight inside the lower triangle).
+        device: where to build it (default: torch's default device).
 
     Returns:
         float64 tensor [T, T], lower-triangular; entry [t, k] = tr(t, t − k) for k ≤ t (row t = current token,
         column k = earlier token), 1 on the diagonal, 0 above it.
     """
-    t = torch.arange(length, dtype=torch.float64)[:, None]  # [T, 1]
-    k = torch.arange(length, dtype=torch.float64)[None, :]  # [1, T]
+    t = torch.arange(length, dtype=torch.float64, device=device)[:, None]  # [T, 1]
+    k = torch.arange(length, dtype=torch.float64, device=device)[None, :]  # [1, T]
     lag = (t - k).clamp(min=0)
-    base = torch.tensor(trace.decay, dtype=torch.float64)
+    base = torch.tensor(trace.decay, dtype=torch.float64, device=device)
     weights = torch.pow(base, lag)  # a^l; torch gives 0^0 = 1
     if trace.style == "both":
         weights = torch.maximum(weights, torch.pow(base, k).expand_as(weights))  # a^(t−l) = a^k
