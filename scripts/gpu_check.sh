@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Both benchmarks on a lent GPU machine, in one call of under 8 minutes, printing their tables: the loss op, and a
-# whole step of stock TRL vs each GRPO-λ variant at a recipe's real shape (Table 2: batch 16, 8 per prompt, 256
-# completion tokens), with transformers `generate` and, where vLLM is installed, vLLM colocated.
+# On a lent GPU machine, in one call of under 10 minutes: the trace forms' tests on CUDA, then both benchmarks'
+# tables: the loss op, and a whole step of stock TRL vs each GRPO-λ variant at a recipe's real shape (Table 2: batch
+# 16, 8 per prompt, 256 completion tokens), with transformers `generate` and, where vLLM is installed, vLLM
+# colocated. On an H200 it took ~2 minutes (no vLLM there).
 #
 # The machine has no network and its own python3 with CUDA torch and transformers; it lacks TRL, datasets and
-# math-verify, which only the step benchmark needs. Fetch their wheels here once (network), into the ignored .whl/:
+# math-verify, which the tests and the step benchmark need. Fetch their wheels here once (network), into the
+# ignored .whl/:
 #
 #   scripts/gpu_check.sh --fetch-wheels
 #
@@ -35,6 +37,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZ
 
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "== the fast trace forms on CUDA against the dense matrix (tests/test_traces.py -k cuda) =="
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_traces.py -k cuda || echo "CUDA trace tests failed (rc $?)"
 
 echo "== loss op: GRPO vs dense trace vs ours (B = 16, T up to 32768) =="
 timeout 170 $PY scripts/bench_traces.py --repeats 41 || echo "bench_traces.py failed or timed out (rc $?)"

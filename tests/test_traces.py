@@ -97,30 +97,38 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> N
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-def check_against_dense(trace: TraceSpec, batch: int, length: int, seed: int) -> None:
+def check_against_dense(trace: TraceSpec, batch: int, length: int, seed: int, device: str = "cpu") -> None:
     """For a mask with holes and a right-padded one: the forward (with and without autograd, with an offset), the
-    adjoint, the gradient, the credit weights (closed form and scan) and their scaling, all against W."""
+    adjoint, the gradient, the credit weights (closed form and scan) and their scaling, all against W. The fast
+    forms run on `device`; the dense reference on the CPU."""
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(batch, length, dtype=torch.float64, generator=generator)
     offset = values + 0.1 * torch.randn(batch, length, dtype=torch.float64, generator=generator)
     grad = torch.randn(batch, length, dtype=torch.float64, generator=generator)
+    v, b, g = values.to(device), offset.to(device), grad.to(device)
     for kind, mask in masks_with_holes_and_padding(batch, length, generator).items():
+        m = mask.to(device)
+
+        def check(actual: torch.Tensor, expected: torch.Tensor, what: str, kind: str = kind) -> None:
+            assert actual.device == v.device, what
+            assert_matches(actual.detach().cpu(), expected, f"{kind} mask, {what}")
+
         dense = dense_traced_sum(values, mask, trace)
-        assert_matches(traced_sum(values, mask, trace), dense, f"{kind} mask, forward")
-        x = values.clone().requires_grad_()
-        out = traced_sum(x, mask, trace)
-        assert_matches(out.detach(), dense, f"{kind} mask, forward with autograd")
-        (out * grad).sum().backward()  # ∂(Σ g·S)/∂v = mask·(g @ W)
+        check(traced_sum(v, m, trace), dense, "forward")
+        x = v.clone().requires_grad_()
+        out = traced_sum(x, m, trace)
+        check(out, dense, "forward with autograd")
+        (out * g).sum().backward()  # ∂(Σ g·S)/∂v = mask·(g @ W)
         adjoint = dense_adjoint(grad, mask, trace)
-        assert_matches(x.grad, adjoint, f"{kind} mask, gradient")
-        assert_matches(traced_sum_adjoint(grad, mask, trace), adjoint, f"{kind} mask, adjoint")
+        check(x.grad, adjoint, "gradient")
+        check(traced_sum_adjoint(g, m, trace), adjoint, "adjoint")
 
         shifted = offset + dense_traced_sum(values - offset, mask, trace)  # ε-trace off-policy: b + S(v − b)
-        assert_matches(traced_sum(values, mask, trace, offset=offset), shifted, f"{kind} mask, offset")
+        check(traced_sum(v, m, trace, offset=b), shifted, "offset")
 
         credit = dense_adjoint(mask, mask, trace)  # c_k = Σ_{t ≥ k, mask_t} tr(t, t − k): ε-trace on-policy
-        assert_matches(credit_weights(mask, trace), credit, f"{kind} mask, credit weights")
-        assert_matches(scale_by_credit_weights(grad, mask, trace), credit * grad, f"{kind} mask, scaled gradient")
+        check(credit_weights(m, trace), credit, "credit weights")
+        check(scale_by_credit_weights(g, m, trace), credit * grad, "scaled gradient")
 
 
 @pytest.mark.parametrize("batch,length", SHAPES)
@@ -133,6 +141,14 @@ def test_fast_forms_match_dense_matrix(trace, batch, length):
 def test_fast_forms_match_dense_matrix_at_long_length(trace):
     """T = 2 048: two levels of the chunked scan (T > 32²), and a floor reached after ~460 lags."""
     check_against_dense(trace, 2, 2048, seed=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU node)")
+@pytest.mark.parametrize("trace", TRACES, ids=trace_id)
+def test_fast_forms_on_cuda_match_dense_matrix(trace):
+    """The same checks with the fast forms on a GPU, at a shape past one chunk and at two levels of chunks."""
+    check_against_dense(trace, 5, 97, seed=97, device="cuda")
+    check_against_dense(trace, 2, 2048, seed=1, device="cuda")
 
 
 def test_float32_input_keeps_dtype_and_precision():
