@@ -5,7 +5,8 @@ of random lengths in [T/2, T], [B] advantages, and returns TRL's `grpo` loss (cl
 batch mean); backward is to the log-probabilities. Rows:
 
 - grpo: exp(log πθ − log πold), clipped surrogate: plain GRPO, the baseline of every ratio.
-- dense: the paper's form, exp((Δ·mask) @ Wᵀ) with W = trace_matrix(T) (float64, built per call on the ops' device, Eq. 17–18).
+- dense: the paper's form, exp((Δ·mask) @ Wᵀ) with W = trace_matrix(T) (float64, built per call on the ops'
+  device, Eq. 17–18).
 - on-policy: ε-trace with πold = πθ (num_iterations = 1): `on_policy_traced_log_probs` with `credit_weights`.
 - off-policy: ε-trace with a stale πold: `eligibility_traced_log_probs` (the scan, adjoint backward).
 - eps-weight: ε-weight (Alg. 2): `eps_weight_trace_weights` of πold times the advantages, GRPO's surrogate.
