@@ -90,7 +90,7 @@ help:
 	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers fallback, and grading throughput"
 	@echo "make reproduce-toy  GRPO vs GRPO-λ (4 variants, λ 0.99/0.98), eos_bound and the clamp alone on the credit_echo toy task, 3 seeds, CPU < 30 min"
 	@echo "               [TOY_OUTPUT=data/toy] [ARGS='--scale 2 --seeds 5 --workers 2']"
-	@echo "               ARGS='--study factorial': traces × clamp, learning rates from a pilot, 8 paired seeds, 95% CIs (CPU, 2–3 h)"
+	@echo "               ARGS='--study factorial': traces × clamp, learning rates from a pilot, 8 paired seeds, 95% CIs (CPU, ~2 h)"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check"
 

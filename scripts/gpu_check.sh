@@ -2,7 +2,7 @@
 # On a lent GPU machine, in one call of under 10 minutes: the trace forms' tests on CUDA, then both benchmarks'
 # tables: the loss op, and a whole step of stock TRL vs each GRPO-λ variant at a recipe's real shape (Table 2: batch
 # 16, 8 per prompt, 256 completion tokens), with transformers `generate` and, where vLLM is installed, vLLM
-# colocated. On an H200 it took ~2 minutes (no vLLM there).
+# colocated. On an H200 it took ~2.5 minutes (no vLLM there).
 #
 # The machine has no network and its own python3 with CUDA torch and transformers; it lacks TRL, datasets and
 # math-verify, which the tests and the step benchmark need. Fetch their wheels here once (network), into the
