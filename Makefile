@@ -92,7 +92,7 @@ help:
 	@echo "               [TOY_OUTPUT=data/toy] [ARGS='--scale 2 --seeds 5 --workers 2']"
 	@echo "               ARGS='--study factorial': traces × clamp, learning rates from a pilot, 8 paired seeds, 95% CIs (CPU, ~2 h)"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
-	@echo "make lint      ruff check + format check"
+	@echo "make lint      ruff check + format check + the layers' import contract (lint-imports)"
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -113,7 +113,7 @@ endif
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m grpo_lambda.experiments.demo $(ARGS)
+	$(PY) -m experiments.demo $(ARGS)
 
 test: install
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
@@ -122,28 +122,28 @@ test-slow: install
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 train: install
-	$(PY) -m grpo_lambda.launch --stage train $(METHOD_FLAGS) $(LAUNCH_FLAGS)
+	$(PY) -m grpo_lambda.jobs.launch --stage train $(METHOD_FLAGS) $(LAUNCH_FLAGS)
 
 sft: install
-	$(PY) -m grpo_lambda.launch --stage sft $(LAUNCH_FLAGS)
+	$(PY) -m grpo_lambda.jobs.launch --stage sft $(LAUNCH_FLAGS)
 
 evaluate: install
-	$(PY) -m grpo_lambda.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks "$(BENCHMARKS)") \
+	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks "$(BENCHMARKS)") \
 		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
 regrade: install
 	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
-	$(PY) -m grpo_lambda.evaluate --regrade "$(RESULTS)" $(if $(TEMPLATE),--template $(TEMPLATE)) $(if $(SUITE),--suite "$(SUITE)")
+	$(PY) -m grpo_lambda.evaluation.evaluate --regrade "$(RESULTS)" $(if $(TEMPLATE),--template $(TEMPLATE)) $(if $(SUITE),--suite "$(SUITE)")
 
 tables: install
-	$(PY) -m grpo_lambda.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)
+	$(PY) -m grpo_lambda.evaluation.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)
 
 plots: install
-	$(PY) -m grpo_lambda.plots --runs $(RUNS) $(if $(RESULTS),--results "$(RESULTS)") --output_dir "$(PLOTS)"
+	$(PY) -m grpo_lambda.evaluation.plots --runs $(RUNS) $(if $(RESULTS),--results "$(RESULTS)") --output_dir "$(PLOTS)"
 
 sweep: install
 	@test -n "$(SWEEP)" || { echo "set SWEEP: one of $$(ls recipes/sweeps | sed 's/\.yaml//' | tr '\n' ' ')or a path"; exit 2; }
-	$(PY) -m grpo_lambda.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(ARGS)
+	$(PY) -m grpo_lambda.jobs.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(ARGS)
 
 bench: install
 	$(PY) scripts/bench_traces.py $(ARGS)
@@ -161,15 +161,16 @@ recipes: install
 TOY_OUTPUT ?= data/toy
 .PHONY: reproduce-toy
 reproduce-toy: install
-	$(PY) -m grpo_lambda.experiments.toy_benchmark --output_dir "$(TOY_OUTPUT)" $(ARGS)
+	$(PY) -m experiments.reproduce_toy --output_dir "$(TOY_OUTPUT)" $(ARGS)
 
 lint: install
-	$(PY) -m ruff check src tests scripts
-	$(PY) -m ruff format --check src tests scripts
+	$(PY) -m ruff check src tests scripts experiments
+	$(PY) -m ruff format --check src tests scripts experiments
+	$(VENV)/bin/lint-imports  # the layers' import contract (.importlinter)
 
 format: install
-	$(PY) -m ruff check --fix src tests scripts
-	$(PY) -m ruff format src tests scripts
+	$(PY) -m ruff check --fix src tests scripts experiments
+	$(PY) -m ruff format src tests scripts experiments
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

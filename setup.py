@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"grpo_lambda": ["paper_results.yaml", "evaluation_suite/*.jsonl", "evaluation_suite/README.md"]},
+    package_data={"grpo_lambda.evaluation": ["paper_results.yaml", "evaluation_suite/*.jsonl", "evaluation_suite/README.md"]},
     python_requires=">=3.10",
     install_requires=[
         # `make install` pins torch 2.13.0 (PyPI's CUDA 13 build, or +cpu from PyTorch's CPU index), as vLLM 0.31 needs
@@ -32,6 +32,6 @@ setup(
     extras_require={
         # The newest vLLM TRL 1.16 supports; it pins torch==2.13.0 (unpinned, pip takes a vLLM that moves torch on)
         "vllm": ["vllm==0.31.0"],
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        "dev": ["pytest>=8", "ruff>=0.6", "import-linter>=2.1"],  # lint-imports: the layers' contract
     },
 )

@@ -12,9 +12,9 @@ import argparse
 import tempfile
 import time
 
-from grpo_lambda.evaluate import EvalConfig, TransformersBackend, VLLMBackend, load_suite, prompt_text
+from grpo_lambda.evaluation.evaluate import EvalConfig, TransformersBackend, VLLMBackend, load_suite, prompt_text
 from grpo_lambda.grading import Grader, grade_sample
-from grpo_lambda.models import resolve_model
+from grpo_lambda.testbench.models import resolve_model
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Time of a whole training step: stock TRL GRPO vs each GRPO-λ variant, on the same model, batch and generation
-backend (transformers `generate` and vLLM colocated; vLLM on a CPU through grpo_lambda.cpu_test_bench).
+backend (transformers `generate` and vLLM colocated; vLLM on a CPU through grpo_lambda.testbench.vllm_cpu).
 
 One trainer per generation backend, one model. `trl` is TRL's own `GRPOTrainer`: the trainer's class is switched to
 it for that row, so TRL's methods run on the same weights, optimizer, batch and vLLM engine; the other rows are
@@ -32,10 +32,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer
 
 from grpo_lambda.configs import GRPOLambdaConfig
-from grpo_lambda.cpu_test_bench import support_cpu_test_bench
 from grpo_lambda.data import arithmetic_dataset, to_prompts
-from grpo_lambda.models import build_tiny_model, resolve_model
 from grpo_lambda.rewards import get_reward_funcs
+from grpo_lambda.testbench.models import build_tiny_model, resolve_model
+from grpo_lambda.testbench.vllm_cpu import support_cpu_test_bench
 from grpo_lambda.trainer import GRPOLambdaTrainer
 
 STOCK = "trl"

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from grpo_lambda.recipes import GENERATED, generate
+from grpo_lambda.jobs.recipes import GENERATED, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ make train MODEL=data/tiny-qwen2 DATASET=arithmetic LOSS_VARIANT=eps_trace ARGS=
 
 import argparse
 
-from grpo_lambda.models import build_tiny_model
+from grpo_lambda.testbench.models import build_tiny_model
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ SHARED_DATA = Path(os.environ.get("GRPO_LAMBDA_SHARED_DATA", REPO_ROOT.parent / 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from grpo_lambda.models import build_tiny_model
+    from grpo_lambda.testbench.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
 

@@ -48,7 +48,7 @@ def observed_command(*flags: str, accelerate: str | None = None, processes: int 
     script = [str(Path(__file__)), *flags]
     if accelerate is None:
         return [sys.executable, *script]
-    from grpo_lambda.launch import free_port
+    from grpo_lambda.jobs.launch import free_port
 
     return [
         sys.executable, "-m", "accelerate.commands.launch",
@@ -109,6 +109,7 @@ def _main() -> int:
 
     import grpo_lambda.grpo as entry
     import grpo_lambda.trainer as trainer_module
+    from grpo_lambda import testbench
     from grpo_lambda.configs import parse_grpo_args
     from grpo_lambda.rewards import REWARD_FUNCS, completion_text
 
@@ -152,7 +153,9 @@ def _main() -> int:
 
     REWARD_FUNCS["digit_share"] = DigitShareReward
     trainer_module.GRPOLambdaTrainer = ObservedTrainer  # the class entry.main imports once the arguments parse
-    return entry.main(*parse_grpo_args(argv))
+    script_args, training_args, model_args = parse_grpo_args(argv)
+    testbench.enable(training_args)  # as grpo_lambda.testbench.grpo, which the launcher runs on CPUs
+    return entry.main(script_args, training_args, model_args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from trl import SFTConfig
 
 from conftest import REPO_ROOT
 from grpo_lambda.configs import CONFIG_ERROR, GRPOLambdaConfig, parse_grpo_args, parse_sft_args
+from grpo_lambda.errors import GRPOLambdaError
 
 RECIPE_YAMLS = sorted((REPO_ROOT / "recipes").rglob("*.yaml"))
 TRAINING_RECIPES = [p for p in RECIPE_YAMLS if p.parent.name in ("grpo", "sft")]
@@ -19,7 +20,7 @@ ACCELERATE_CONFIGS = REPO_ROOT / "recipes" / "accelerate_configs"
 def test_every_recipe_file_is_found_and_checked():
     """The recursive listing finds every generated recipe and the defaults, and nothing under recipes/ escapes
     the tests: each YAML is a training recipe, an accelerate config, a sweep or the grid."""
-    from grpo_lambda.recipes import generate
+    from grpo_lambda.jobs.recipes import generate
 
     others = [p.relative_to(REPO_ROOT).as_posix() for p in RECIPE_YAMLS if p not in TRAINING_RECIPES]
     assert all(
@@ -63,7 +64,7 @@ def test_accelerate_configs_load_with_accelerates_own_loader(name, distributed_t
 
 
 def test_every_launcher_choice_has_an_accelerate_config():
-    from grpo_lambda.launch import ACCELERATE_CONFIGS as CHOICES
+    from grpo_lambda.jobs.launch import ACCELERATE_CONFIGS as CHOICES
 
     assert {p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")} == set(CHOICES) - {"auto"}
 
@@ -103,18 +104,18 @@ def write_recipe(tmp_path: Path, **settings) -> Path:
 
 @pytest.mark.parametrize("settings,name", BAD_SETTINGS)
 def test_bad_yaml_fails_with_one_line(tmp_path, settings, name):
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(GRPOLambdaError) as raised:
         parse_grpo_args(["--config", str(write_recipe(tmp_path, **settings))])
-    message = str(raised.value.code)
+    message = str(raised.value)
     assert message.startswith(CONFIG_ERROR) and name in message and "\n" not in message
 
 
 def test_bad_command_line_value_fails_with_one_line(tmp_path):
     recipe = write_recipe(tmp_path)
     for argv in (["--trace_style", "sideways"], ["--no_such_flag", "1"], ["--trace_lambda", "2"]):
-        with pytest.raises(SystemExit) as raised:
+        with pytest.raises(GRPOLambdaError) as raised:
             parse_grpo_args(["--config", str(recipe), *argv])
-        message = str(raised.value.code)
+        message = str(raised.value)
         assert message.startswith(CONFIG_ERROR) and "\n" not in message
 
 
@@ -134,5 +135,5 @@ def test_entry_point_prints_no_traceback_before_importing_trls_trainer(tmp_path)
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(CONFIG_ERROR)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"grpo_lambda: {CONFIG_ERROR}")
     assert result.stdout.strip().splitlines()[-1] == "imported: []"

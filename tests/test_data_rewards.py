@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from grpo_lambda.data import arithmetic_dataset, load_problem_dataset, solution_dataset, to_prompts
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.rewards import AccuracyReward, FormatReward, get_reward_funcs
 from grpo_lambda.templates import QWEN_MATH_SYSTEM
 
@@ -48,7 +49,7 @@ def test_accuracy_reward_grades_boxed_and_plain_answers():
 
 
 def test_unknown_reward_is_a_clear_error():
-    with pytest.raises(SystemExit, match="unknown reward"):
+    with pytest.raises(GRPOLambdaError, match="unknown reward"):
         get_reward_funcs(["accuracy", "vibes"])
 
 
@@ -77,7 +78,7 @@ def test_missing_split_or_column_is_a_clear_error(tmp_path):
     from datasets import Dataset
 
     Dataset.from_dict({"text": ["a"]}).save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(SystemExit, match="no problem column"):
+    with pytest.raises(GRPOLambdaError, match="no problem column"):
         load_problem_dataset(str(tmp_path / "d"), "train")
 
 
@@ -168,5 +169,5 @@ def test_sft_solutions_from_math500_with_solutions(shared_data):
 
 
 def test_reduced_answers_give_no_sft_data(shared_data):
-    with pytest.raises(SystemExit, match="no worked solutions"):
+    with pytest.raises(GRPOLambdaError, match="no worked solutions"):
         solution_dataset("gsm8k", "qwen_math", path=str(shared_data / "train" / "gsm_8k"))

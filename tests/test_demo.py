@@ -15,7 +15,7 @@ def test_make_demo_small(tmp_path):
     methods are named by their tags in the tables and the run folders."""
     output_dir = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.experiments.demo", "--size", "small", "--backend", "transformers",
+        [sys.executable, "-m", "experiments.demo", "--size", "small", "--backend", "transformers",
          "--output_dir", str(output_dir)],
         cwd=tmp_path, capture_output=True, text=True, timeout=1200,
         env={**os.environ, "GRPO_LAMBDA_CACHE": os.environ.get("GRPO_LAMBDA_CACHE", str(tmp_path / "cache")),

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from grpo_lambda.launch import VLLMServer, free_port, vllm_server_command
+from grpo_lambda.jobs.launch import VLLMServer, free_port, vllm_server_command
 from run_observed import (
     LOGP_DIFFERENCE,
     REPO_ROOT,

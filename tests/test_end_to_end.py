@@ -82,7 +82,7 @@ def test_training_moves_parameters_logs_metrics_and_saves(tiny_model_dir, tmp_pa
 
 def launch(*argv, env=None, timeout=900):
     return subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.launch", *argv],
+        [sys.executable, "-m", "grpo_lambda.jobs.launch", *argv],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -95,7 +95,10 @@ def test_dry_run_resolves_the_default_recipe():
     result = launch("--dry-run")
     assert result.returncode == 0, result.stderr
     assert "recipe: recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml" in result.stdout
-    assert "accelerate.commands.launch --config_file" in result.stdout and "-m grpo_lambda.grpo" in result.stdout
+    assert (
+        "accelerate.commands.launch --config_file" in result.stdout
+        and "-m grpo_lambda.testbench.grpo" in result.stdout
+    )  # no GPU here: the CPU test bench on
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from grpo_lambda.evaluate import (
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.evaluation.evaluate import (
     BENCHMARKS,
     DEFAULT_SUITE,
     EvalConfig,
@@ -40,7 +41,7 @@ def test_the_shipped_suite_is_the_default_and_loads_without_shared_data(suite, t
     assert amc["golds"] == ["142"] and amc["paper_golds"] == ["142.0"]  # stored as the float 142.0
     minerva = next(item for item in suite if item["benchmark"] == "minerva")
     assert minerva["golds"] == ["9.6"] and minerva["paper_golds"] == ["9.6\n"]  # the reference keeps the newline
-    script = "from grpo_lambda.evaluate import load_suite; print(len(load_suite(None, ['aime', 'olympiad_bench'])))"
+    script = "from grpo_lambda.evaluation.evaluate import load_suite; print(len(load_suite(None, ['aime', 'olympiad_bench'])))"
     env = {**os.environ, "GRPO_LAMBDA_SHARED_DATA": str(tmp_path / "absent")}
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "705", out.stderr[-2000:]
@@ -63,11 +64,13 @@ def test_the_shipped_suite_equals_understand_r1_zeros(shared_data):
 
 def test_a_suite_path_that_does_not_exist_stops_with_one_line(tmp_path):
     for path in (str(tmp_path / "nowhere"), "./data/evaluation_suite", "data/eval/suite"):
-        with pytest.raises(SystemExit, match="does not exist"):
+        with pytest.raises(GRPOLambdaError, match="does not exist"):
             load_suite(path, ["aime"])
-    with pytest.raises(SystemExit, match="neither a folder here nor a Hub dataset"):  # owner/name: tried on the Hub
+    with pytest.raises(
+        GRPOLambdaError, match="neither a folder here nor a Hub dataset"
+    ):  # owner/name: tried on the Hub
         load_suite("data/evaluation_suite", ["aime"])
-    with pytest.raises(SystemExit, match="has no benchmark 'aime'"):
+    with pytest.raises(GRPOLambdaError, match="has no benchmark 'aime'"):
         load_suite(str(tmp_path), ["aime"])
 
 
@@ -90,7 +93,7 @@ def test_no_sends_the_bare_problem():
     """understand-r1-zero sends the problem with no chat template for `no`; qwen_math and r1 as before."""
     from transformers import AutoTokenizer
 
-    from grpo_lambda.models import resolve_model
+    from grpo_lambda.testbench.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("embedded:SmolLM2-135M-Instruct"))
     assert prompt_text(tokenizer, "What is 2+3?", "no") == "What is 2+3?"
@@ -130,7 +133,7 @@ def test_transformers_backend_writes_both_grades(tiny_model_dir, tmp_path):
 def test_an_interrupted_evaluation_resumes_without_regenerating(tiny_model_dir, tmp_path):
     output_dir = tmp_path / "eval"
     command = [
-        sys.executable, "-m", "grpo_lambda.evaluate", "--model", str(tiny_model_dir), "--benchmarks", "math",
+        sys.executable, "-m", "grpo_lambda.evaluation.evaluate", "--model", str(tiny_model_dir), "--benchmarks", "math",
         "--limit", "12", "--batch_size", "1", "--max_new_tokens", "24", "--backend", "transformers",
         "--template", "qwen_math", "--output_dir", str(output_dir), "--dtype", "float32",
     ]  # fmt: skip
@@ -154,7 +157,7 @@ def test_an_interrupted_evaluation_resumes_without_regenerating(tiny_model_dir, 
 
 
 def test_unknown_benchmark_is_a_clear_error(tmp_path, tiny_model_dir):
-    with pytest.raises(SystemExit, match="unknown benchmark"):
+    with pytest.raises(GRPOLambdaError, match="unknown benchmark"):
         run_config(tmp_path, tiny_model_dir, benchmarks=["gsm_hard"])
 
 
@@ -167,7 +170,7 @@ def test_vllm_cpu_streams_and_matches_the_fallback_on_smollm2(tmp_path, monkeypa
     common = dict(benchmarks=list(BENCHMARKS), limit=1, max_new_tokens=24, dtype="float32", max_model_len=1024)
     model = "embedded:SmolLM2-135M-Instruct"
     config = run_config(tmp_path / "vllm", model, backend="vllm", **common)
-    from grpo_lambda.models import resolve_model
+    from grpo_lambda.testbench.models import resolve_model
 
     backend = VLLMBackend(config, resolve_model(model))
     # Three prompts whose room left in the 1 024-token context differs: they finish on different engine steps.

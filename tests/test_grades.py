@@ -7,7 +7,8 @@ import json
 import pytest
 
 from grpo_lambda import grading, paper_grader
-from grpo_lambda.evaluate import BENCHMARKS, load_suite, main
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.evaluation.evaluate import BENCHMARKS, load_suite, main
 from grpo_lambda.grading import Grader
 
 
@@ -162,7 +163,7 @@ def test_regrade_scores_samples_made_elsewhere(suite, tmp_path, template, capsys
     probes = [p for p in PROBES if p[1] == template]
     folder = tmp_path / "elsewhere"
     write_samples(folder, probes)
-    with pytest.raises(SystemExit, match="say which template"):
+    with pytest.raises(GRPOLambdaError, match="say which template"):
         main(["--regrade", str(folder)])
     main(["--regrade", str(folder), "--template", template])
     assert "results: " in capsys.readouterr().out

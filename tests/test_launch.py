@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from grpo_lambda import launch
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.jobs import launch
 
 DEFAULT_GRPO = REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
 PAPER_RECIPE = REPO_ROOT / "recipes/Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_eps_trace-both-0.99.yaml"
@@ -63,8 +64,9 @@ def test_cpu_defaults_and_limits(gpus):
     cmd = command()  # ACCEL=auto without a GPU: the one-process CPU config
     assert value(cmd, "--config_file").endswith("cpu.yaml") and "--num_processes" not in cmd
     assert value(trainer_part(cmd), "--use_cpu") == "true"
+    assert trainer_part(cmd)[1] == "grpo_lambda.testbench.grpo"  # the CPU test bench, switched on by the launcher
     assert value(accelerate_part(command("--accelerate", "ddp")), "--num_processes") == "1"
-    with pytest.raises(SystemExit, match="ACCEL=cpu is one process"):
+    with pytest.raises(GRPOLambdaError, match="ACCEL=cpu is one process"):
         command("--accelerate", "cpu", "--num-processes", "2")
 
 
@@ -74,8 +76,10 @@ def test_one_process_per_gpu(gpus):
     assert value(cmd, "--config_file").endswith("zero2.yaml")
     assert value(accelerate_part(cmd), "--num_processes") == "4"
     assert value(accelerate_part(cmd), "--mixed_precision") == "bf16" and "--use_cpu" not in cmd
+    assert trainer_part(cmd)[1] == "grpo_lambda.grpo"  # a Hub model on GPUs: the core entry point, no test bench
+    assert trainer_part(command())[1] == "grpo_lambda.testbench.grpo"  # the default recipe's embedded: model
     assert value(accelerate_part(command("--num-processes", "2")), "--num_processes") == "2"
-    with pytest.raises(SystemExit, match="NPROC=8, but this machine has 4 usable GPU"):
+    with pytest.raises(GRPOLambdaError, match="NPROC=8, but this machine has 4 usable GPU"):
         command("--num-processes", "8")
 
 
@@ -114,13 +118,13 @@ def test_gpus_torch_cannot_use_stop_with_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    with pytest.raises(SystemExit, match=r"4 NVIDIA GPU\(s\) but torch .*driver >= 580") as raised:
+    with pytest.raises(GRPOLambdaError, match=r"4 NVIDIA GPU\(s\) but torch .*driver >= 580") as raised:
         launch.usable_gpus()
     assert "\n" not in str(raised.value)
     monkeypatch.setattr(torch.version, "cuda", None)
-    with pytest.raises(SystemExit, match="CPU build: reinstall the GPU stack"):
+    with pytest.raises(GRPOLambdaError, match="CPU build: reinstall the GPU stack"):
         launch.usable_gpus()
-    with pytest.raises(SystemExit, match="CPU build"):  # ACCEL=auto must not quietly train on the CPU
+    with pytest.raises(GRPOLambdaError, match="CPU build"):  # ACCEL=auto must not quietly train on the CPU
         command("--dry-run")
     assert value(command("--accelerate", "cpu"), "--config_file").endswith("cpu.yaml")  # asked for: allowed
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
@@ -153,9 +157,9 @@ def test_choices_and_defaults_are_the_configs():
     assert get_args(hints["loss_variant"]) == LOSS_VARIANTS and get_args(hints["trace_style"]) == TRACE_STYLES
     defaults = {f.name: f.default for f in dataclasses.fields(GRPOLambdaConfig) if f.name in CONFIG_DEFAULTS}
     assert defaults == CONFIG_DEFAULTS
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit):  # argparse's own choice check
         launch.parser().parse_args(["--loss_variant", "eps_magic"])
-    with pytest.raises(SystemExit, match="not to grpo"):
+    with pytest.raises(GRPOLambdaError, match="not to grpo"):
         command("--loss_variant", "grpo", "--trace_lambda", "0.9")
 
 
@@ -174,7 +178,7 @@ def test_make_passes_the_config_field_variables():
 def test_planning_a_run_does_not_import_trl():
     """`make train` / `make sweep` plan from methods.py's values: no TRL (and vLLM) import, ~15 s on a login node."""
     code = (
-        "import sys; from pathlib import Path; from grpo_lambda import launch, sweep; launch.parser(); "
+        "import sys; from pathlib import Path; from grpo_lambda.jobs import launch, sweep; launch.parser(); "
         "launch.recipe_method({'loss_variant': 'grpo'}); sweep.load_sweep('tiny-cpu', Path('.').resolve()); "
         "print('trl' in sys.modules)"
     )

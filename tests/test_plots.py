@@ -4,7 +4,7 @@ import json
 
 import matplotlib.image
 
-from grpo_lambda.plots import describe, main, read_metrics, smooth
+from grpo_lambda.evaluation.plots import describe, main, read_metrics, smooth
 
 
 def write_run(folder, rewards, trace=False, repeat_step=None):

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from grpo_lambda.launch import MethodQuery, recipe_method, resolve_recipe
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.jobs.launch import MethodQuery, recipe_method, resolve_recipe
+from grpo_lambda.jobs.recipes import expand_grid, generate, load_grid, sft_path
+from grpo_lambda.layout import model_tail
 from grpo_lambda.methods import Method, RunFolder
-from grpo_lambda.recipes import expand_grid, generate, load_grid, model_tail, sft_path
 from test_configs import parse_recipe
 
 GRID = load_grid(REPO_ROOT)
@@ -134,12 +136,14 @@ def test_unset_method_fields_pick_the_papers_preferred_run():
 
 
 def test_a_cell_outside_the_grid_is_a_clear_error():
-    with pytest.raises(SystemExit, match="it has: .*eps_trace-recent-0.99"):
+    with pytest.raises(GRPOLambdaError, match="it has: .*eps_trace-recent-0.99"):
         lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", trace_style="both")
-    with pytest.raises(SystemExit, match="not to grpo"):
+    with pytest.raises(GRPOLambdaError, match="not to grpo"):
         lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", loss_variant="grpo",
                trace_lambda=0.99)  # fmt: skip
-    with pytest.raises(SystemExit, match="has recipes for gsm8k, .*, not my_set.*DATASET=gsm8k ARGS='--dataset_name"):
+    with pytest.raises(
+        GRPOLambdaError, match="has recipes for gsm8k, .*, not my_set.*DATASET=gsm8k ARGS='--dataset_name"
+    ):
         lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="my_set")
 
 
@@ -179,7 +183,7 @@ def test_unknown_models_fall_back_to_the_default_recipe_in_their_own_run_folder(
     sft, overrides, _ = lookup(stage="sft", model=str(model))
     assert sft == REPO_ROOT / "recipes/default/sft/config_arithmetic.yaml"
     assert overrides[-2:] == ["--output_dir", "data/my-model/sft/arithmetic"]
-    with pytest.raises(SystemExit, match="apply to `make train`, not to SFT"):
+    with pytest.raises(GRPOLambdaError, match="apply to `make train`, not to SFT"):
         lookup(stage="sft", model=str(model), trace_lambda=0.9)
 
 
@@ -196,5 +200,7 @@ def test_recipe_folders_are_named_after_the_model():
 def test_sft_needs_no_dataset_when_the_model_has_one_sft_recipe():
     recipe, _, _ = lookup(stage="sft", model="suayptalha/DeepSeek-R1-Distill-Llama-3B")
     assert recipe == REPO_ROOT / "recipes/DeepSeek-R1-Distill-Llama-3B/sft/config_gsm8k.yaml"
-    with pytest.raises(SystemExit, match="set DATASET for DeepSeek-R1-Distill-Llama-3B: one of gsm8k, math-rl-16k"):
+    with pytest.raises(
+        GRPOLambdaError, match="set DATASET for DeepSeek-R1-Distill-Llama-3B: one of gsm8k, math-rl-16k"
+    ):
         lookup(model="suayptalha/DeepSeek-R1-Distill-Llama-3B")

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from conftest import REPO_ROOT
-from grpo_lambda.models import ADAPTER_FOLDER, build_tiny_model
+from grpo_lambda.models import ADAPTER_FOLDER
+from grpo_lambda.testbench.models import build_tiny_model
 
 LORA = "--use_peft true --lora_r 4 --lora_alpha 8 --lora_target_modules q_proj v_proj"
 
@@ -35,7 +36,7 @@ def assert_merged(output_dir, base_dir, trained: bool = True):
 
 def launch(*argv: str, timeout: int = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.launch", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "grpo_lambda.jobs.launch", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

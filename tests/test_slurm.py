@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.jobs.recipes import expand_grid, load_grid
+from grpo_lambda.jobs.sweep import _compact, load_sweep, sbatch_command
+from grpo_lambda.layout import model_tail
 from grpo_lambda.methods import RunFolder
-from grpo_lambda.recipes import expand_grid, load_grid, model_tail
-from grpo_lambda.sweep import _compact, load_sweep, sbatch_command
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
@@ -26,7 +28,7 @@ CLUSTER = ROOT / "slurm" / "local_cluster.sh"
 
 def sweep_cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.sweep", *args], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "grpo_lambda.jobs.sweep", *args], capture_output=True, text=True, env=env, cwd=ROOT
     )
     if check and result.returncode != 0:
         raise AssertionError(result.stdout + result.stderr)
@@ -96,18 +98,18 @@ def test_sweep_names_say_what_trains(tmp_path):
     spec["runs"]["variants"] = {"eps_trace-both-0.99": {"loss_variant": "eps_trace", "trace_lambda": 0.99}}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(spec))
-    with pytest.raises(SystemExit, match="trains 'eps_trace-recent-0.99\\+adv_clamp_min=none'"):
+    with pytest.raises(GRPOLambdaError, match="trains 'eps_trace-recent-0.99\\+adv_clamp_min=none'"):
         load_sweep(bad, ROOT)
     spec["runs"]["variants"] = {"lr-1e-5": {"learning_rate": 1e-5}}  # not a method name: free
     bad.write_text(yaml.safe_dump(spec))
     assert load_sweep(bad, ROOT).runs[0].name == "tiny-qwen2/grpo/arithmetic_lr-1e-5"
     bad.write_text(yaml.safe_dump({"runs": {"paper_grid": True, "settings": {"trace_lambda": 0.5}}}))
-    with pytest.raises(SystemExit, match="sets trace_lambda, which the run folders' method tags name"):
+    with pytest.raises(GRPOLambdaError, match="sets trace_lambda, which the run folders' method tags name"):
         load_sweep(bad, ROOT)
 
 
 def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeypatch, tmp_path):
-    from grpo_lambda import sweep as sweep_module
+    from grpo_lambda.jobs import sweep as sweep_module
 
     sweep = load_sweep("paper-7b", ROOT, tmp_path)
     run = sweep.runs[1]
@@ -131,7 +133,7 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
     )
 
     launch = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.launch", "--recipe", str(run.recipe), "--accelerate", "zero3",
+        [sys.executable, "-m", "grpo_lambda.jobs.launch", "--recipe", str(run.recipe), "--accelerate", "zero3",
          "--num-machines", "2", "--main-process-ip", "gpu1", "--dry-run"],
         capture_output=True, text=True, check=True, env=dict(os.environ, SLURM_PROCID="1"),
     )  # fmt: skip

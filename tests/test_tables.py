@@ -7,9 +7,9 @@ import statistics
 import pytest
 
 from conftest import REPO_ROOT
-from grpo_lambda.evaluate import BENCHMARKS
+from grpo_lambda.evaluation.evaluate import BENCHMARKS
+from grpo_lambda.evaluation.tables import collect_results, load_paper, main, render_run_tables, render_table1
 from grpo_lambda.methods import Method
-from grpo_lambda.tables import collect_results, load_paper, main, render_run_tables, render_table1
 
 PAPER = load_paper()
 PAPER_TEXT = REPO_ROOT.parent / "shared" / "paper" / "grpo_lambda_paper.txt"
@@ -30,7 +30,7 @@ def mean5(row):
 
 
 def test_the_stored_runs_are_the_grid():
-    from grpo_lambda.recipes import expand_grid, load_grid
+    from grpo_lambda.jobs.recipes import expand_grid, load_grid
 
     grid = {(r.model_id, r.dataset, Method.from_tag(r.tag).tag) for r in expand_grid(load_grid(REPO_ROOT))}
     stored = {(r["model"], r["dataset"], r["run"]) for r in PAPER["runs"]}
@@ -105,7 +105,7 @@ def test_every_stored_run_value_appears_in_the_paper_rows():
 
 
 def write_results(folder, accuracies, corrected_shift=0.01):
-    """A results.json as grpo_lambda.evaluate writes it: the paper grade's accuracies, the corrected grade's
+    """A results.json as grpo_lambda.evaluation.evaluate writes it: the paper grade's accuracies, the corrected grade's
     `corrected_shift` higher."""
     folder.mkdir(parents=True)
     benchmarks = {

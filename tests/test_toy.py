@@ -11,8 +11,9 @@ import time
 
 import pytest
 
+from experiments.toy import ALPHABET, credit_echo_dataset, credit_echo_problem
 from grpo_lambda.data import load_problem_dataset
-from grpo_lambda.experiments.toy import ALPHABET, credit_echo_dataset, credit_echo_problem
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.methods import Method
 from grpo_lambda.rewards import exact_match, get_reward_funcs
 
@@ -66,13 +67,13 @@ def test_dataset_source_and_exact_reward():
 
 
 def test_library_does_not_import_the_experiments_and_the_benchmark_runs_from_any_folder(tmp_path):
-    """The library's modules load without grpo_lambda.experiments; `python -m ...toy_benchmark` needs no repo cwd
+    """The library's modules load without experiments; `python -m ...toy_benchmark` needs no repo cwd
     (one interpreter, from an empty folder: the import check, then the module run as `-m` runs it)."""
     code = (
         "import runpy, sys, grpo_lambda.data, grpo_lambda.rewards;"
         "print(sorted(m for m in sys.modules if 'experiments' in m));"
         "sys.argv = ['toy_benchmark', '--help'];"
-        "runpy.run_module('grpo_lambda.experiments.toy_benchmark', run_name='__main__')"
+        "runpy.run_module('experiments.reproduce_toy', run_name='__main__')"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
@@ -82,21 +83,21 @@ def test_library_does_not_import_the_experiments_and_the_benchmark_runs_from_any
 
 def test_quick_methods_are_tags_and_include_the_clamp_control():
     """The comparison's reading rests on grpo+adv_clamp_min=-0.1: GRPO with GRPO-λ's clamp and nothing else."""
-    from grpo_lambda.experiments.toy_benchmark import QUICK_METHODS, parse_methods
+    from experiments.toy_benchmark import QUICK_METHODS, parse_methods
 
     tags = [m.tag for m in QUICK_METHODS]
     assert tags == ["grpo", "grpo+advantage_bias_correction=eos_bound", "grpo+adv_clamp_min=-0.1",
                     "eps_trace-both-0.99", "eps_trace-recent-0.99", "eps_weight-both-0.99",
                     "eps_weight-recent-0.99"]  # fmt: skip
     assert parse_methods(",".join(tags)) == QUICK_METHODS
-    with pytest.raises(SystemExit, match="grpo_lambda: --methods: 'eps-trace-both-λ0.99' is not a method tag"):
+    with pytest.raises(GRPOLambdaError, match="--methods: 'eps-trace-both-λ0.99' is not a method tag"):
         parse_methods("grpo,eps-trace-both-λ0.99")
 
 
 def test_reproduce_toy_small_writes_table_plot_and_logs_and_resumes(tmp_path):
     """`make reproduce-toy` at its smallest: SFT → two methods × one seed → table, PNG, per-step logs; a rerun
     trains nothing and rewrites the same table."""
-    from grpo_lambda.experiments.toy_benchmark import main
+    from experiments.reproduce_toy import main
 
     argv = ["--size", "small", "--methods", "grpo,eps_trace-both-0.99", "--no_lambda_098", "--workers", "0",
             "--output_dir", str(tmp_path)]  # fmt: skip
@@ -124,7 +125,7 @@ def test_bootstrap_interval_by_hand():
     P(0) = (2/3)³ = 8/27, P(1) = 12/27, P(2) = 6/27, P(3) = 1/27 ≈ 0.037. The 2.5 % quantile is 0 (8/27 > 0.025)
     and the 97.5 % quantile is 3 (P(mean ≤ 2) = 26/27 ≈ 0.963 < 0.975): the interval is [0, 3] around 1, which
     touches 0, so the effect is not established."""
-    from grpo_lambda.experiments.toy_factorial import bootstrap_mean_interval, verdict
+    from experiments.toy_factorial import bootstrap_mean_interval, verdict
 
     estimate, low, high = bootstrap_mean_interval([0.0, 0.0, 3.0])
     assert (estimate, low, high) == (1.0, 0.0, 3.0)
@@ -137,7 +138,7 @@ def test_contrast_pairs_by_seed():
     """Arm B is arm A + 0.1 on every seed while the seeds differ by 0.4: paired, each difference is 0.1, so every
     resample's mean is 0.1 and the interval is [0.1, 0.1] (established). Resampling the arms independently would
     give an interval from −0.3 to +0.5. Pairing is by seed, not by position; unmatched seeds are an error."""
-    from grpo_lambda.experiments.toy_factorial import paired_contrast
+    from experiments.toy_factorial import paired_contrast
 
     a, b = Method("grpo"), Method("grpo", adv_clamp_min=-0.1)
     result = paired_contrast({a: {100: 0.1, 101: 0.5}, b: {101: 0.6, 100: 0.2}}, [(b, 1), (a, -1)])
@@ -149,7 +150,7 @@ def test_contrast_pairs_by_seed():
 
 
 def test_learning_rate_rule():
-    from grpo_lambda.experiments.toy_factorial import pick_learning_rates
+    from experiments.toy_factorial import pick_learning_rates
 
     a, b = Method("grpo"), Method("eps_trace", "both", 0.99)
     picks = pick_learning_rates({a: {1e-3: 0.1, 3e-4: 0.4, 1e-4: 0.2}, b: {1e-3: 0.5, 1e-4: 0.5, 3e-4: 0.3}})
@@ -159,7 +160,7 @@ def test_learning_rate_rule():
 def test_factorial_report_from_hand_made_logs(tmp_path):
     """The report of two seeds whose runs have constant rewards (final reward = area = that constant): the tables,
     the contrasts with their hand-computed intervals, one sentence per contrast, both figures."""
-    from grpo_lambda.experiments.toy_factorial import ARMS, arm, contrasts, report
+    from experiments.toy_factorial import ARMS, arm, contrasts, report
 
     finals = {  # (seed 100, seed 101) per arm, at the shared rate
         arm(None, False): (0.1, 0.5), arm(None, True): (0.2, 0.6),
@@ -210,8 +211,9 @@ def test_factorial_report_from_hand_made_logs(tmp_path):
 def test_factorial_study_tiny_end_to_end_and_resumes(tmp_path):
     """The whole study at a tiny scale (2 seeds, 2 steps, one pilot seed, two learning rates): pilot, main runs,
     report; the reported paired differences are those of the runs' own logs; a rerun trains nothing."""
-    from grpo_lambda.experiments.toy_benchmark import Run, final_value, load_steps, main
-    from grpo_lambda.experiments.toy_factorial import arm
+    from experiments.reproduce_toy import main
+    from experiments.toy_benchmark import Run, final_value, load_steps
+    from experiments.toy_factorial import arm
 
     argv = ["--study", "factorial", "--size", "small", "--seeds", "2", "--pilot_seeds", "1", "--lr_grid",
             "1e-4,1e-3", "--scale", "1", "--workers", "0", "--output_dir", str(tmp_path)]  # fmt: skip

@@ -12,6 +12,7 @@ import trl
 from trl import GRPOTrainer
 
 from grpo_lambda.configs import parse_grpo_args
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.loss import soft_clamp_log_probs
 from grpo_lambda.traces import TraceSpec
 from grpo_lambda.trainer import SUPPORTED_TRL_VERSION, GRPOLambdaTrainer, check_trl_seam
@@ -350,7 +351,7 @@ def test_trl_version_and_signatures_are_checked_at_start_up(monkeypatch, tmp_pat
         check_trl_seam()
     monkeypatch.undo()
     monkeypatch.setattr(trl, "__version__", "1.17.0")
-    with pytest.raises(SystemExit) as raised:  # the config checks it first, before any model loads
+    with pytest.raises(GRPOLambdaError) as raised:  # the config checks it first, before any model loads
         parse_grpo_args(["--output_dir", str(tmp_path)])
-    message = str(raised.value.code)
+    message = str(raised.value)
     assert "\n" not in message and f"pip install trl=={SUPPORTED_TRL_VERSION}" in message and "1.17.0" in message

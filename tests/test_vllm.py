@@ -1,4 +1,4 @@
-"""vLLM generation inside training on the CPU (grpo_lambda.cpu_test_bench): colocated engine, a server that is not
+"""vLLM generation inside training on the CPU (grpo_lambda.testbench.vllm_cpu): colocated engine, a server that is not
 up, and the TRL hooks the adaptation relies on. The 2-process and server runs are in test_distributed.py."""
 
 import inspect
@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from grpo_lambda.launch import free_port
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.jobs.launch import free_port
 from run_observed import (
     LOGP_DIFFERENCE,
     REPO_ROOT,
@@ -48,7 +49,7 @@ def test_make_train_with_vllm_colocated_on_embedded_smollm2(tmp_path):
     difference of ~0.02 from the first step), and vLLM gets the weights of every update."""
     output_dir = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.launch", "--vllm-mode", "colocate", "--args",
+        [sys.executable, "-m", "grpo_lambda.jobs.launch", "--vllm-mode", "colocate", "--args",
          f"--vllm_max_model_length 256 --max_steps 2 --save_steps 2 --max_completion_length 32 --learning_rate 1e-4 "
          f"--output_dir {output_dir}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
@@ -82,7 +83,7 @@ def test_training_without_its_vllm_server_stops_with_one_line_naming_it(tiny_mod
 def test_the_trl_methods_the_cpu_adaptation_hooks_exist(monkeypatch):
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from grpo_lambda import cpu_test_bench
+    from grpo_lambda.testbench import vllm_cpu as cpu_test_bench
 
     cpu_test_bench.check_trl_hooks()  # the installed TRL (1.16.0) has them all
     for (module, owner, method), parameters in cpu_test_bench.TRL_HOOKS.items():
@@ -93,7 +94,7 @@ def test_the_trl_methods_the_cpu_adaptation_hooks_exist(monkeypatch):
 
     monkeypatch.setattr(VLLMGeneration, "sync_weights", sync_weights)
     with pytest.raises(
-        SystemExit, match=r"hooks TRL's VLLMGeneration\.sync_weights\(self\), .* install trl==1\.16\.0"
+        GRPOLambdaError, match=r"hooks TRL's VLLMGeneration\.sync_weights\(self\), .* install trl==1\.16\.0"
     ):
         cpu_test_bench.check_trl_hooks()
 
@@ -101,7 +102,7 @@ def test_the_trl_methods_the_cpu_adaptation_hooks_exist(monkeypatch):
 @pytest.mark.slow
 def test_make_train_vllm_server_dry_run_shows_the_server_and_the_trainers_pointed_at_it(tiny_model_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.launch", "--model", str(tiny_model_dir), "--vllm-mode", "server",
+        [sys.executable, "-m", "grpo_lambda.jobs.launch", "--model", str(tiny_model_dir), "--vllm-mode", "server",
          "--dry-run", "--args", "--vllm_max_model_length 64"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

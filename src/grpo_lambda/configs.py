@@ -8,6 +8,7 @@ from typing import Literal
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from .data import ARITHMETIC_LEVELS
+from .errors import GRPOLambdaError
 from .loss import WEIGHT_CLAMP_FNS, WeightClampFn
 from .methods import (
     ADVANTAGE_BIAS_CORRECTIONS,
@@ -177,7 +178,7 @@ class DataArguments(ScriptArguments):
     dataset_name: str | None = field(
         default="arithmetic",
         metadata={
-            "help": "gsm8k, math12k, math-rl-16k, orz-57k, arithmetic or credit_echo (built in, offline), a local file or folder, "
+            "help": "gsm8k, math12k, math-rl-16k, orz-57k, arithmetic (built in, offline) or a registered task, a local file or folder, "
             "or a Hub dataset id with problem/answer columns."
         },
     )
@@ -237,14 +238,14 @@ class SFTScriptArguments(DataArguments):
     """Data of the format SFT stage: worked solutions rendered in the RL stage's prompt template."""
 
 
-CONFIG_ERROR = "grpo_lambda: configuration error:"
+CONFIG_ERROR = "configuration error:"
 
 
 class OneLineErrorParser(TrlParser):
     """TrlParser whose errors are one line, not argparse's full usage of a few hundred TrainingArguments."""
 
     def error(self, message: str):
-        raise SystemExit(f"{CONFIG_ERROR} {message}")
+        raise GRPOLambdaError(f"{CONFIG_ERROR} {message}")
 
 
 def parse_grpo_args(argv: list[str] | None = None) -> tuple[GRPOScriptArguments, GRPOLambdaConfig, ModelConfig]:
@@ -263,4 +264,4 @@ def _parse(dataclasses: tuple, argv: list[str] | None):
         return parser.parse_args_and_config(args=argv)
     except (ValueError, TypeError, ImportError) as error:
         message = " ".join(str(error).split())
-        raise SystemExit(f"{CONFIG_ERROR} {message}") from None
+        raise GRPOLambdaError(f"{CONFIG_ERROR} {message}") from None

@@ -15,12 +15,12 @@ from trl import ModelConfig, get_peft_config
 
 from grpo_lambda.callbacks import EXIT_PREEMPTED, STOP_FILE, JsonlMetricsCallback, PreemptionCallback
 from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
-from grpo_lambda.cpu_test_bench import support_cpu_test_bench
 from grpo_lambda.data import load_problem_dataset, to_prompts
-from grpo_lambda.launch import vllm_server_url, wait_for_vllm_server
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.tracking import announce_wandb
+from grpo_lambda.vllm_server import vllm_server_url, wait_for_vllm_server
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
     preemption = PreemptionCallback(Path(training_args.output_dir) / STOP_FILE)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.trust_remote_code)
     train_dataset = _load_datasets(script_args)
-    support_cpu_test_bench(training_args)  # CPU processes and vLLM on CPU; nothing on GPUs
     if training_args.use_vllm and training_args.vllm_mode == "server" and training_args.process_index == 0:
         wait_for_vllm_server(vllm_server_url(training_args), training_args.vllm_server_timeout)  # one line if not up
 
@@ -89,4 +88,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
 
 
 if __name__ == "__main__":
-    sys.exit(main(*parse_grpo_args()))
+    try:
+        sys.exit(main(*parse_grpo_args()))
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

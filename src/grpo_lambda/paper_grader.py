@@ -28,6 +28,8 @@ import signal
 import threading
 from contextlib import contextmanager
 
+from grpo_lambda.errors import GRPOLambdaError
+
 R1_MARK = "</think> <answer>"
 
 
@@ -36,8 +38,8 @@ def check_dependencies() -> None:
     try:
         import pylatexenc.latex2text  # noqa: F401
     except ImportError:
-        raise SystemExit(
-            "grpo_lambda: the paper grade needs pylatexenc (the reference pins 2.10): pip install pylatexenc==2.10 "
+        raise GRPOLambdaError(
+            "the paper grade needs pylatexenc (the reference pins 2.10): pip install pylatexenc==2.10 "
             "(make install does)."
         ) from None
 

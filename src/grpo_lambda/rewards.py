@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from grpo_lambda.errors import GRPOLambdaError
+
 from .data import ANSWER_SEPARATOR
 from .grading import Grader
 from .templates import PromptTemplate, check_template, extract_answer, has_format
@@ -90,7 +92,7 @@ REWARD_FUNCS: dict[str, Callable[..., Callable]] = {
 def get_reward_funcs(names: list[str], template: PromptTemplate = "no", timeout_s: float = 5.0) -> list[Callable]:
     unknown = [name for name in names if name not in REWARD_FUNCS]
     if unknown:
-        raise SystemExit(f"grpo_lambda: unknown reward function(s) {unknown}; choose from {sorted(REWARD_FUNCS)}.")
+        raise GRPOLambdaError(f"unknown reward function(s) {unknown}; choose from {sorted(REWARD_FUNCS)}.")
     return [
         AccuracyReward(template, timeout_s) if name == "accuracy" else REWARD_FUNCS[name](template) for name in names
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from transformers import set_seed
@@ -19,9 +20,9 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from grpo_lambda.callbacks import JsonlMetricsCallback
 from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
-from grpo_lambda.cpu_test_bench import support_cpu_test_bench
 from grpo_lambda.data import solution_dataset
-from grpo_lambda.launch import SFT_RECORD
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.layout import SFT_RECORD
 from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
 from grpo_lambda.tracking import announce_wandb
 
@@ -32,7 +33,6 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
-    support_cpu_test_bench(training_args)  # several CPU processes: resumable checkpoints; nothing on GPUs
 
     base_model = model_args.model_name_or_path
     model, tokenizer = load_model_and_tokenizer(model_args)
@@ -71,7 +71,11 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         }
         (Path(training_args.output_dir) / SFT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("model saved to %s", training_args.output_dir)
+    return 0
 
 
 if __name__ == "__main__":
-    main(*parse_sft_args())
+    try:
+        sys.exit(main(*parse_sft_args()))
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

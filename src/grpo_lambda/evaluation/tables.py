@@ -1,9 +1,9 @@
 """The paper's benchmark tables (Table 1, Tables 3–6) as data, rendered in the paper's layout, beside your results.
 
-    python -m grpo_lambda.tables                          # the paper's tables, from src/grpo_lambda/paper_results.yaml
-    python -m grpo_lambda.tables --results data/ [--latex]
+    python -m grpo_lambda.evaluation.tables                          # the paper's tables, from src/grpo_lambda/paper_results.yaml
+    python -m grpo_lambda.evaluation.tables --results data/ [--latex]
 
-A `results.json` written by `grpo_lambda.evaluate` is matched to a cell of the paper by the run folder the recipes
+A `results.json` written by `grpo_lambda.evaluation.evaluate` is matched to a cell of the paper by the run folder the recipes
 name, `<model>/grpo/<dataset>_<method tag>` (grpo_lambda.methods.RunFolder), found in its evaluated model path or in
 its own path. Cells you have run show "paper / yours (Δ) [corrected]": yours under the `paper` grade (the paper's own
 grader, like for like), the difference, and yours under the `corrected` grade. Table 1 averages over training sets:
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from grpo_lambda.evaluate import BENCHMARKS
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.evaluation.evaluate import BENCHMARKS
 from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method, RunFolder
 
@@ -196,4 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

@@ -22,13 +22,13 @@ import math
 import os
 import shutil
 import statistics
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.methods import PAPER_ADV_CLAMP_MIN, Method
 
 from .toy import TASK_NAME
@@ -97,7 +97,7 @@ def build_sft_model(
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from grpo_lambda.models import build_tiny_model
+    from grpo_lambda.testbench.models import build_tiny_model
 
     from .toy import credit_echo_dataset, tokenizer_corpus
 
@@ -370,7 +370,7 @@ def parse_methods(text: str) -> list[Method]:
         return [Method.from_tag(tag.strip()) for tag in text.split(",") if tag.strip()]
     except ValueError as error:
         defaults = ",".join(m.tag for m in QUICK_METHODS)
-        raise SystemExit(f"grpo_lambda: --methods: {error} Defaults: {defaults}.") from None
+        raise GRPOLambdaError(f"--methods: {error} Defaults: {defaults}.") from None
 
 
 def quick_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dict, size: dict, started: float) -> int:
@@ -418,49 +418,3 @@ def quick_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dict, s
     print(f"\ntable: {out / 'results.md'}\nplot:  {plot}\nlogs:  {out / 'runs'}/<method>/<setting>/seed<k>/")
     print(f"wall time: {minutes:.1f} min")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from . import toy_factorial
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default="quick", choices=("quick", "factorial"))
-    parser.add_argument("--output_dir", default="data/toy")
-    parser.add_argument("--size", default="default", choices=SIZES)
-    parser.add_argument(
-        "--scale", type=float, default=None, help="multiply the RL steps and the last-N window (quick 1, factorial 3)"
-    )
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (quick 3, factorial 8)")
-    parser.add_argument(
-        "--workers", type=int, default=2, help="runs trained at once (one process each; 0: in this one)"
-    )
-    quick = parser.add_argument_group("quick study")
-    quick.add_argument("--methods", default=None, help="comma-separated method tags (default: the quick set)")
-    quick.add_argument("--no_lambda_098", action="store_true", help="skip the λ = 0.98 run of the best variant")
-    quick.add_argument("--learning_rate", type=float, default=LEARNING_RATE, help="for every method")
-    factorial = parser.add_argument_group("factorial study")
-    factorial.add_argument("--pilot_seeds", type=int, default=None, help="pilot seeds per learning rate (default 2)")
-    factorial.add_argument(
-        "--pilot_steps", type=int, default=None, help="steps per pilot run (default: the quick study's, 200)"
-    )
-    factorial.add_argument("--lr_grid", default=None, help="comma-separated learning rates (default 1e-4,3e-4,1e-3)")
-    args = parser.parse_args(argv)
-    if args.scale is None:
-        args.scale = toy_factorial.MAIN_SCALE if args.study == "factorial" else 1.0
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    size = SIZES[args.size]
-    out = Path(args.output_dir).resolve()
-    started = time.time()
-    print(f"[toy] 1/3 SFT of a tiny Qwen2 on {TASK_NAME} (at most {size['sft_steps']} steps)", flush=True)
-    sft_dir = build_sft_model(out, size["sft_steps"], size["eval_problems"], threads=max(1, args.workers))
-    sft = json.loads((sft_dir / "done.json").read_text())
-    print(f"[toy] SFT model: exact-match rate {sft['test_accuracy_t1']:.2f} when sampling at T=1", flush=True)
-    if args.study == "factorial":
-        return toy_factorial.factorial_study(args, out, sft_dir, sft, size, started)
-    return quick_study(args, out, sft_dir, sft, size, started)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

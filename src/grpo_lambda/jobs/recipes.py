@@ -16,14 +16,11 @@ from pathlib import Path
 
 import yaml
 
+from grpo_lambda.layout import model_tail
 from grpo_lambda.methods import Method, RunFolder
 
 MAX_PROMPT_LENGTH = 256  # Table 2
 GENERATED = "generated from recipes/paper_grid.yaml by scripts/generate_recipes.py: edit the grid, not this file"
-
-
-def model_tail(model_id: str) -> str:
-    return model_id.rstrip("/").split("/")[-1]
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Sweeps on SLURM: a grid of training runs as one array job, each run followed by its evaluation.
 
-    python -m grpo_lambda.sweep list   paper-1.5b              # index, state, recipe, output folder of every run
-    python -m grpo_lambda.sweep submit paper-1.5b [--dry-run]  # sbatch the array (unfinished runs only) + aggregation
-    python -m grpo_lambda.sweep run    paper-1.5b --index 3    # one array task (slurm/sweep.slurm calls this)
-    python -m grpo_lambda.sweep run --recipe R --run-dir D     # one run without a sweep (slurm/train.slurm)
-    python -m grpo_lambda.sweep aggregate paper-1.5b           # <output>/results.md: the paper's tables beside yours
+    python -m grpo_lambda.jobs.sweep list   paper-1.5b              # index, state, recipe, output folder of every run
+    python -m grpo_lambda.jobs.sweep submit paper-1.5b [--dry-run]  # sbatch the array (unfinished runs only) + aggregation
+    python -m grpo_lambda.jobs.sweep run    paper-1.5b --index 3    # one array task (slurm/sweep.slurm calls this)
+    python -m grpo_lambda.jobs.sweep run --recipe R --run-dir D     # one run without a sweep (slurm/train.slurm)
+    python -m grpo_lambda.jobs.sweep aggregate paper-1.5b           # <output>/results.md: the paper's tables beside yours
 
 A sweep is recipes/sweeps/<name>.yaml (or any path): either a slice of the paper's grid (the recipe files that
 scripts/generate_recipes.py writes from recipes/paper_grid.yaml) or one base recipe with named variants. Each run
@@ -39,26 +39,23 @@ from typing import Any
 
 import yaml
 
-from grpo_lambda.launch import (
-    read_training_settings,
-    recipe_method,
-    repo_root,
-    vllm_server_command,
-    wait_for_vllm_server,
-)
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.jobs.launch import read_training_settings, recipe_method, vllm_server_command
+from grpo_lambda.jobs.recipes import expand_grid, load_grid
+from grpo_lambda.layout import model_tail, repo_root
 from grpo_lambda.methods import Method
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
-from grpo_lambda.recipes import expand_grid, load_grid, model_tail
+from grpo_lambda.vllm_server import wait_for_vllm_server
 
 SWEEP_KEYS = {"description", "output_dir", "runs", "evaluation", "slurm"}
 PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path", "settings"}
 VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants"}
 EVALUATION_DEFAULTS = {
-    "suite": None,  # None: the recipe's own benchmark folder or hub ids (grpo_lambda.evaluate's default)
+    "suite": None,  # None: the recipe's own benchmark folder or hub ids (grpo_lambda.evaluation.evaluate's default)
     "benchmarks": ["aime", "amc", "math", "minerva", "olympiad_bench"],
     "limit": None,
     "backend": "auto",
-    "args": {},  # further grpo_lambda.evaluate flags, e.g. {max_new_tokens: 3000}
+    "args": {},  # further grpo_lambda.evaluation.evaluate flags, e.g. {max_new_tokens: 3000}
 }
 SLURM_DEFAULTS = {
     "job_name": None,  # default: grpo-lambda-<sweep name>
@@ -77,7 +74,7 @@ SLURM_DEFAULTS = {
 
 
 def _fail(message: str):
-    raise SystemExit(f"grpo_lambda.sweep: {message}")
+    raise GRPOLambdaError(message)
 
 
 def _check_keys(section: dict, allowed: set[str], where: str) -> None:
@@ -168,7 +165,7 @@ def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
     for index, (tag, settings) in enumerate(spec["variants"].items()):
         overrides = {**common, **(settings or {})}
         _check_variant_name(tag, recipe_method({**base, **overrides}))
-        name = f"{model_tail(model.removeprefix('embedded:'))}/grpo/{Path(str(dataset)).name}_{tag}"
+        name = f"{model_tail(model)}/grpo/{Path(str(dataset)).name}_{tag}"
         runs.append(SweepRun(index, name, recipe, overrides))
     return runs
 
@@ -279,8 +276,8 @@ class Runner:
 
     def training_commands(self) -> list[list[str]]:
         """The launch command(s): one process tree on a single node; on several nodes, `trl vllm-serve` on the
-        last node and `grpo_lambda.launch` on each of the others (srun, one task per node)."""
-        launch = [self.python, "-m", "grpo_lambda.launch", "--recipe", str(self.run.recipe)]
+        last node and `grpo_lambda.jobs.launch` on each of the others (srun, one task per node)."""
+        launch = [self.python, "-m", "grpo_lambda.jobs.launch", "--recipe", str(self.run.recipe)]
         launch += ["--accelerate", self.slurm["accelerate"]]
         trainer_flags = [*self.run.flags(), "--output_dir", str(self.run_dir)]
         nodes = _job_nodes()
@@ -299,7 +296,7 @@ class Runner:
         return [serve, train]
 
     def vllm_server(self, node: str) -> tuple[list[str], dict[str, str], str, float]:
-        """The serving node's command and environment (grpo_lambda.launch.vllm_server_command), its address, and
+        """The serving node's command and environment (grpo_lambda.jobs.launch.vllm_server_command), its address, and
         how long the trainers wait for it (the recipe's vllm_server_timeout)."""
         _, training_args, model_args = read_training_settings(["--config", str(self.run.recipe), *self.run.flags()])
         port = training_args.vllm_server_port
@@ -312,7 +309,7 @@ class Runner:
     def evaluation_command(self) -> list[str]:
         config = self.evaluation
         command = [
-            self.python, "-m", "grpo_lambda.evaluate", "--model", str(self.run_dir),
+            self.python, "-m", "grpo_lambda.evaluation.evaluate", "--model", str(self.run_dir),
             "--output_dir", str(self.run_dir / "eval"), "--benchmarks", ",".join(config["benchmarks"]),
             "--template", str(_recipe_value(self.run, "prompt_template") or "qwen_math"),
             "--backend", config["backend"],
@@ -358,7 +355,7 @@ class Runner:
                 _, _, url, timeout = self.vllm_server(_job_nodes()[-1])
                 try:
                     wait_for_vllm_server(url, timeout, server)
-                except SystemExit as error:
+                except GRPOLambdaError as error:
                     print(error, file=sys.stderr, flush=True)
                     return 1
             return self._run(commands[-1], "train")
@@ -506,12 +503,12 @@ def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
 
 
 def _aggregate_command(sweep: Sweep) -> list[str]:
-    return [sys.executable, "-m", "grpo_lambda.sweep", "aggregate", str(sweep.path), "--output-dir",
+    return [sys.executable, "-m", "grpo_lambda.jobs.sweep", "aggregate", str(sweep.path), "--output-dir",
             str(sweep.output_dir)]  # fmt: skip
 
 
 def aggregate(sweep: Sweep) -> Path:
-    from grpo_lambda import tables
+    from grpo_lambda.evaluation import tables
 
     output = sweep.output_dir / "results.md"
     tables.main(["--results", str(sweep.output_dir), "--output", str(output)])
@@ -600,4 +597,7 @@ def _flags_to_overrides(tokens: list[str]) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

@@ -41,6 +41,8 @@ import tempfile
 
 import torch
 
+from grpo_lambda.errors import GRPOLambdaError
+
 logger = logging.getLogger(__name__)
 
 TESTED_TRL = "1.16.0"
@@ -83,9 +85,8 @@ def trl_version() -> str:
 
 
 def _stop_on_trl(what: str, version: str):
-    raise SystemExit(
-        f"grpo_lambda: vLLM on CPU hooks TRL's {what}, which trl {version} lacks or changed; "
-        f"install trl=={TESTED_TRL}."
+    raise GRPOLambdaError(
+        f"vLLM on CPU hooks TRL's {what}, which trl {version} lacks or changed; install trl=={TESTED_TRL}."
     )
 
 
@@ -121,7 +122,7 @@ def _use_vllm_on_cpu() -> None:
     from trl.trainer import grpo_trainer
 
     grpo_trainer.VLLMGeneration = cpu_vllm_generation_class()
-    logger.info("vLLM runs on the CPU: grpo_lambda.cpu_test_bench adapts TRL's vLLM backend")
+    logger.info("vLLM runs on the CPU: grpo_lambda.testbench.vllm_cpu adapts TRL's vLLM backend")
 
 
 @functools.cache
@@ -130,7 +131,7 @@ def cpu_vllm_generation_class() -> type:
     from trl.generation import vllm_generation
 
     class CPUVLLMGeneration(vllm_generation.VLLMGeneration):
-        """TRL's vLLM backend on vLLM's CPU platform (test-bench support, see grpo_lambda.cpu_test_bench)."""
+        """TRL's vLLM backend on vLLM's CPU platform (test-bench support, see grpo_lambda.testbench.vllm_cpu)."""
 
         def _init_vllm(self):
             if self.mode == "colocate":
@@ -177,8 +178,8 @@ def file_weight_sync_client_class() -> type:
                 json={"method": WeightReloadExtension.can_reload_weights_from_file.__name__},
             )
             if response.status_code != 200:
-                raise SystemExit(
-                    f"grpo_lambda: the vLLM server at {self.base_url} cannot reload weights from a file (HTTP "
+                raise GRPOLambdaError(
+                    f"the vLLM server at {self.base_url} cannot reload weights from a file (HTTP "
                     f"{response.status_code}); start it with `make train VLLM_MODE=server`."
                 )
 

@@ -1,0 +1,64 @@
+"""`make reproduce-toy`: the command line of the toy studies on `credit_echo` (python -m experiments.reproduce_toy):
+the SFT start, then the quick study (experiments/toy_benchmark.py) or the factorial one (experiments/toy_factorial.py).
+docs/toy_benchmark.md describes both."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from experiments import toy_benchmark, toy_factorial
+from experiments.toy import TASK_NAME
+from experiments.toy_benchmark import LEARNING_RATE, SIZES, build_sft_model, quick_study
+from grpo_lambda.errors import GRPOLambdaError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=toy_benchmark.__doc__.splitlines()[0])
+    parser.add_argument("--study", default="quick", choices=("quick", "factorial"))
+    parser.add_argument("--output_dir", default="data/toy")
+    parser.add_argument("--size", default="default", choices=SIZES)
+    parser.add_argument(
+        "--scale", type=float, default=None, help="multiply the RL steps and the last-N window (quick 1, factorial 3)"
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (quick 3, factorial 8)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="runs trained at once (one process each; 0: in this one)"
+    )
+    quick = parser.add_argument_group("quick study")
+    quick.add_argument("--methods", default=None, help="comma-separated method tags (default: the quick set)")
+    quick.add_argument("--no_lambda_098", action="store_true", help="skip the λ = 0.98 run of the best variant")
+    quick.add_argument("--learning_rate", type=float, default=LEARNING_RATE, help="for every method")
+    factorial = parser.add_argument_group("factorial study")
+    factorial.add_argument("--pilot_seeds", type=int, default=None, help="pilot seeds per learning rate (default 2)")
+    factorial.add_argument(
+        "--pilot_steps", type=int, default=None, help="steps per pilot run (default: the quick study's, 200)"
+    )
+    factorial.add_argument("--lr_grid", default=None, help="comma-separated learning rates (default 1e-4,3e-4,1e-3)")
+    args = parser.parse_args(argv)
+    if args.scale is None:
+        args.scale = toy_factorial.MAIN_SCALE if args.study == "factorial" else 1.0
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    size = SIZES[args.size]
+    out = Path(args.output_dir).resolve()
+    started = time.time()
+    print(f"[toy] 1/3 SFT of a tiny Qwen2 on {TASK_NAME} (at most {size['sft_steps']} steps)", flush=True)
+    sft_dir = build_sft_model(out, size["sft_steps"], size["eval_problems"], threads=max(1, args.workers))
+    sft = json.loads((sft_dir / "done.json").read_text())
+    print(f"[toy] SFT model: exact-match rate {sft['test_accuracy_t1']:.2f} when sampling at T=1", flush=True)
+    if args.study == "factorial":
+        return toy_factorial.factorial_study(args, out, sft_dir, sft, size, started)
+    return quick_study(args, out, sft_dir, sft, size, started)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except GRPOLambdaError as error:
+        sys.exit(f"grpo_lambda: {error}")

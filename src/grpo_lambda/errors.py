@@ -1,0 +1,10 @@
+"""The project's one exception type.
+
+Library code raises `GRPOLambdaError` with a one-line message that names the thing at fault and the fix; only entry
+points (`__main__` blocks) print it, prefixed with `grpo_lambda:`, and exit non-zero. It is a `ValueError`, so
+callers that already catch bad values catch it too.
+"""
+
+
+class GRPOLambdaError(ValueError):
+    """A user-facing error: its message is one line saying what is wrong and how to fix it."""
