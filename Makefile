@@ -38,14 +38,14 @@ UPDATE ?=
 ACCEL ?= auto
 NPROC ?=
 VLLM_MODE ?=
-# make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=auto|vllm|transformers]
+# make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=vllm|transformers]
 # (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
 # make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
 SUITE ?=
 BENCHMARKS ?=
 TEMPLATE ?=
 LIMIT ?=
-BACKEND ?= auto
+BACKEND ?= vllm
 EVAL_MODEL = $(or $(MODEL),embedded:SmolLM2-135M-Instruct)
 OUTPUT ?= data/eval/$(notdir $(subst :,/,$(EVAL_MODEL)))
 ARGS ?=

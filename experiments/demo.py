@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.evaluation.evaluate import BENCHMARKS, EvalConfig, evaluate
+from grpo_lambda.evaluation.evaluate import BACKENDS, BENCHMARKS, EvalConfig, evaluate
 from grpo_lambda.evaluation.plots import plot_training
 from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suite_problems", type=int, default=None, help="first N problems of each benchmark (default 5; 0: none)"
     )
-    parser.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"))
+    parser.add_argument("--backend", default="vllm", choices=BACKENDS)
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     suite_problems = size["suite_problems"] if args.suite_problems is None else args.suite_problems

@@ -197,3 +197,21 @@ def test_vllm_cpu_streams_and_matches_the_fallback_on_smollm2(tmp_path, monkeypa
     by_key = {(s["benchmark"], s["index"]): s["completion"] for s in slow_samples}
     matching = sum(s["completion"] == by_key[(s["benchmark"], s["index"])] for s in fast_samples)
     assert matching >= 4, [(s["completion"], by_key[(s["benchmark"], s["index"])]) for s in fast_samples]
+
+
+def test_vllm_failing_to_start_stops_with_one_line_instead_of_falling_back(monkeypatch, tmp_path):
+    from grpo_lambda.evaluation import evaluate as evaluation
+
+    def broken(self, config, model_path):
+        raise RuntimeError("Device string must not be empty\nmore vLLM detail")
+
+    monkeypatch.setattr(evaluation.VLLMBackend, "__init__", broken)
+    config = evaluation.EvalConfig(model="some/model", output_dir=str(tmp_path), template="no")
+    with pytest.raises(
+        GRPOLambdaError, match=r"vLLM could not start .*more vLLM detail.*BACKEND=transformers"
+    ) as raised:
+        evaluation.make_backend(config, "some/model")
+    assert "\n" not in str(raised.value)
+    monkeypatch.setattr(evaluation.TransformersBackend, "__init__", lambda self, config, model_path: None)
+    config.backend = "transformers"  # the user's explicit choice
+    assert isinstance(evaluation.make_backend(config, "some/model"), evaluation.TransformersBackend)

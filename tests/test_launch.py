@@ -132,6 +132,20 @@ def test_gpus_torch_cannot_use_stop_with_one_line(monkeypatch):
     assert launch.usable_gpus() == 0
 
 
+def test_a_slurm_gpu_job_that_sees_no_gpu_stops_instead_of_training_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(launch, "_nvidia_smi_gpus", lambda: 0)
+    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")  # a CPU job of the tiny sweep: the CPU is what it asked for
+    assert launch.usable_gpus() == 0
+    monkeypatch.setenv("SLURM_JOB_GPUS", "0,1")
+    with pytest.raises(GRPOLambdaError, match=r"SLURM gave this job GPUs \(0,1\) but neither torch nor nvidia-smi"):
+        command("--dry-run")
+    assert value(command("--accelerate", "cpu"), "--config_file").endswith("cpu.yaml")  # asked for: allowed
+
+
 def test_deprecated_spellings_resolve_to_the_same_run(capsys):
     new = command("--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "math12k", "--loss_variant",
                   "eps_weight", "--trace_style", "recent", "--trace_lambda", "0.98")  # fmt: skip

