@@ -25,8 +25,10 @@ import sys
 from pathlib import Path
 
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.evaluation.evaluate import BACKENDS, BENCHMARKS, EvalConfig, evaluate
+from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
+from grpo_lambda.evaluation.evaluate import evaluate
 from grpo_lambda.evaluation.plots import plot_training
+from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method
 

@@ -12,7 +12,9 @@ import argparse
 import tempfile
 import time
 
-from grpo_lambda.evaluation.evaluate import EvalConfig, TransformersBackend, VLLMBackend, load_suite, prompt_text
+from grpo_lambda.evaluation.backends import TransformersBackend, VLLMBackend, prompt_text
+from grpo_lambda.evaluation.config import EvalConfig
+from grpo_lambda.evaluation.suite import load_suite
 from grpo_lambda.grading import Grader, grade_sample
 from grpo_lambda.testbench.models import resolve_model
 

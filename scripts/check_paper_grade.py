@@ -17,7 +17,7 @@ import sys
 import time
 
 from grpo_lambda import paper_grader
-from grpo_lambda.evaluation.evaluate import BENCHMARKS, load_suite
+from grpo_lambda.evaluation.suite import BENCHMARKS, load_suite
 from grpo_lambda.grading import _start_worker
 
 

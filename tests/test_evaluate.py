@@ -11,17 +11,10 @@ import time
 import pytest
 
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.evaluation.evaluate import (
-    BENCHMARKS,
-    DEFAULT_SUITE,
-    EvalConfig,
-    VLLMBackend,
-    default_template,
-    evaluate,
-    load_suite,
-    prompt_text,
-    regrade,
-)
+from grpo_lambda.evaluation.backends import VLLMBackend, prompt_text
+from grpo_lambda.evaluation.config import EvalConfig, default_template
+from grpo_lambda.evaluation.evaluate import evaluate, regrade
+from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
 from grpo_lambda.grading import GRADES
 
 SUITE_SIZES = {"aime": 30, "amc": 83, "math": 500, "minerva": 272, "olympiad_bench": 675}
@@ -41,7 +34,9 @@ def test_the_shipped_suite_is_the_default_and_loads_without_shared_data(suite, t
     assert amc["golds"] == ["142"] and amc["paper_golds"] == ["142.0"]  # stored as the float 142.0
     minerva = next(item for item in suite if item["benchmark"] == "minerva")
     assert minerva["golds"] == ["9.6"] and minerva["paper_golds"] == ["9.6\n"]  # the reference keeps the newline
-    script = "from grpo_lambda.evaluation.evaluate import load_suite; print(len(load_suite(None, ['aime', 'olympiad_bench'])))"
+    script = (
+        "from grpo_lambda.evaluation.suite import load_suite; print(len(load_suite(None, ['aime', 'olympiad_bench'])))"
+    )
     env = {**os.environ, "GRPO_LAMBDA_SHARED_DATA": str(tmp_path / "absent")}
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "705", out.stderr[-2000:]
@@ -200,13 +195,14 @@ def test_vllm_cpu_streams_and_matches_the_fallback_on_smollm2(tmp_path, monkeypa
 
 
 def test_vllm_failing_to_start_stops_with_one_line_instead_of_falling_back(monkeypatch, tmp_path):
-    from grpo_lambda.evaluation import evaluate as evaluation
+    from grpo_lambda.evaluation import backends as evaluation
+    from grpo_lambda.evaluation.config import EvalConfig
 
     def broken(self, config, model_path):
         raise RuntimeError("Device string must not be empty\nmore vLLM detail")
 
     monkeypatch.setattr(evaluation.VLLMBackend, "__init__", broken)
-    config = evaluation.EvalConfig(model="some/model", output_dir=str(tmp_path), template="no")
+    config = EvalConfig(model="some/model", output_dir=str(tmp_path), template="no")
     with pytest.raises(
         GRPOLambdaError, match=r"vLLM could not start .*more vLLM detail.*BACKEND=transformers"
     ) as raised:

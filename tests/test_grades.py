@@ -8,7 +8,8 @@ import pytest
 
 from grpo_lambda import grading, paper_grader
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.evaluation.evaluate import BENCHMARKS, load_suite, main
+from grpo_lambda.evaluation.evaluate import main
+from grpo_lambda.evaluation.suite import BENCHMARKS, load_suite
 from grpo_lambda.grading import Grader
 
 

@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from conftest import REPO_ROOT
-from grpo_lambda.evaluation.evaluate import BENCHMARKS
+from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.evaluation.tables import collect_results, load_paper, main, render_run_tables, render_table1
 from grpo_lambda.methods import Method
 

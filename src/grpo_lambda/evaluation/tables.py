@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.evaluation.evaluate import BENCHMARKS
+from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method, RunFolder
 

@@ -1,0 +1,86 @@
+"""The benchmark suite: which benchmarks exist, where their problems and gold answers come from (the copy shipped in
+the package, a folder of JSONL or save_to_disk data, or a Hub dataset), read into one list of problems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grpo_lambda.errors import GRPOLambdaError
+
+BENCHMARKS: tuple[str, ...] = ("aime", "amc", "math", "minerva", "olympiad_bench")
+# Built in, needs no suite: the held-out split of the arithmetic task (seed 0, one-step problems).
+BUILTIN_BENCHMARKS: tuple[str, ...] = ("arithmetic",)
+# understand-r1-zero's datasets/evaluation_suite, shipped with the package (its README.md says where it comes from).
+DEFAULT_SUITE = Path(__file__).with_name("evaluation_suite")
+
+
+def _is_path_like(suite: str) -> bool:
+    """A Hub dataset id is `owner/name`; anything else that does not exist is a mistyped path."""
+    return suite.startswith((".", "/", "~")) or suite.count("/") != 1 or suite.endswith((".json", ".jsonl"))
+
+
+def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = None) -> list[dict]:
+    """Problems of each benchmark: {benchmark, index, problem, golds, paper_golds}.
+
+    `suite` (default DEFAULT_SUITE) is a folder of `<benchmark>.jsonl` files (as shipped), a `save_to_disk` folder
+    (a DatasetDict with one split per benchmark, or one sub-folder per benchmark) or a Hub dataset id with one
+    configuration per benchmark (split `test`). Gold answers may be a string, a number (AMC's 142.0) or a list of
+    acceptable strings, OR-ed: `golds` are them as stripped strings ("142"), `paper_golds` as understand-r1-zero's
+    grader receives them ("142.0", trailing newlines kept)."""
+    from grpo_lambda.paper_grader import reference_golds
+
+    suite = str(suite or DEFAULT_SUITE)
+    local = Path(suite).expanduser()
+    if not local.exists() and _is_path_like(suite) and any(b not in BUILTIN_BENCHMARKS for b in benchmarks):
+        raise GRPOLambdaError(f"the suite {suite} does not exist (omit --suite for the shipped one).")
+    items = []
+    for benchmark in benchmarks:
+        rows = _benchmark_rows(suite, local, benchmark)
+        if limit is not None:
+            rows = rows[:limit]
+        for index, row in enumerate(rows):
+            items.append(
+                {"benchmark": benchmark, "index": index, "problem": row["problem"], "golds": _golds(row["answer"]),
+                 "paper_golds": reference_golds(row["answer"])}
+            )  # fmt: skip
+    return items
+
+
+def _golds(value) -> list[str]:
+    """A stored gold answer (string, number or list) as stripped strings; a whole float (AMC's 142.0) as "142"."""
+    golds = []
+    for gold in value if isinstance(value, list) else [value]:
+        if isinstance(gold, float) and gold.is_integer():
+            gold = int(gold)
+        text = "" if gold is None else str(gold).strip()
+        if text:
+            golds.append(text)
+    return golds
+
+
+def _benchmark_rows(suite: str, local: Path, benchmark: str) -> list[dict]:
+    if benchmark == "arithmetic":
+        from grpo_lambda.data import arithmetic_dataset
+
+        return arithmetic_dataset(200, seed=0, split="test").to_list()
+    if (local / f"{benchmark}.jsonl").is_file():
+        with (local / f"{benchmark}.jsonl").open(encoding="utf-8") as lines:
+            return [json.loads(line) for line in lines if line.strip()]
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    if (local / "dataset_dict.json").is_file():
+        whole = load_from_disk(str(local))
+        if isinstance(whole, DatasetDict) and benchmark in whole:
+            return whole[benchmark].to_list()
+    if (local / benchmark).is_dir():
+        return load_from_disk(str(local / benchmark)).to_list()
+    if local.exists():
+        raise GRPOLambdaError(f"the suite {suite} has no benchmark {benchmark!r}.")
+    try:
+        return load_dataset(suite, benchmark, split="test").to_list()
+    except Exception as error:  # noqa: BLE001 - a missing dataset or config is a typo: say so in one line
+        raise GRPOLambdaError(
+            f"the suite {suite!r} is neither a folder here nor a Hub dataset with a {benchmark!r} "
+            f"configuration ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
+        ) from None
