@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import exit_status
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
 from grpo_lambda.evaluation.evaluate import evaluate
 from grpo_lambda.evaluation.plots import plot_training
@@ -163,7 +163,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(main))

@@ -14,7 +14,7 @@ from pathlib import Path
 from experiments import toy_benchmark, toy_factorial
 from experiments.toy import TASK_NAME
 from experiments.toy_benchmark import LEARNING_RATE, SIZES, build_sft_model, quick_study
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(main))

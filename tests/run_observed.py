@@ -154,7 +154,7 @@ def _main() -> int:
     REWARD_FUNCS["digit_share"] = DigitShareReward
     trainer_module.GRPOLambdaTrainer = ObservedTrainer  # the class entry.main imports once the arguments parse
     script_args, training_args, model_args = parse_grpo_args(argv)
-    testbench.enable(training_args)  # as grpo_lambda.testbench.grpo, which the launcher runs on CPUs
+    testbench.enable(training_args)  # as grpo_lambda.testbench.train, which the launcher runs on CPUs
     return entry.main(script_args, training_args, model_args)
 
 

@@ -97,7 +97,7 @@ def test_dry_run_resolves_the_default_recipe():
     assert "recipe: recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml" in result.stdout
     assert (
         "accelerate.commands.launch --config_file" in result.stdout
-        and "-m grpo_lambda.testbench.grpo" in result.stdout
+        and "-m grpo_lambda.testbench.train grpo" in result.stdout
     )  # no GPU here: the CPU test bench on
 
 

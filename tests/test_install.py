@@ -116,7 +116,7 @@ def test_make_train_with_a_hub_model_plans_its_run_without_the_hub():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "recipe: recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/config_gsm8k_eps_trace-both-0.99.yaml" in result.stdout
     assert (
-        "accelerate.commands.launch" in result.stdout and "-m grpo_lambda.testbench.grpo" in result.stdout
+        "accelerate.commands.launch" in result.stdout and "-m grpo_lambda.testbench.train grpo" in result.stdout
     )  # no GPU here: the CPU test bench on
 
 

@@ -16,7 +16,7 @@ from trl import ModelConfig, get_peft_config
 from grpo_lambda.callbacks import EXIT_PREEMPTED, STOP_FILE, JsonlMetricsCallback, PreemptionCallback
 from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
 from grpo_lambda.data import load_problem_dataset, to_prompts
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import exit_status
 from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.tracking import announce_wandb
@@ -88,7 +88,4 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(*parse_grpo_args()))
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(lambda: main(*parse_grpo_args())))

@@ -28,7 +28,7 @@ def model_path(name: str) -> str:
     if name.startswith(EMBEDDED_PREFIX):
         raise GRPOLambdaError(
             f"{name} is a test-bench model: train it through `make train` (python -m grpo_lambda.jobs.launch), or "
-            "run python -m grpo_lambda.testbench.grpo / .sft, which build it."
+            "run python -m grpo_lambda.testbench.train grpo|sft, which builds it."
         )
     return name
 

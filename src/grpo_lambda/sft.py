@@ -21,7 +21,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from grpo_lambda.callbacks import JsonlMetricsCallback
 from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
 from grpo_lambda.data import solution_dataset
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import exit_status
 from grpo_lambda.layout import SFT_RECORD
 from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
 from grpo_lambda.tracking import announce_wandb
@@ -75,7 +75,4 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(*parse_sft_args()))
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(lambda: main(*parse_sft_args())))

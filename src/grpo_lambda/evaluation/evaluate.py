@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
 from grpo_lambda.evaluation.store import read_lines, read_samples, rewrite
@@ -243,7 +243,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(main, sys.argv[1:]))

@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.methods import RunFolder  # noqa: E402
 
 CURVES = (("reward", "accuracy reward"), ("kl", "KL(π‖π_ref)"), ("completions/mean_length", "completion length"))
@@ -130,7 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(main))

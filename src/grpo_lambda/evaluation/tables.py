@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import exit_status
 from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method, RunFolder
@@ -197,7 +197,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(main))

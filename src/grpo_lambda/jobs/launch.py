@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.layout import EMBEDDED_PREFIX, model_tail, recipe_model, repo_root
 from grpo_lambda.methods import CONFIG_DEFAULTS, LOSS_VARIANTS, TRACE_STYLES, Method, RunFolder
 from grpo_lambda.vllm_server import wait_for_vllm_server
@@ -369,12 +369,13 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
         overrides += ["--use_vllm", "true", "--vllm_mode", args.vllm_mode]
     if on_cpu:
         overrides += ["--use_cpu", "true"]
-    module = "grpo_lambda.sft" if args.stage == "sft" else "grpo_lambda.grpo"
+    stage = "sft" if args.stage == "sft" else "grpo"
+    entry = [f"grpo_lambda.{stage}"]
     if on_cpu or _embedded_model(recipe, overrides + extra):
-        module = module.replace("grpo_lambda.", "grpo_lambda.testbench.")  # the CPU test bench on (its docstring)
+        entry = ["grpo_lambda.testbench.train", stage]  # the CPU test bench on (grpo_lambda.testbench)
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *accelerate_flags,
-        "-m", module, "--config", str(recipe), *overrides, *extra,
+        "-m", *entry, "--config", str(recipe), *overrides, *extra,
     ]  # fmt: skip
     return command, note
 
@@ -452,7 +453,7 @@ class VLLMServer:
 def plan_vllm_server(command: list[str], root: Path) -> tuple[list[str], dict[str, str], VLLMServer]:
     """Server mode on one machine: the trainers' command and environment, and the server. With GPUs, vLLM gets the
     last vllm_tensor_parallel_size visible GPUs and the trainers the others (one process each)."""
-    trainer_argv = command[command.index("-m", command.index("--config_file")) + 2 :]
+    trainer_argv = command[command.index("--config") :]  # what follows the entry point (one or two tokens)
     _, training_args, model_args = read_training_settings(trainer_argv)
     trainer_env: dict[str, str] = {}
     server_env: dict[str, str] = {}
@@ -536,7 +537,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(main))

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.jobs.launch import read_training_settings, recipe_method, vllm_server_command
 from grpo_lambda.jobs.recipes import expand_grid, load_grid
 from grpo_lambda.layout import model_tail, repo_root
@@ -597,7 +597,4 @@ def _flags_to_overrides(tokens: list[str]) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GRPOLambdaError as error:
-        sys.exit(f"grpo_lambda: {error}")
+    sys.exit(exit_status(main))

