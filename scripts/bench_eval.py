@@ -13,7 +13,8 @@ import tempfile
 import time
 
 from grpo_lambda.evaluation.evaluate import EvalConfig, TransformersBackend, VLLMBackend, load_suite, prompt_text
-from grpo_lambda.grading import Grader, grade_sample
+from grpo_lambda.evaluation.grades import grade_sample, warm_up
+from grpo_lambda.grading import Grader
 from grpo_lambda.testbench.models import resolve_model
 
 
@@ -54,7 +55,7 @@ def main() -> None:
         (f"{text}\nThe answer is \\boxed{{{item['golds'][0]}}}.", item)
         for (text, _), item in zip(outputs["vllm"], items)
     ]
-    grader = Grader()
+    grader = Grader(warm_up=warm_up)
     grade = lambda text, item: grade_sample(grader, text, "qwen_math", item["golds"], item["paper_golds"])  # noqa: E731
     grade(*graded[0])  # start the worker outside the timing
     start = time.perf_counter()

@@ -22,7 +22,7 @@ from grpo_lambda.evaluation.evaluate import (
     prompt_text,
     regrade,
 )
-from grpo_lambda.grading import GRADES
+from grpo_lambda.evaluation.grades import GRADES
 
 SUITE_SIZES = {"aime": 30, "amc": 83, "math": 500, "minerva": 272, "olympiad_bench": 675}
 

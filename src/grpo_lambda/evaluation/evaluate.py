@@ -7,7 +7,7 @@ Greedy decoding (temperature 0), at most 3 000 new tokens within a 4 096-token m
 in one vLLM engine (vLLM schedules them); the transformers `generate` backend is the fallback where vLLM cannot run
 (chosen explicitly, or automatically with a logged warning). Each sample is graded and written to `samples.jsonl`
 as soon as it finishes, so an interrupted evaluation resumes without regenerating what it finished. Every sample gets
-two grades (grading.py): `paper` (understand-r1-zero's grader, rule for rule) and `corrected`; `results.json` holds
+two grades (grades.py): `paper` (understand-r1-zero's grader, rule for rule) and `corrected`; `results.json` holds
 both per benchmark (accuracy, format rate), their macro averages over benchmarks (unweighted, as the paper's AVG)
 and generation lengths. `--regrade` re-scores an existing samples.jsonl with the current graders, generating nothing.
 The suite defaults to the copy shipped in the package (DEFAULT_SUITE); the template to the model's recipe template.
@@ -27,8 +27,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from grpo_lambda.answers import gold_answers
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.grading import GRADES, Grader, grade_sample
+from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
+from grpo_lambda.grading import Grader
 from grpo_lambda.layout import EMBEDDED_PREFIX
 from grpo_lambda.templates import R1_STOP, TEMPLATES, render_prompt
 
@@ -106,7 +108,7 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
     configuration per benchmark (split `test`). Gold answers may be a string, a number (AMC's 142.0) or a list of
     acceptable strings, OR-ed: `golds` are them as stripped strings ("142"), `paper_golds` as understand-r1-zero's
     grader receives them ("142.0", trailing newlines kept)."""
-    from grpo_lambda.paper_grader import reference_golds
+    from grpo_lambda.evaluation.paper_grade import reference_golds
 
     suite = str(suite or DEFAULT_SUITE)
     local = Path(suite).expanduser()
@@ -119,22 +121,10 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
             rows = rows[:limit]
         for index, row in enumerate(rows):
             items.append(
-                {"benchmark": benchmark, "index": index, "problem": row["problem"], "golds": _golds(row["answer"]),
+                {"benchmark": benchmark, "index": index, "problem": row["problem"], "golds": gold_answers(row["answer"]),
                  "paper_golds": reference_golds(row["answer"])}
             )  # fmt: skip
     return items
-
-
-def _golds(value) -> list[str]:
-    """A stored gold answer (string, number or list) as stripped strings; a whole float (AMC's 142.0) as "142"."""
-    golds = []
-    for gold in value if isinstance(value, list) else [value]:
-        if isinstance(gold, float) and gold.is_integer():
-            gold = int(gold)
-        text = "" if gold is None else str(gold).strip()
-        if text:
-            golds.append(text)
-    return golds
 
 
 def _benchmark_rows(suite: str, local: Path, benchmark: str) -> list[dict]:
@@ -300,7 +290,7 @@ def read_samples(path: Path) -> dict[tuple[str, int], dict]:
 
 
 def graded(grader: Grader, sample: dict, item: dict, template: str) -> dict:
-    """`sample` with its template, gold answers and both grades (grading.grade_sample) set."""
+    """`sample` with its template, gold answers and both grades (grades.grade_sample) set."""
     verdicts = grade_sample(grader, sample["completion"], template, item["golds"], item["paper_golds"])
     return {**sample, "template": template, "golds": item["golds"], "paper_golds": item["paper_golds"], **verdicts}
 
@@ -340,7 +330,7 @@ def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> d
 
 
 def _check_graders() -> None:
-    from grpo_lambda.paper_grader import check_dependencies
+    from grpo_lambda.evaluation.paper_grade import check_dependencies
 
     check_dependencies()
 
@@ -364,7 +354,7 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
     logger.info("%d problems, %d already evaluated, %d to generate", len(items), len(items) - len(todo), len(todo))
 
     backend_name = next(iter(finished.values())).get("backend") if finished else None
-    grader = Grader(config.grading_timeout_s)
+    grader = Grader(config.grading_timeout_s, warm_up)
     if todo:
         backend = backend or make_backend(config, _resolve(config.model))
         backend_name = backend.name
@@ -447,7 +437,7 @@ def regrade(
     unknown = [(s["benchmark"], s["index"]) for s in samples if (s["benchmark"], s["index"]) not in items]
     if unknown:
         raise GRPOLambdaError(f"{len(unknown)} samples name no problem of {config.suite}, e.g. {unknown[0]}.")
-    grader = Grader(grading_timeout_s)
+    grader = Grader(grading_timeout_s, warm_up)
     samples = [graded(grader, s, items[(s["benchmark"], s["index"])], template) for s in tqdm(samples, desc="grading")]
     grader.close()
     _rewrite(samples_path, samples)

@@ -23,7 +23,7 @@ import yaml
 
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation.evaluate import BENCHMARKS
-from grpo_lambda.grading import GRADES
+from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.methods import Method, RunFolder
 
 TABLE1_COLUMNS = ("average", *BENCHMARKS)
