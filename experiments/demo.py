@@ -27,9 +27,9 @@ from pathlib import Path
 from grpo_lambda.errors import exit_status
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
 from grpo_lambda.evaluation.evaluate import evaluate
+from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.plots import plot_training
 from grpo_lambda.evaluation.suite import BENCHMARKS
-from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method
 
 METHODS = (Method("grpo"), Method("eps_trace", "both", 0.99))
@@ -58,7 +58,7 @@ def method_flags(method: Method) -> str:
 
 
 def results_table(rows: dict[str, dict]) -> str:
-    """Accuracy per benchmark and its macro average, each as "paper grade / corrected grade" (grading.py)."""
+    """Accuracy per benchmark and its macro average, each as "paper grade / corrected grade" (evaluation.grades)."""
     benchmarks = list(dict.fromkeys(b for results in rows.values() for b in results["benchmarks"]))
     lines = ["| model | " + " | ".join(benchmarks) + " | average |", "|---" * (len(benchmarks) + 2) + "|"]
     for name, results in rows.items():

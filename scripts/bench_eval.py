@@ -14,8 +14,9 @@ import time
 
 from grpo_lambda.evaluation.backends import TransformersBackend, VLLMBackend, prompt_text
 from grpo_lambda.evaluation.config import EvalConfig
+from grpo_lambda.evaluation.grades import grade_sample, warm_up
 from grpo_lambda.evaluation.suite import load_suite
-from grpo_lambda.grading import Grader, grade_sample
+from grpo_lambda.grading import Grader
 from grpo_lambda.testbench.models import resolve_model
 
 
@@ -56,7 +57,7 @@ def main() -> None:
         (f"{text}\nThe answer is \\boxed{{{item['golds'][0]}}}.", item)
         for (text, _), item in zip(outputs["vllm"], items)
     ]
-    grader = Grader()
+    grader = Grader(warm_up=warm_up)
     grade = lambda text, item: grade_sample(grader, text, "qwen_math", item["golds"], item["paper_golds"])  # noqa: E731
     grade(*graded[0])  # start the worker outside the timing
     start = time.perf_counter()

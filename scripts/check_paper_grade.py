@@ -16,9 +16,9 @@ import random
 import sys
 import time
 
-from grpo_lambda import paper_grader
+from grpo_lambda.evaluation import paper_grade
+from grpo_lambda.evaluation.grades import warm_up
 from grpo_lambda.evaluation.suite import BENCHMARKS, load_suite
-from grpo_lambda.grading import _start_worker
 
 
 def answers(gold: str, other: str) -> list[str]:
@@ -57,8 +57,8 @@ def main() -> int:
     from understand_r1_zero import math_grader as reference
 
     logging.disable(logging.WARNING)
-    paper_grader.check_dependencies()
-    _start_worker()  # warm both graders up: a cold first parse can trip a 1-second bound
+    paper_grade.check_dependencies()
+    warm_up()  # warm both graders up: a cold first parse can trip a 1-second bound
     reference.boxed_reward_fn("\\boxed{\\frac{1}{2}}", "(0.5, \\sqrt{2})", fast=False)
     rng = random.Random(args.seed)
     suite = load_suite(None, list(BENCHMARKS))
@@ -70,8 +70,8 @@ def main() -> int:
             for template, completion in completions(answer):
                 grade = reference.answer_tag_reward_fn if template == "r1" else reference.boxed_reward_fn
                 info, score = grade(completion, item["paper_golds"], fast=False)  # a list: OR-ed, as the reference
-                formatted, extracted = paper_grader.read_answer(completion, template)
-                ours = (formatted, extracted is not None and paper_grader.is_correct(extracted, item["paper_golds"]))
+                formatted, extracted = paper_grade.read_answer(completion, template)
+                ours = (formatted, extracted is not None and paper_grade.is_correct(extracted, item["paper_golds"]))
                 total += 1
                 if ours != (info["formatted"], score == 1.0):
                     disagreements += 1

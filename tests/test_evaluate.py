@@ -14,8 +14,8 @@ from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation.backends import VLLMBackend, prompt_text
 from grpo_lambda.evaluation.config import EvalConfig, default_template
 from grpo_lambda.evaluation.evaluate import evaluate, regrade
+from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
-from grpo_lambda.grading import GRADES
 
 SUITE_SIZES = {"aime": 30, "amc": 83, "math": 500, "minerva": 272, "olympiad_bench": 675}
 

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from grpo_lambda import grading, paper_grader
+from grpo_lambda import answers
 from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.evaluation import corrected_grade, paper_grade
 from grpo_lambda.evaluation.evaluate import main
+from grpo_lambda.evaluation.grades import grade_sample, warm_up
 from grpo_lambda.evaluation.suite import BENCHMARKS, load_suite
 from grpo_lambda.grading import Grader
 
@@ -17,7 +19,7 @@ from grpo_lambda.grading import Grader
 def warm_graders():
     """The grading worker's warm-up, here in the test process: a cold first parse can trip the paper grade's
     1-second bounds (a timeout scores 0, as in the reference)."""
-    grading._start_worker()
+    warm_up()
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +69,10 @@ PROBES = [
 
 
 def grades(completion: str, template: str, item: dict) -> tuple[tuple, tuple]:
-    formatted, answer = paper_grader.read_answer(completion, template)
-    paper = (formatted, answer is not None and paper_grader.is_correct(answer, item["paper_golds"]))
-    formatted, answer = grading.read_answer(completion, template)
-    corrected = (formatted, answer is not None and grading.is_correct(answer, item["golds"]))
+    formatted, answer = paper_grade.read_answer(completion, template)
+    paper = (formatted, answer is not None and paper_grade.is_correct(answer, item["paper_golds"]))
+    formatted, answer = answers.read_answer(completion, template)
+    corrected = (formatted, answer is not None and corrected_grade.is_correct(answer, item["golds"]))
     return paper, corrected
 
 
@@ -93,35 +95,36 @@ def test_protocol(suite, rule, template, row, completion, paper, corrected):
     ],
 )
 def test_answer_rules(answer, gold, paper, corrected):
-    assert paper_grader.is_correct(answer, [gold]) is paper
-    assert grading.is_correct(answer, [gold]) is corrected
+    assert paper_grade.is_correct(answer, [gold]) is paper
+    assert corrected_grade.is_correct(answer, [gold]) is corrected
 
 
-def test_the_paper_grader_reads_boxes_as_the_reference():
-    assert paper_grader.box_content("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
-    assert paper_grader.box_content("\\boxed{1} \\boxed{2") is None  # the last box is unclosed
-    assert paper_grader.box_content("\\boxed 5} {x}") is None  # a closing brace first: the count never returns to 0
-    assert grading.final_box("\\boxed {\\frac{1}{2}}.") == "\\frac{1}{2}"
-    assert grading.final_box("\\boxed{1} \\boxed 2") is None
+def test_the_paper_grade_reads_boxes_as_the_reference():
+    assert paper_grade.read_answer("a \\boxed{\\frac{1}{2}} b", "qwen_math") == (True, "\\frac{1}{2}")
+    assert paper_grade.read_answer("\\boxed{1} \\boxed{2", "qwen_math") == (False, None)  # the last box is unclosed
+    # a closing brace first: the count never returns to 0
+    assert paper_grade.read_answer("\\boxed 5} {x}", "qwen_math") == (False, None)
+    assert answers.last_box("\\boxed {\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert answers.last_box("\\boxed{1} \\boxed 2") is None
 
 
 def test_the_repetition_filter():
     """The reference drops answers over 128 characters whose suffixes share long prefixes (loops)."""
-    assert paper_grader._is_repetitive("ab" * 80)
-    assert not paper_grader._is_repetitive("".join(chr(65 + (i * 7) % 26) + str(i) for i in range(60)))
+    assert paper_grade._is_repetitive("ab" * 80)
+    assert not paper_grade._is_repetitive("".join(chr(65 + (i * 7) % 26) + str(i) for i in range(60)))
     looping = "\\frac{1}{2}" + " = \\frac{1}{2}" * 12
-    assert len(looping) > 128 and paper_grader._math_verify_equal(looping, "\\frac{1}{2}") is False
+    assert len(looping) > 128 and paper_grade._math_verify_equal(looping, "\\frac{1}{2}") is False
 
 
 def test_every_gold_answer_boxed_verbatim_is_credited_by_both_grades(suite):
     """Every stored gold answer (1 639 across the 1 560 problems: Minerva lists several), boxed as stored."""
-    grader = Grader(timeout_s=10.0)
+    grader = Grader(timeout_s=10.0, warm_up=warm_up)
     failures = {}
     count = 0
     for item in suite.values():
         for gold in item["paper_golds"]:
             count += 1
-            verdicts = grading.grade_sample(
+            verdicts = grade_sample(
                 grader, f"So the answer is \\boxed{{{gold}}}.", "qwen_math", item["golds"], item["paper_golds"]
             )
             for grade, verdict in verdicts.items():
@@ -138,10 +141,10 @@ def test_wrong_answers_are_graded_wrong_by_both_grades(suite):
     nonsense = items[:: len(items) // 40]
     probes = [(str(int(item["golds"][0]) + 1), item) for item in numeric]
     probes += [("\\text{banana}", item) for item in nonsense]
-    grader = Grader(timeout_s=10.0)
+    grader = Grader(timeout_s=10.0, warm_up=warm_up)
     for check, golds in (
-        (paper_grader.is_correct, "paper_golds"),
-        (grading.is_correct, "golds"),
+        (paper_grade.is_correct, "paper_golds"),
+        (corrected_grade.is_correct, "golds"),
     ):
         verdicts = grader([(answer, item[golds]) for answer, item in probes], check)
         assert not any(verdicts), [p[0] for p, v in zip(probes, verdicts) if v]

@@ -21,13 +21,13 @@ from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_f
 
 from grpo_lambda.errors import GRPOLambdaError
 
+from .answers import ANSWER_SEPARATOR, gold_answers
 from .templates import PromptTemplate, check_template, render_completion, render_prompt
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_COLUMNS = ("problem", "question", "prompt", "input")
 ANSWER_COLUMNS = ("answer", "gt_answer", "solution", "final_answer")
-ANSWER_SEPARATOR = "\n"  # between acceptable gold answers (MinervaMath, OlympiadBench give lists)
 _SCHEMA = Features({"problem": Value("string"), "answer": Value("string")})
 
 _NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kira", "Liam")
@@ -159,14 +159,10 @@ def _pick_column(columns: list[str], candidates: tuple[str, ...], what: str, sou
 
 
 def gold_answer(value) -> str | None:
-    """Gold answers arrive as str, numbers (AMC's 142.0) or lists of acceptable strings (joined by newlines, which
-    the accuracy reward ORs). None, empty strings and empty lists are unusable."""
-    if isinstance(value, list):
-        value = ANSWER_SEPARATOR.join(str(v).strip() for v in value if v is not None and str(v).strip())
-    elif isinstance(value, float) and value.is_integer():
-        value = str(int(value))
-    text = "" if value is None else str(value).strip()
-    return text or None
+    """A stored gold answer (str, a number such as AMC's 142.0, or a list of acceptable strings) as the `answer`
+    column holds it: answers.gold_answers joined by ANSWER_SEPARATOR (the accuracy reward ORs them); None when
+    nothing usable is left."""
+    return ANSWER_SEPARATOR.join(gold_answers(value)) or None
 
 
 def _read_records(path: Path) -> Dataset | DatasetDict:

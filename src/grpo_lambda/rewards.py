@@ -3,7 +3,7 @@ the paper's runs, Table 2), registered by name as in open-r1.
 
 Each reward follows TRL's signature `(completions, **dataset_columns) -> list[float]`; the gold answers come in the
 dataset's `answer` column (several acceptable answers one per line). Where the answer is read depends on the
-prompt template (see templates.extract_answer).
+prompt template (answers.reward_answer: as the evaluation's corrected grade reads it).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from grpo_lambda.errors import GRPOLambdaError
 
-from .data import ANSWER_SEPARATOR
+from .answers import ANSWER_SEPARATOR, has_format, reward_answer
 from .grading import Grader
-from .templates import PromptTemplate, check_template, extract_answer, has_format
+from .templates import PromptTemplate, check_template
 
 
 def completion_text(completion) -> str:
@@ -37,7 +37,7 @@ class AccuracyReward:
         self.grader = Grader(timeout_s)
 
     def __call__(self, completions: list, answer: list[str], log_metric=None, **kwargs) -> list[float]:
-        predictions = [extract_answer(completion_text(c), self.template) for c in completions]
+        predictions = [reward_answer(completion_text(c), self.template) for c in completions]
         items = [(p, str(gold).split(ANSWER_SEPARATOR)) for p, gold in zip(predictions, answer, strict=True) if p]
         before = self.grader.timeouts
         graded = iter(self.grader(items))

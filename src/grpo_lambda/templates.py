@@ -7,13 +7,11 @@
 - `no`: the bare problem. The evaluation sends it with no chat template, as understand-r1-zero does; training
   passes it as the user turn (TRL then applies the model's chat template).
 
-Each template also fixes where the training reward reads the final answer (`extract_answer`); the evaluation reads
-it by its grades' stricter rules (grading.read_answer, paper_grader.read_answer; docs/evaluation.md).
+Each template also fixes where the answer is read (the `\\boxed{}` or the `<answer>` tag): grpo_lambda.answers.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 PromptTemplate = Literal["qwen_math", "r1", "no"]
@@ -28,8 +26,6 @@ R1_PROMPT = (
     "User: {problem}\nAssistant: <think>"
 )
 R1_STOP = "</answer>"
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_R1_FORMAT = re.compile(r"</think>\s*<answer>.+?</answer>", re.DOTALL)
 
 
 def check_template(template: str) -> None:
@@ -53,42 +49,3 @@ def render_completion(reasoning: str, answer: str, template: PromptTemplate) -> 
     if template == "r1":
         return f" {reasoning.strip()} </think> <answer> {answer} </answer>"
     return f"{reasoning.strip()}\nThe final answer is \\boxed{{{answer}}}."
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{…}, braces balanced; None if there is none."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for index in range(begin, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            if depth == 0:
-                return text[begin:index]
-            depth -= 1
-    return None
-
-
-def extract_answer(text: str, template: PromptTemplate) -> str | None:
-    """The final answer as the training reward reads it: the last \\boxed{} (qwen_math), the last <answer> tag (r1,
-    with a \\boxed{} inside it preferred), or for `no` the last \\boxed{} if any, else the whole text (math-verify
-    then takes its last expression, so models that do not box yet still get a signal). None when the required
-    marker is missing."""
-    if template == "r1":
-        tags = _ANSWER_TAG.findall(text)
-        if not tags:
-            return None
-        return last_boxed(tags[-1]) or tags[-1].strip()
-    boxed = last_boxed(text)
-    if boxed is not None or template == "qwen_math":
-        return boxed
-    return text
-
-
-def has_format(text: str, template: PromptTemplate) -> bool:
-    """Whether the completion carries the answer marker its template asks for."""
-    if template == "r1":
-        return bool(_R1_FORMAT.search(text))
-    return last_boxed(text) is not None

@@ -7,7 +7,7 @@ Greedy decoding (temperature 0), at most 3 000 new tokens within a 4 096-token m
 in one vLLM engine (vLLM schedules them); where vLLM cannot start, the evaluation stops and says so: the
 transformers `generate` backend (about 20× slower) runs only when chosen (`--backend transformers`). Each sample is
 graded and written to `samples.jsonl` as soon as it finishes, so an interrupted evaluation resumes without regenerating what it finished. Every sample gets
-two grades (grading.py): `paper` (understand-r1-zero's grader, rule for rule) and `corrected`; `results.json` holds
+two grades (grades.py): `paper` (understand-r1-zero's grader, rule for rule) and `corrected`; `results.json` holds
 both per benchmark (accuracy, format rate), their macro averages over benchmarks (unweighted, as the paper's AVG)
 and generation lengths. `--regrade` re-scores an existing samples.jsonl with the current graders, generating nothing.
 The suite defaults to the copy shipped in the package (DEFAULT_SUITE); the template to the model's recipe template.
@@ -33,14 +33,15 @@ from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_t
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
 from grpo_lambda.evaluation.store import read_lines, read_samples, rewrite
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
-from grpo_lambda.grading import GRADES, Grader, grade_sample
+from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
+from grpo_lambda.grading import Grader
 from grpo_lambda.templates import R1_STOP, TEMPLATES
 
 logger = logging.getLogger(__name__)
 
 
 def graded(grader: Grader, sample: dict, item: dict, template: str) -> dict:
-    """`sample` with its template, gold answers and both grades (grading.grade_sample) set."""
+    """`sample` with its template, gold answers and both grades (grades.grade_sample) set."""
     verdicts = grade_sample(grader, sample["completion"], template, item["golds"], item["paper_golds"])
     return {**sample, "template": template, "golds": item["golds"], "paper_golds": item["paper_golds"], **verdicts}
 
@@ -80,7 +81,7 @@ def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> d
 
 
 def _check_graders() -> None:
-    from grpo_lambda.paper_grader import check_dependencies
+    from grpo_lambda.evaluation.paper_grade import check_dependencies
 
     check_dependencies()
 
@@ -104,7 +105,7 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
     logger.info("%d problems, %d already evaluated, %d to generate", len(items), len(items) - len(todo), len(todo))
 
     backend_name = next(iter(finished.values())).get("backend") if finished else None
-    grader = Grader(config.grading_timeout_s)
+    grader = Grader(config.grading_timeout_s, warm_up)
     if todo:
         backend = backend or make_backend(config, model_folder(config.model))
         backend_name = backend.name
@@ -171,7 +172,7 @@ def regrade(
     unknown = [(s["benchmark"], s["index"]) for s in samples if (s["benchmark"], s["index"]) not in items]
     if unknown:
         raise GRPOLambdaError(f"{len(unknown)} samples name no problem of {config.suite}, e.g. {unknown[0]}.")
-    grader = Grader(grading_timeout_s)
+    grader = Grader(grading_timeout_s, warm_up)
     samples = [graded(grader, s, items[(s["benchmark"], s["index"])], template) for s in tqdm(samples, desc="grading")]
     grader.close()
     rewrite(samples_path, samples)

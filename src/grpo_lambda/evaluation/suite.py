@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from grpo_lambda.answers import gold_answers
 from grpo_lambda.errors import GRPOLambdaError
 
 BENCHMARKS: tuple[str, ...] = ("aime", "amc", "math", "minerva", "olympiad_bench")
@@ -28,7 +29,7 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
     configuration per benchmark (split `test`). Gold answers may be a string, a number (AMC's 142.0) or a list of
     acceptable strings, OR-ed: `golds` are them as stripped strings ("142"), `paper_golds` as understand-r1-zero's
     grader receives them ("142.0", trailing newlines kept)."""
-    from grpo_lambda.paper_grader import reference_golds
+    from grpo_lambda.evaluation.paper_grade import reference_golds
 
     suite = str(suite or DEFAULT_SUITE)
     local = Path(suite).expanduser()
@@ -41,22 +42,10 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
             rows = rows[:limit]
         for index, row in enumerate(rows):
             items.append(
-                {"benchmark": benchmark, "index": index, "problem": row["problem"], "golds": _golds(row["answer"]),
+                {"benchmark": benchmark, "index": index, "problem": row["problem"], "golds": gold_answers(row["answer"]),
                  "paper_golds": reference_golds(row["answer"])}
             )  # fmt: skip
     return items
-
-
-def _golds(value) -> list[str]:
-    """A stored gold answer (string, number or list) as stripped strings; a whole float (AMC's 142.0) as "142"."""
-    golds = []
-    for gold in value if isinstance(value, list) else [value]:
-        if isinstance(gold, float) and gold.is_integer():
-            gold = int(gold)
-        text = "" if gold is None else str(gold).strip()
-        if text:
-            golds.append(text)
-    return golds
 
 
 def _benchmark_rows(suite: str, local: Path, benchmark: str) -> list[dict]:

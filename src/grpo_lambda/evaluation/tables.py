@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 
 from grpo_lambda.errors import exit_status
+from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.suite import BENCHMARKS
-from grpo_lambda.grading import GRADES
 from grpo_lambda.methods import Method, RunFolder
 
 TABLE1_COLUMNS = ("average", *BENCHMARKS)

@@ -2,14 +2,17 @@
 
 Re-implemented from the reference (sail-sg/understand-r1-zero: `evaluate_model.py` and
 `understand_r1_zero/math_grader.py`) so that accuracies compare with the paper's like for like, its quirks included.
-docs/evaluation.md lists every rule with an example and how the `corrected` grade (grading.py) differs.
+docs/evaluation.md lists every rule with an example and how the `corrected` grade (evaluation.corrected_grade)
+differs.
 
-Reading the answer (`read_answer`):
+Reading the answer (`read_answer`) is the one reader's (grpo_lambda.answers.read_answer) with the reference's three
+departures switched on (REFERENCE_READING), and the golds are read `verbatim` (`reference_golds`):
 1. qwen_math and no: the last `\\boxed` of the completion must be written `\\boxed{…}` with balanced braces; its
-   content is the answer. Any other last box (`\\boxed 5`, `\\boxed {5}`, unclosed) is no answer: unformatted, 0.
-2. r1: the completion must contain `</think> <answer>` (one space) and `</answer>`; the answer is everything after the
-   last `<answer>` with every `</answer>` removed, or, when it contains `\\boxed`, that box read as in 1 (an unreadable
-   box there scores 0, though the completion counts as formatted).
+   content is the answer. Any other last box (`\\boxed 5`, `\\boxed {5}`, unclosed) is no answer: unformatted, 0
+   (`strict_braces`).
+2. r1: the completion must contain `</think> <answer>` (one space; `exact_r1_mark`) and `</answer>`; the answer is
+   everything after the last `<answer>` with every `</answer>` removed (`split_tags`), or, when it contains
+   `\\boxed`, that box read as in 1 (an unreadable box there scores 0, though the completion counts as formatted).
 
 Comparing an answer with one gold answer (`matches`; a list of golds is OR-ed): golds arrive as the suite stores
 them (a number as `str(number)`, e.g. `142.0`; strings unstripped, Minerva's trailing newlines included); a boxed
@@ -28,9 +31,11 @@ import signal
 import threading
 from contextlib import contextmanager
 
+from grpo_lambda import answers
 from grpo_lambda.errors import GRPOLambdaError
 
-R1_MARK = "</think> <answer>"
+# The reference's reading, where it departs from the one reader (each with its test in tests/test_answers.py).
+REFERENCE_READING = {"strict_braces": True, "exact_r1_mark": True, "split_tags": True}
 
 
 def check_dependencies() -> None:
@@ -48,41 +53,15 @@ def check_dependencies() -> None:
 # Reading the answer
 
 
-def box_content(text: str) -> str | None:
-    """Rule 1: the content of the last `\\boxed` if it is written `\\boxed{…}` with balanced braces, else None.
-
-    Braces are counted from the last `\\boxed` onwards; the first time a closing brace brings the count back to
-    zero ends the box (a closing brace that makes the count negative does not)."""
-    start = text.rfind("\\boxed")
-    if start < 0:
-        return None
-    depth = 0
-    for position in range(start, len(text)):
-        if text[position] == "{":
-            depth += 1
-        elif text[position] == "}":
-            depth -= 1
-            if depth == 0:
-                box = text[start : position + 1]
-                return box[len("\\boxed{") : -1] if box.startswith("\\boxed{") else None
-    return None
-
-
 def read_answer(completion: str, template: str) -> tuple[bool, str | None]:
     """(formatted, answer) of a completion under the reference's rules 1–2."""
-    if template == "r1":
-        if R1_MARK not in completion or "</answer>" not in completion:
-            return False, None
-        answer = completion.split("<answer>")[-1].replace("</answer>", "")
-        return True, (box_content(answer) if "\\boxed" in answer else answer)
-    answer = box_content(completion) if "\\boxed" in completion else None
-    return answer is not None, answer
+    return answers.read_answer(completion, template, **REFERENCE_READING)
 
 
 def reference_golds(value) -> list[str]:
-    """The gold answers the reference compares with: a list's items, or the one value; numbers as `str(number)`."""
-    values = value if isinstance(value, list) else [value]
-    return [str(v) if isinstance(v, (int, float)) else v for v in values]
+    """The gold answers the reference compares with: a list's items, or the one value; numbers as `str(number)`,
+    strings as stored."""
+    return answers.gold_answers(value, verbatim=True)
 
 
 def is_correct(answer: str, golds: list[str]) -> bool:
@@ -92,7 +71,7 @@ def is_correct(answer: str, golds: list[str]) -> bool:
 
 def matches(answer: str, gold: str) -> bool:
     if "\\boxed" in gold:
-        gold = box_content(gold)
+        gold = answers.last_box(gold, strict_braces=True)
         if gold is None:
             return False
     return _mathd_equal(answer, gold) or _sympy_equal(answer, gold) or _math_verify_equal(answer, gold)
