@@ -25,16 +25,11 @@ NO_GPU_NOTE = make install: torch sees no usable GPU here. Fine on a login node 
 # make train [MODEL=<hub id|folder>] [DATASET=<name|folder|hub id>] [LOSS_VARIANT=grpo|eps_trace|eps_weight]
 #            [TRACE_STYLE=both|recent] [TRACE_LAMBDA=0.99] [ACCEL=auto|cpu|ddp|zero2|zero3] [NPROC=N]
 #            [VLLM_MODE=colocate|server] [ARGS="--learning_rate 2e-6"] [DRY_RUN=1]
-# (the old METHOD=grpo|grpo-lambda LAMBDA= STYLE= UPDATE=trace|weight still work, with a note)
 MODEL ?=
 DATASET ?=
 LOSS_VARIANT ?=
 TRACE_STYLE ?=
 TRACE_LAMBDA ?=
-METHOD ?=
-LAMBDA ?=
-STYLE ?=
-UPDATE ?=
 ACCEL ?= auto
 NPROC ?=
 VLLM_MODE ?=
@@ -59,8 +54,7 @@ LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(NPROC),--num-processes $(NPROC)) $(i
 	$(if $(DATASET),--dataset "$(DATASET)") $(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args "$(ARGS)" \
 	$(if $(DRY_RUN),--dry-run)
 METHOD_FLAGS = $(if $(LOSS_VARIANT),--loss_variant $(LOSS_VARIANT)) $(if $(TRACE_STYLE),--trace_style $(TRACE_STYLE)) \
-	$(if $(TRACE_LAMBDA),--trace_lambda $(TRACE_LAMBDA)) $(if $(METHOD),--method $(METHOD)) \
-	$(if $(LAMBDA),--lambda $(LAMBDA)) $(if $(STYLE),--style $(STYLE)) $(if $(UPDATE),--update $(UPDATE))
+	$(if $(TRACE_LAMBDA),--trace_lambda $(TRACE_LAMBDA))
 
 # make sweep SWEEP=<recipes/sweeps/ name or yaml> [DRY_RUN=1]: the sweep's array job on SLURM (+ evaluations)
 SWEEP ?=

@@ -1,5 +1,5 @@
 """The command `make train` / `make sft` builds: processes (N on a CPU with --use_cpu, one per GPU), mixed precision
-from the recipe, a port per SLURM job, a clear stop where torch cannot use the GPUs, and the deprecated spellings."""
+from the recipe, a port per SLURM job, a clear stop where torch cannot use the GPUs, and the method's field names."""
 
 from __future__ import annotations
 
@@ -152,18 +152,13 @@ def test_a_slurm_gpu_job_that_sees_no_gpu_stops_instead_of_training_on_the_cpu(m
     assert value(command("--accelerate", "cpu"), "--config_file").endswith("cpu.yaml")  # asked for: allowed
 
 
-def test_deprecated_spellings_resolve_to_the_same_run(capsys):
-    new = command("--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "math12k", "--loss_variant",
-                  "eps_weight", "--trace_style", "recent", "--trace_lambda", "0.98")  # fmt: skip
-    assert capsys.readouterr().err == ""
-    old = command("--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "math12k", "--method", "grpo-lambda",
-                  "--lambda", "0.98", "--style", "recent", "--update", "weight")  # fmt: skip
-    note = capsys.readouterr().err.strip()
-    assert note == launch.DEPRECATED_NOTE and "LOSS_VARIANT=grpo|eps_trace|eps_weight" in note
-    assert value(new, "--config") == value(old, "--config")
-    assert value(new, "--config").endswith("config_math12k_eps_weight-recent-0.98.yaml")
-    grpo = command("--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "math12k", "--method", "grpo")
-    assert value(grpo, "--config").endswith("config_math12k_grpo.yaml")
+def test_a_method_is_selected_by_the_configs_field_names_only():
+    for flag, given in (("--method", "grpo-lambda"), ("--lambda", "0.99"), ("--style", "both"), ("--update", "trace")):
+        with pytest.raises(SystemExit):  # argparse: unrecognized arguments
+            launch.parser().parse_args([flag, given])
+    weight = command("--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "math12k", "--loss_variant",
+                     "eps_weight", "--trace_style", "recent", "--trace_lambda", "0.98")  # fmt: skip
+    assert value(weight, "--config").endswith("config_math12k_eps_weight-recent-0.98.yaml")
 
 
 def test_choices_and_defaults_are_the_configs():

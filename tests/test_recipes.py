@@ -10,7 +10,7 @@ from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.jobs.launch import MethodQuery, recipe_method, resolve_recipe
 from grpo_lambda.jobs.recipes import expand_grid, generate, load_grid, sft_path
 from grpo_lambda.layout import model_tail
-from grpo_lambda.methods import Method, RunFolder
+from grpo_lambda.methods import Method, RunFolder, SFTFolder
 from test_configs import parse_recipe
 
 GRID = load_grid(REPO_ROOT)
@@ -185,6 +185,19 @@ def test_unknown_models_fall_back_to_the_default_recipe_in_their_own_run_folder(
     assert overrides[-2:] == ["--output_dir", "data/my-model/sft/arithmetic"]
     with pytest.raises(GRPOLambdaError, match="apply to `make train`, not to SFT"):
         lookup(stage="sft", model=str(model), trace_lambda=0.9)
+
+
+def test_launcher_output_dirs_with_underscores_parse_back():
+    """The run folder `make train` / `make sft` write for a model and a dataset with `_` reads back as them."""
+    method = dict(loss_variant="eps_trace", trace_style="both", trace_lambda=0.99)
+    _, overrides, _ = lookup(model="org/My_Model-1.5B", dataset="my_data", **method)
+    assert overrides[overrides.index("--dataset_name") + 1] == "my_data"
+    output_dir = overrides[overrides.index("--output_dir") + 1]
+    assert output_dir == "data/My_Model-1.5B/grpo/my-data_eps_trace-both-0.99"
+    assert RunFolder.find(output_dir) == RunFolder("org/My_Model-1.5B", "my_data", Method("eps_trace", "both", 0.99))
+    _, overrides, _ = lookup(stage="sft", model="org/My_Model-1.5B", dataset="my_data")
+    assert overrides[-2:] == ["--output_dir", "data/My_Model-1.5B/sft/my-data"]
+    assert SFTFolder.find(overrides[-1]) == SFTFolder("org/My_Model-1.5B", "my_data")
 
 
 def test_recipe_folders_are_named_after_the_model():

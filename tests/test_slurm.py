@@ -108,6 +108,27 @@ def test_sweep_names_say_what_trains(tmp_path):
         load_sweep(bad, ROOT)
 
 
+def test_variant_sweep_folders_with_underscores_parse_back(tmp_path):
+    """Issue 24: a sweep over `my_data` wrote `my_data_<tag>`, which RunFolder.find read as dataset `my`, tag
+    `data_<tag>` (not a method: the run vanished from tables and plots)."""
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["runs"].update(model="org/My_Model-1.5B", dataset="my_data")
+    spec["runs"]["variants"]["lr_1e-5"] = {"learning_rate": 1e-5}  # a free name: its folder names no method
+    path = tmp_path / "underscores.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    sweep = load_sweep(path, ROOT, tmp_path / "out")
+    *named, free = sweep.runs
+    assert [RunFolder.find(run.name).method.tag for run in named] == list(spec["runs"]["variants"])[:-1]
+    for run in named:
+        method = RunFolder.find(run.name).method
+        expected = RunFolder("org/My_Model-1.5B", "my_data", method)
+        assert RunFolder.find(sweep.run_dir(run)) == RunFolder.find(run.name) == expected
+        assert (expected.model, expected.dataset) == ("My_Model-1.5B", "my-data")
+        assert run.name == f"My_Model-1.5B/grpo/my-data_{method.tag}"
+        assert run.overrides["dataset_name"] == "my_data"  # the run trains on the set named, as named
+    assert free.name == "My_Model-1.5B/grpo/my-data_lr_1e-5" and RunFolder.find(free.name) is None
+
+
 def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeypatch, tmp_path):
     from grpo_lambda.jobs import sweep as sweep_module
 

@@ -1,4 +1,4 @@
-"""One spelling of a training method, built from the config values that define it, and one parser of run folders.
+"""One spelling of a training method, built from the config values that define it; the run folders named after it.
 
 A method's tag is what recipe file names, sweep rows, run folders, tables, plots, the toy benchmark and the
 benches print, and what `make train` accepts:
@@ -11,7 +11,10 @@ benches print, and what `make train` accepts:
     grpo+advantage_bias_correction=eos_bound
 
 The paper's setting of `adv_clamp_min` is null for GRPO and −0.1 for GRPO-λ (Table 2), so the paper's runs need no
-`+`. A run folder is `<model tail>/grpo/<dataset>_<tag>` (dataset names hold no underscore).
+`+`.
+
+Run folders are written and read here only: a GRPO run's is `<model tail>/grpo/<dataset>_<tag>` (`RunFolder`), an SFT
+run's `<model tail>/sft/<dataset>` (`SFTFolder`), the dataset spelled by `dataset_tail`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import PurePath
 from typing import Literal, get_args
+
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.layout import model_tail
 
 # The values and defaults of GRPOLambdaConfig's method fields. configs.py takes them from here, so that planning a
 # run (`make train`, `make sweep` on a login node) knows them without importing TRL and vLLM (~15 s).
@@ -36,8 +42,8 @@ CONFIG_DEFAULTS = dict(
 
 PAPER_ADV_CLAMP_MIN = -0.1  # Table 2: GRPO-λ's advantage clamping
 _TRACED = re.compile(r"(?P<variant>eps_trace|eps_weight)-(?P<style>recent|both)-(?P<lam>[0-9.e-]+)")
-_LEGACY = re.compile(r"grpo-lambda-(?P<lam>[0-9.]+)-(?P<style>recent|both)-(?P<update>trace|weight)")
 _RUN_FOLDER = re.compile(r"(?:^|/)(?P<model>[^/]+)/grpo/(?P<dataset>[^/_]+)_(?P<tag>[^/]+?)(?:/|$)")
+_SFT_FOLDER = re.compile(r"(?:^|/)(?P<model>[^/]+)/sft/(?P<dataset>[^/_]+)(?:/|$)")
 
 
 @dataclass(frozen=True)
@@ -97,16 +103,12 @@ class Method:
 
     @classmethod
     def from_tag(cls, tag: str) -> Method:
-        """The inverse of `tag`; also reads the old `grpo-lambda-<λ>-<style>-<trace|weight>` spelling."""
+        """The inverse of `tag`."""
         base, *modifiers = tag.split("+")
         if base == "grpo":
             kwargs = dict(loss_variant="grpo")
         elif match := _TRACED.fullmatch(base):
             kwargs = dict(loss_variant=match["variant"], trace_style=match["style"], trace_lambda=float(match["lam"]))
-        elif match := _LEGACY.fullmatch(base):
-            kwargs = dict(
-                loss_variant=f"eps_{match['update']}", trace_style=match["style"], trace_lambda=float(match["lam"])
-            )
         else:
             raise ValueError(
                 f"{tag!r} is not a method tag: grpo or <eps_trace|eps_weight>-<recent|both>-<λ>, "
@@ -127,17 +129,56 @@ def _format(value: float | None) -> str:
     return "none" if value is None else f"{value:g}"
 
 
+def dataset_tail(dataset: str) -> str:
+    """A training set as run folders and recipe file names spell it: its name tail with `_` written `-`
+    ('my_data' → 'my-data', '/data/gsm_8k/' → 'gsm-8k', 'openai/gsm8k' → 'gsm8k').
+
+    Why `-`: `<dataset>_<tag>` must split without knowing what a tag may hold. Method tags contain `_` themselves
+    (`eps_trace`, `+adv_clamp_min=`), and a sweep variant may be named anything, so only a dataset without `_` makes
+    the first `_` the separator, for every tag present and future. Splitting at "the `_` where a valid tag begins"
+    instead would keep `my_data` as written, but would read the free variant name `x_grpo` of dataset `d` as dataset
+    `d_x` trained with GRPO. The cost is that `my_data` and `my-data` share run folders; the paper's training sets
+    and most Hub names already use `-`.
+    """
+    return model_tail(dataset).replace("_", "-")
+
+
 @dataclass(frozen=True)
 class RunFolder:
-    """`<model tail>/grpo/<dataset>_<method tag>`: where a run of the recipes, a sweep or `make train` writes."""
+    """`<model tail>/grpo/<dataset>_<method tag>`: where a run of the recipes, a sweep or `make train` writes.
+
+    Built from a model id or folder and a training set's name or path (kept as `model_tail` and `dataset_tail`), so
+    that `RunFolder.find(folder.name) == folder` for every folder named by its method. A sweep variant may name its
+    folder instead (`variant`, e.g. `lr-1e-5`); such a folder matches no paper cell, and `find` returns None for it.
+    """
 
     model: str  # the model's name tail, e.g. DeepSeek-R1-Distill-Qwen-1.5B
-    dataset: str
+    dataset: str  # dataset_tail of the training set, e.g. math-rl-16k
     method: Method
+    variant: str | None = None  # a name in place of the method's tag; None when it is the method's tag
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", model_tail(self.model))
+        object.__setattr__(self, "dataset", dataset_tail(self.dataset))
+        if self.variant is None:
+            return
+        if "/" in self.variant:
+            raise GRPOLambdaError(f"run folder name {self.variant!r}: no '/' in a variant's name.")
+        try:
+            named = Method.from_tag(self.variant)
+        except ValueError:
+            return
+        # A name that reads as a method must be the method trained: tables and plots take the method from it
+        if named != self.method:
+            raise GRPOLambdaError(
+                f"variant {self.variant!r} trains {self.method.tag!r} (its recipe plus settings): "
+                f"name it {self.method.tag!r}."
+            )
+        object.__setattr__(self, "variant", None)
 
     @property
     def name(self) -> str:
-        return f"{self.model}/grpo/{self.dataset}_{self.method.tag}"
+        return f"{self.model}/grpo/{self.dataset}_{self.variant or self.method.tag}"
 
     @classmethod
     def find(cls, path: str | PurePath) -> RunFolder | None:
@@ -149,3 +190,25 @@ class RunFolder:
             except ValueError:
                 continue
         return found
+
+
+@dataclass(frozen=True)
+class SFTFolder:
+    """`<model tail>/sft/<dataset>`: where `make sft` writes (built like `RunFolder`, the same spellings)."""
+
+    model: str
+    dataset: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", model_tail(self.model))
+        object.__setattr__(self, "dataset", dataset_tail(self.dataset))
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/sft/{self.dataset}"
+
+    @classmethod
+    def find(cls, path: str | PurePath) -> SFTFolder | None:
+        """The last SFT folder named inside `path` (an SFT folder or a checkpoint in it), or None."""
+        matches = list(_SFT_FOLDER.finditer(PurePath(path).as_posix()))
+        return cls(matches[-1]["model"], matches[-1]["dataset"]) if matches else None

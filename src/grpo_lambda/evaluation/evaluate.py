@@ -31,9 +31,9 @@ from tqdm import tqdm
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
+from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
 from grpo_lambda.evaluation.store import read_lines, read_samples, rewrite
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
-from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
 from grpo_lambda.grading import Grader
 from grpo_lambda.templates import R1_STOP, TEMPLATES
 

@@ -5,11 +5,13 @@
         --loss_variant eps_trace --trace_style both --trace_lambda 0.99 --accelerate zero2 [--dry-run]
 
 Lookup: recipes/<model name tail>/grpo/config_<dataset>_<method tag>.yaml, with grpo_lambda.methods.Method's tag
-(`grpo`, `eps_trace-both-0.99`, ...); SFT: recipes/<model>/sft/config_<dataset>.yaml. Method fields left unset pick
-the paper's preferred run among the recipes that exist (λ 0.99, ε-trace, `both`; §4.1). Without a model, the
-recipes of recipes/default/ (the embedded SmolLM2-135M-Instruct on the arithmetic task). A model without recipes
-falls back to recipes/default/<stage>/ with your model, dataset and method on the command line and its output in
-data/<model>/grpo/<dataset>_<tag>. An SFT output folder (it records its base model) finds its base model's recipes.
+(`grpo`, `eps_trace-both-0.99`, ...) and the dataset spelled as in run folders (methods.dataset_tail: `my_data` is
+`my-data`); SFT: recipes/<model>/sft/config_<dataset>.yaml. Method fields left unset pick the paper's preferred run
+among the recipes that exist (λ 0.99, ε-trace, `both`; §4.1). Without a model, the recipes of recipes/default/ (the
+embedded SmolLM2-135M-Instruct on the arithmetic task). A model without recipes falls back to
+recipes/default/<stage>/ with your model, dataset and method on the command line and its output in its run folder,
+data/<model>/grpo/<dataset>_<tag> (methods.RunFolder; SFT: data/<model>/sft/<dataset>, methods.SFTFolder). An SFT
+output folder (it records its base model) finds its base model's recipes.
 `--recipe` names the recipe file itself (the SLURM scripts use it).
 
 Processes: one per usable GPU (`--num-processes N`: N of them). Without a GPU, N CPU processes (default 1) over
@@ -45,16 +47,19 @@ import yaml
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.layout import EMBEDDED_PREFIX, model_tail, recipe_model, repo_root
-from grpo_lambda.methods import CONFIG_DEFAULTS, LOSS_VARIANTS, TRACE_STYLES, Method, RunFolder
+from grpo_lambda.methods import (
+    CONFIG_DEFAULTS,
+    LOSS_VARIANTS,
+    TRACE_STYLES,
+    Method,
+    RunFolder,
+    SFTFolder,
+    dataset_tail,
+)
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
 PAPER_METHOD = Method("eps_trace", "both", 0.99)  # §4.1: the preferred run when the method is left unset
-DEPRECATED_NOTE = (
-    "grpo_lambda: METHOD, LAMBDA, STYLE and UPDATE are deprecated: use the config's fields, "
-    "LOSS_VARIANT=grpo|eps_trace|eps_weight TRACE_STYLE=recent|both TRACE_LAMBDA=<λ> "
-    "(UPDATE=trace|weight is LOSS_VARIANT=eps_trace|eps_weight)."
-)
 
 
 def recipe_method(values: dict) -> Method:
@@ -69,7 +74,6 @@ class MethodQuery:
     loss_variant: str | None = None
     trace_style: str | None = None
     trace_lambda: float | None = None
-    traced: bool = False  # the deprecated METHOD=grpo-lambda: any loss_variant but grpo
 
     def __post_init__(self):
         if self.loss_variant == "grpo" and (self.trace_style is not None or self.trace_lambda is not None):
@@ -82,13 +86,10 @@ class MethodQuery:
         return self == MethodQuery()
 
     def matches(self, method: Method) -> bool:
-        if self.traced and method.loss_variant == "grpo":
-            return False
         return all(getattr(method, k) == v for k, v in self.settings().items())
 
     def settings(self) -> dict:
-        fields = ("loss_variant", "trace_style", "trace_lambda")
-        return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def flags(self) -> list[str]:
         return [token for k, v in self.settings().items() for token in (f"--{k}", _text(v))]
@@ -150,7 +151,7 @@ def resolve_recipe(
             if stage == "sft" and len(recipes) == 1:
                 return next(iter(recipes)), overrides, f"the SFT recipe of {base}"
             raise GRPOLambdaError(f"set DATASET for {base}: one of {', '.join(datasets)}.")
-        tail = model_tail(dataset)
+        tail = dataset_tail(dataset)  # as recipe file names spell it
         found = [p for p, (d, m) in recipes.items() if d == tail and (m is None or query.matches(m))]
         if found:
             best = min(found, key=lambda p: _preference(recipes[p][1]) if recipes[p][1] else ())
@@ -162,7 +163,7 @@ def resolve_recipe(
                 f"{names}. Another setting: start from one of them and override it, e.g. ARGS='--trace_style both'."
             )
         raise GRPOLambdaError(
-            f"{base} has recipes for {', '.join(datasets)}, not {tail}; to train on another set, start "
+            f"{base} has recipes for {', '.join(datasets)}, not {model_tail(dataset)}; to train on another set, start "
             f"from one of them: DATASET={datasets[0]} ARGS='--dataset_name {dataset}'."
         )
 
@@ -178,13 +179,13 @@ def resolve_recipe(
     if dataset:
         overrides += ["--dataset_name", dataset]
     values = yaml.safe_load(recipe.read_text())
-    model_name = base or model_tail(values["model_name_or_path"])
-    dataset_tail = model_tail(dataset or values["dataset_name"]).replace("_", "-")  # run folders: <dataset>_<tag>
+    model_name = base or values["model_name_or_path"]
+    dataset_name = dataset or values["dataset_name"]
     if stage == "sft":
-        output_dir = f"data/{model_name}/sft/{dataset_tail}"
+        output_dir = f"data/{SFTFolder(model_name, dataset_name).name}"
     else:
         method = recipe_method({**values, **query.settings()})
-        output_dir = f"data/{RunFolder(model_name, dataset_tail, method).name}"
+        output_dir = f"data/{RunFolder(model_name, dataset_name, method).name}"
     if output_dir != values.get("output_dir"):
         overrides += ["--output_dir", output_dir]
     note = "default recipe" + (f" (no recipe for {base})" if base else "")
@@ -323,24 +324,8 @@ def _machines(args: argparse.Namespace) -> dict | None:
 
 
 def method_query(args: argparse.Namespace) -> MethodQuery:
-    """The method fields given, the deprecated METHOD / LAMBDA / STYLE / UPDATE mapped onto them (with a note)."""
-    given = {k: getattr(args, k) for k in ("loss_variant", "trace_style", "trace_lambda")}
-    deprecated = {k: getattr(args, k) for k in ("method", "old_lambda", "old_style", "update")}
-    traced = False
-    if any(v is not None for v in deprecated.values()):
-        print(DEPRECATED_NOTE, file=sys.stderr, flush=True)
-        if deprecated["update"]:
-            given["loss_variant"] = given["loss_variant"] or f"eps_{deprecated['update']}"
-        if deprecated["method"] == "grpo":
-            given["loss_variant"] = given["loss_variant"] or "grpo"
-        traced = deprecated["method"] == "grpo-lambda" and given["loss_variant"] is None
-        given["trace_lambda"] = (
-            given["trace_lambda"] if given["trace_lambda"] is not None else deprecated["old_lambda"]
-        )
-        given["trace_style"] = given["trace_style"] or deprecated["old_style"]
-        if deprecated["method"] == "grpo" and given["loss_variant"] != "grpo":
-            raise GRPOLambdaError("METHOD=grpo contradicts the GRPO-λ settings given; use LOSS_VARIANT=.")
-    return MethodQuery(**given, traced=traced)
+    """The method fields given on the command line."""
+    return MethodQuery(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MethodQuery)})
 
 
 def _embedded_model(recipe: Path, tokens: list[str]) -> bool:
@@ -499,11 +484,6 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--loss_variant", default=None, choices=LOSS_VARIANTS)
     parser.add_argument("--trace_style", default=None, choices=TRACE_STYLES)
     parser.add_argument("--trace_lambda", default=None, type=float, help="λ of the traces, e.g. 0.99.")
-    # Deprecated spellings (a note says what to use instead)
-    parser.add_argument("--method", default=None, choices=("grpo", "grpo-lambda"), help=argparse.SUPPRESS)
-    parser.add_argument("--lambda", dest="old_lambda", default=None, type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--style", dest="old_style", default=None, choices=("both", "recent"), help=argparse.SUPPRESS)
-    parser.add_argument("--update", default=None, choices=("trace", "weight"), help=argparse.SUPPRESS)
     parser.add_argument("--accelerate", default="auto", choices=ACCELERATE_CONFIGS)
     parser.add_argument("--num-processes", type=int, default=None, help="Processes per machine (default: GPUs, or 1).")
     parser.add_argument("--vllm-mode", default=None, choices=("colocate", "server"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from grpo_lambda.layout import model_tail
-from grpo_lambda.methods import Method, RunFolder
+from grpo_lambda.methods import Method, RunFolder, SFTFolder, dataset_tail
 
 MAX_PROMPT_LENGTH = 256  # Table 2
 GENERATED = "generated from recipes/paper_grid.yaml by scripts/generate_recipes.py: edit the grid, not this file"
@@ -40,11 +40,12 @@ class Run:
     @property
     def name(self) -> str:
         """The run folder `<model tail>/grpo/<dataset>_<tag>` (grpo_lambda.methods.RunFolder)."""
-        return RunFolder(model_tail(self.model_id), self.dataset, self.method).name
+        return RunFolder(self.model_id, self.dataset, self.method).name
 
     @property
     def path(self) -> Path:
-        return Path("recipes") / model_tail(self.model_id) / "grpo" / f"config_{self.dataset}_{self.tag}.yaml"
+        file = f"config_{dataset_tail(self.dataset)}_{self.tag}.yaml"  # the launcher reads it back
+        return Path("recipes") / model_tail(self.model_id) / "grpo" / file
 
     @property
     def make_command(self) -> str:
@@ -178,7 +179,7 @@ def _align_comments(lines: list[str], column: int = 40) -> str:
 
 
 def sft_path(model_id: str, dataset: str) -> Path:
-    return Path("recipes") / model_tail(model_id) / "sft" / f"config_{dataset}.yaml"
+    return Path("recipes") / model_tail(model_id) / "sft" / f"config_{dataset_tail(dataset)}.yaml"
 
 
 def render_sft_recipe(model_id: str, spec: dict, size: dict, dataset: str) -> str:
@@ -214,7 +215,7 @@ def render_sft_recipe(model_id: str, spec: dict, size: dict, dataset: str) -> st
         "save_total_limit: 2",
         "report_to: [wandb]",
         "seed: 42",
-        f"output_dir: data/{model_tail(model_id)}/sft/{dataset}",
+        f"output_dir: data/{SFTFolder(model_id, dataset).name}",
     ]
     return _align_comments(lines)
 

@@ -42,8 +42,8 @@ import yaml
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.jobs.launch import read_training_settings, recipe_method, vllm_server_command
 from grpo_lambda.jobs.recipes import expand_grid, load_grid
-from grpo_lambda.layout import model_tail, repo_root
-from grpo_lambda.methods import Method
+from grpo_lambda.layout import repo_root
+from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
@@ -88,7 +88,7 @@ class SweepRun:
     """One training run (and its evaluation) of a sweep."""
 
     index: int
-    name: str  # <model tail>/grpo/<dataset>_<method tag> (grpo_lambda.methods.RunFolder), as `make tables` reads it
+    name: str  # grpo_lambda.methods.RunFolder's <model tail>/grpo/<dataset>_<method tag>, as `make tables` reads it
     recipe: Path
     overrides: dict[str, Any] = field(default_factory=dict)  # trainer flags on top of the recipe
 
@@ -155,30 +155,22 @@ def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
     if not recipe.is_file():
         _fail(f"no recipe {spec['recipe']} (paths are relative to the repository root).")
     base = yaml.safe_load(recipe.read_text())
-    model = spec.get("model", base.get("model_name_or_path"))
-    dataset = spec.get("dataset", base.get("dataset_name"))
     common = dict(spec.get("settings") or {})
     common.update(
         {k: v for k, v in (("model_name_or_path", spec.get("model")), ("dataset_name", spec.get("dataset"))) if v}
     )
     runs = []
-    for index, (tag, settings) in enumerate(spec["variants"].items()):
+    for index, (variant, settings) in enumerate(spec["variants"].items()):
         overrides = {**common, **(settings or {})}
-        _check_variant_name(tag, recipe_method({**base, **overrides}))
-        name = f"{model_tail(model)}/grpo/{Path(str(dataset)).name}_{tag}"
-        runs.append(SweepRun(index, name, recipe, overrides))
+        values = {**base, **overrides}
+        if not values.get("model_name_or_path") or not values.get("dataset_name"):
+            _fail(f"variant {variant!r} has no model_name_or_path or dataset_name: set runs.model and runs.dataset.")
+        # A variant named like a method must train it (RunFolder checks); other names are free, matching no paper cell
+        folder = RunFolder(
+            str(values["model_name_or_path"]), str(values["dataset_name"]), recipe_method(values), variant=str(variant)
+        )
+        runs.append(SweepRun(index, folder.name, recipe, overrides))
     return runs
-
-
-def _check_variant_name(name: str, method: Method) -> None:
-    """A variant named like a method (`eps_trace-both-0.99`, `grpo+adv_clamp_min=none`) must train that method, so
-    that its run folder, tables and plots say what ran. Other names are free (they match no paper cell)."""
-    try:
-        named = Method.from_tag(name)
-    except ValueError:
-        return
-    if named != method:
-        _fail(f"variant {name!r} trains {method.tag!r} (its recipe plus settings): name it {method.tag!r}.")
 
 
 def load_sweep(
