@@ -31,6 +31,7 @@ from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.plots import plot_training
 from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.methods import Method
+from grpo_lambda.metrics_log import read_steps
 
 METHODS = (Method("grpo"), Method("eps_trace", "both", 0.99))
 SIZES = {
@@ -74,8 +75,7 @@ def training_table(runs: dict[str, Path], steps_per_pass: int) -> str:
     of groups whose rewards all agree (no learning signal), per method."""
     lines = []
     for tag, run in runs.items():
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        steps = [r for r in records if "reward" in r]
+        steps = read_steps(run / "metrics.jsonl")
         passes = [steps[i : i + steps_per_pass] for i in range(0, len(steps), steps_per_pass)]
         rewards = [statistics.fmean(r["reward"] for r in p) for p in passes]
         zero_std = statistics.fmean(r["frac_reward_zero_std"] for r in steps)

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
-import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.methods import PAPER_ADV_CLAMP_MIN, Method
+from grpo_lambda.metrics_log import logged_mean, logged_std, read_steps, trailing_mean
 
 from .toy import TASK_NAME
 
@@ -80,6 +79,10 @@ class Run:
     def folder(self, output_dir: Path) -> Path:
         setting = f"lr{self.learning_rate:g}_steps{self.steps}"
         return output_dir / "runs" / self.method.tag / setting / f"seed{self.seed}"
+
+    def records(self, output_dir: Path) -> list[dict]:
+        """The per-step records of its metrics log, in step order (grpo_lambda.metrics_log.read_steps)."""
+        return read_steps(self.folder(output_dir) / "metrics.jsonl")
 
     def config(self) -> dict:
         """The GRPOLambdaConfig fields of this run besides its folder, steps and seed."""
@@ -204,11 +207,10 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
 
 
 def _steps_logged(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    try:
+        return len(read_steps(run_dir / "metrics.jsonl"))
+    except FileNotFoundError:  # not started yet, or an unfinished run being cleared to start again
         return 0
-    with path.open() as stream:
-        return sum(1 for line in stream if '"reward"' in line)
 
 
 def run_all(runs: list[Run], output_dir: Path, sft_dir: Path, workers: int, bar) -> None:
@@ -255,39 +257,14 @@ def run_all(runs: list[Run], output_dir: Path, sft_dir: Path, workers: int, bar)
                 report(run)
 
 
-def load_steps(run_dir: Path) -> list[dict]:
-    """The per-step records of one run (those with a reward), in order."""
-    with (run_dir / "metrics.jsonl").open() as stream:
-        return [record for line in stream if '"reward"' in line for record in [json.loads(line)]]
-
-
-def _logged(values: list[float]) -> list[float]:
-    """The values a run logged (a metric absent from a step is None; a failed one NaN)."""
-    return [v for v in values if v is not None and not math.isnan(v)]
-
-
-def _mean(values: list[float]) -> float:
-    values = _logged(values)
-    return statistics.fmean(values) if values else float("nan")
-
-
-def _std(values: list[float]) -> float:
-    values = _logged(values)
-    return statistics.stdev(values) if len(values) >= 2 else 0.0
-
-
-def moving_average(values: list[float], window: int) -> list[float]:
-    return [_mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-
-
 def final_value(records: list[dict], key: str, last_steps: int) -> float:
     """The mean of `key` over the last `last_steps` steps of one run."""
-    return _mean([r.get(key) for r in records[-last_steps:]])
+    return logged_mean([r.get(key) for r in records[-last_steps:]])
 
 
 def mean_curve(seeds: list[list[dict]], key: str) -> list[float]:
     length = min(len(records) for records in seeds)
-    return [_mean([records[i].get(key) for records in seeds]) for i in range(length)]
+    return [logged_mean([records[i].get(key) for records in seeds]) for i in range(length)]
 
 
 def summarise(runs: dict[str, list[list[dict]]], last_steps: int) -> dict[str, dict]:
@@ -300,15 +277,15 @@ def summarise(runs: dict[str, list[list[dict]]], last_steps: int) -> dict[str, d
         finals = [final_value(records, "reward", last_steps) for records in seeds]
         summary[name] = {
             "seeds": len(seeds),
-            "final_reward": _mean(finals),
-            "final_reward_std": _std(finals),
-            **{out: _mean([final_value(records, key, last_steps) for records in seeds]) for out, key in LOGGED},
+            "final_reward": logged_mean(finals),
+            "final_reward_std": logged_std(finals),
+            **{out: logged_mean([final_value(records, key, last_steps) for records in seeds]) for out, key in LOGGED},
             "curve": mean_curve(seeds, "reward"),
         }
     if "grpo" in summary:
         target = summary["grpo"]["final_reward"]
         for values in summary.values():
-            smoothed = moving_average(values["curve"], last_steps)
+            smoothed = trailing_mean(values["curve"], last_steps)
             reached = (i + 1 for i, v in enumerate(smoothed) if i + 1 >= last_steps and v >= target - 1e-9)
             values["steps_to_grpo_final"] = next(reached, None)
     return summary
@@ -333,9 +310,9 @@ def plot_curves(axis, runs: dict[str, list[list[dict]]], window: int) -> None:
     """Training reward vs step on `axis`: per method the seed mean of a `window`-step moving average, ± one std."""
     for name, seeds in runs.items():
         length = min(len(records) for records in seeds)
-        per_seed = [moving_average([r["reward"] for r in records[:length]], window) for records in seeds]
-        mean = [_mean([s[i] for s in per_seed]) for i in range(length)]
-        std = [_std([s[i] for s in per_seed]) for i in range(length)]
+        per_seed = [trailing_mean([r["reward"] for r in records[:length]], window) for records in seeds]
+        mean = [logged_mean([s[i] for s in per_seed]) for i in range(length)]
+        std = [logged_std([s[i] for s in per_seed]) for i in range(length)]
         steps = list(range(1, length + 1))
         style = "--" if name.startswith("grpo") else "-"
         (line,) = axis.plot(steps, mean, style, label=f"{name} ({len(seeds)} seeds)", linewidth=1.8)
@@ -389,8 +366,8 @@ def quick_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dict, s
     with tqdm(total=total_runs * steps, unit="step", desc="RL steps", dynamic_ncols=True) as bar:
         run_all(runs, out, sft_dir, args.workers, bar)
         if with_098:
-            finals = {m: _mean([final_value(load_steps(Run(m, lr, steps, s).folder(out)), "reward", last_steps)
-                                for s in seeds]) for m in at_099}  # fmt: skip
+            finals = {m: logged_mean([final_value(Run(m, lr, steps, s).records(out), "reward", last_steps)
+                                      for s in seeds]) for m in at_099}  # fmt: skip
             best = max(at_099, key=finals.get)
             extra = Method(
                 best.loss_variant, best.trace_style, 0.98, best.adv_clamp_min, best.advantage_bias_correction
@@ -401,7 +378,7 @@ def quick_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dict, s
             run_all(extra_runs, out, sft_dir, args.workers, bar)
 
     print("[toy] 3/3 table and plot", flush=True)
-    logs = {m.tag: [load_steps(Run(m, lr, steps, s).folder(out)) for s in seeds] for m in methods}
+    logs = {m.tag: [Run(m, lr, steps, s).records(out) for s in seeds] for m in methods}
     summary = summarise(logs, last_steps)
     table = results_table(summary, last_steps, steps)
     plot = plot_rewards(logs, out / "reward_vs_step.png", window=max(1, last_steps // 2))

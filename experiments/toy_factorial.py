@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 
 from grpo_lambda.methods import PAPER_ADV_CLAMP_MIN, Method
+from grpo_lambda.metrics_log import logged_mean, logged_std
 
 from .toy import TASK_NAME
-from .toy_benchmark import RL_SETTINGS, Run, _mean, _std, final_value, load_steps, plot_curves, run_all
+from .toy_benchmark import RL_SETTINGS, Run, final_value, plot_curves, run_all
 
 MAIN_SCALE = 3.0  # main runs: 3× the quick study's steps
 MAIN_SEED_BASE = 100  # main seeds 100, 101, …; the pilot's are 0, 1, … (the quick study's)
@@ -86,7 +87,10 @@ def bootstrap_mean_interval(
     values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
 ) -> tuple[float, float, float]:
     """The mean of `values` (one per seed) and its percentile bootstrap interval: `resamples` draws of as many seeds
-    with replacement, the interval between the (1 − confidence)/2 and (1 + confidence)/2 quantiles of their means."""
+    with replacement, the interval between the (1 − confidence)/2 and (1 + confidence)/2 quantiles of their means.
+
+    Written here, in numpy, rather than scipy.stats.bootstrap(method="percentile"): scipy is not a dependency of
+    the project, and these few lines are the whole method (tested by hand in tests/test_toy.py)."""
     import numpy as np
 
     values = np.asarray(values, dtype=np.float64)
@@ -127,9 +131,9 @@ def run_metrics(records: list[dict], last_steps: int, max_grad_norm: float) -> d
     norms = [r["grad_norm"] for r in records if r.get("grad_norm") is not None]
     return dict(
         final_reward=final_value(records, "reward", last_steps),
-        reward_area=_mean([r["reward"] for r in records]),
+        reward_area=logged_mean([r["reward"] for r in records]),
         kl=final_value(records, "kl", last_steps),
-        grad_norm=_mean(norms),
+        grad_norm=logged_mean(norms),
         clipped=sum(n > max_grad_norm for n in norms) / len(norms) if norms else float("nan"),
     )
 
@@ -151,7 +155,10 @@ def analyse(metrics: dict[Method, dict[int, dict]]) -> dict:
     arms = {}
     for method, by_seed in metrics.items():
         arms[method.tag] = {
-            key: {"mean": _mean([m[key] for m in by_seed.values()]), "std": _std([m[key] for m in by_seed.values()])}
+            key: {
+                "mean": logged_mean([m[key] for m in by_seed.values()]),
+                "std": logged_std([m[key] for m in by_seed.values()]),
+            }
             for key in ("final_reward", "reward_area", "kl", "grad_norm", "clipped")
         }
         arms[method.tag]["final_reward_interval"] = bootstrap_mean_interval(
@@ -223,7 +230,7 @@ def pilot_table(pilot: dict[Method, dict[float, list[float]]], picks: dict[Metho
         "|---" * (len(grid) + 2) + "|",
     ]
     for method, by_rate in pilot.items():
-        cells = [f"{_mean(by_rate[rate]):.3f} ± {_std(by_rate[rate]):.3f}" for rate in grid]
+        cells = [f"{logged_mean(by_rate[rate]):.3f} ± {logged_std(by_rate[rate]):.3f}" for rate in grid]
         lines.append(f"| {method.tag} | " + " | ".join(cells) + f" | {picks[method]:g} |")
     return f"Pilot: final reward (last {last} steps; mean ± std over the pilot seeds).\n\n" + "\n".join(lines)
 
@@ -307,10 +314,12 @@ def factorial_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dic
     with tqdm(total=sum(r.steps for r in pilot_runs), unit="step", desc="pilot steps", dynamic_ncols=True) as bar:
         run_all(pilot_runs, out, sft_dir, args.workers, bar)
     pilot = {
-        m: {rate: [final_value(load_steps(Run(m, rate, pilot_steps, s).folder(out)), "reward", pilot_last)
-                   for s in pilot_seeds] for rate in grid} for m in ARMS
+        m: {rate: [final_value(Run(m, rate, pilot_steps, s).records(out), "reward", pilot_last) for s in pilot_seeds]
+            for rate in grid} for m in ARMS
     }  # fmt: skip
-    picks = pick_learning_rates({m: {rate: _mean(v) for rate, v in by_rate.items()} for m, by_rate in pilot.items()})
+    picks = pick_learning_rates(
+        {m: {rate: logged_mean(v) for rate, v in by_rate.items()} for m, by_rate in pilot.items()}
+    )
     shared = picks[arm(None, False)]
     print(
         f"[toy] learning rates: shared (GRPO's) {shared:g}; " + ", ".join(f"{m.tag} {r:g}" for m, r in picks.items())
@@ -319,7 +328,9 @@ def factorial_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dic
     if all(rate == shared for rate in picks.values()):
         rates = {"shared": rates["shared"]}  # every arm picked the shared rate: one setting
     main_runs = list(dict.fromkeys(Run(m, r[m], steps, s) for r in rates.values() for m in ARMS for s in seeds))
-    pace = _mean([json.loads((r.folder(out) / "done.json").read_text())["seconds"] / r.steps for r in pilot_runs])
+    pace = logged_mean(
+        [json.loads((r.folder(out) / "done.json").read_text())["seconds"] / r.steps for r in pilot_runs]
+    )
     minutes = sum(r.steps for r in main_runs) * pace / max(1, args.workers) / 60
     print(f"[toy] 3/4 main runs: {len(main_runs)} runs of {steps} steps (≈ {minutes:.0f} min at the pilot's pace)")
     with tqdm(total=sum(r.steps for r in main_runs), unit="step", desc="main steps", dynamic_ncols=True) as bar:
@@ -327,7 +338,7 @@ def factorial_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dic
 
     print("[toy] 4/4 tables and figures", flush=True)
     logs = {
-        setting: {m: [load_steps(Run(m, by_arm[m], steps, s).folder(out)) for s in seeds] for m in ARMS}
+        setting: {m: [Run(m, by_arm[m], steps, s).records(out) for s in seeds] for m in ARMS}
         for setting, by_arm in rates.items()
     }
     design = dict(sft=sft, pilot_seeds=pilot_seeds, pilot_steps=pilot_steps, pilot_last_steps=pilot_last, grid=grid,

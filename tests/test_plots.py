@@ -4,7 +4,8 @@ import json
 
 import matplotlib.image
 
-from grpo_lambda.evaluation.plots import describe, main, read_metrics, smooth
+from grpo_lambda.evaluation.plots import describe, main
+from grpo_lambda.metrics_log import read_steps
 
 
 def write_run(folder, rewards, trace=False, repeat_step=None):
@@ -29,15 +30,11 @@ def write_run(folder, rewards, trace=False, repeat_step=None):
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def test_smoothing_is_a_trailing_mean():
-    assert smooth([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
-
-
 def test_training_and_generation_length_figures(tmp_path, capsys):
     base = tmp_path / "data" / "Qwen2.5-Math-1.5B-Instruct" / "grpo"
     write_run(base / "math12k_grpo", [0.1, 0.2, 0.3, 0.4], repeat_step=2)
     write_run(base / "math12k_eps_trace-both-0.99", [0.2, 0.3, 0.5, 0.6], trace=True)
-    assert [r["reward"] for r in read_metrics(base / "math12k_grpo")] == [0.1, 9.0, 0.3, 0.4]
+    assert [r["reward"] for r in read_steps(base / "math12k_grpo" / "metrics.jsonl")] == [0.1, 9.0, 0.3, 0.4]
     group = "Qwen2.5-Math-1.5B-Instruct on math12k"
     assert describe(base / "math12k_eps_trace-both-0.99") == (group, "eps_trace-both-0.99")
     assert describe(base / "math12k_grpo") == (group, "grpo")

@@ -15,6 +15,7 @@ from experiments.toy import ALPHABET, credit_echo_dataset, credit_echo_problem
 from grpo_lambda.data import load_problem_dataset
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.methods import Method
+from grpo_lambda.metrics_log import read_steps
 from grpo_lambda.rewards import exact_match, get_reward_funcs
 
 
@@ -107,8 +108,7 @@ def test_reproduce_toy_small_writes_table_plot_and_logs_and_resumes(tmp_path):
     assert (tmp_path / "reward_vs_step.png").stat().st_size > 10_000
     for method in ("grpo", "eps_trace-both-0.99"):
         run = tmp_path / "runs" / method / "lr0.0003_steps2" / "seed0"
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        steps = [r for r in records if "reward" in r]
+        steps = read_steps(run / "metrics.jsonl")
         assert len(steps) == 2 and all("lemma1/bound_mean" in r and "kl" in r for r in steps)
         assert (run / "done.json").is_file()
     logs = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.jsonl")}
@@ -212,7 +212,7 @@ def test_factorial_study_tiny_end_to_end_and_resumes(tmp_path):
     """The whole study at a tiny scale (2 seeds, 2 steps, one pilot seed, two learning rates): pilot, main runs,
     report; the reported paired differences are those of the runs' own logs; a rerun trains nothing."""
     from experiments.reproduce_toy import main
-    from experiments.toy_benchmark import Run, final_value, load_steps
+    from experiments.toy_benchmark import Run, final_value
     from experiments.toy_factorial import arm
 
     argv = ["--study", "factorial", "--size", "small", "--seeds", "2", "--pilot_seeds", "1", "--lr_grid",
@@ -226,7 +226,7 @@ def test_factorial_study_tiny_end_to_end_and_resumes(tmp_path):
     assert shared_rate in (1e-4, 1e-3) and set(rates["shared"].values()) == {shared_rate}
     none, clamp = arm(None, False), arm(None, True)
     finals = {
-        m: [final_value(load_steps(Run(m, shared_rate, 2, s).folder(tmp_path)), "reward", 1) for s in (100, 101)]
+        m: [final_value(Run(m, shared_rate, 2, s).records(tmp_path), "reward", 1) for s in (100, 101)]
         for m in (none, clamp)
     }
     row = next(r for r in result["analyses"]["shared"]["contrasts"] if r["name"] == "the clamp without traces")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from . import metrics_log
 from .preemption import EXIT_PREEMPTED, STOP_FILE
 
 __all__ = ["EXIT_PREEMPTED", "STOP_FILE", "JsonlMetricsCallback", "PreemptionCallback"]
@@ -19,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 class JsonlMetricsCallback(TrainerCallback):
-    """Appends every log record (reward, kl, trace/…, completion lengths) to `<output_dir>/metrics.jsonl`.
+    """Appends every log record (reward, kl, trace/…, completion lengths) to `<output_dir>/metrics.jsonl`
+    (grpo_lambda.metrics_log, which also reads it).
 
     A resumed run first drops the records past its checkpoint's step (written after the last checkpoint by the
     attempt that crashed or was preempted), so the log holds each step once."""
@@ -28,21 +28,14 @@ class JsonlMetricsCallback(TrainerCallback):
         self.path = path
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero or not self.path.is_file():
-            return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= state.global_step]
-        if len(kept) != len(lines):
-            logger.info("metrics.jsonl: dropped %d records past step %d", len(lines) - len(kept), state.global_step)
-            staging = self.path.with_suffix(".jsonl.tmp")
-            staging.write_text("".join(kept))
-            os.replace(staging, self.path)
+        if state.is_world_process_zero:
+            dropped = metrics_log.drop_after(self.path, state.global_step)
+            if dropped:
+                logger.info("metrics.jsonl: dropped %d records past step %d", dropped, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as stream:
-                stream.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            metrics_log.append(self.path, {"step": state.global_step, **logs})
 
 
 class PreemptionCallback(TrainerCallback):

@@ -24,28 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.methods import RunFolder  # noqa: E402
+from grpo_lambda.metrics_log import read_steps, trailing_mean
 
 CURVES = (("reward", "accuracy reward"), ("kl", "KL(π‖π_ref)"), ("completions/mean_length", "completion length"))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Logged training steps of a run, one record per step (a resumed run's repeated steps keep the last)."""
-    by_step = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            by_step[record["step"]] = record
-    return [by_step[step] for step in sorted(by_step)]
-
-
-def smooth(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
 
 
 def describe(run_dir: Path) -> tuple[str, str]:
@@ -60,7 +41,7 @@ def plot_training(run_dirs: list[Path], output_dir: Path, window: int = 20) -> l
     groups: dict[str, list[tuple[str, list[dict]]]] = defaultdict(list)
     for run_dir in run_dirs:
         group, label = describe(run_dir)
-        groups[group].append((label, read_metrics(run_dir)))
+        groups[group].append((label, read_steps(run_dir / "metrics.jsonl")))
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for group, runs in sorted(groups.items()):
@@ -72,7 +53,7 @@ def plot_training(run_dirs: list[Path], output_dir: Path, window: int = 20) -> l
                     continue
                 steps, values = zip(*points, strict=True)
                 style = dict(color="black", linewidth=2.0) if label == "grpo" else dict(linewidth=1.2)
-                axis.plot(steps, smooth(list(values), window), label=label, **style)
+                axis.plot(steps, trailing_mean(list(values), window), label=label, **style)
             axis.set_title(title)
             axis.set_xlabel("training step")
             axis.grid(alpha=0.3)
