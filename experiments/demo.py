@@ -37,11 +37,29 @@ METHODS = (Method("grpo"), Method("eps_trace", "both", 0.99))
 SIZES = {
     # SFT steps; RL: training problems, steps, prompts per step, completions per prompt, learning rate; evaluation:
     # arithmetic problems, suite problems each, new tokens
-    "default": dict(sft_steps=20, train_problems=8, rl_steps=16, prompts=2, generations=8, learning_rate=1e-5,
-                    eval_problems=100, suite_problems=5, new_tokens=128),
-    "small": dict(sft_steps=2, train_problems=2, rl_steps=1, prompts=2, generations=2, learning_rate=1e-5,
-                  eval_problems=4, suite_problems=1, new_tokens=16),
-}  # fmt: skip
+    "default": dict(
+        sft_steps=20,
+        train_problems=8,
+        rl_steps=16,
+        prompts=2,
+        generations=8,
+        learning_rate=1e-5,
+        eval_problems=100,
+        suite_problems=5,
+        new_tokens=128,
+    ),
+    "small": dict(
+        sft_steps=2,
+        train_problems=2,
+        rl_steps=1,
+        prompts=2,
+        generations=2,
+        learning_rate=1e-5,
+        eval_problems=4,
+        suite_problems=1,
+        new_tokens=16,
+    ),
+}
 
 
 def run_stage(name: str, argv: list[str], done: Path) -> None:
@@ -122,22 +140,33 @@ def main(argv: list[str] | None = None) -> int:
     table_rows = {}
     for name, model in (("sft", sft), *runs.items()):
         common = dict(
-            template="qwen_math", backend=args.backend, max_new_tokens=size["new_tokens"], max_model_len=1024,
+            template="qwen_math",
+            backend=args.backend,
+            max_new_tokens=size["new_tokens"],
+            max_model_len=1024,
             dtype="float32",
-        )  # fmt: skip
+        )
         results = evaluate(
             EvalConfig(
-                model=str(model), output_dir=str(out / "eval" / name / "arithmetic"), suite=None,
-                benchmarks=["arithmetic"], limit=size["eval_problems"], **common,
+                model=str(model),
+                output_dir=str(out / "eval" / name / "arithmetic"),
+                suite=None,
+                benchmarks=["arithmetic"],
+                limit=size["eval_problems"],
+                **common,
             )
-        )  # fmt: skip
+        )
         if suite_problems:
             suite_results = evaluate(
                 EvalConfig(
-                    model=str(model), output_dir=str(out / "eval" / name / "suite"), suite=args.suite,
-                    benchmarks=list(BENCHMARKS), limit=suite_problems, **common,
+                    model=str(model),
+                    output_dir=str(out / "eval" / name / "suite"),
+                    suite=args.suite,
+                    benchmarks=list(BENCHMARKS),
+                    limit=suite_problems,
+                    **common,
                 )
-            )  # fmt: skip
+            )
             results["benchmarks"].update(suite_results["benchmarks"])
         table_rows[name] = results
 

@@ -108,15 +108,26 @@ def build_sft_model(
     if (sft_dir / "done.json").exists():
         return sft_dir
     torch.set_num_threads(threads)
-    base = build_tiny_model(output_dir / "base", seed, hidden_size=128, num_layers=2, num_heads=2,
-                            corpus=tokenizer_corpus(seed))  # fmt: skip
+    base = build_tiny_model(
+        output_dir / "base", seed, hidden_size=128, num_layers=2, num_heads=2, corpus=tokenizer_corpus(seed)
+    )
     rows = credit_echo_dataset(sft_steps * 32, seed, "sft")
     rows = rows.map(lambda r: {"prompt": r["problem"], "completion": r["answer"]}, remove_columns=rows.column_names)
     args = SFTConfig(
-        output_dir=str(sft_dir), max_steps=sft_steps, learning_rate=1e-3, per_device_train_batch_size=32,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=20, logging_steps=25, save_strategy="no",
-        report_to="none", use_cpu=True, bf16=False, seed=seed, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(sft_dir),
+        max_steps=sft_steps,
+        learning_rate=1e-3,
+        per_device_train_batch_size=32,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=20,
+        logging_steps=25,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=seed,
+        disable_tqdm=True,
+    )
     tokenizer = AutoTokenizer.from_pretrained(base)
     checks = credit_echo_dataset(100, seed, "validation")
     history = []
@@ -129,8 +140,13 @@ def build_sft_model(
                 print(f"[toy] SFT step {state.global_step}: exact-match rate {history[-1][1]:.2f}", flush=True)
                 control.should_training_stop = history[-1][1] >= SFT_TARGET_RATE
 
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base), args=args, train_dataset=rows,
-                         processing_class=tokenizer, callbacks=[StopAtTarget()])  # fmt: skip
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base),
+        args=args,
+        train_dataset=rows,
+        processing_class=tokenizer,
+        callbacks=[StopAtTarget()],
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     trainer.save_model(str(sft_dir))
@@ -153,8 +169,13 @@ def sampled_accuracy(model, tokenizer, rows, max_new_tokens: int = 48, batch: in
         chunk = rows[start : start + batch]
         encoded = tokenizer(chunk["problem"], return_tensors="pt", padding=True)
         with torch.no_grad():
-            out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            out = model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=1.0,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         texts = tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         correct += sum(exact_match(t, a) for t, a in zip(texts, chunk["answer"], strict=True))
     return correct / len(rows)
@@ -186,9 +207,17 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
     train = load_problem_dataset(TASK_NAME, "train", **sizes)
     train = train.map(lambda r: {"prompt": r["problem"]})
     args = GRPOLambdaConfig(
-        output_dir=str(run_dir), max_steps=steps, logging_steps=1, save_strategy="no", report_to="none",
-        use_cpu=True, bf16=False, seed=seed, disable_tqdm=True, **config,
-    )  # fmt: skip
+        output_dir=str(run_dir),
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=seed,
+        disable_tqdm=True,
+        **config,
+    )
     started, cpu_started = time.time(), time.process_time()
     trainer = GRPOLambdaTrainer(
         model=AutoModelForCausalLM.from_pretrained(sft_dir),
@@ -200,8 +229,14 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
     )
     trainer.remove_callback(PrinterCallback)  # the parent's progress bar reports; metrics.jsonl keeps every record
     trainer.train()
-    summary = {"seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started, "steps": steps,
-               "seed": seed, "threads": threads, "config": config}  # fmt: skip
+    summary = {
+        "seconds": time.time() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "steps": steps,
+        "seed": seed,
+        "threads": threads,
+        "config": config,
+    }
     (run_dir / "done.json").write_text(json.dumps(summary) + "\n")
     return summary
 
@@ -225,8 +260,10 @@ def run_all(runs: list[Run], output_dir: Path, sft_dir: Path, workers: int, bar)
         nonlocal finished
         finished += 1
         seconds = json.loads((run.folder(output_dir) / "done.json").read_text())["seconds"]
-        bar.write(f"[toy] run {finished}/{len(unique)} done: {run.method.tag} lr {run.learning_rate:g} "
-                  f"seed {run.seed} ({run.steps} steps, {seconds:.0f} s)")  # fmt: skip
+        bar.write(
+            f"[toy] run {finished}/{len(unique)} done: {run.method.tag} lr {run.learning_rate:g} "
+            f"seed {run.seed} ({run.steps} steps, {seconds:.0f} s)"
+        )
 
     if workers == 0:
         for run in todo:
@@ -316,8 +353,13 @@ def plot_curves(axis, runs: dict[str, list[list[dict]]], window: int) -> None:
         steps = list(range(1, length + 1))
         style = "--" if name.startswith("grpo") else "-"
         (line,) = axis.plot(steps, mean, style, label=f"{name} ({len(seeds)} seeds)", linewidth=1.8)
-        axis.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                          color=line.get_color(), alpha=0.15)  # fmt: skip
+        axis.fill_between(
+            steps,
+            [m - s for m, s in zip(mean, std)],
+            [m + s for m, s in zip(mean, std)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
     axis.set_xlabel("RL step")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
@@ -366,8 +408,10 @@ def quick_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dict, s
     with tqdm(total=total_runs * steps, unit="step", desc="RL steps", dynamic_ncols=True) as bar:
         run_all(runs, out, sft_dir, args.workers, bar)
         if with_098:
-            finals = {m: logged_mean([final_value(Run(m, lr, steps, s).records(out), "reward", last_steps)
-                                      for s in seeds]) for m in at_099}  # fmt: skip
+            finals = {
+                m: logged_mean([final_value(Run(m, lr, steps, s).records(out), "reward", last_steps) for s in seeds])
+                for m in at_099
+            }
             best = max(at_099, key=finals.get)
             extra = Method(
                 best.loss_variant, best.trace_style, 0.98, best.adv_clamp_min, best.advantage_bias_correction

@@ -225,10 +225,7 @@ def contrasts_table(analysis: dict) -> str:
 
 
 def pilot_table(pilot: dict[Method, dict[float, list[float]]], picks: dict[Method, float], grid, last: int) -> str:
-    lines = [
-        "| arm | " + " | ".join(f"lr {rate:g}" for rate in grid) + " | pick |",
-        "|---" * (len(grid) + 2) + "|",
-    ]
+    lines = ["| arm | " + " | ".join(f"lr {rate:g}" for rate in grid) + " | pick |", "|---" * (len(grid) + 2) + "|"]
     for method, by_rate in pilot.items():
         cells = [f"{logged_mean(by_rate[rate]):.3f} ± {logged_std(by_rate[rate]):.3f}" for rate in grid]
         lines.append(f"| {method.tag} | " + " | ".join(cells) + f" | {picks[method]:g} |")
@@ -267,8 +264,9 @@ def plot_interaction(analyses: dict[str, dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(analyses), len(TRACE_FAMILIES), figsize=(10, 4.2 * len(analyses)), squeeze=False,
-                                sharey=True)  # fmt: skip
+    figure, axes = plt.subplots(
+        len(analyses), len(TRACE_FAMILIES), figsize=(10, 4.2 * len(analyses)), squeeze=False, sharey=True
+    )
     for row, (setting, analysis) in enumerate(analyses.items()):
         for column, (family, label) in enumerate(TRACE_FAMILIES.items()):
             axis = axes[row][column]
@@ -276,8 +274,14 @@ def plot_interaction(analyses: dict[str, dict], path: Path) -> Path:
                 cells = [analysis["arms"][arm(f, clamp).tag]["final_reward_interval"] for f in (None, family)]
                 means = [c[0] for c in cells]
                 errors = [[c[0] - c[1] for c in cells], [c[2] - c[0] for c in cells]]
-                axis.errorbar([offset, 1 + offset], means, yerr=errors, marker="o", capsize=4,
-                              label="clamp max(A, −0.1)" if clamp else "no clamp")  # fmt: skip
+                axis.errorbar(
+                    [offset, 1 + offset],
+                    means,
+                    yerr=errors,
+                    marker="o",
+                    capsize=4,
+                    label="clamp max(A, −0.1)" if clamp else "no clamp",
+                )
             axis.set_xticks([0, 1], ["no traces", f"{label} both λ 0.99"])
             axis.set_xlim(-0.4, 1.4)
             axis.set_title(f"{label}, {setting} learning rate", fontsize=10)
@@ -314,9 +318,12 @@ def factorial_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dic
     with tqdm(total=sum(r.steps for r in pilot_runs), unit="step", desc="pilot steps", dynamic_ncols=True) as bar:
         run_all(pilot_runs, out, sft_dir, args.workers, bar)
     pilot = {
-        m: {rate: [final_value(Run(m, rate, pilot_steps, s).records(out), "reward", pilot_last) for s in pilot_seeds]
-            for rate in grid} for m in ARMS
-    }  # fmt: skip
+        m: {
+            rate: [final_value(Run(m, rate, pilot_steps, s).records(out), "reward", pilot_last) for s in pilot_seeds]
+            for rate in grid
+        }
+        for m in ARMS
+    }
     picks = pick_learning_rates(
         {m: {rate: logged_mean(v) for rate, v in by_rate.items()} for m, by_rate in pilot.items()}
     )
@@ -341,8 +348,17 @@ def factorial_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dic
         setting: {m: [Run(m, by_arm[m], steps, s).records(out) for s in seeds] for m in ARMS}
         for setting, by_arm in rates.items()
     }
-    design = dict(sft=sft, pilot_seeds=pilot_seeds, pilot_steps=pilot_steps, pilot_last_steps=pilot_last, grid=grid,
-                  seeds=seeds, steps=steps, last_steps=last_steps, started=started)  # fmt: skip
+    design = dict(
+        sft=sft,
+        pilot_seeds=pilot_seeds,
+        pilot_steps=pilot_steps,
+        pilot_last_steps=pilot_last,
+        grid=grid,
+        seeds=seeds,
+        steps=steps,
+        last_steps=last_steps,
+        started=started,
+    )
     return report(study_dir, pilot, rates, logs, design)
 
 
@@ -355,9 +371,12 @@ def report(study_dir: Path, pilot: dict, rates: dict[str, dict[Method, float]], 
     analyses = {}
     for setting in rates:
         metrics = {
-            m: {s: run_metrics(records, last_steps, RL_SETTINGS["max_grad_norm"])
-                for s, records in zip(seeds, logs[setting][m], strict=True)} for m in ARMS
-        }  # fmt: skip
+            m: {
+                s: run_metrics(records, last_steps, RL_SETTINGS["max_grad_norm"])
+                for s, records in zip(seeds, logs[setting][m], strict=True)
+            }
+            for m in ARMS
+        }
         analyses[setting] = analyse(metrics)
     curves = plot_reward_curves(logs, rates, study_dir / "reward_vs_step.png", window=max(1, last_steps // 3))
     interaction = plot_interaction(analyses, study_dir / "interaction.png")
@@ -396,10 +415,13 @@ def report(study_dir: Path, pilot: dict, rates: dict[str, dict[Method, float]], 
         lines += ["", "Every arm picked the shared learning rate: its own-rate results are the shared-rate ones."]
     (study_dir / "results.md").write_text("\n".join(lines) + "\n")
     record = {
-        "sft": sft, "pilot": {m.tag: {f"{r:g}": v for r, v in by_rate.items()} for m, by_rate in pilot.items()},
+        "sft": sft,
+        "pilot": {m.tag: {f"{r:g}": v for r, v in by_rate.items()} for m, by_rate in pilot.items()},
         "learning_rates": {s: {m.tag: r for m, r in by_arm.items()} for s, by_arm in rates.items()},
-        **{k: v for k, v in design.items() if k not in ("sft", "started")}, "analyses": analyses, "minutes": minutes,
-    }  # fmt: skip
+        **{k: v for k, v in design.items() if k not in ("sft", "started")},
+        "analyses": analyses,
+        "minutes": minutes,
+    }
     (study_dir / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     print("\n" + "\n".join(lines[4:]))
     print(f"\ntable:   {study_dir / 'results.md'}\nfigures: {curves}\n         {interaction}")

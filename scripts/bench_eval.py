@@ -31,9 +31,14 @@ def main() -> None:
     benchmark = "math"
     items = load_suite(args.suite, [benchmark], args.problems)
     config = EvalConfig(
-        model=args.model, output_dir=tempfile.mkdtemp(), suite=args.suite, benchmarks=[benchmark],
-        template="qwen_math", max_new_tokens=args.max_new_tokens, dtype="float32",
-    )  # fmt: skip
+        model=args.model,
+        output_dir=tempfile.mkdtemp(),
+        suite=args.suite,
+        benchmarks=[benchmark],
+        template="qwen_math",
+        max_new_tokens=args.max_new_tokens,
+        dtype="float32",
+    )
     model_path = resolve_model(args.model)
     rows = []
     outputs = {}

@@ -72,13 +72,7 @@ def make_ops(lam: float, style: str, floor: float) -> dict[str, Callable]:
         weights = eps_weight_trace_weights(old, mask, trace)
         return grpo_loss(logps, old, mask, weights.mul_(advantages[:, None]))  # in place, as the trainer does
 
-    return {
-        "grpo": grpo,
-        "dense": dense,
-        "on-policy": on_policy,
-        "off-policy": off_policy,
-        "eps-weight": eps_weight,
-    }
+    return {"grpo": grpo, "dense": dense, "on-policy": on_policy, "off-policy": off_policy, "eps-weight": eps_weight}
 
 
 def make_inputs(batch: int, length: int, device: torch.device, seed: int = 0):

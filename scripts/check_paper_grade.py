@@ -39,12 +39,17 @@ def answers(gold: str, other: str) -> list[str]:
 
 def completions(answer: str) -> list[tuple[str, str]]:
     return [
-        ("qwen_math", f"So \\boxed{{{answer}}}."), ("no", f"Thus \\boxed{{{answer}}}"),
-        ("qwen_math", f"\\boxed {{{answer}}}"), ("qwen_math", f"\\boxed{{{answer}}} and \\boxed 3"),
-        ("qwen_math", "no box " + answer), ("r1", f" ok </think> <answer> {answer} </answer>"),
-        ("r1", f" ok </think>\n<answer>{answer}</answer>"), ("r1", f" ok </think> <answer> \\boxed{{{answer}}} </answer>"),
-        ("r1", f" ok </think> <answer> \\boxed {answer} </answer>"), ("r1", f"<answer>{answer}</answer>"),
-    ]  # fmt: skip
+        ("qwen_math", f"So \\boxed{{{answer}}}."),
+        ("no", f"Thus \\boxed{{{answer}}}"),
+        ("qwen_math", f"\\boxed {{{answer}}}"),
+        ("qwen_math", f"\\boxed{{{answer}}} and \\boxed 3"),
+        ("qwen_math", "no box " + answer),
+        ("r1", f" ok </think> <answer> {answer} </answer>"),
+        ("r1", f" ok </think>\n<answer>{answer}</answer>"),
+        ("r1", f" ok </think> <answer> \\boxed{{{answer}}} </answer>"),
+        ("r1", f" ok </think> <answer> \\boxed {answer} </answer>"),
+        ("r1", f"<answer>{answer}</answer>"),
+    ]
 
 
 def main() -> int:
@@ -75,8 +80,11 @@ def main() -> int:
                 total += 1
                 if ours != (info["formatted"], score == 1.0):
                     disagreements += 1
-                    print(f"{item['benchmark']} {item['index']} {template} {completion!r}: reference "
-                          f"{(info['formatted'], score == 1.0)}, ours {ours}", flush=True)  # fmt: skip
+                    print(
+                        f"{item['benchmark']} {item['index']} {template} {completion!r}: reference "
+                        f"{(info['formatted'], score == 1.0)}, ours {ours}",
+                        flush=True,
+                    )
     print(f"{total} completions, {disagreements} disagreements, {time.perf_counter() - start:.0f} s")
     return int(disagreements > 0)
 

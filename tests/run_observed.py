@@ -24,10 +24,23 @@ SKIP_SYNC_FLAG = "--skip_vllm_sync_at_step"
 LOGP_DIFFERENCE = "sampling/sampling_logp_difference/mean"
 # A tiny GRPO-λ run of the default recipe (ε-trace, `both`, λ 0.99, clamp −0.1, β 0.04, float32)
 TINY_RUN = [
-    "--config", str(REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"), "--reward_funcs", "digit_share",
-    "--reward_weights", "1.0", "--num_generations", "4", "--max_completion_length", "8", "--learning_rate", "1e-2",
-    "--use_cpu", "true", "--seed", "0",
-]  # fmt: skip
+    "--config",
+    str(REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"),
+    "--reward_funcs",
+    "digit_share",
+    "--reward_weights",
+    "1.0",
+    "--num_generations",
+    "4",
+    "--max_completion_length",
+    "8",
+    "--learning_rate",
+    "1e-2",
+    "--use_cpu",
+    "true",
+    "--seed",
+    "0",
+]
 
 
 def sums_dataset(folder: Path, tokenizer_dir: Path) -> Path:
@@ -51,11 +64,19 @@ def observed_command(*flags: str, accelerate: str | None = None, processes: int 
     from grpo_lambda.jobs.launch import free_port
 
     return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO_ROOT / "recipes/accelerate_configs" / f"{accelerate}.yaml"),
-        "--num_processes", str(processes), "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO_ROOT / "recipes/accelerate_configs" / f"{accelerate}.yaml"),
+        "--num_processes",
+        str(processes),
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(free_port()),
         *script,
-    ]  # fmt: skip
+    ]
 
 
 def run(command: list[str], timeout: float = 900) -> subprocess.CompletedProcess:

@@ -144,13 +144,26 @@ def reference_reading(completion: str, template: str) -> tuple[bool, str | None]
 
 _ANSWERS = ["5", " 5 ", "\\frac{1}{2}", "{a}{b}", "", "\\boxed{5}", "\\boxed {5}", "\\boxed 5", "\\boxed{5", "5}"]
 _FORMS = [  # "@" stands for the answer
-    "So \\boxed{@}.", "\\boxed {@}", "\\boxed\n{@}", "\\boxed{@} and \\boxed 3", "\\boxed 5} {@}",
-    "\\boxed{1} \\boxed{@", "no box @", "@",
-    " ok </think> <answer> @ </answer>", " ok </think>\n<answer>@</answer>", " ok </think><answer>@</answer>",
-    " ok </think> <answer> @ </answer> trailing", " ok </think> <answer> @", " ok </answer> </think> <answer> @",
-    " </think> <answer> 1 </answer> <answer> @ </answer>", " </think> <answer> @ </answer> <answer> 2",
-    " </think> <answer></answer> <answer> @ </answer>", "<answer>@</answer>", " </think> <answer> \\boxed @ </answer>",
-]  # fmt: skip
+    "So \\boxed{@}.",
+    "\\boxed {@}",
+    "\\boxed\n{@}",
+    "\\boxed{@} and \\boxed 3",
+    "\\boxed 5} {@}",
+    "\\boxed{1} \\boxed{@",
+    "no box @",
+    "@",
+    " ok </think> <answer> @ </answer>",
+    " ok </think>\n<answer>@</answer>",
+    " ok </think><answer>@</answer>",
+    " ok </think> <answer> @ </answer> trailing",
+    " ok </think> <answer> @",
+    " ok </answer> </think> <answer> @",
+    " </think> <answer> 1 </answer> <answer> @ </answer>",
+    " </think> <answer> @ </answer> <answer> 2",
+    " </think> <answer></answer> <answer> @ </answer>",
+    "<answer>@</answer>",
+    " </think> <answer> \\boxed @ </answer>",
+]
 CORPUS = [
     (template, form.replace("@", answer))
     for template, form, answer in itertools.product(("qwen_math", "no", "r1"), _FORMS, _ANSWERS)
@@ -192,7 +205,11 @@ def test_the_paper_grade_takes_golds_verbatim():
         (142.0, ["142"], ["142.0"]),
         (["9.6\n"], ["9.6"], ["9.6\n"]),
         ("\\text{ellipse}", ["\\text{ellipse}"], ["\\text{ellipse}"]),
-        (["1.45 \\times 10^{-5}\n", "1.45 \\times 10^{-5}"], ["1.45 \\times 10^{-5}"] * 2, ["1.45 \\times 10^{-5}\n", "1.45 \\times 10^{-5}"]),
-    ]:  # fmt: skip
+        (
+            ["1.45 \\times 10^{-5}\n", "1.45 \\times 10^{-5}"],
+            ["1.45 \\times 10^{-5}"] * 2,
+            ["1.45 \\times 10^{-5}\n", "1.45 \\times 10^{-5}"],
+        ),
+    ]:
         assert gold_answers(stored) == one_reader
         assert paper_grade.reference_golds(stored) == reference == gold_answers(stored, verbatim=True)

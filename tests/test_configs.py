@@ -128,8 +128,10 @@ def test_plain_grpo_accepts_what_grpo_lambda_rejects(tmp_path):
 def test_entry_point_prints_no_traceback_before_importing_trls_trainer(tmp_path):
     """A config typo stops `python -m grpo_lambda.grpo` with one line, before TRL's trainer (and vLLM, ~20 s) loads."""
     recipe = write_recipe(tmp_path, trace_lambda=7)
-    entry_point = "import runpy, sys\ntry: runpy.run_module('grpo_lambda.grpo', run_name='__main__')\n" \
-                  "finally: print('imported:', sorted({'vllm', 'trl.trainer.grpo_trainer'} & set(sys.modules)))"  # fmt: skip
+    entry_point = (
+        "import runpy, sys\ntry: runpy.run_module('grpo_lambda.grpo', run_name='__main__')\n"
+        "finally: print('imported:', sorted({'vllm', 'trl.trainer.grpo_trainer'} & set(sys.modules)))"
+    )
     result = subprocess.run(
         [sys.executable, "-c", entry_point, "--config", str(recipe)], capture_output=True, text=True, timeout=300
     )

@@ -15,12 +15,27 @@ def test_make_demo_small(tmp_path):
     methods are named by their tags in the tables and the run folders."""
     output_dir = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.demo", "--size", "small", "--backend", "transformers",
-         "--output_dir", str(output_dir)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "GRPO_LAMBDA_CACHE": os.environ.get("GRPO_LAMBDA_CACHE", str(tmp_path / "cache")),
-             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), *sys.path])},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "experiments.demo",
+            "--size",
+            "small",
+            "--backend",
+            "transformers",
+            "--output_dir",
+            str(output_dir),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={
+            **os.environ,
+            "GRPO_LAMBDA_CACHE": os.environ.get("GRPO_LAMBDA_CACHE", str(tmp_path / "cache")),
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), *sys.path]),
+        },
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = (output_dir / "results.md").read_text()
     assert all(f"| {name} | " in table for name in ("sft", "grpo", "eps_trace-both-0.99"))

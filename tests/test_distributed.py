@@ -40,8 +40,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def tiny_run(tiny_model_dir, tmp_path) -> list[str]:
-    return [*TINY_RUN, "--model_name_or_path", str(tiny_model_dir), "--dataset_name",
-            str(sums_dataset(tmp_path, tiny_model_dir))]  # fmt: skip
+    return [
+        *TINY_RUN,
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(sums_dataset(tmp_path, tiny_model_dir)),
+    ]
 
 
 def logged_steps(metrics: Path) -> int:
@@ -64,8 +69,18 @@ def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process:
 def test_ddp_rank_killed_mid_step_stops_the_run_and_the_requeued_run_resumes(tiny_model_dir, tmp_path, tiny_run):
     output_dir = tmp_path / "ddp"
     steps = 6
-    command = observed_command(*tiny_run, "--per_device_train_batch_size", "4", "--max_steps", str(steps),
-                               "--save_steps", "2", "--output_dir", str(output_dir), accelerate="ddp")  # fmt: skip
+    command = observed_command(
+        *tiny_run,
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        str(steps),
+        "--save_steps",
+        "2",
+        "--output_dir",
+        str(output_dir),
+        accelerate="ddp",
+    )
     launcher = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         while logged_steps(output_dir / "metrics.jsonl") < 3:
@@ -97,13 +112,37 @@ def test_zero2_with_a_vllm_server_equals_one_process(tiny_model_dir, tmp_path, t
     steps, port = 3, free_port()
     command, env = vllm_server_command(str(tiny_model_dir), "127.0.0.1", port, "float32", 1, 64, 8)
     server = VLLMServer(command, f"http://127.0.0.1:{port}", 300, tmp_path / "vllm-server.log", env)
-    server_flags = ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_base_url", server.url,
-                    "--generation_kwargs", '{"seed": 0}', "--max_steps", str(steps), "--save_steps", str(steps)]  # fmt: skip
+    server_flags = [
+        "--use_vllm",
+        "true",
+        "--vllm_mode",
+        "server",
+        "--vllm_server_base_url",
+        server.url,
+        "--generation_kwargs",
+        '{"seed": 0}',
+        "--max_steps",
+        str(steps),
+        "--save_steps",
+        str(steps),
+    ]
     with server.running(REPO_ROOT):
-        run(observed_command(*tiny_run, *server_flags, "--per_device_train_batch_size", "8",
-                             "--output_dir", str(tmp_path / "one")))  # fmt: skip
-        run(observed_command(*tiny_run, *server_flags, "--per_device_train_batch_size", "4",
-                             "--output_dir", str(tmp_path / "two"), accelerate="zero2"))  # fmt: skip
+        run(
+            observed_command(
+                *tiny_run, *server_flags, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")
+            )
+        )
+        run(
+            observed_command(
+                *tiny_run,
+                *server_flags,
+                "--per_device_train_batch_size",
+                "4",
+                "--output_dir",
+                str(tmp_path / "two"),
+                accelerate="zero2",
+            )
+        )
     one = check_run(tmp_path / "one", tiny_model_dir, steps, processes=1)
     two = check_run(tmp_path / "two", tiny_model_dir, steps, processes=2)
     for a, b in zip(step_records(tmp_path / "one"), step_records(tmp_path / "two")):
@@ -118,9 +157,28 @@ def test_zero3_with_vllm_colocated_syncs_every_rank_after_each_update(tiny_model
     """Each rank's engine gets the gathered ZeRO-3 weights before each generation; the sync skipped at step 1
     shows that the logp-difference bound detects a missed one."""
     output_dir, steps = tmp_path / "zero3", 3
-    run(observed_command(*tiny_run, "--use_vllm", "true", "--vllm_mode", "colocate", "--vllm_max_model_length", "64",
-                         "--per_device_train_batch_size", "4", "--max_steps", str(steps), "--save_steps", str(steps),
-                         "--output_dir", str(output_dir), "--skip_vllm_sync_at_step", "1", accelerate="zero3"))  # fmt: skip
+    run(
+        observed_command(
+            *tiny_run,
+            "--use_vllm",
+            "true",
+            "--vllm_mode",
+            "colocate",
+            "--vllm_max_model_length",
+            "64",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_steps",
+            str(steps),
+            "--save_steps",
+            str(steps),
+            "--output_dir",
+            str(output_dir),
+            "--skip_vllm_sync_at_step",
+            "1",
+            accelerate="zero3",
+        )
+    )
     check_run(output_dir, tiny_model_dir, steps, processes=2)
     differences = [r[LOGP_DIFFERENCE] for r in step_records(output_dir)]
     assert differences[0] < SYNCED_LOGP_DIFFERENCE and differences[2] < SYNCED_LOGP_DIFFERENCE, differences

@@ -107,9 +107,15 @@ def test_sft_then_grpo_lambda_chain_with_zero2(tiny_model_dir, tmp_path):
     ZeRO-2 accelerate config in one CPU process."""
     sft_dir = tmp_path / "sft"
     result = launch(
-        "--stage", "sft", "--model", str(tiny_model_dir), "--accelerate", "zero2",
-        "--args", f"--max_steps 3 --save_steps 3 --logging_steps 1 --max_length 128 --output_dir {sft_dir}",
-    )  # fmt: skip
+        "--stage",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--accelerate",
+        "zero2",
+        "--args",
+        f"--max_steps 3 --save_steps 3 --logging_steps 1 --max_length 128 --output_dir {sft_dir}",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "recipes/default/sft/config_arithmetic.yaml" in result.stdout and "zero2.yaml" in result.stdout
     assert json.loads((sft_dir / "grpo_lambda_sft.json").read_text())["base_model"] == str(tiny_model_dir)
@@ -120,12 +126,22 @@ def test_sft_then_grpo_lambda_chain_with_zero2(tiny_model_dir, tmp_path):
     arithmetic_dataset(32, 5).save_to_disk(str(dataset_dir))
     rl_dir = tmp_path / "rl"
     result = launch(
-        "--model", str(sft_dir), "--dataset", str(dataset_dir), "--loss_variant", "eps_trace", "--trace_style", "both",
-        "--trace_lambda", "0.99",
-        "--accelerate", "zero2",
-        "--args", f"--max_steps 2 --save_steps 2 --num_generations 2 --per_device_train_batch_size 4 "
+        "--model",
+        str(sft_dir),
+        "--dataset",
+        str(dataset_dir),
+        "--loss_variant",
+        "eps_trace",
+        "--trace_style",
+        "both",
+        "--trace_lambda",
+        "0.99",
+        "--accelerate",
+        "zero2",
+        "--args",
+        f"--max_steps 2 --save_steps 2 --num_generations 2 --per_device_train_batch_size 4 "
         f"--max_completion_length 8 --prompt_template qwen_math --output_dir {rl_dir}",
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (rl_dir / "checkpoint-2").is_dir() and (rl_dir / "model.safetensors").is_file()
     records = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines()]

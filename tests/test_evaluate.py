@@ -99,9 +99,15 @@ def test_no_sends_the_bare_problem():
 
 def run_config(tmp_path, model, **overrides):
     defaults = dict(
-        model=str(model), output_dir=str(tmp_path / "eval"), benchmarks=["aime", "minerva"], template="qwen_math",
-        backend="transformers", max_new_tokens=8, limit=2, dtype="float32",
-    )  # fmt: skip
+        model=str(model),
+        output_dir=str(tmp_path / "eval"),
+        benchmarks=["aime", "minerva"],
+        template="qwen_math",
+        backend="transformers",
+        max_new_tokens=8,
+        limit=2,
+        dtype="float32",
+    )
     return EvalConfig(**{**defaults, **overrides})
 
 
@@ -128,10 +134,28 @@ def test_transformers_backend_writes_both_grades(tiny_model_dir, tmp_path):
 def test_an_interrupted_evaluation_resumes_without_regenerating(tiny_model_dir, tmp_path):
     output_dir = tmp_path / "eval"
     command = [
-        sys.executable, "-m", "grpo_lambda.evaluation.evaluate", "--model", str(tiny_model_dir), "--benchmarks", "math",
-        "--limit", "12", "--batch_size", "1", "--max_new_tokens", "24", "--backend", "transformers",
-        "--template", "qwen_math", "--output_dir", str(output_dir), "--dtype", "float32",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "grpo_lambda.evaluation.evaluate",
+        "--model",
+        str(tiny_model_dir),
+        "--benchmarks",
+        "math",
+        "--limit",
+        "12",
+        "--batch_size",
+        "1",
+        "--max_new_tokens",
+        "24",
+        "--backend",
+        "transformers",
+        "--template",
+        "qwen_math",
+        "--output_dir",
+        str(output_dir),
+        "--dtype",
+        "float32",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     samples = output_dir / "samples.jsonl"
     deadline = time.time() + 240

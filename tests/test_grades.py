@@ -35,28 +35,64 @@ def suite():
 PROBES = [
     # r1: the reference needs "</think> <answer>" (one space) and "</answer>"
     ("r1 exact format", "r1", ("aime", 0), " 2 hours. </think> <answer> 204 </answer>", (True, True), (True, True)),
-    ("r1 box inside the tag", "r1", ("aime", 0), " so </think> <answer> \\boxed{204} </answer>", (True, True),
-     (True, True)),
-    ("r1 newline before <answer>", "r1", ("aime", 0), " so </think>\n<answer> 204 </answer>", (False, False),
-     (True, True)),
-    ("r1 no space before <answer>", "r1", ("aime", 0), " so </think><answer>204</answer>", (False, False),
-     (True, True)),
+    (
+        "r1 box inside the tag",
+        "r1",
+        ("aime", 0),
+        " so </think> <answer> \\boxed{204} </answer>",
+        (True, True),
+        (True, True),
+    ),
+    (
+        "r1 newline before <answer>",
+        "r1",
+        ("aime", 0),
+        " so </think>\n<answer> 204 </answer>",
+        (False, False),
+        (True, True),
+    ),
+    (
+        "r1 no space before <answer>",
+        "r1",
+        ("aime", 0),
+        " so </think><answer>204</answer>",
+        (False, False),
+        (True, True),
+    ),
     ("r1 without </think>", "r1", ("aime", 0), " so <answer> 204 </answer>", (False, False), (False, False)),
-    ("r1 brace-less box in the tag", "r1", ("aime", 0), " so </think> <answer> \\boxed 204 </answer>", (True, False),
-     (True, False)),
+    (
+        "r1 brace-less box in the tag",
+        "r1",
+        ("aime", 0),
+        " so </think> <answer> \\boxed 204 </answer>",
+        (True, False),
+        (True, False),
+    ),
     # no: a box is required (the whole text is never graded)
     ("no without a box", "no", ("aime", 0), "The walk takes 204 minutes.", (False, False), (False, False)),
     ("no with a box", "no", ("aime", 0), "The walk takes \\boxed{204} minutes.", (True, True), (True, True)),
     # the last box decides
-    ("brace-less last box", "qwen_math", ("aime", 0), "\\boxed{204}, i.e. \\boxed 204", (False, False),
-     (False, False)),
+    (
+        "brace-less last box",
+        "qwen_math",
+        ("aime", 0),
+        "\\boxed{204}, i.e. \\boxed 204",
+        (False, False),
+        (False, False),
+    ),
     ("space before the box's brace", "qwen_math", ("aime", 0), "\\boxed {204}", (False, False), (True, True)),
     ("number gold stored as a float", "qwen_math", ("amc", 0), "\\boxed{142}", (True, True), (True, True)),
     # golds: the reference keeps Minerva's trailing newline, which math-verify then misreads
     ("unstripped gold read as 10", "qwen_math", ("minerva", 15), "\\boxed{10}", (True, True), (True, False)),
     ("unstripped gold read as -3", "qwen_math", ("minerva", 44), "\\boxed{-3}", (True, True), (True, False)),
-    ("unstripped gold misses a rewrite", "qwen_math", ("minerva", 4), "\\boxed{7.0 \\times 10^{37}}", (True, False),
-     (True, True)),
+    (
+        "unstripped gold misses a rewrite",
+        "qwen_math",
+        ("minerva", 4),
+        "\\boxed{7.0 \\times 10^{37}}",
+        (True, False),
+        (True, True),
+    ),
     ("e-notation gold", "qwen_math", ("minerva", 9), "\\boxed{4.5 \\times 10^{33}}", (True, False), (True, True)),
     # other grading rules
     ("hedge", "qwen_math", ("olympiad_bench", 366), "\\boxed{96 \\text{ or } 97}", (True, True), (True, False)),
@@ -65,7 +101,7 @@ PROBES = [
     ("percent sign", "qwen_math", ("minerva", 82), "\\boxed{-2\\%}", (True, True), (True, True)),
     ("upper-case word", "qwen_math", ("math", 358), "\\boxed{ELLIPSE}", (True, True), (True, True)),
     ("spacing", "qwen_math", ("olympiad_bench", 34), "\\boxed{m_{\\max}=n^{2}-n-1}", (True, True), (True, True)),
-]  # fmt: skip
+]
 
 
 def grades(completion: str, template: str, item: dict) -> tuple[tuple, tuple]:
@@ -142,10 +178,7 @@ def test_wrong_answers_are_graded_wrong_by_both_grades(suite):
     probes = [(str(int(item["golds"][0]) + 1), item) for item in numeric]
     probes += [("\\text{banana}", item) for item in nonsense]
     grader = Grader(timeout_s=10.0, warm_up=warm_up)
-    for check, golds in (
-        (paper_grade.is_correct, "paper_golds"),
-        (corrected_grade.is_correct, "golds"),
-    ):
+    for check, golds in ((paper_grade.is_correct, "paper_golds"), (corrected_grade.is_correct, "golds")):
         verdicts = grader([(answer, item[golds]) for answer, item in probes], check)
         assert not any(verdicts), [p[0] for p, v in zip(probes, verdicts) if v]
     grader.close()

@@ -36,8 +36,12 @@ def install_plan(tmp_path: Path, *variables: str, env: dict | None = None) -> li
     """The commands `make install` would run into a fresh venv, continuation lines joined."""
     result = subprocess.run(
         ["make", "-n", "install", f"VENV={tmp_path / 'venv'}", *variables],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True, env=env or clean_env(*STACK_VARIABLES),
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env or clean_env(*STACK_VARIABLES),
+    )
     return [line for line in result.stdout.replace("\\\n", " ").splitlines() if line.strip()]
 
 
@@ -98,8 +102,12 @@ def test_make_exports_no_offline_mode():
     """Offline is the tests', demo's and toy benchmark's own setting: `make train`/`sweep` must reach the Hub."""
     result = subprocess.run(
         ["make", "-s", "--eval", "print-environment: ; @env", "print-environment"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True, env=clean_env(*OFFLINE_VARIABLES),
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(*OFFLINE_VARIABLES),
+    )
     exported = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert not set(OFFLINE_VARIABLES) & set(exported)
     assert exported["TOKENIZERS_PARALLELISM"] == "false"
@@ -109,10 +117,23 @@ def test_make_train_with_a_hub_model_plans_its_run_without_the_hub():
     """The README's `make train MODEL=<hub id> DATASET=gsm8k DRY_RUN=1`, with the Hub online: it resolves the
     recipe and prints the launch command without downloading anything."""
     result = subprocess.run(
-        ["make", "-s", "-o", "install", f"VENV={Path(sys.executable).parents[1]}", "train",
-         "MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "DATASET=gsm8k", "DRY_RUN=1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=clean_env(*OFFLINE_VARIABLES),
-    )  # fmt: skip
+        [
+            "make",
+            "-s",
+            "-o",
+            "install",
+            f"VENV={Path(sys.executable).parents[1]}",
+            "train",
+            "MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+            "DATASET=gsm8k",
+            "DRY_RUN=1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(*OFFLINE_VARIABLES),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "recipe: recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/config_gsm8k_eps_trace-both-0.99.yaml" in result.stdout
     assert (
@@ -161,8 +182,13 @@ def test_pip_resolves_the_gpu_stack_to_the_pinned_versions(tmp_path):
     env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""}
     result = subprocess.run(
         f"{sys.executable} -m pip install --dry-run --ignore-installed --quiet --report {report} {arguments}",
-        shell=True, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200, env=env,
-    )  # fmt: skip
+        shell=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     versions = {
         item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]

@@ -156,8 +156,18 @@ def test_a_method_is_selected_by_the_configs_field_names_only():
     for flag, given in (("--method", "grpo-lambda"), ("--lambda", "0.99"), ("--style", "both"), ("--update", "trace")):
         with pytest.raises(SystemExit):  # argparse: unrecognized arguments
             launch.parser().parse_args([flag, given])
-    weight = command("--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "math12k", "--loss_variant",
-                     "eps_weight", "--trace_style", "recent", "--trace_lambda", "0.98")  # fmt: skip
+    weight = command(
+        "--model",
+        "Qwen/Qwen2.5-Math-1.5B-Instruct",
+        "--dataset",
+        "math12k",
+        "--loss_variant",
+        "eps_weight",
+        "--trace_style",
+        "recent",
+        "--trace_lambda",
+        "0.98",
+    )
     assert value(weight, "--config").endswith("config_math12k_eps_weight-recent-0.98.yaml")
 
 
@@ -181,10 +191,26 @@ def test_choices_and_defaults_are_the_configs():
 def test_make_passes_the_config_field_variables():
     """`make train` spells a method with the config's field names; no Python runs (-n), nothing is installed (-o)."""
     result = subprocess.run(
-        ["make", "-n", "-o", "install", f"VENV={Path(sys.executable).parents[1]}", "train", "MODEL=m", "DATASET=d",
-         "LOSS_VARIANT=eps_weight", "TRACE_STYLE=recent", "TRACE_LAMBDA=0.98", "ACCEL=ddp", "NPROC=2"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            "make",
+            "-n",
+            "-o",
+            "install",
+            f"VENV={Path(sys.executable).parents[1]}",
+            "train",
+            "MODEL=m",
+            "DATASET=d",
+            "LOSS_VARIANT=eps_weight",
+            "TRACE_STYLE=recent",
+            "TRACE_LAMBDA=0.98",
+            "ACCEL=ddp",
+            "NPROC=2",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = " ".join(result.stdout.split())
     assert "--loss_variant eps_weight --trace_style recent --trace_lambda 0.98" in line
     assert "--accelerate ddp --num-processes 2" in line and "--method" not in line

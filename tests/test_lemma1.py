@@ -55,8 +55,10 @@ def test_padding_changes_nothing():
     generator = torch.Generator().manual_seed(0)
     eos_probs = torch.rand(2, 6, dtype=torch.float64, generator=generator)
     short = lemma1_bound(eos_probs.log(), right_padded_mask([4, 6], 6))
-    padded = lemma1_bound(torch.cat([eos_probs, torch.rand(2, 5, dtype=torch.float64, generator=generator)], 1).log(),
-                          right_padded_mask([4, 6], 11))  # fmt: skip
+    padded = lemma1_bound(
+        torch.cat([eos_probs, torch.rand(2, 5, dtype=torch.float64, generator=generator)], 1).log(),
+        right_padded_mask([4, 6], 11),
+    )
     torch.testing.assert_close(padded[:, :6], short)
 
 
@@ -75,8 +77,9 @@ def test_eos_log_probs_from_two_logits_equal_the_softmax():
     for temperature in (1.0, 0.7):
         log_softmax = torch.log_softmax(logits / temperature, dim=-1)
         label_logps = log_softmax.gather(-1, labels[..., None])[..., 0]
-        got = eos_log_probs(label_logps, logits[..., eos_ids], logits.gather(-1, labels[..., None])[..., 0],
-                            temperature)  # fmt: skip
+        got = eos_log_probs(
+            label_logps, logits[..., eos_ids], logits.gather(-1, labels[..., None])[..., 0], temperature
+        )
         torch.testing.assert_close(got, torch.logsumexp(log_softmax[..., eos_ids], dim=-1))
 
 
@@ -110,16 +113,22 @@ LEMMA1_CASES = [  # loss_variant, advantage_bias_correction, lemma1_diagnostics
 
 
 @pytest.mark.parametrize("loss_variant,correction,diagnostics", LEMMA1_CASES)
-def test_trainer_bound_equals_full_logits_reference(eos_heavy_trainer, monkeypatch, loss_variant, correction,
-                                                    diagnostics):  # fmt: skip
+def test_trainer_bound_equals_full_logits_reference(
+    eos_heavy_trainer, monkeypatch, loss_variant, correction, diagnostics
+):
     """The trainer's bound, from the policy forward of the loss (no extra forward), against full float64 logits:
     added to the advantages TRL's loss reads under `eos_bound`, logged as lemma1/… with it or with
     `lemma1_diagnostics`, and neither computed nor logged otherwise."""
     trainer, reference_model = eos_heavy_trainer
     configure(
-        trainer, loss_variant=loss_variant, trace_lambda=0.0, trace_style="recent", max_completion_length=9,
-        advantage_bias_correction=correction, lemma1_diagnostics=diagnostics,
-    )  # fmt: skip
+        trainer,
+        loss_variant=loss_variant,
+        trace_lambda=0.0,
+        trace_style="recent",
+        max_completion_length=9,
+        advantage_bias_correction=correction,
+        lemma1_diagnostics=diagnostics,
+    )
     trainer._metrics["train"].clear()
     generator = torch.Generator().manual_seed(0)
     prompt_length, length = 5, 9
@@ -155,8 +164,9 @@ def test_trainer_bound_equals_full_logits_reference(eos_heavy_trainer, monkeypat
     if loss_variant == "eps_weight":  # λ = 0 `recent`: the weight is f(log π_t); undo it to read the bound
         read = read / (1.0 + torch.sigmoid(inputs["old_per_token_logps"] - 1.0))
     added = (read - advantages[:, None]).double() * mask
-    torch.testing.assert_close(added, expected if correction == "eos_bound" else torch.zeros_like(expected),
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        added, expected if correction == "eos_bound" else torch.zeros_like(expected), rtol=1e-4, atol=1e-5
+    )
 
     metrics = trainer._metrics["train"]
     if correction == "none" and not diagnostics:
@@ -174,7 +184,9 @@ def test_trainer_bound_equals_full_logits_reference(eos_heavy_trainer, monkeypat
 def test_config_rejects_unknown_correction_and_liger(tmp_path):
     with pytest.raises(ValueError, match="advantage_bias_correction='eos'"):
         GRPOLambdaConfig(output_dir=str(tmp_path), advantage_bias_correction="eos")
-    for needs, fix in [(dict(advantage_bias_correction="eos_bound"), "advantage_bias_correction=none"),
-                       (dict(lemma1_diagnostics=True), "lemma1_diagnostics=false")]:  # fmt: skip
+    for needs, fix in [
+        (dict(advantage_bias_correction="eos_bound"), "advantage_bias_correction=none"),
+        (dict(lemma1_diagnostics=True), "lemma1_diagnostics=false"),
+    ]:
         with pytest.raises(ValueError, match=f"Set use_liger_kernel=false or {fix}.$"):
             GRPOLambdaConfig(output_dir=str(tmp_path), use_liger_kernel=True, loss_variant="grpo", **needs)

@@ -78,10 +78,14 @@ def test_traced_log_ratio_is_zero_on_policy_but_not_its_gradient():
 
 @pytest.mark.parametrize(
     "trace",
-    [TraceSpec(1.0, 0.99, "recent"), TraceSpec(0.95, 0.98, "both", 0.01), TraceSpec(1.0, 0.0, "both"),
-     TraceSpec(1.0, 1.0, "recent", 0.0)],
+    [
+        TraceSpec(1.0, 0.99, "recent"),
+        TraceSpec(0.95, 0.98, "both", 0.01),
+        TraceSpec(1.0, 0.0, "both"),
+        TraceSpec(1.0, 1.0, "recent", 0.0),
+    ],
     ids=lambda trace: f"{trace.style}-l{trace.lam:g}-f{trace.floor:g}",
-)  # fmt: skip
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_on_policy_form_has_the_traced_value_and_gradient(trace, dtype):
     """With πold = πθ and the same loss gradient at each real token of a row (here −A_i/L_i, TRL's `grpo`),

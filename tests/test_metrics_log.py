@@ -11,15 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.metrics_log import (
-    append,
-    drop_after,
-    logged_mean,
-    logged_std,
-    read,
-    read_steps,
-    trailing_mean,
-)
+from grpo_lambda.metrics_log import append, drop_after, logged_mean, logged_std, read, read_steps, trailing_mean
 
 
 def step(number: int, **metrics) -> dict:

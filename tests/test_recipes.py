@@ -139,8 +139,9 @@ def test_a_cell_outside_the_grid_is_a_clear_error():
     with pytest.raises(GRPOLambdaError, match="it has: .*eps_trace-recent-0.99"):
         lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", trace_style="both")
     with pytest.raises(GRPOLambdaError, match="not to grpo"):
-        lookup(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", loss_variant="grpo",
-               trace_lambda=0.99)  # fmt: skip
+        lookup(
+            model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", dataset="math12k", loss_variant="grpo", trace_lambda=0.99
+        )
     with pytest.raises(
         GRPOLambdaError, match="has recipes for gsm8k, .*, not my_set.*DATASET=gsm8k ARGS='--dataset_name"
     ):
@@ -171,12 +172,21 @@ def test_unknown_models_fall_back_to_the_default_recipe_in_their_own_run_folder(
     assert recipe == REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
     assert "no recipe for my-model" in note
     assert overrides == [
-        "--model_name_or_path", str(model), "--loss_variant", "eps_weight", "--trace_lambda", "0.5",
-        "--dataset_name", "gsm8k", "--output_dir", "data/my-model/grpo/gsm8k_eps_weight-both-0.5",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        str(model),
+        "--loss_variant",
+        "eps_weight",
+        "--trace_lambda",
+        "0.5",
+        "--dataset_name",
+        "gsm8k",
+        "--output_dir",
+        "data/my-model/grpo/gsm8k_eps_weight-both-0.5",
+    ]
     run = RunFolder.find(overrides[-1])
-    assert run.method == recipe_method({"loss_variant": "eps_weight", "trace_style": "both", "trace_lambda": 0.5,
-                                         "adv_clamp_min": -0.1})  # fmt: skip
+    assert run.method == recipe_method(
+        {"loss_variant": "eps_weight", "trace_style": "both", "trace_lambda": 0.5, "adv_clamp_min": -0.1}
+    )
     grpo, overrides, _ = lookup(model="HuggingFaceTB/SmolLM2-360M-Instruct", dataset="math12k", loss_variant="grpo")
     assert grpo.name == "config_arithmetic_grpo.yaml"
     assert overrides[-2:] == ["--output_dir", "data/SmolLM2-360M-Instruct/grpo/math12k_grpo"]

@@ -36,9 +36,12 @@ def assert_merged(output_dir, base_dir, trained: bool = True):
 
 def launch(*argv: str, timeout: int = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.jobs.launch", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "grpo_lambda.jobs.launch", *argv],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -48,10 +51,16 @@ def test_lora_grpo_saves_merged_weights(tiny_model_dir, tmp_path):
     """Before, a LoRA GRPO run saved the adapter alone; its evaluation then could not start vLLM."""
     output_dir = tmp_path / "grpo-lora"
     launch(
-        "--model", str(tiny_model_dir), "--dataset", "arithmetic", "--loss_variant", "eps_trace",
-        "--args", f"{LORA} --max_steps 1 --save_steps 1 --num_generations 2 --per_device_train_batch_size 4 "
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "arithmetic",
+        "--loss_variant",
+        "eps_trace",
+        "--args",
+        f"{LORA} --max_steps 1 --save_steps 1 --num_generations 2 --per_device_train_batch_size 4 "
         f"--max_completion_length 8 --learning_rate 1e-2 --output_dir {output_dir}",
-    )  # fmt: skip
+    )
     assert_merged(output_dir, tiny_model_dir, trained=False)
 
 
@@ -63,8 +72,15 @@ def test_lora_sft_under_zero3_on_two_processes_merges_gathered_weights(tmp_path)
     model_dir = build_tiny_model(tmp_path / "model", hidden_size=512, num_heads=8)
     output_dir = tmp_path / "sft-lora"
     launch(
-        "--stage", "sft", "--model", str(model_dir), "--accelerate", "zero3", "--num-processes", "2",
-        "--args", f"{LORA} --max_steps 2 --save_steps 100 --max_length 128 --learning_rate 1e-3 "
-        f"--output_dir {output_dir}",
-    )  # fmt: skip
+        "--stage",
+        "sft",
+        "--model",
+        str(model_dir),
+        "--accelerate",
+        "zero3",
+        "--num-processes",
+        "2",
+        "--args",
+        f"{LORA} --max_steps 2 --save_steps 100 --max_length 128 --learning_rate 1e-3 --output_dir {output_dir}",
+    )
     assert_merged(output_dir, model_dir)

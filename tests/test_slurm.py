@@ -35,8 +35,9 @@ def sweep_cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.parametrize(("name", "size", "expected"), [("paper-1.5b", "1.5B", 72), ("paper-3b", "3B", 12),
-                                                        ("paper-7b", "7B", 8)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "size", "expected"), [("paper-1.5b", "1.5B", 72), ("paper-3b", "3B", 12), ("paper-7b", "7B", 8)]
+)
 def test_paper_sweeps_are_exactly_the_paper_grid(name, size, expected):
     sweep = load_sweep(name, ROOT)
     grid = [run for run in expand_grid(load_grid(ROOT)) if run.size == size]
@@ -55,10 +56,21 @@ def test_paper_sweeps_are_exactly_the_paper_grid(name, size, expected):
 
 def test_make_sweep_dry_run_lists_the_1_5b_grid(tmp_path):
     result = subprocess.run(
-        ["make", "-s", "-o", "install", "sweep", "SWEEP=paper-1.5b", "DRY_RUN=1",
-         f"VENV={Path(sys.executable).parents[1]}"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
-    )  # fmt: skip
+        [
+            "make",
+            "-s",
+            "-o",
+            "install",
+            "sweep",
+            "SWEEP=paper-1.5b",
+            "DRY_RUN=1",
+            f"VENV={Path(sys.executable).parents[1]}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(row[0]) for row in rows] == list(range(72))
     assert len({row[2] for row in rows}) == 72  # 72 distinct recipes
@@ -154,10 +166,25 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
     )
 
     launch = subprocess.run(
-        [sys.executable, "-m", "grpo_lambda.jobs.launch", "--recipe", str(run.recipe), "--accelerate", "zero3",
-         "--num-machines", "2", "--main-process-ip", "gpu1", "--dry-run"],
-        capture_output=True, text=True, check=True, env=dict(os.environ, SLURM_PROCID="1"),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "grpo_lambda.jobs.launch",
+            "--recipe",
+            str(run.recipe),
+            "--accelerate",
+            "zero3",
+            "--num-machines",
+            "2",
+            "--main-process-ip",
+            "gpu1",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, SLURM_PROCID="1"),
+    )
     assert "--num_machines=2 --machine_rank=1 --main_process_ip=gpu1" in launch.stdout
 
 
@@ -301,9 +328,13 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     max_steps = 40
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
     spec["runs"]["variants"] = {
-        "eps_trace-both-0.99": {"loss_variant": "eps_trace", "trace_style": "both", "trace_lambda": 0.99,
-                                "adv_clamp_min": -0.1}
-    }  # fmt: skip
+        "eps_trace-both-0.99": {
+            "loss_variant": "eps_trace",
+            "trace_style": "both",
+            "trace_lambda": 0.99,
+            "adv_clamp_min": -0.1,
+        }
+    }
     spec["runs"]["settings"].update(max_steps=max_steps, save_steps=1000)  # the only checkpoint: the preemption's
     sweep_path = tmp_path / "sweep.yaml"
     sweep_path.write_text(yaml.safe_dump(spec))
@@ -314,8 +345,13 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     sweep = load_sweep(sweep_path, ROOT, output)
     run_dir = sweep.run_dir(sweep.runs[0])
 
-    _wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and len(_reward_steps(run_dir)) >= 2, 600,
-                "training to start", slurm, poll=0.2)  # fmt: skip
+    _wait_until(
+        lambda: (run_dir / "metrics.jsonl").is_file() and len(_reward_steps(run_dir)) >= 2,
+        600,
+        "training to start",
+        slurm,
+        poll=0.2,
+    )
     subprocess.run(["scancel", "--batch", "--signal=USR1", task], env=slurm, check=True)
 
     def requeued():

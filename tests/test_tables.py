@@ -122,8 +122,7 @@ def test_your_results_beside_the_papers(tmp_path, capsys):
     write_results(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval", [0.1, 0.4, 0.7, 0.2, 0.3])
     write_results(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/gsm8k_grpo/eval", [0.0, 0.2, 0.5, 0.2, 0.1])
     write_results(
-        tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_eps_trace-both-0.99/eval",
-        [0.2, 0.5, 0.8, 0.3, 0.4],
+        tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_eps_trace-both-0.99/eval", [0.2, 0.5, 0.8, 0.3, 0.4]
     )
     write_results(tmp_path / "unrelated/eval", [1, 1, 1, 1, 1])
     user = collect_results(tmp_path, PAPER)

@@ -87,9 +87,15 @@ def test_quick_methods_are_tags_and_include_the_clamp_control():
     from experiments.toy_benchmark import QUICK_METHODS, parse_methods
 
     tags = [m.tag for m in QUICK_METHODS]
-    assert tags == ["grpo", "grpo+advantage_bias_correction=eos_bound", "grpo+adv_clamp_min=-0.1",
-                    "eps_trace-both-0.99", "eps_trace-recent-0.99", "eps_weight-both-0.99",
-                    "eps_weight-recent-0.99"]  # fmt: skip
+    assert tags == [
+        "grpo",
+        "grpo+advantage_bias_correction=eos_bound",
+        "grpo+adv_clamp_min=-0.1",
+        "eps_trace-both-0.99",
+        "eps_trace-recent-0.99",
+        "eps_weight-both-0.99",
+        "eps_weight-recent-0.99",
+    ]
     assert parse_methods(",".join(tags)) == QUICK_METHODS
     with pytest.raises(GRPOLambdaError, match="--methods: 'eps-trace-both-λ0.99' is not a method tag"):
         parse_methods("grpo,eps-trace-both-λ0.99")
@@ -100,8 +106,17 @@ def test_reproduce_toy_small_writes_table_plot_and_logs_and_resumes(tmp_path):
     trains nothing and rewrites the same table."""
     from experiments.reproduce_toy import main
 
-    argv = ["--size", "small", "--methods", "grpo,eps_trace-both-0.99", "--no_lambda_098", "--workers", "0",
-            "--output_dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--size",
+        "small",
+        "--methods",
+        "grpo,eps_trace-both-0.99",
+        "--no_lambda_098",
+        "--workers",
+        "0",
+        "--output_dir",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     table = (tmp_path / "results.md").read_text()
     assert "| grpo |" in table and "| eps_trace-both-0.99 |" in table
@@ -163,10 +178,13 @@ def test_factorial_report_from_hand_made_logs(tmp_path):
     from experiments.toy_factorial import ARMS, arm, contrasts, report
 
     finals = {  # (seed 100, seed 101) per arm, at the shared rate
-        arm(None, False): (0.1, 0.5), arm(None, True): (0.2, 0.6),
-        arm("eps_trace", False): (0.1, 0.3), arm("eps_trace", True): (0.4, 0.6),
-        arm("eps_weight", False): (0.2, 0.2), arm("eps_weight", True): (0.3, 0.5),
-    }  # fmt: skip
+        arm(None, False): (0.1, 0.5),
+        arm(None, True): (0.2, 0.6),
+        arm("eps_trace", False): (0.1, 0.3),
+        arm("eps_trace", True): (0.4, 0.6),
+        arm("eps_weight", False): (0.2, 0.2),
+        arm("eps_weight", True): (0.3, 0.5),
+    }
 
     def records(value, grad_norm):
         return [{"step": i + 1, "reward": value, "kl": 0.01, "grad_norm": grad_norm} for i in range(4)]
@@ -180,8 +198,17 @@ def test_factorial_report_from_hand_made_logs(tmp_path):
         "own": {m: 1e-4 if m.loss_variant == "eps_trace" else 3e-4 for m in ARMS},
     }
     pilot = {m: {1e-4: [0.2], 3e-4: [0.3]} for m in ARMS}
-    design = dict(sft={"sft_steps": 200, "test_accuracy_t1": 0.3}, pilot_seeds=[0], pilot_steps=4, pilot_last_steps=2,
-                  grid=[1e-4, 3e-4], seeds=[100, 101], steps=4, last_steps=2, started=time.time())  # fmt: skip
+    design = dict(
+        sft={"sft_steps": 200, "test_accuracy_t1": 0.3},
+        pilot_seeds=[0],
+        pilot_steps=4,
+        pilot_last_steps=2,
+        grid=[1e-4, 3e-4],
+        seeds=[100, 101],
+        steps=4,
+        last_steps=2,
+        started=time.time(),
+    )
     assert report(tmp_path, pilot, rates, logs, design) == 0
 
     text = (tmp_path / "results.md").read_text()
@@ -197,12 +224,16 @@ def test_factorial_report_from_hand_made_logs(tmp_path):
     # ε-trace traces with the clamp: (0.4 − 0.2, 0.6 − 0.6) = (0.2, 0.0); resample means 0.2, 0.1, 0.1, 0.0
     traces = by_name["ε-trace `both` λ 0.99 traces with the clamp"]["reward_area"]
     assert (traces["estimate"], traces["low"], traces["high"]) == pytest.approx((0.1, 0.0, 0.2))
-    assert "- The clamp without traces (grpo+adv_clamp_min=-0.1 − grpo): final reward +0.100 [+0.100, +0.100], " \
-           "established, higher" in text  # fmt: skip
+    assert (
+        "- The clamp without traces (grpo+adv_clamp_min=-0.1 − grpo): final reward +0.100 [+0.100, +0.100], "
+        "established, higher" in text
+    )
     # ε-weight's interaction: (0.3 − 0.2 − 0.2 + 0.1, 0.5 − 0.6 − 0.2 + 0.5) = (0, 0.2): an interval that touches 0
     assert "- ε-weight `both` λ 0.99 traces without the clamp" in text and "[+0.000, +0.200], not established" in text
-    assert "| eps_trace-both-0.99 | ε-trace | -0.1 | 0.0003 | 0.500 ± 0.141 [0.400, 0.600] | 0.500 ± 0.141 | " \
-           "0.0100 | 2.000 | 100% |" in text  # fmt: skip
+    assert (
+        "| eps_trace-both-0.99 | ε-trace | -0.1 | 0.0003 | 0.500 ± 0.141 [0.400, 0.600] | 0.500 ± 0.141 | "
+        "0.0100 | 2.000 | 100% |" in text
+    )
     for figure in ("reward_vs_step.png", "interaction.png"):
         assert (tmp_path / figure).stat().st_size > 20_000
 
@@ -215,8 +246,24 @@ def test_factorial_study_tiny_end_to_end_and_resumes(tmp_path):
     from experiments.toy_benchmark import Run, final_value
     from experiments.toy_factorial import arm
 
-    argv = ["--study", "factorial", "--size", "small", "--seeds", "2", "--pilot_seeds", "1", "--lr_grid",
-            "1e-4,1e-3", "--scale", "1", "--workers", "0", "--output_dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--study",
+        "factorial",
+        "--size",
+        "small",
+        "--seeds",
+        "2",
+        "--pilot_seeds",
+        "1",
+        "--lr_grid",
+        "1e-4,1e-3",
+        "--scale",
+        "1",
+        "--workers",
+        "0",
+        "--output_dir",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     study = tmp_path / "factorial"
     result = json.loads((study / "results.json").read_text())

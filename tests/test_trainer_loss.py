@@ -123,14 +123,28 @@ def test_loss_and_gradients_match_dense_reference(
     ours, variant, loss_type, beta, lam, style, gamma, floor, clamp, old_noise, fn
 ):
     configure(
-        ours, loss_type=loss_type, beta=beta, loss_variant=variant, trace_lambda=lam, trace_style=style,
-        trace_gamma=gamma, trace_floor=floor, adv_clamp_min=clamp, weight_clamp_fn=fn,
-    )  # fmt: skip
+        ours,
+        loss_type=loss_type,
+        beta=beta,
+        loss_variant=variant,
+        trace_lambda=lam,
+        trace_style=style,
+        trace_gamma=gamma,
+        trace_floor=floor,
+        adv_clamp_min=clamp,
+        weight_clamp_fn=fn,
+    )
     batch = with_reference_logps(ours, make_batch(ours.model.config.vocab_size, seed=3), old_noise=old_noise)
     expected = reference_loss_and_grads(
-        ours, batch, variant=variant, loss_type=loss_type, beta=beta, trace=TraceSpec(gamma, lam, style, floor),
-        clamp=clamp, fn=fn,
-    )  # fmt: skip
+        ours,
+        batch,
+        variant=variant,
+        loss_type=loss_type,
+        beta=beta,
+        trace=TraceSpec(gamma, lam, style, floor),
+        clamp=clamp,
+        fn=fn,
+    )
     assert_same(*loss_and_grads(ours, batch), *expected, rtol=1e-6)
 
 
@@ -239,9 +253,15 @@ def test_on_policy_fast_path_is_the_general_path(ours, loss_type, beta, style, l
     same log-probabilities as `old_per_token_logps` takes the traced-sum path. Same loss value (bit for bit), same
     gradients to float32 rounding: TRL's log-probabilities are float32, which the two paths round differently."""
     configure(
-        ours, loss_type=loss_type, beta=beta, loss_variant="eps_trace", trace_lambda=lam, trace_style=style,
-        trace_floor=floor, adv_clamp_min=clamp,
-    )  # fmt: skip
+        ours,
+        loss_type=loss_type,
+        beta=beta,
+        loss_variant="eps_trace",
+        trace_lambda=lam,
+        trace_style=style,
+        trace_floor=floor,
+        adv_clamp_min=clamp,
+    )
     batch = with_reference_logps(ours, make_batch(ours.model.config.vocab_size, seed=11))
     with torch.no_grad():
         general = dict(batch, old_per_token_logps=completion_logps(ours, batch))
@@ -314,8 +334,9 @@ def test_trl_reads_the_batch_after_the_one_policy_forward_and_never_modifies_it(
     monkeypatch.setattr(GRPOLambdaTrainer, "_get_per_token_logps_and_entropies", policy_forward)
     first = ours._compute_loss(ours.model, batch)
     assert events.count(("forward", "begins")) == 1 and events.count(("forward", "ends")) == 1
-    trl_begins, begins, ends = (events.index(e) for e in [("trl", "_compute_loss"), ("forward", "begins"),
-                                                           ("forward", "ends")])  # fmt: skip
+    trl_begins, begins, ends = (
+        events.index(e) for e in [("trl", "_compute_loss"), ("forward", "begins"), ("forward", "ends")]
+    )
     read_by_trl_before = {key for kind, key in events[trl_begins:begins] if kind == "read"}
     read_by_trl_after = {key for kind, key in events[ends:] if kind == "read"}
     assert not read_by_trl_before & set(AFTER_THE_FORWARD)

@@ -36,9 +36,12 @@ LOSS_VARIANTS: tuple[str, ...] = get_args(LossVariant)
 TRACE_STYLES: tuple[str, ...] = get_args(TraceStyle)
 ADVANTAGE_BIAS_CORRECTIONS: tuple[str, ...] = get_args(AdvantageBiasCorrection)
 CONFIG_DEFAULTS = dict(
-    loss_variant="eps_trace", trace_style="recent", trace_lambda=0.99, adv_clamp_min=None,
+    loss_variant="eps_trace",
+    trace_style="recent",
+    trace_lambda=0.99,
+    adv_clamp_min=None,
     advantage_bias_correction="none",
-)  # fmt: skip
+)
 
 PAPER_ADV_CLAMP_MIN = -0.1  # Table 2: GRPO-λ's advantage clamping
 _TRACED = re.compile(r"(?P<variant>eps_trace|eps_weight)-(?P<style>recent|both)-(?P<lam>[0-9.e-]+)")

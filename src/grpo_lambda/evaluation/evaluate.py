@@ -118,9 +118,13 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
             for position, text, tokens in backend.generate(prompts, stop, config.max_new_tokens):
                 item = todo[position]
                 sample = {
-                    "benchmark": item["benchmark"], "index": item["index"], "prompt": prompts[position],
-                    "completion": text, "tokens": tokens, "backend": backend.name,
-                }  # fmt: skip
+                    "benchmark": item["benchmark"],
+                    "index": item["index"],
+                    "prompt": prompts[position],
+                    "completion": text,
+                    "tokens": tokens,
+                    "backend": backend.name,
+                }
                 sample = graded(grader, sample, item, config.template)
                 stream.write(json.dumps(sample) + "\n")
                 stream.flush()
@@ -129,8 +133,9 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
     wanted = {(item["benchmark"], item["index"]): item for item in items}
     if any(grade not in s for key, s in finished.items() if key in wanted for grade in GRADES):
         logger.info("grading samples written without both grades")  # an older samples.jsonl
-        finished = {key: graded(grader, s, wanted[key], config.template) if key in wanted else s
-                    for key, s in finished.items()}  # fmt: skip
+        finished = {
+            key: graded(grader, s, wanted[key], config.template) if key in wanted else s for key, s in finished.items()
+        }
         rewrite(samples_path, list(finished.values()))
     grader.close()
     results = summarize([s for key, s in finished.items() if key in wanted], config, backend_name)

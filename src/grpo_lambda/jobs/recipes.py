@@ -90,9 +90,11 @@ def _lora_lines(lora: bool, source: str) -> list[str]:
 
 def render_grpo_recipe(run: Run, size: dict) -> str:
     method = run.method
-    title = "GRPO" if method.loss_variant == "grpo" else (
-        f"GRPO-λ ({method.loss_variant}, λ = {method.trace_lambda:g}, {method.trace_style} traces)"
-    )  # fmt: skip
+    title = (
+        "GRPO"
+        if method.loss_variant == "grpo"
+        else (f"GRPO-λ ({method.loss_variant}, λ = {method.trace_lambda:g}, {method.trace_style} traces)")
+    )
     lines = [
         f"# {model_tail(run.model_id)} on {run.dataset}: {title}.",
         f"# Reproduces the paper's run behind Table 1 and Tables 3–6 ({model_tail(run.model_id)}, trained on",

@@ -277,14 +277,29 @@ class Runner:
             return [[*launch, "--args", shlex.join(trainer_flags)]]
         server, trainers = nodes[-1], nodes[:-1]
         command, env, url, _ = self.vllm_server(server)
-        serve = ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={server}",
-                 "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())]), *command]  # fmt: skip
+        serve = [
+            "srun",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--nodelist={server}",
+            "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())]),
+            *command,
+        ]
         trainer_flags += ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_base_url", url]
         train = [
-            "srun", f"--nodes={len(trainers)}", "--ntasks-per-node=1", f"--nodelist={','.join(trainers)}",
-            "--export=ALL", *launch, "--num-machines", str(len(trainers)), "--main-process-ip", trainers[0],
-            "--args", shlex.join(trainer_flags),
-        ]  # fmt: skip
+            "srun",
+            f"--nodes={len(trainers)}",
+            "--ntasks-per-node=1",
+            f"--nodelist={','.join(trainers)}",
+            "--export=ALL",
+            *launch,
+            "--num-machines",
+            str(len(trainers)),
+            "--main-process-ip",
+            trainers[0],
+            "--args",
+            shlex.join(trainer_flags),
+        ]
         return [serve, train]
 
     def vllm_server(self, node: str) -> tuple[list[str], dict[str, str], str, float]:
@@ -293,19 +308,33 @@ class Runner:
         _, training_args, model_args = read_training_settings(["--config", str(self.run.recipe), *self.run.flags()])
         port = training_args.vllm_server_port
         command, env = vllm_server_command(
-            model_args.model_name_or_path, "0.0.0.0", port, model_args.dtype, self.slurm["vllm_tensor_parallel_size"],
-            training_args.vllm_max_model_length, training_args.generation_batch_size,
-        )  # fmt: skip
+            model_args.model_name_or_path,
+            "0.0.0.0",
+            port,
+            model_args.dtype,
+            self.slurm["vllm_tensor_parallel_size"],
+            training_args.vllm_max_model_length,
+            training_args.generation_batch_size,
+        )
         return command, env, f"http://{node}:{port}", training_args.vllm_server_timeout
 
     def evaluation_command(self) -> list[str]:
         config = self.evaluation
         command = [
-            self.python, "-m", "grpo_lambda.evaluation.evaluate", "--model", str(self.run_dir),
-            "--output_dir", str(self.run_dir / "eval"), "--benchmarks", ",".join(config["benchmarks"]),
-            "--template", str(_recipe_value(self.run, "prompt_template") or "qwen_math"),
-            "--backend", config["backend"],
-        ]  # fmt: skip
+            self.python,
+            "-m",
+            "grpo_lambda.evaluation.evaluate",
+            "--model",
+            str(self.run_dir),
+            "--output_dir",
+            str(self.run_dir / "eval"),
+            "--benchmarks",
+            ",".join(config["benchmarks"]),
+            "--template",
+            str(_recipe_value(self.run, "prompt_template") or "qwen_math"),
+            "--backend",
+            config["backend"],
+        ]
         if config["suite"]:
             command += ["--suite", str(config["suite"])]
         if config["limit"]:
@@ -411,13 +440,25 @@ def sbatch_command(sweep: Sweep, indices: list[int], root: Path) -> list[str]:
     slurm = sweep.slurm
     array = _compact(indices) + (f"%{slurm['throttle']}" if slurm["throttle"] else "")
     command = [
-        "sbatch", "--parsable", f"--job-name={slurm['job_name'] or 'grpo-lambda-' + sweep.name}",
-        f"--array={array}", f"--output={sweep.output_dir / 'logs' / '%A_%a.out'}", "--open-mode=append",
-        "--requeue", f"--signal=B:USR1@{slurm['signal_seconds']}", f"--nodes={slurm['nodes']}",
-        f"--chdir={root}", f"--export=ALL,GRPO_LAMBDA_PYTHON={sys.executable},GRPO_LAMBDA_ROOT={root}",
-    ]  # fmt: skip
-    for key, flag in (("partition", "partition"), ("time", "time"), ("gpus_per_node", "gpus-per-node"),
-                      ("cpus_per_task", "cpus-per-task"), ("mem", "mem")):  # fmt: skip
+        "sbatch",
+        "--parsable",
+        f"--job-name={slurm['job_name'] or 'grpo-lambda-' + sweep.name}",
+        f"--array={array}",
+        f"--output={sweep.output_dir / 'logs' / '%A_%a.out'}",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{slurm['signal_seconds']}",
+        f"--nodes={slurm['nodes']}",
+        f"--chdir={root}",
+        f"--export=ALL,GRPO_LAMBDA_PYTHON={sys.executable},GRPO_LAMBDA_ROOT={root}",
+    ]
+    for key, flag in (
+        ("partition", "partition"),
+        ("time", "time"),
+        ("gpus_per_node", "gpus-per-node"),
+        ("cpus_per_task", "cpus-per-task"),
+        ("mem", "mem"),
+    ):
         if slurm[key] is not None:
             command.append(f"--{flag}={slurm[key]}")
     command += [*slurm["sbatch_args"], str(root / "slurm" / "sweep.slurm"), str(sweep.path), str(sweep.output_dir)]
@@ -437,8 +478,10 @@ def _compact(indices: list[int]) -> str:
 
 
 def list_runs(sweep: Sweep) -> str:
-    rows = [(str(run.index), run_state(sweep.run_dir(run)), _display(run.recipe), _display(sweep.run_dir(run)))
-            for run in sweep.runs]  # fmt: skip
+    rows = [
+        (str(run.index), run_state(sweep.run_dir(run)), _display(run.recipe), _display(sweep.run_dir(run)))
+        for run in sweep.runs
+    ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("index", "state", "recipe", "output"))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(("index", "state", "recipe", "output"), widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -456,8 +499,16 @@ def resources(sweep: Sweep) -> str:
     """One line on what each array task asks SLURM for and the settings every run gets."""
     slurm = sweep.slurm
     asks = [f"{slurm['nodes']} node(s)"]
-    asks += [f"{slurm[key]} {label}" for key, label in (("gpus_per_node", "GPU(s) per node"),
-             ("cpus_per_task", "CPUs"), ("mem", "memory"), ("time", "time limit")) if slurm[key] is not None]  # fmt: skip
+    asks += [
+        f"{slurm[key]} {label}"
+        for key, label in (
+            ("gpus_per_node", "GPU(s) per node"),
+            ("cpus_per_task", "CPUs"),
+            ("mem", "memory"),
+            ("time", "time limit"),
+        )
+        if slurm[key] is not None
+    ]
     common = {k: v for k, v in sweep.runs[0].overrides.items() if all(r.overrides.get(k) == v for r in sweep.runs)}
     settings = ", ".join(f"{k}={v}" for k, v in common.items()) or "none"
     return f"each task: {', '.join(asks)}; settings on every run: {settings}"
@@ -472,9 +523,16 @@ def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
         print("nothing to submit; aggregate with: " + shlex.join(_aggregate_command(sweep)))
         return 0
     command = sbatch_command(sweep, todo, root)
-    aggregate = ["sbatch", "--parsable", "--dependency=afterany:{job}", f"--job-name=aggregate-{sweep.name}",
-                 f"--output={sweep.output_dir / 'logs' / 'aggregate_%j.out'}", f"--chdir={root}",
-                 "--wrap", shlex.join(_aggregate_command(sweep))]  # fmt: skip
+    aggregate = [
+        "sbatch",
+        "--parsable",
+        "--dependency=afterany:{job}",
+        f"--job-name=aggregate-{sweep.name}",
+        f"--output={sweep.output_dir / 'logs' / 'aggregate_%j.out'}",
+        f"--chdir={root}",
+        "--wrap",
+        shlex.join(_aggregate_command(sweep)),
+    ]
     print("command: " + shlex.join(command))
     print("then:    " + shlex.join(aggregate).replace("{job}", "<array job id>"))
     if dry_run:
@@ -495,8 +553,15 @@ def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
 
 
 def _aggregate_command(sweep: Sweep) -> list[str]:
-    return [sys.executable, "-m", "grpo_lambda.jobs.sweep", "aggregate", str(sweep.path), "--output-dir",
-            str(sweep.output_dir)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "grpo_lambda.jobs.sweep",
+        "aggregate",
+        str(sweep.path),
+        "--output-dir",
+        str(sweep.output_dir),
+    ]
 
 
 def aggregate(sweep: Sweep) -> Path:
@@ -557,8 +622,12 @@ def main(argv: list[str] | None = None) -> int:
                 "accelerate": os.environ.get("GRPO_LAMBDA_ACCELERATE", "auto"),
                 "vllm_tensor_parallel_size": int(os.environ.get("GRPO_LAMBDA_VLLM_TP", "1")),
             }
-            runner = Runner(SweepRun(0, Path(args.run_dir).name, recipe, overrides), Path(args.run_dir).resolve(),
-                            evaluation, slurm)  # fmt: skip
+            runner = Runner(
+                SweepRun(0, Path(args.run_dir).name, recipe, overrides),
+                Path(args.run_dir).resolve(),
+                evaluation,
+                slurm,
+            )
         return runner(stages)
 
     sweep = load_sweep(args.sweep, root, args.output_dir)
