@@ -211,6 +211,12 @@ class DataArguments(ScriptArguments):
                 f"arithmetic_level={self.arithmetic_level!r} is not one of {', '.join(ARITHMETIC_LEVELS)}."
             )
 
+    def first_rows(self, dataset):
+        """The training set cut to its first `max_train_samples` rows (whole when unset)."""
+        if self.max_train_samples is None:
+            return dataset
+        return dataset.select(range(min(self.max_train_samples, len(dataset))))
+
     def arithmetic(self) -> dict:
         return dict(
             train_size=self.arithmetic_train_size,

@@ -33,9 +33,7 @@ def _load_datasets(script_args: GRPOScriptArguments):
         path=script_args.dataset_path,
         **script_args.arithmetic(),
     )
-    if script_args.max_train_samples is not None:
-        train = train.select(range(min(script_args.max_train_samples, len(train))))
-    return to_prompts(train, script_args.prompt_template)
+    return to_prompts(script_args.first_rows(train), script_args.prompt_template)
 
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, model_args: ModelConfig):

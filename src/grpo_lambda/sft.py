@@ -43,8 +43,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         path=script_args.dataset_path,
         **script_args.arithmetic(),
     )
-    if script_args.max_train_samples is not None:
-        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+    train_dataset = script_args.first_rows(train_dataset)
 
     trainer = SFTTrainer(
         model=model,
