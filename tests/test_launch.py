@@ -4,6 +4,7 @@ from the recipe, a port per SLURM job, a clear stop where torch cannot use the G
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -64,10 +65,9 @@ def test_cpu_defaults_and_limits(gpus):
     cmd = command()  # ACCEL=auto without a GPU: the one-process CPU config
     assert value(cmd, "--config_file").endswith("cpu.yaml") and "--num_processes" not in cmd
     assert value(trainer_part(cmd), "--use_cpu") == "true"
-    assert trainer_part(cmd)[1:3] == [
-        "grpo_lambda.testbench.train",
-        "grpo",
-    ]  # the CPU test bench, switched on by the launcher
+    # the CPU test bench, switched on by the launcher; a module that exists
+    assert trainer_part(cmd)[1:3] == ["grpo_lambda.testbench.train", "grpo"]
+    assert importlib.util.find_spec(trainer_part(cmd)[1]) is not None
     assert value(accelerate_part(command("--accelerate", "ddp")), "--num_processes") == "1"
     with pytest.raises(GRPOLambdaError, match="ACCEL=cpu is one process"):
         command("--accelerate", "cpu", "--num-processes", "2")
@@ -80,10 +80,8 @@ def test_one_process_per_gpu(gpus):
     assert value(accelerate_part(cmd), "--num_processes") == "4"
     assert value(accelerate_part(cmd), "--mixed_precision") == "bf16" and "--use_cpu" not in cmd
     assert trainer_part(cmd)[1] == "grpo_lambda.grpo"  # a Hub model on GPUs: the core entry point, no test bench
-    assert trainer_part(command())[1:3] == [
-        "grpo_lambda.testbench.train",
-        "grpo",
-    ]  # the default recipe's embedded: model
+    # the default recipe's embedded: model
+    assert trainer_part(command())[1:3] == ["grpo_lambda.testbench.train", "grpo"]
     assert value(accelerate_part(command("--num-processes", "2")), "--num_processes") == "2"
     with pytest.raises(GRPOLambdaError, match="NPROC=8, but this machine has 4 usable GPU"):
         command("--num-processes", "8")
