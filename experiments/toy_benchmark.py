@@ -242,9 +242,10 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
 
 
 def _steps_logged(run_dir: Path) -> int:
+    log = run_dir / "metrics.jsonl"
     try:
-        return len(read_steps(run_dir / "metrics.jsonl"))
-    except FileNotFoundError:  # not started yet, or an unfinished run being cleared to start again
+        return len(read_steps(log)) if log.is_file() else 0  # not started yet
+    except FileNotFoundError:  # an unfinished run being cleared to start again, between the check and the read
         return 0
 
 

@@ -235,3 +235,29 @@ def test_vllm_failing_to_start_stops_with_one_line_instead_of_falling_back(monke
     monkeypatch.setattr(evaluation.TransformersBackend, "__init__", lambda self, config, model_path: None)
     config.backend = "transformers"  # the user's explicit choice
     assert isinstance(evaluation.make_backend(config, "some/model"), evaluation.TransformersBackend)
+
+
+def test_a_torn_last_sample_is_cut_off_and_generated_once_more(tiny_model_dir, tmp_path):
+    """A kill (or a full disk) mid-write leaves half a line: the rerun cuts it off, generates that sample once and
+    appends it; nothing is counted twice."""
+    evaluate(run_config(tmp_path, tiny_model_dir))
+    samples = tmp_path / "eval/samples.jsonl"
+    lines = samples.read_bytes().splitlines(keepends=True)
+    samples.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    results = evaluate(run_config(tmp_path, tiny_model_dir))
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == 4 and len({(r["benchmark"], r["index"]) for r in rows}) == 4
+    assert rows[:3] == [json.loads(line) for line in lines[:3]]  # the finished ones were not regenerated
+    assert all(values["n"] == 2 for values in results["benchmarks"].values())
+
+
+def test_regrade_refuses_a_corrupt_middle_line_and_keeps_the_file(tiny_model_dir, tmp_path):
+    evaluate(run_config(tmp_path, tiny_model_dir))
+    samples = tmp_path / "eval/samples.jsonl"
+    lines = samples.read_text().splitlines(keepends=True)
+    corrupt = "".join([lines[0], '{"benchmark": "aime", "ind\n', *lines[2:]])
+    samples.write_text(corrupt)
+    with pytest.raises(GRPOLambdaError, match=r"samples.jsonl, line 2: not a sample") as raised:
+        regrade(tmp_path / "eval")
+    assert "\n" not in str(raised.value)
+    assert samples.read_text() == corrupt  # nothing rewritten away

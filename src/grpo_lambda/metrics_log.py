@@ -2,77 +2,44 @@
 
 One JSON object per logged step, with its `step` (docs/metrics.md). `callbacks.JsonlMetricsCallback` writes it
 through `append` and `drop_after`; the plots, the demo and the toy studies read it through `read` / `read_steps`.
-The file is append-only, so a kill can only tear its last line: the reader skips that line (it may also be a line
-being written right now) and the writer cuts it off before it appends. A bad line anywhere else is corruption,
-refused with its file and line number. No torch or transformers here: the plots and the experiments read logs
+The file is an append-only JSONL store (grpo_lambda.records): a torn last line is skipped on reading and cut off
+before appending; a bad line anywhere else is refused with its file and line number. No torch or transformers here: the plots and the experiments read logs
 without loading the training stack.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import statistics
 from pathlib import Path
 
 from .errors import GRPOLambdaError
+from .records import append_jsonl, read_jsonl, replace_jsonl
 
 __all__ = ["append", "drop_after", "logged_mean", "logged_std", "read", "read_steps", "trailing_mean"]
 
 logger = logging.getLogger(__name__)
 
 
-def _record(line: bytes) -> dict | None:
-    """The record on one line, or None if it holds none. A prefix of a record's line is never a whole JSON object,
-    so a last line that parses lacks only its newline and is kept."""
-    try:
-        record = json.loads(line)
-    except ValueError:  # JSONDecodeError, or UnicodeDecodeError from a multi-byte character cut in half
-        return None
-    return record if isinstance(record, dict) and "step" in record else None
+def _is_metrics(record: dict) -> bool:
+    return "step" in record
+
+
+_WHAT = "a metrics record (a JSON object with its step)"
 
 
 def append(path: Path, record: dict) -> None:
     """Appends `record` as one line, flushed, after cutting off a torn last line (left by a kill mid-write)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+b") as stream:
-        size = stream.seek(0, os.SEEK_END)
-        if size:
-            stream.seek(size - 1)
-            if stream.read(1) != b"\n":
-                stream.seek(0)
-                text = stream.read()
-                start = text.rfind(b"\n") + 1
-                if _record(text[start:]) is None:
-                    logger.warning("%s: cut off a torn last line (%d bytes)", path, size - start)
-                    stream.truncate(start)
-                else:
-                    stream.write(b"\n")
-        stream.write(json.dumps(record).encode() + b"\n")
-        stream.flush()
+    append_jsonl(path, record, _is_metrics)
 
 
 def read(path: Path) -> list[dict]:
     """Every record of the log, in file order. A torn last line is skipped; a bad line before it raises
     GRPOLambdaError naming the file and the line."""
-    path = Path(path)
-    *lines, last = path.read_bytes().split(b"\n")  # `last`: what follows the last newline, b"" in a whole file
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        record = _record(line)
-        if record is None:
-            raise GRPOLambdaError(
-                f"{path}, line {number}: not a metrics record (a JSON object with its step), so the log is corrupt; "
-                "delete or repair that line (only a torn last line, from a kill mid-write, is skipped)."
-            )
-        records.append(record)
-    record = _record(last) if last.strip() else None
-    return records if record is None else [*records, record]
+    if not Path(path).is_file():
+        raise GRPOLambdaError(f"no metrics log at {path}: is it a run folder (it holds metrics.jsonl)?")
+    return read_jsonl(path, _is_metrics, _WHAT)
 
 
 def read_steps(path: Path) -> list[dict]:
@@ -92,9 +59,7 @@ def drop_after(path: Path, step: int) -> int:
     records = read(path)
     kept = [record for record in records if record["step"] <= step]
     if len(kept) < len(records):
-        staging = path.with_name(path.name + ".tmp")
-        staging.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        os.replace(staging, path)
+        replace_jsonl(path, kept)
     return len(records) - len(kept)
 
 

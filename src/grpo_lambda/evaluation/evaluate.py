@@ -32,9 +32,10 @@ from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
 from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
-from grpo_lambda.evaluation.store import read_lines, read_samples, rewrite
+from grpo_lambda.evaluation.store import append, read_lines, read_samples, rewrite
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
 from grpo_lambda.grading import Grader
+from grpo_lambda.records import replace_file
 from grpo_lambda.templates import R1_STOP, TEMPLATES
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,7 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
         backend_name = backend.name
         stop = [R1_STOP] if config.template == "r1" else []
         prompts = [prompt_text(backend.tokenizer, item["problem"], config.template) for item in todo]
-        with (
-            samples_path.open("a") as stream,
-            tqdm(total=len(items), initial=len(items) - len(todo), desc="evaluating") as bar,
-        ):
+        with tqdm(total=len(items), initial=len(items) - len(todo), desc="evaluating") as bar:
             for position, text, tokens in backend.generate(prompts, stop, config.max_new_tokens):
                 item = todo[position]
                 sample = {
@@ -126,8 +124,7 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
                     "backend": backend.name,
                 }
                 sample = graded(grader, sample, item, config.template)
-                stream.write(json.dumps(sample) + "\n")
-                stream.flush()
+                append(samples_path, sample)
                 finished[(item["benchmark"], item["index"])] = sample
                 bar.update(1)
     wanted = {(item["benchmark"], item["index"]): item for item in items}
@@ -139,7 +136,7 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
         rewrite(samples_path, list(finished.values()))
     grader.close()
     results = summarize([s for key, s in finished.items() if key in wanted], config, backend_name)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    replace_file(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -182,7 +179,7 @@ def regrade(
     grader.close()
     rewrite(samples_path, samples)
     results = summarize(samples, config, recorded.get("backend") or samples[0].get("backend"))
-    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    replace_file(folder / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 
