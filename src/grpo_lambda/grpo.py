@@ -17,7 +17,9 @@ from grpo_lambda.callbacks import EXIT_PREEMPTED, STOP_FILE, JsonlMetricsCallbac
 from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
 from grpo_lambda.data import load_problem_dataset, to_prompts
 from grpo_lambda.errors import exit_status
+from grpo_lambda.methods import Method
 from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
+from grpo_lambda.reruns import claim_output_dir, finished_step
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.tracking import announce_wandb
 from grpo_lambda.vllm_server import vllm_server_url, wait_for_vllm_server
@@ -42,6 +44,23 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
+
+    record = {
+        "method": Method.from_config(training_args).tag,
+        "model": model_args.model_name_or_path,
+        "dataset": script_args.dataset_name,
+    }
+    claim_output_dir(training_args.output_dir, record, write=training_args.process_index == 0)
+    checkpoint = checkpoint_to_resume(training_args)
+    done = finished_step(checkpoint, training_args.max_steps)
+    if done is not None:
+        logger.warning(
+            "%s already reached max_steps=%d (step %d): nothing to train; raise max_steps to extend it",
+            training_args.output_dir,
+            training_args.max_steps,
+            done,
+        )
+        return 0
 
     preemption = PreemptionCallback(Path(training_args.output_dir) / STOP_FILE)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.trust_remote_code)
@@ -70,7 +89,6 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
         training_args.loss_type,
     )
 
-    checkpoint = checkpoint_to_resume(training_args)
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
