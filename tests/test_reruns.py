@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import REPO_ROOT
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.reruns import RUN_RECORD, claim_output_dir, finished_step
 
@@ -29,3 +30,25 @@ def test_a_run_at_max_steps_is_done(tmp_path):
     assert finished_step(str(checkpoint), max_steps=6) is None  # an explicit increase extends it
     assert finished_step(str(checkpoint), max_steps=-1) is None  # epochs, not steps: the Trainer decides
     assert finished_step(None, max_steps=4) is None
+
+
+def test_the_grpo_entry_point_stops_before_loading_anything(tmp_path):
+    """`grpo.main` in a finished folder returns 0 and trains nothing; in another method's folder it refuses. Both
+    before the model loads (the default recipe's embedded model is never built here)."""
+    from grpo_lambda import grpo
+    from grpo_lambda.configs import parse_grpo_args
+
+    recipe = REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
+    output_dir = tmp_path / "run"
+
+    def arguments(*extra: str):
+        argv = ["--config", str(recipe), "--output_dir", str(output_dir), "--use_cpu", "true", "--max_steps", "2"]
+        return parse_grpo_args([*argv, "--report_to", "none", *extra])
+
+    (output_dir / "checkpoint-2").mkdir(parents=True)
+    (output_dir / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    assert grpo.main(*arguments()) == 0
+    assert json.loads((output_dir / RUN_RECORD).read_text())["method"] == "eps_trace-both-0.99"
+    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-2", RUN_RECORD]  # nothing trained or saved
+    with pytest.raises(GRPOLambdaError, match="holds a eps_trace-both-0.99 run; this command trains grpo"):
+        grpo.main(*arguments("--loss_variant", "grpo"))
