@@ -81,7 +81,7 @@ help:
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
 	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
 	@echo "make bench-step  a whole training step, stock TRL vs each GRPO-λ variant, generate and vLLM colocated [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
-	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers fallback, and grading throughput"
+	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers backend, and grading throughput"
 	@echo "make reproduce-toy  GRPO vs GRPO-λ (4 variants, λ 0.99/0.98), eos_bound and the clamp alone on the credit_echo toy task, 3 seeds, CPU < 30 min"
 	@echo "               [TOY_OUTPUT=data/toy] [ARGS='--scale 2 --seeds 5 --workers 2']"
 	@echo "               ARGS='--study factorial': traces × clamp, learning rates from a pilot, 8 paired seeds, 95% CIs (CPU, ~2 h)"

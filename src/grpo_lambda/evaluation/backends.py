@@ -23,7 +23,7 @@ def prompt_text(tokenizer, problem: str, template: str) -> str:
 
 
 class TransformersBackend:
-    """Greedy `generate` in batches: the fallback where vLLM cannot run (about 20× slower on a CPU)."""
+    """Greedy `generate` in batches, when asked for (`--backend transformers`): about 20× slower than vLLM on a CPU."""
 
     name = "transformers"
 
