@@ -56,8 +56,10 @@ LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(NPROC),--num-processes $(NPROC)) $(i
 METHOD_FLAGS = $(if $(LOSS_VARIANT),--loss_variant $(LOSS_VARIANT)) $(if $(TRACE_STYLE),--trace_style $(TRACE_STYLE)) \
 	$(if $(TRACE_LAMBDA),--trace_lambda $(TRACE_LAMBDA))
 
-# make sweep SWEEP=<recipes/sweeps/ name or yaml> [DRY_RUN=1]: the sweep's array job on SLURM (+ evaluations)
+# make sweep SWEEP=<recipes/sweeps/ name or yaml> [SBATCH_ARGS="--account=abc --partition=gpu"] [DRY_RUN=1]:
+# the sweep's array job on SLURM (+ evaluations); SBATCH_ARGS reach every job it submits
 SWEEP ?=
+SBATCH_ARGS ?=
 RESULTS ?=
 LATEX ?=
 RUNS ?=
@@ -77,7 +79,7 @@ help:
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
 	@echo "make regrade   RESULTS=<eval dir> [TEMPLATE=..]: re-score its samples.jsonl (paper and corrected grades)"
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
-	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [DRY_RUN=1]: SLURM array job, one run + eval per task"
+	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [SBATCH_ARGS='--account=..'] [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
 	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
 	@echo "make bench-step  a whole training step, stock TRL vs each GRPO-λ variant, generate and vLLM colocated [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
@@ -137,7 +139,7 @@ plots: install
 
 sweep: install
 	@test -n "$(SWEEP)" || { echo "set SWEEP: one of $$(ls recipes/sweeps | sed 's/\.yaml//' | tr '\n' ' ')or a path"; exit 2; }
-	$(PY) -m grpo_lambda.jobs.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(ARGS)
+	$(PY) -m grpo_lambda.jobs.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(if $(SBATCH_ARGS),--sbatch-args "$(SBATCH_ARGS)") $(ARGS)
 
 bench: install
 	$(PY) scripts/bench_traces.py $(ARGS)

@@ -90,6 +90,38 @@ def test_sbatch_command_skips_nothing_by_itself_and_compacts_indices(tmp_path):
     assert "--signal=B:USR1@60" in command and command[-1] == str(tmp_path)
 
 
+def test_cluster_options_reach_every_job_the_sweep_submits(tmp_path):
+    """account, partition, qos, constraint and time in the sweep's slurm: section, and SBATCH_ARGS on the make line,
+    go to the array job and to the aggregation job (which got none of them before)."""
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["slurm"].update(account="abc", partition="gpu", qos="high", constraint="a100", time="01:00:00")
+    sweep_path = tmp_path / "sweep.yaml"
+    sweep_path.write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-o",
+            "install",
+            "sweep",
+            f"SWEEP={sweep_path}",
+            "DRY_RUN=1",
+            "SBATCH_ARGS=--reservation=r1 --mail-type=NONE",
+            f"VENV={Path(sys.executable).parents[1]}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    jobs = [line for line in result.stdout.splitlines() if line.startswith(("command: ", "then: "))]
+    assert len(jobs) == 2, result.stdout
+    policy = (
+        "--account=abc --partition=gpu --qos=high --constraint=a100 --time=01:00:00 --reservation=r1 --mail-type=NONE"
+    )
+    assert all(policy in job for job in jobs), jobs
+
+
 def test_sweep_typos_fail_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"runs": {"paper_grid": True, "size": ["1.5B"]}}))
@@ -380,3 +412,39 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert f"resuming from {run_dir}/checkpoint-{preempted_at}" in log
     assert (run_dir / "eval" / "results.json").is_file()
     assert json.loads((run_dir / "trainer_state.json").read_text())["global_step"] == max_steps
+
+
+@pytest.mark.slow
+def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_sweep(slurm, tmp_path):
+    """A cluster without a default partition (as many require one): without it, sbatch's refusal in one line; with
+    SBATCH_ARGS every job is accepted. A second submit while the sweep's tasks are queued submits nothing."""
+    output = tmp_path / "out"
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["runs"]["variants"] = {tag: spec["runs"]["variants"][tag] for tag in ("grpo", "eps_trace-both-0.99")}
+    sweep_path = tmp_path / "tiny.yaml"
+    sweep_path.write_text(yaml.safe_dump(spec))
+    subprocess.run(["scontrol", "update", "PartitionName=local", "Default=NO"], env=slurm, check=True)
+    try:
+        refused = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm, check=False)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            "grpo_lambda: sbatch refused the array job: Batch job submission failed: No partition specified or "
+            "system default partition"
+        ]
+        # --hold: the tasks stay queued (PENDING) and run nothing
+        flags = ("--sbatch-args", "--partition=local --hold")
+        submitted = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), *flags, env=slurm)
+        array_job = submitted.stdout.split("submitted array job ")[1].split()[0]
+        aggregation = submitted.stdout.split("aggregation job ")[1].split()[0]
+        queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout
+        assert set(queue.split()) == {f"{array_job}_0", f"{array_job}_1", aggregation}
+        again = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), *flags, env=slurm)
+        assert "0 finished, 2 queued or running, 0 to run" in again.stdout and "nothing to submit" in again.stdout
+        assert [line.split()[1] for line in again.stdout.splitlines() if line[:1].isdigit()] == ["pending"] * 2
+        subprocess.run(["scancel", array_job, aggregation], env=slurm, check=True)
+        _wait_until(lambda: not _jobs(slurm), 60, "the cancelled jobs to leave the queue", slurm)
+        third = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), "--dry-run", *flags, env=slurm)
+        assert "0 queued or running, 2 to run" in third.stdout
+    finally:
+        subprocess.run(["scontrol", "update", "PartitionName=local", "Default=YES"], env=slurm, check=True)
+        subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], env=slurm)

@@ -1,7 +1,8 @@
 """Sweeps on SLURM: a grid of training runs as one array job, each run followed by its evaluation.
 
     python -m grpo_lambda.jobs.sweep list   paper-1.5b              # index, state, recipe, output folder of every run
-    python -m grpo_lambda.jobs.sweep submit paper-1.5b [--dry-run]  # sbatch the array (unfinished runs only) + aggregation
+    python -m grpo_lambda.jobs.sweep submit paper-1.5b [--dry-run]  # sbatch the array (runs neither finished nor
+                                                                    # queued) + aggregation [--sbatch-args "..."]
     python -m grpo_lambda.jobs.sweep run    paper-1.5b --index 3    # one array task (slurm/sweep.slurm calls this)
     python -m grpo_lambda.jobs.sweep run --recipe R --run-dir D     # one run without a sweep (slurm/train.slurm)
     python -m grpo_lambda.jobs.sweep aggregate paper-1.5b           # <output>/results.md: the paper's tables beside yours
@@ -11,7 +12,10 @@ scripts/generate_recipes.py writes from recipes/paper_grid.yaml) or one base rec
 lives in <output_dir>/<model>/grpo/<dataset>_<tag>/ (the layout `make tables` matches to the paper's cells):
 recipe.yaml (the recipe it ran), run.json (sweep, index, overrides, git commit), attempts.jsonl (every start,
 preemption and finish, with SLURM job ids), metrics.jsonl and checkpoint-*/ from training, the final model, and
-eval/{samples.jsonl,results.json}. A run is finished when eval/results.json exists: a resubmitted sweep skips it.
+eval/{samples.jsonl,results.json}. A run is finished when eval/results.json exists; a resubmitted sweep skips it, and
+skips runs that an array job it submitted (<output_dir>/submissions.jsonl) still holds in SLURM's queue (squeue).
+Cluster policy (account, partition, qos, constraint, time, sbatch_args in `slurm:`, plus `--sbatch-args`) reaches
+every job the sweep submits: the array job and the aggregation job.
 
 Preemption: the jobs ask SLURM for SIGUSR1 `signal_seconds` before their time limit and are requeue-able. The
 runner (the batch shell itself, through exec) creates <run dir>/STOP_REQUESTED; the trainers, on every node, save
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import getpass
 import json
 import os
 import shlex
@@ -45,6 +50,7 @@ from grpo_lambda.jobs.recipes import expand_grid, load_grid
 from grpo_lambda.layout import repo_root
 from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
+from grpo_lambda.records import append_jsonl, read_jsonl
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
 SWEEP_KEYS = {"description", "output_dir", "runs", "evaluation", "slurm"}
@@ -57,9 +63,14 @@ EVALUATION_DEFAULTS = {
     "backend": "vllm",
     "args": {},  # further grpo_lambda.evaluation.evaluate flags, e.g. {max_new_tokens: 3000}
 }
+# Cluster policy: given once (here, or `make sweep SBATCH_ARGS="..."`), passed to every job a sweep submits.
+CLUSTER_KEYS = ("account", "partition", "qos", "constraint", "time")
 SLURM_DEFAULTS = {
     "job_name": None,  # default: grpo-lambda-<sweep name>
+    "account": None,
     "partition": None,
+    "qos": None,
+    "constraint": None,
     "time": None,
     "nodes": 1,  # > 1: the last node serves generations with TRL's vLLM server, the others train (waiting for it)
     "gpus_per_node": None,
@@ -69,7 +80,7 @@ SLURM_DEFAULTS = {
     "signal_seconds": 300,  # SIGUSR1 this long before the time limit
     "accelerate": "auto",  # recipes/accelerate_configs/<name>.yaml; auto: zero2 with GPUs, cpu without
     "vllm_tensor_parallel_size": 1,  # GPUs of the serving node that vLLM shards the model over
-    "sbatch_args": [],  # anything else, e.g. ["--account=abc", "--qos=high"]
+    "sbatch_args": [],  # any other sbatch flags for every job, e.g. ["--reservation=abc"]
 }
 
 
@@ -436,6 +447,13 @@ def _job_nodes() -> list[str]:
     return result.stdout.split()
 
 
+def cluster_flags(slurm: dict) -> list[str]:
+    """The sbatch flags of the cluster's policy (account, partition, qos, constraint, time, sbatch_args), which every
+    job of a sweep gets: the array job and the aggregation after it."""
+    flags = [f"--{key}={slurm[key]}" for key in CLUSTER_KEYS if slurm[key] is not None]
+    return [*flags, *slurm["sbatch_args"]]
+
+
 def sbatch_command(sweep: Sweep, indices: list[int], root: Path) -> list[str]:
     slurm = sweep.slurm
     array = _compact(indices) + (f"%{slurm['throttle']}" if slurm["throttle"] else "")
@@ -452,17 +470,64 @@ def sbatch_command(sweep: Sweep, indices: list[int], root: Path) -> list[str]:
         f"--chdir={root}",
         f"--export=ALL,GRPO_LAMBDA_PYTHON={sys.executable},GRPO_LAMBDA_ROOT={root}",
     ]
-    for key, flag in (
-        ("partition", "partition"),
-        ("time", "time"),
-        ("gpus_per_node", "gpus-per-node"),
-        ("cpus_per_task", "cpus-per-task"),
-        ("mem", "mem"),
-    ):
+    for key, flag in (("gpus_per_node", "gpus-per-node"), ("cpus_per_task", "cpus-per-task"), ("mem", "mem")):
         if slurm[key] is not None:
             command.append(f"--{flag}={slurm[key]}")
-    command += [*slurm["sbatch_args"], str(root / "slurm" / "sweep.slurm"), str(sweep.path), str(sweep.output_dir)]
+    command += [*cluster_flags(slurm), str(root / "slurm" / "sweep.slurm"), str(sweep.path), str(sweep.output_dir)]
     return command
+
+
+def aggregate_sbatch_command(sweep: Sweep, root: Path) -> list[str]:
+    """The aggregation job, after the array job (`{job}`: its id) whatever its tasks' outcome."""
+    return [
+        "sbatch",
+        "--parsable",
+        "--dependency=afterany:{job}",
+        f"--job-name=aggregate-{sweep.name}",
+        f"--output={sweep.output_dir / 'logs' / 'aggregate_%j.out'}",
+        f"--chdir={root}",
+        *cluster_flags(sweep.slurm),
+        "--wrap",
+        shlex.join(_aggregate_command(sweep)),
+    ]
+
+
+SUBMISSIONS = "submissions.jsonl"  # <sweep output>/: every array job submitted, with its indices
+
+
+def _is_submission(record: dict) -> bool:
+    return isinstance(record.get("array_job"), str) and isinstance(record.get("indices"), list)
+
+
+def queued_runs(sweep: Sweep) -> dict[int, str]:
+    """Index → SLURM state (PENDING, RUNNING, REQUEUED, ...) of the sweep's runs that an array job this sweep
+    submitted still holds in the queue. The scheduler is asked (squeue), since a queued or running run has no
+    result file yet; a job that has left the queue no longer counts."""
+    submitted = read_jsonl(sweep.output_dir / SUBMISSIONS, _is_submission, "a submission record")
+    jobs = {record["array_job"] for record in submitted}
+    if not jobs:
+        return {}
+    if shutil.which("squeue") is None:
+        _fail(
+            f"{sweep.output_dir / SUBMISSIONS} lists array jobs of this sweep, and squeue is not found to ask whether "
+            "they still run: submit from the cluster's login node."
+        )
+    user = os.environ.get("USER") or getpass.getuser()
+    listing = subprocess.run(["squeue", "-h", "-r", "-u", user, "-o", "%F %K %T"], capture_output=True, text=True)
+    if listing.returncode != 0:
+        _fail(f"squeue failed, so queued runs cannot be told apart: {_one_line(listing.stderr)}")
+    states = {}
+    for line in listing.stdout.splitlines():
+        job, index, state = (line.split() + ["", "", ""])[:3]
+        if job in jobs and index.isdigit():
+            states[int(index)] = state
+    return states
+
+
+def _one_line(text: str) -> str:
+    """sbatch's / squeue's message on one line (without their `sbatch: error:` prefixes)."""
+    lines = [line.strip().removeprefix("sbatch: error: ").strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) or "(no message)"
 
 
 def _compact(indices: list[int]) -> str:
@@ -477,9 +542,17 @@ def _compact(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-def list_runs(sweep: Sweep) -> str:
+def list_runs(sweep: Sweep, queued: dict[int, str] | None = None) -> str:
+    """A table of the runs: index, state (from the run folder; a queued or running array task: SLURM's state),
+    recipe, output folder."""
+    queued = queued or {}
     rows = [
-        (str(run.index), run_state(sweep.run_dir(run)), _display(run.recipe), _display(sweep.run_dir(run)))
+        (
+            str(run.index),
+            queued[run.index].lower() if run.index in queued else run_state(sweep.run_dir(run)),
+            _display(run.recipe),
+            _display(sweep.run_dir(run)),
+        )
         for run in sweep.runs
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("index", "state", "recipe", "output"))]
@@ -515,24 +588,21 @@ def resources(sweep: Sweep) -> str:
 
 
 def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
-    todo = [run.index for run in sweep.runs if rerun or run_state(sweep.run_dir(run)) != "done"]
-    print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} finished, {len(todo)} to run")
+    queued = queued_runs(sweep)
+    states = {run.index: run_state(sweep.run_dir(run)) for run in sweep.runs}
+    todo = [i for i in states if i not in queued and (rerun or states[i] != "done")]
+    finished = sum(state == "done" for state in states.values())
+    print(
+        f"sweep {sweep.name}: {len(sweep.runs)} runs, {finished} finished, {len(queued)} queued or running, "
+        f"{len(todo)} to run"
+    )
     print(resources(sweep))
-    print(list_runs(sweep))
+    print(list_runs(sweep, queued))
     if not todo:
         print("nothing to submit; aggregate with: " + shlex.join(_aggregate_command(sweep)))
         return 0
     command = sbatch_command(sweep, todo, root)
-    aggregate = [
-        "sbatch",
-        "--parsable",
-        "--dependency=afterany:{job}",
-        f"--job-name=aggregate-{sweep.name}",
-        f"--output={sweep.output_dir / 'logs' / 'aggregate_%j.out'}",
-        f"--chdir={root}",
-        "--wrap",
-        shlex.join(_aggregate_command(sweep)),
-    ]
+    aggregate = aggregate_sbatch_command(sweep, root)
     print("command: " + shlex.join(command))
     print("then:    " + shlex.join(aggregate).replace("{job}", "<array job id>"))
     if dry_run:
@@ -543,11 +613,18 @@ def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
     shutil.copyfile(sweep.path, sweep.output_dir / "sweep.yaml")
     job = subprocess.run(command, capture_output=True, text=True)
     if job.returncode != 0:
-        _fail(f"sbatch failed: {job.stderr.strip()}")
+        _fail(f"sbatch refused the array job: {_one_line(job.stderr)}")
     job_id = job.stdout.strip().split(";")[0]
-    aggregate[2] = aggregate[2].format(job=job_id)
-    aggregated = subprocess.run(aggregate, capture_output=True, text=True, check=True).stdout.strip()
-    print(f"submitted array job {job_id} ({len(todo)} tasks); aggregation job {aggregated}")
+    record = {"array_job": job_id, "indices": todo, "time": datetime.datetime.now().isoformat(timespec="seconds")}
+    append_jsonl(sweep.output_dir / SUBMISSIONS, record, _is_submission)
+    aggregate[aggregate.index("--dependency=afterany:{job}")] = f"--dependency=afterany:{job_id}"
+    aggregated = subprocess.run(aggregate, capture_output=True, text=True)
+    if aggregated.returncode != 0:
+        _fail(
+            f"submitted array job {job_id}, but sbatch refused its aggregation job: {_one_line(aggregated.stderr)}; "
+            f"aggregate by hand when it is done: {shlex.join(_aggregate_command(sweep))}"
+        )
+    print(f"submitted array job {job_id} ({len(todo)} tasks); aggregation job {aggregated.stdout.strip()}")
     print(f"logs: {sweep.output_dir / 'logs'}; when done: make tables RESULTS={sweep.output_dir}")
     return 0
 
@@ -582,6 +659,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "submit":
             sub.add_argument("--dry-run", action="store_true", help="List the runs and the sbatch command only.")
             sub.add_argument("--rerun", action="store_true", help="Submit finished runs too (they are skipped).")
+            sub.add_argument(
+                "--sbatch-args",
+                default="",
+                help='sbatch flags for every job of the sweep, on top of its slurm: section, e.g. "--account=abc".',
+            )
     run = commands.add_parser("run", help="One run: an array task of a sweep, or a recipe (slurm/train.slurm).")
     run.add_argument("sweep", nargs="?", default=None)
     run.add_argument("--index", type=int, default=None, help="Array index (default: $SLURM_ARRAY_TASK_ID).")
@@ -633,9 +715,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep = load_sweep(args.sweep, root, args.output_dir)
     if args.command == "list":
         print(f"sweep {sweep.name}: {len(sweep.runs)} runs, output {sweep.output_dir}")
-        print(list_runs(sweep))
+        print(list_runs(sweep, queued_runs(sweep)))
         return 0
     if args.command == "submit":
+        sweep.slurm["sbatch_args"] = [*sweep.slurm["sbatch_args"], *shlex.split(args.sbatch_args)]
         return submit(sweep, root, args.dry_run, args.rerun)
     print(f"wrote {aggregate(sweep)}")
     return 0
