@@ -348,7 +348,7 @@ def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs
     assert all(run.name in table for run in sweep.runs)
 
     again = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm)
-    assert "2 finished, 0 to run" in again.stdout and "nothing to submit" in again.stdout
+    assert "2 finished, 0 queued or running, 0 to run" in again.stdout and "nothing to submit" in again.stdout
     # an array task of a finished run that runs anyway (e.g. resubmitted by hand) does nothing
     rerun = sweep_cli("run", str(sweep_path), "--output-dir", str(output), "--index", "0", env=slurm)
     assert "already finished" in rerun.stdout
