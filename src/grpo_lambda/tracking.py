@@ -4,6 +4,9 @@ Logged in means WANDB_API_KEY is set or the netrc file (NETRC, else ~/.netrc) ha
 (WANDB_BASE_URL, default https://api.wandb.ai), which is what `wandb login` writes. A WANDB_MODE you set wins. The
 run's wandb files go to <output_dir>/wandb (WANDB_DIR, unless you set it), so an offline run is uploaded later with
 `wandb sync <output_dir>/wandb/offline-run-*`.
+
+One wandb run per training run: its id is kept in <output_dir>/wandb_run_id (WANDB_RUN_ID, with WANDB_RESUME=allow),
+so a resumed, requeued or rerun training goes on logging into the same wandb run instead of starting a new one.
 """
 
 from __future__ import annotations
@@ -11,13 +14,30 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
 from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .records import replace_file
+
 logger = logging.getLogger(__name__)
 DEFAULT_SERVER = "https://api.wandb.ai"
 DEFAULT_PROJECT = "grpo-lambda"
+RUN_ID_FILE = "wandb_run_id"
+
+
+def wandb_run_id(output_dir: str, environ: MutableMapping[str, str] = os.environ) -> str:
+    """The wandb run id of the training run in `output_dir`: the one kept there, else a new one, which the process of
+    rank 0 keeps (only it reports to wandb)."""
+    path = Path(output_dir) / RUN_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], as wandb's own ids
+    if environ.get("RANK", "0") == "0":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, run_id + "\n")
+    return run_id
 
 
 def wandb_login_source(environ: MutableMapping[str, str] = os.environ) -> str | None:
@@ -44,7 +64,9 @@ def configure_wandb(
     environ.setdefault("WANDB_DIR", str(output_dir))
     environ.setdefault("WANDB_PROJECT", DEFAULT_PROJECT)
     Path(environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
-    where = f"project {environ['WANDB_PROJECT']}, files in {environ['WANDB_DIR']}/wandb"
+    environ.setdefault("WANDB_RUN_ID", wandb_run_id(output_dir, environ))
+    environ.setdefault("WANDB_RESUME", "allow")  # the same run across resumes and requeues
+    where = f"project {environ['WANDB_PROJECT']}, run {environ['WANDB_RUN_ID']}, files in {environ['WANDB_DIR']}/wandb"
     sync = f"upload it later with `wandb sync {environ['WANDB_DIR']}/wandb/offline-run-*`"
     if environ.get("WANDB_MODE"):
         mode = environ["WANDB_MODE"]
