@@ -38,6 +38,8 @@ VLLM_MODE ?=
 # make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
 SUITE ?=
 BENCHMARKS ?=
+BENCHMARK ?=
+INDEX ?=
 TEMPLATE ?=
 LIMIT ?=
 BACKEND ?= vllm
@@ -65,7 +67,7 @@ LATEX ?=
 RUNS ?=
 PLOTS ?= plots
 
-.PHONY: help install demo test test-slow train sft evaluate regrade tables plots sweep bench bench-step bench-eval recipes lint format clean
+.PHONY: help install demo test test-slow train sft evaluate regrade tables plots credit sweep bench bench-step bench-eval recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV): torch $(TORCH_VERSION), $(VLLM_PACKAGE), the package [STACK=gpu|cpu, default gpu]"
@@ -81,6 +83,7 @@ help:
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [SBATCH_ARGS='--account=..'] [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
+	@echo "make credit    RESULTS=<eval dir> [BENCHMARK=..] [INDEX=..]: one completion, tokens coloured by their gradient weight under GRPO, ε-trace, ε-weight (PNG + HTML)"
 	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
 	@echo "make bench-step  a whole training step, stock TRL vs each GRPO-λ variant, generate and vLLM colocated [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
 	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers backend, and grading throughput"
@@ -133,6 +136,12 @@ regrade: install
 
 tables: install
 	$(PY) -m grpo_lambda.evaluation.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)
+
+# make credit RESULTS=<evaluation folder> [BENCHMARK=math] [INDEX=0] [ARGS="--trace_lambda 0.98 --trace_style recent"]
+credit: install
+	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
+	$(PY) -m grpo_lambda.evaluation.credit --samples "$(RESULTS)" $(if $(BENCHMARK),--benchmark "$(BENCHMARK)") \
+		$(if $(INDEX),--index $(INDEX)) --output "$(PLOTS)/credit" $(ARGS)
 
 plots: install
 	$(PY) -m grpo_lambda.evaluation.plots --runs $(RUNS) $(if $(RESULTS),--results "$(RESULTS)") --output_dir "$(PLOTS)"

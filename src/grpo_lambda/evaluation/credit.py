@@ -1,0 +1,215 @@
+"""The credit picture: one completion with every token coloured by the weight its log-probability gets in the policy
+gradient under GRPO, ε-trace and ε-weight, as a PNG and a self-contained HTML page.
+
+    python -m grpo_lambda.evaluation.credit --samples <evaluation folder or samples.jsonl> --benchmark math --index 0 \
+        [--model <hub id | folder>] [--trace_lambda 0.99] [--trace_style both] [--trace_floor 0] --output credit
+
+What the colours are (per token k of one completion, on-policy, the same advantage A on every token):
+- GRPO: every token's ∇log π(a_k) is weighted by A: weight 1 everywhere.
+- ε-trace (Alg. 1): the gradient is GRPO's with token k's advantage scaled by c_k = Σ_{t ≥ k} tr(t, t − k)
+  (Theorem 1 regrouped by the earlier token; traces.credit_weights).
+- ε-weight (Alg. 2): the clipped term of token k is multiplied by ε^w_k = Σ_l tr(k, l)·f(log π(a_{k−l}))
+  (loss.eps_weight_trace_weights), which needs the completion's log-probabilities: the model scores it once.
+Each row is shown relative to its own mean (red: more than the mean token, blue: less; a log2 scale clipped at ±3),
+so the three rows compare where the credit goes, not its overall size (which the learning rate absorbs); the HTML
+shows each token's weight on hover. The advantage clamp (adv_clamp_min) scales every token of a completion alike
+and does not change the picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.evaluation.backends import model_folder
+from grpo_lambda.evaluation.store import read_lines
+from grpo_lambda.loss import WEIGHT_CLAMP_FNS, eps_weight_trace_weights
+from grpo_lambda.methods import TRACE_STYLES
+from grpo_lambda.traces import TraceSpec, credit_weights
+
+LIMIT = 3.0  # colour scale: log2(weight / row mean) clipped to ±LIMIT
+
+
+def token_weights(logps, trace: TraceSpec, weight_clamp_fn: str = "sigmoid") -> dict[str, np.ndarray]:
+    """Per-token gradient weights of one completion under each method (see the module docstring).
+
+    Args:
+        logps: [T] log-probabilities of the completion's tokens under the policy.
+        trace: γ, λ, style and floor of the traces.
+    Returns:
+        method name → [T] float64 weights.
+    """
+    import torch
+
+    logps = torch.as_tensor(logps, dtype=torch.float64).reshape(1, -1)
+    mask = torch.ones_like(logps)
+    return {
+        "GRPO": np.ones(logps.shape[1]),
+        "ε-trace": credit_weights(mask, trace)[0].numpy(),
+        "ε-weight": eps_weight_trace_weights(logps, mask, trace, weight_clamp_fn)[0].numpy(),
+    }
+
+
+def relative(weights: np.ndarray) -> np.ndarray:
+    """log2(weight / mean weight), clipped to ±LIMIT: the colour coordinate of a row."""
+    return np.clip(np.log2(np.maximum(weights, 1e-12) / weights.mean()), -LIMIT, LIMIT)
+
+
+def score_completion(model: str, prompt: str, completion: str) -> tuple[list[str], list[float]]:
+    """The completion's tokens (as text pieces) and their log-probabilities under `model`, given `prompt`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_folder(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    network = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if not completion_ids:
+        raise GRPOLambdaError("the sample's completion is empty: pick another sample (--benchmark, --index).")
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = network(ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    logps = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+    pieces = [tokenizer.decode([token]) for token in completion_ids]
+    return pieces, logps.tolist()
+
+
+def _colour(value: float) -> tuple[float, float, float]:
+    """A diverging white-centred colour for a value in [−LIMIT, LIMIT] (blue below the mean, red above)."""
+    strength = min(abs(value) / LIMIT, 1.0)
+    if value >= 0:
+        return (1.0, 1.0 - 0.75 * strength, 1.0 - 0.75 * strength)
+    return (1.0 - 0.75 * strength, 1.0 - 0.5 * strength, 1.0)
+
+
+def render_html(pieces: list[str], rows: dict[str, np.ndarray], title: str) -> str:
+    """One page, no external resources: a block per method, each token a span coloured by `relative`."""
+    blocks = []
+    for method, weights in rows.items():
+        spans = []
+        for piece, weight, value in zip(pieces, weights, relative(weights), strict=True):
+            red, green, blue = (round(255 * c) for c in _colour(float(value)))
+            text = html.escape(piece).replace("\n", "↵<br>")
+            spans.append(
+                f'<span style="background:rgb({red},{green},{blue})" title="weight {weight:.3g} '
+                f'({weight / weights.mean():.2f}× the mean)">{text}</span>'
+            )
+        blocks.append(
+            f"<h2>{html.escape(method)} <small>(weights {weights.min():.3g} to {weights.max():.3g}, mean "
+            f"{weights.mean():.3g})</small></h2>\n<div class=c>{''.join(spans)}</div>"
+        )
+    return (
+        "<!doctype html>\n<meta charset=utf-8>\n"
+        f"<title>{html.escape(title)}</title>\n"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
+        ".c{font-family:monospace;white-space:pre-wrap;line-height:1.6}h2{font-size:1.1em}</style>\n"
+        f"<h1>{html.escape(title)}</h1>\n<p>Red: more gradient weight than the completion's mean token, blue: less "
+        f"(log2 scale, clipped at {2**LIMIT:g}×). Hover a token for its weight.</p>\n" + "\n".join(blocks) + "\n"
+    )
+
+
+def render_png(pieces: list[str], rows: dict[str, np.ndarray], title: str, path: Path, width: int = 90) -> Path:
+    """The same picture as a PNG: tokens laid out in monospace lines of `width` characters, one panel per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layout, column, line = [], 0, 0  # (line, column, text) of every token
+    for piece in pieces:
+        text = piece.replace("\n", "↵")
+        if column + len(text) > width and column > 0:
+            line, column = line + 1, 0
+        layout.append((line, column, text))
+        column += len(text)
+        if "\n" in piece:
+            line, column = line + 1, 0
+    lines = line + 1
+    inches = width * 0.085  # figure width; the font size makes `width` monospace characters fill it
+    fontsize = inches * 0.98 * 72 / (width * 0.602)  # DejaVu Sans Mono: a character advances 0.602 em
+    height = lines * fontsize * 1.5 / 72 + 0.45  # per panel, in inches
+    total = height * len(rows) + 0.8  # inches: the panels and the title above them
+    figure, axes = plt.subplots(len(rows), 1, figsize=(inches, total), squeeze=False)
+    figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.75 / total, bottom=0.01, hspace=0.35)
+    for axis, (method, weights) in zip(axes[:, 0], rows.items(), strict=True):
+        axis.set_xlim(0, width)
+        axis.set_ylim(lines, 0)
+        axis.axis("off")
+        axis.set_title(f"{method}: weights {weights.min():.3g} to {weights.max():.3g}", fontsize=10, loc="left")
+        for (row, col, text), value in zip(layout, relative(weights), strict=True):
+            axis.add_patch(plt.Rectangle((col, row), len(text), 1, color=_colour(float(value)), linewidth=0))
+            axis.text(col, row + 0.78, text, fontsize=fontsize, family="DejaVu Sans Mono")
+    figure.suptitle(
+        f"{title}\nred: more gradient weight than the mean token, blue: less (log2 scale, ±{2**LIMIT:g}×)", fontsize=10
+    )
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def find_sample(samples: Path, benchmark: str | None, index: int | None) -> dict:
+    """A sample of an evaluation (a folder with samples.jsonl, or the file): by benchmark and index, else the first."""
+    path = samples / "samples.jsonl" if samples.is_dir() else samples
+    if not path.is_file():
+        raise GRPOLambdaError(f"no samples at {path}: give an evaluation folder or its samples.jsonl.")
+    rows = read_lines(path)
+    chosen = [
+        s
+        for s in rows
+        if (benchmark is None or s["benchmark"] == benchmark) and (index is None or s["index"] == index)
+    ]
+    if not chosen:
+        kinds = ", ".join(sorted({s["benchmark"] for s in rows})) or "none"
+        raise GRPOLambdaError(f"{path} has no sample {benchmark or ''} #{index}; its benchmarks: {kinds}.")
+    return chosen[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", required=True, help="An evaluation folder (or its samples.jsonl).")
+    parser.add_argument("--benchmark", default=None, help="The sample's benchmark (default: the first sample's).")
+    parser.add_argument("--index", type=int, default=None, help="The sample's problem index.")
+    parser.add_argument("--model", default=None, help="Scores the completion (default: the evaluation's model).")
+    parser.add_argument("--trace_lambda", type=float, default=0.99)
+    parser.add_argument("--trace_gamma", type=float, default=1.0)
+    parser.add_argument("--trace_style", default="both", choices=TRACE_STYLES)
+    parser.add_argument("--trace_floor", type=float, default=0.0)
+    parser.add_argument("--weight_clamp_fn", default="sigmoid", choices=WEIGHT_CLAMP_FNS)
+    parser.add_argument("--output", default="credit", help="Writes <output>.png and <output>.html.")
+    args = parser.parse_args(argv)
+    try:
+        trace = TraceSpec(args.trace_gamma, args.trace_lambda, args.trace_style, args.trace_floor)
+    except ValueError as error:
+        raise GRPOLambdaError(str(error)) from error
+    samples = Path(args.samples)
+    sample = find_sample(samples, args.benchmark, args.index)
+    model = args.model
+    if model is None:
+        results = (samples if samples.is_dir() else samples.parent) / "results.json"
+        model = json.loads(results.read_text())["model"] if results.is_file() else None
+    if model is None:
+        raise GRPOLambdaError(f"no results.json beside {samples} to name the model: give --model.")
+    pieces, logps = score_completion(model, sample["prompt"], sample["completion"])
+    rows = token_weights(logps, trace, args.weight_clamp_fn)
+    title = (
+        f"{sample['benchmark']} #{sample['index']}, {model}: λ={args.trace_lambda:g}, style {args.trace_style}, "
+        f"floor {args.trace_floor:g}, {len(pieces)} tokens"
+    )
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    png = render_png(pieces, rows, title, output.with_suffix(".png"))
+    page = output.with_suffix(".html")
+    page.write_text(render_html(pieces, rows, title))
+    print(f"wrote {png} and {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_status(main))
