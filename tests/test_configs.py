@@ -46,6 +46,8 @@ def test_every_recipe_parses(recipe):
     script_args, training_args, model_args = parse_recipe(recipe)
     assert model_args.model_name_or_path and script_args.dataset_name
     assert isinstance(training_args, SFTConfig if "sft" in recipe.parts else GRPOLambdaConfig)
+    if "grpo" in recipe.parts:  # a first 7B server start (download, load, compile, CUDA graphs) outlasts TRL's 240 s
+        assert training_args.vllm_server_timeout >= 1800
 
 
 @pytest.mark.parametrize(

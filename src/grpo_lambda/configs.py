@@ -61,6 +61,14 @@ class GRPOLambdaConfig(GRPOConfig):
         },
     )
 
+    vllm_server_timeout: float = field(
+        default=1800.0,
+        metadata={
+            "help": "Seconds the trainers wait for the vLLM server (server mode) to answer. TRL's 240 s is too short "
+            "for a first start of a 7B model on a cluster: download, weight loading, compilation and CUDA graphs."
+        },
+    )
+
     max_prompt_length: int | None = field(
         default=None,
         metadata={

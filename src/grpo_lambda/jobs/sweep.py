@@ -15,7 +15,8 @@ preemption and finish, with SLURM job ids), metrics.jsonl and checkpoint-*/ from
 eval/{samples.jsonl,results.json}. A run is finished when eval/results.json exists; a resubmitted sweep skips it, and
 skips runs that an array job it submitted (<output_dir>/submissions.jsonl) still holds in SLURM's queue (squeue).
 Cluster policy (account, partition, qos, constraint, time, sbatch_args in `slurm:`, plus `--sbatch-args`) reaches
-every job the sweep submits: the array job and the aggregation job.
+every job the sweep submits: the array job and the aggregation job. `hf_home:` sets the Hugging Face cache (HF_HOME)
+of the sweep's jobs; `python -m grpo_lambda.jobs.download --sweep <name>` fills it from a login node.
 
 Preemption: the jobs ask SLURM for SIGUSR1 `signal_seconds` before their time limit and are requeue-able. The
 runner (the batch shell itself, through exec) creates <run dir>/STOP_REQUESTED; the trainers, on every node, save
@@ -50,10 +51,10 @@ from grpo_lambda.jobs.recipes import expand_grid, load_grid
 from grpo_lambda.layout import repo_root
 from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
-from grpo_lambda.records import append_jsonl, read_jsonl
+from grpo_lambda.records import append_jsonl, read_jsonl, replace_file
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
-SWEEP_KEYS = {"description", "output_dir", "runs", "evaluation", "slurm"}
+SWEEP_KEYS = {"description", "output_dir", "hf_home", "runs", "evaluation", "slurm"}
 PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path", "settings"}
 VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants"}
 EVALUATION_DEFAULTS = {
@@ -118,6 +119,7 @@ class Sweep:
     runs: list[SweepRun]
     evaluation: dict
     slurm: dict
+    hf_home: str | None = None  # the Hugging Face cache of the sweep's jobs (HF_HOME); None: the environment's
 
     def run_dir(self, run: SweepRun) -> Path:
         return self.output_dir / run.name
@@ -204,7 +206,8 @@ def load_sweep(
     runs_spec = data.get("runs") or {}
     runs = _paper_runs(runs_spec, root) if runs_spec.get("paper_grid") else _variant_runs(runs_spec, root)
     output = Path(output_dir or data.get("output_dir") or Path("data") / "sweeps" / path.stem).resolve()
-    return Sweep(path.stem, path.resolve(), output, runs, evaluation, slurm)
+    hf_home = str(Path(data["hf_home"]).expanduser().resolve()) if data.get("hf_home") else None
+    return Sweep(path.stem, path.resolve(), output, runs, evaluation, slurm, hf_home)
 
 
 def run_state(run_dir: Path) -> str:
@@ -241,11 +244,11 @@ def _record(run_dir: Path, event: str, **details) -> None:
         "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
         **details,
     }
-    with (run_dir / "attempts.jsonl").open("a") as stream:
-        stream.write(json.dumps(entry) + "\n")
+    append_jsonl(run_dir / "attempts.jsonl", entry, lambda record: "event" in record)
 
 
-def _recipe_value(run: SweepRun, key: str):
+def recipe_value(run: SweepRun, key: str):
+    """A trainer field of a run: its override, else its recipe's value."""
     if key in run.overrides:
         return run.overrides[key]
     return yaml.safe_load(run.recipe.read_text()).get(key)
@@ -264,7 +267,7 @@ class Runner:
     def prepare(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (self.run_dir / "recipe.yaml").is_file():
-            shutil.copyfile(self.run.recipe, self.run_dir / "recipe.yaml")
+            replace_file(self.run_dir / "recipe.yaml", self.run.recipe.read_text())
         if not (self.run_dir / "run.json").is_file():
             info = {
                 "name": self.run.name,
@@ -275,7 +278,7 @@ class Runner:
                 "evaluation": self.evaluation,
                 **_git_commit(self.root),
             }
-            (self.run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+            replace_file(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
 
     def training_commands(self) -> list[list[str]]:
         """The launch command(s): one process tree on a single node; on several nodes, TRL's vLLM server on the
@@ -344,7 +347,7 @@ class Runner:
             "--benchmarks",
             ",".join(config["benchmarks"]),
             "--template",
-            str(_recipe_value(self.run, "prompt_template") or "qwen_math"),
+            str(recipe_value(self.run, "prompt_template") or "qwen_math"),
             "--backend",
             config["backend"],
         ]
@@ -481,7 +484,8 @@ def sbatch_command(sweep: Sweep, indices: list[int], root: Path) -> list[str]:
         f"--signal=B:USR1@{slurm['signal_seconds']}",
         f"--nodes={slurm['nodes']}",
         f"--chdir={root}",
-        f"--export=ALL,GRPO_LAMBDA_PYTHON={sys.executable},GRPO_LAMBDA_ROOT={root}",
+        f"--export=ALL,GRPO_LAMBDA_PYTHON={sys.executable},GRPO_LAMBDA_ROOT={root}"
+        + (f",HF_HOME={sweep.hf_home}" if sweep.hf_home else ""),
     ]
     for key, flag in (("gpus_per_node", "gpus-per-node"), ("cpus_per_task", "cpus-per-task"), ("mem", "mem")):
         if slurm[key] is not None:
