@@ -15,13 +15,21 @@ The learning rate is 0, so the weights never change and every variant regenerate
 are interleaved (each runs every variant once, in a rotated order); a ratio is the median over rounds of (variant /
 trl in the same round), which cancels slow drifts in the load of a shared machine.
 
+The real step (scripts/gpu_check.sh): `--model random:Qwen2.5-Math-1.5B` builds, without any download, a randomly
+initialised model with that architecture (QWEN25_MATH_15B below, from the model's config.json; vocabulary 151 936)
+and the tiny tokenizer padded to the same vocabulary; `--suppress_eos` makes every completion exactly
+`--max_completion_length` tokens long; several lengths give one table each; on CUDA the peak memory of each step.
+
     python scripts/bench_step.py --model tiny --rounds 10
     python scripts/bench_step.py --model embedded:SmolLM2-135M-Instruct --rounds 3 --generation vllm
+    python scripts/bench_step.py --model random:Qwen2.5-Math-1.5B --batch 16 --num_generations 8 --dtype bfloat16 \
+        --gradient_checkpointing --suppress_eos --max_completion_length 1024 3000 --skip_generation --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -48,18 +56,59 @@ VARIANTS = {
     "eps_weight/recent": dict(loss_variant="eps_weight", trace_style="recent", adv_clamp_min=-0.1),
 }
 BACKENDS = ("generate", "vllm")
+# Qwen/Qwen2.5-Math-1.5B's config.json: the architecture of the paper's 1.5B runs, built here with random weights
+QWEN25_MATH_15B = dict(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=4096,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+RANDOM_MODELS = {"random:Qwen2.5-Math-1.5B": QWEN25_MATH_15B}
 
 
-def make_trainer(args, output_dir: str, model_path: str, backend: str) -> GRPOLambdaTrainer:
+def build_random_model(output_dir: str, numbers: dict, dtype: torch.dtype) -> str:
+    """A randomly initialised Qwen2 model with `numbers` (no download), and the tiny model's tokenizer padded with
+    placeholder tokens to the model's vocabulary, so that every id the model samples decodes."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(f"{output_dir}/tokenizer"))
+    tokenizer.add_tokens([f"<unused{i}>" for i in range(numbers["vocab_size"] - len(tokenizer))])
+    config = Qwen2Config(
+        **numbers, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # 1.5 B parameters initialise faster there
+        model = Qwen2ForCausalLM(config).to(dtype)
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = tokenizer.eos_token_id
+    path = f"{output_dir}/random-model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B random parameters ({dtype})", flush=True)
+    return path
+
+
+def make_trainer(args, output_dir: str, model_path: str, backend: str, length: int) -> GRPOLambdaTrainer:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    suppress = {}  # EOS suppressed: every completion `length` tokens (vLLM and transformers name it differently)
+    if args.suppress_eos:
+        suppress = {"min_tokens": length} if backend == "vllm" else {"min_new_tokens": length}
     config = GRPOLambdaConfig(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch,
         num_generations=args.num_generations,
-        max_completion_length=args.max_completion_length,
+        max_completion_length=length,
+        generation_kwargs=suppress or None,
+        gradient_checkpointing=args.gradient_checkpointing,
         num_iterations=args.num_iterations,
         beta=0.04,  # Table 2
         loss_type="grpo",
@@ -68,12 +117,12 @@ def make_trainer(args, output_dir: str, model_path: str, backend: str) -> GRPOLa
         temperature=1.0,
         learning_rate=0.0,
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=dtype == torch.bfloat16,
         report_to="none",
         seed=0,
         use_vllm=backend == "vllm",
         vllm_mode="colocate",
-        vllm_max_model_length=args.vllm_max_model_length,
+        vllm_max_model_length=max(args.vllm_max_model_length, length + 256),
         vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization,
     )
     support_cpu_test_bench(config)
@@ -117,25 +166,29 @@ def train_on(trainer: GRPOLambdaTrainer, optimizer: torch.optim.Optimizer, batch
     optimizer.zero_grad(set_to_none=True)
 
 
-def timed(fn) -> float:
+def timed(fn) -> tuple[float, float | None]:
+    """Seconds, and on CUDA the peak GiB allocated during the call."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+    return time.perf_counter() - start, None
 
 
-def bench_backend(args, output_dir: str, model_path: str, backend: str) -> dict[str, dict[str, list[float]]]:
-    trainer = make_trainer(args, output_dir, model_path, backend)
+def bench_backend(args, output_dir: str, model_path: str, backend: str, length: int) -> dict:
+    """mode → variant → [(seconds, peak GiB or None)] over the rounds."""
+    trainer = make_trainer(args, output_dir, model_path, backend, length)
     optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=0.0)
     raw = raw_batch(trainer, args.batch, args.num_generations)
     batch = generate(trainer, raw)
     if args.num_iterations > 1 and "old_per_token_logps" not in batch:
         raise SystemExit("num_iterations > 1 but TRL produced no old_per_token_logps")
     lengths = batch["completion_mask"].sum(-1).tolist()
-    print(f"{backend}: completion lengths {lengths} (max {args.max_completion_length})", flush=True)
+    print(f"{backend}: completion lengths {lengths} (max {length})", flush=True)
     modes = {"without generation": lambda: train_on(trainer, optimizer, batch)}
     if not args.skip_generation:
         modes["with generation"] = lambda: train_on(trainer, optimizer, generate(trainer, raw))
@@ -164,7 +217,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     parser.add_argument("--batch", type=int, default=8, help="completions per step (the default recipe: 8)")
     parser.add_argument("--num_generations", type=int, default=4)
-    parser.add_argument("--max_completion_length", type=int, default=64)
+    parser.add_argument("--max_completion_length", type=int, nargs="+", default=[64], help="one table per length")
+    parser.add_argument("--suppress_eos", action="store_true", help="every completion max_completion_length tokens")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="as the paper recipes")
+    parser.add_argument(
+        "--config", nargs="*", default=[], help="random:<arch> only: override its numbers, e.g. num_hidden_layers=1"
+    )
     parser.add_argument("--num_iterations", type=int, default=1, help="> 1 makes ε-trace take the off-policy path")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--generation", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="backends to time")
@@ -185,17 +244,42 @@ def main() -> None:
     )
     tables = {}
     with tempfile.TemporaryDirectory() as output_dir:
-        model_path = build_tiny_model(f"{output_dir}/tiny") if args.model == "tiny" else resolve_model(args.model)
-        for backend in args.generation:
-            tables[backend] = bench_backend(args, output_dir, model_path, backend)
+        if args.model in RANDOM_MODELS:
+            numbers = {**RANDOM_MODELS[args.model], **{k: int(v) for k, v in (c.split("=") for c in args.config)}}
+            model_path = build_random_model(output_dir, numbers, getattr(torch, args.dtype))
+        elif args.model == "tiny":
+            model_path = build_tiny_model(f"{output_dir}/tiny")
+        else:
+            model_path = resolve_model(args.model)
+        for length in args.max_completion_length:
+            for backend in args.generation:
+                try:
+                    tables[backend, length] = bench_backend(args, output_dir, model_path, backend, length)
+                except torch.OutOfMemoryError as error:
+                    print(f"{backend}, {length} tokens: out of memory ({str(error).splitlines()[0]})", flush=True)
+                    tables[backend, length] = None
+                gc.collect()  # the trainer of this length, before the next one is built
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
-    print(f"\n{'generation':<10} {'step':<20} {'variant':<18} {'median s':>9} {'× trl':>7}")
-    for backend, results in tables.items():
-        for mode, times in results.items():
+    header = (
+        f"{'generation':<10} {'tokens':>6} {'step':<20} {'variant':<18} {'median s':>9} {'× trl':>7} {'peak GiB':>9}"
+    )
+    print("\n" + header)
+    for (backend, length), results in tables.items():
+        if results is None:
+            print(f"{backend:<10} {length:>6} out of memory")
+            continue
+        for mode, runs in results.items():
             for name in args.variants:
-                ratios = [t / s for t, s in zip(times[name], times[STOCK])]
-                median, ratio = statistics.median(times[name]), statistics.median(ratios)
-                print(f"{backend:<10} {mode:<20} {name:<18} {median:>9.3f} {ratio:>7.3f}")
+                times = [t for t, _ in runs[name]]
+                ratios = [t / s for t, (s, _) in zip(times, runs[STOCK])]
+                peaks = [p for _, p in runs[name] if p is not None]
+                peak = f"{max(peaks):>9.1f}" if peaks else f"{'-':>9}"
+                print(
+                    f"{backend:<10} {length:>6} {mode:<20} {name:<18} {statistics.median(times):>9.3f} "
+                    f"{statistics.median(ratios):>7.3f} {peak}"
+                )
 
 
 if __name__ == "__main__":

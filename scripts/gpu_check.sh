@@ -2,7 +2,9 @@
 # On a lent GPU machine, in one call of under 10 minutes: the trace forms' tests on CUDA, then both benchmarks'
 # tables: the loss op, and a whole step of stock TRL vs each GRPO-λ variant at a recipe's real shape (Table 2: batch
 # 16, 8 per prompt, 256 completion tokens), with transformers `generate` and, where vLLM is installed, vLLM
-# colocated. On an H200 it took ~2.5 minutes (no vLLM there).
+# colocated; then the real step: a random model with Qwen2.5-Math-1.5B's architecture at Table 2's per-device batch
+# and 1 024 / 3 000-token completions (step time and peak memory; tests/test_bench_scripts.py runs it in miniature).
+# On an H200 the first three parts took ~2.5 minutes (no vLLM there); the real step is budgeted 5.5 more.
 #
 # The machine has no network and its own python3 with CUDA torch and transformers; it lacks TRL, datasets and
 # math-verify, which the tests and the step benchmark need. Fetch their wheels here once (network), into the
@@ -57,4 +59,15 @@ if $PY -c "import trl, datasets, math_verify" 2>/dev/null; then
         || echo "bench_step.py failed or timed out (rc $?)"
 else
     echo "skipped: trl, datasets or math_verify is not importable here (run scripts/gpu_check.sh --fetch-wheels first)"
+fi
+
+echo "== the real step: Qwen2.5-Math-1.5B's architecture (random weights, built here), Table 2's per-device batch =="
+echo "   (16 completions, 8 per prompt), bf16, gradient checkpointing, EOS suppressed: 1 024 and 3 000 tokens"
+if $PY -c "import trl, datasets, math_verify" 2>/dev/null; then
+    timeout 330 $PY scripts/bench_step.py --model random:Qwen2.5-Math-1.5B --batch 16 --num_generations 8 \
+        --dtype bfloat16 --gradient_checkpointing --suppress_eos --max_completion_length 1024 3000 \
+        --generation generate --skip_generation --rounds 2 \
+        || echo "the real step failed or timed out (rc $?)"
+else
+    echo "skipped: trl, datasets or math_verify is not importable here"
 fi

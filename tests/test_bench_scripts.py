@@ -4,6 +4,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -28,6 +30,27 @@ def test_bench_step_runs_on_the_tiny_model(monkeypatch, capsys):
     run_script("bench_step.py", argv, monkeypatch)
     out = capsys.readouterr().out
     assert "eps_trace/both" in out and " trl " in out and "× trl" in out  # stock TRL is the reference
+
+
+@pytest.mark.slow
+def test_the_real_step_in_miniature(monkeypatch, capsys):
+    """scripts/gpu_check.sh's real step, shrunk for a CPU: Qwen2.5-Math-1.5B's architecture built at random (here one
+    small layer, its full 151 936-token vocabulary), EOS suppressed so every completion has the length asked for, one
+    table row per length."""
+    argv = ["--model", "random:Qwen2.5-Math-1.5B", "--config", "hidden_size=64", "intermediate_size=128"]
+    argv += ["num_hidden_layers=1", "num_attention_heads=1", "num_key_value_heads=1", "--batch", "4"]
+    argv += ["--num_generations", "2", "--suppress_eos", "--max_completion_length", "6", "12", "--skip_generation"]
+    argv += ["--generation", "generate", "--rounds", "1", "--variants", "eps_weight/both", "--gradient_checkpointing"]
+    run_script("bench_step.py", argv, monkeypatch)
+    out = capsys.readouterr().out
+    assert "completion lengths [6, 6, 6, 6]" in out and "completion lengths [12, 12, 12, 12]" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("generate ") and "without" in line]
+    assert [(row[1], row[4]) for row in rows] == [
+        ("6", "trl"),
+        ("6", "eps_weight/both"),
+        ("12", "trl"),
+        ("12", "eps_weight/both"),
+    ]
 
 
 def test_peak_memory_counts_only_what_the_op_allocates(monkeypatch):
