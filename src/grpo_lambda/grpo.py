@@ -14,11 +14,12 @@ from transformers import set_seed
 from trl import ModelConfig, get_peft_config
 
 from grpo_lambda.callbacks import EXIT_PREEMPTED, STOP_FILE, JsonlMetricsCallback, PreemptionCallback
+from grpo_lambda.checkpoints import checkpoint_to_resume
 from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
 from grpo_lambda.data import load_problem_dataset, to_prompts
 from grpo_lambda.errors import exit_status
 from grpo_lambda.methods import Method
-from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
+from grpo_lambda.models import load_model_and_tokenizer, save_final_model
 from grpo_lambda.reruns import claim_output_dir, finished_step
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.tracking import announce_wandb

@@ -1,5 +1,5 @@
-"""The training stages' models: loading (model and tokenizer), the checkpoint to resume, and saving a finished run
-as a plain model folder (LoRA runs merged)."""
+"""The training stages' models: loading (model and tokenizer) and saving a finished run as a plain model folder (LoRA
+runs merged). Checkpoints, and which one a run resumes from: grpo_lambda.checkpoints."""
 
 from __future__ import annotations
 
@@ -52,18 +52,6 @@ def load_model_and_tokenizer(model_args, trust_remote_code: bool = False):
         trust_remote_code=trust_remote_code,
     )
     return model, tokenizer
-
-
-def checkpoint_to_resume(training_args) -> str | None:
-    """`resume_from_checkpoint` if set, else the last checkpoint in `output_dir` (a crashed or requeued run goes on
-    from there), else None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if training_args.resume_from_checkpoint is not None:
-        return training_args.resume_from_checkpoint
-    if os.path.isdir(training_args.output_dir):
-        return get_last_checkpoint(training_args.output_dir)
-    return None
 
 
 ADAPTER_FOLDER = "adapter"  # <output_dir>/adapter: the LoRA adapter of a run whose merged weights are in output_dir

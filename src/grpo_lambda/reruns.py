@@ -1,13 +1,14 @@
 """What rerunning a training command does in an output folder that already holds a run: the folder records the
 method it trains (`grpo_lambda_run.json`), and another method is refused; a run that reached `max_steps` is done
 (it says so and trains nothing; extending it is an explicit higher `max_steps`); anything else resumes from its last
-checkpoint (models.checkpoint_to_resume)."""
+checkpoint (checkpoints.checkpoint_to_resume)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .checkpoints import checkpoint_state
 from .errors import GRPOLambdaError
 from .records import replace_file
 
@@ -32,11 +33,10 @@ def claim_output_dir(output_dir: str, record: dict, write: bool) -> None:
 
 
 def finished_step(checkpoint: str | None, max_steps: int) -> int | None:
-    """The step `checkpoint` reached if that is already `max_steps` or more (the run is done), else None."""
+    """The step `checkpoint` reached if that is already `max_steps` or more (the run is done), else None (also for
+    an incomplete checkpoint: checkpoints.checkpoint_state)."""
     if checkpoint is None or max_steps <= 0:
         return None
-    state = Path(checkpoint) / "trainer_state.json"
-    if not state.is_file():
-        return None
-    step = json.loads(state.read_text()).get("global_step", 0)
+    state = checkpoint_state(checkpoint)
+    step = 0 if state is None else state.get("global_step", 0)
     return step if step >= max_steps else None

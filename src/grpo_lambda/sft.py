@@ -19,14 +19,19 @@ from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from grpo_lambda.callbacks import JsonlMetricsCallback
+from grpo_lambda.checkpoints import AtomicCheckpoints, checkpoint_to_resume
 from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
 from grpo_lambda.data import solution_dataset
 from grpo_lambda.errors import exit_status
 from grpo_lambda.layout import SFT_RECORD
-from grpo_lambda.models import checkpoint_to_resume, load_model_and_tokenizer, save_final_model
+from grpo_lambda.models import load_model_and_tokenizer, save_final_model
 from grpo_lambda.tracking import announce_wandb
 
 logger = logging.getLogger(__name__)
+
+
+class FormatSFTTrainer(AtomicCheckpoints, SFTTrainer):
+    """TRL's SFTTrainer, its checkpoints complete or absent (grpo_lambda.checkpoints)."""
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -45,7 +50,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     )
     train_dataset = script_args.first_rows(train_dataset)
 
-    trainer = SFTTrainer(
+    trainer = FormatSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,

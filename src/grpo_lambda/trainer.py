@@ -24,6 +24,9 @@ replaces entries of the copy (never tensors of the batch, which TRL reuses over 
 then reads them. Forwards outside `_compute_loss` (old and reference log-probabilities at generation) are TRL's,
 untouched. `check_trl_seam` verifies at start-up that the installed TRL is the one this was written against, and
 that the forward ran once is checked at every loss; tests/test_trainer_loss.py checks the reading order.
+
+Checkpoints are complete or absent (grpo_lambda.checkpoints.AtomicCheckpoints, shared with the SFT stage), whose
+hooks into transformers' Trainer `check_trl_seam` verifies too.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import trl
 from trl import GRPOTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from .checkpoints import AtomicCheckpoints, check_checkpoint_seam
 from .lemma1 import eos_bound_advantages, eos_log_probs, lemma1_bound
 from .loss import (
     clamp_negative_advantages,
@@ -60,7 +64,8 @@ LEMMA1_POSITIONS: tuple[int, ...] = (1, 8, 32)  # completion positions t at whic
 
 def check_trl_seam() -> None:
     """Raises ImportError, in one line, unless the installed TRL is the version the subclass was written against and
-    its GRPOTrainer has the methods (with the leading parameters) that the subclass overrides."""
+    its GRPOTrainer has the methods (with the leading parameters) that the subclass overrides, and transformers'
+    Trainer has those the checkpoint mixin overrides (checkpoints.check_checkpoint_seam)."""
     fix = f"grpo_lambda's trainer hooks TRL's private loss path and supports trl=={SUPPORTED_TRL_VERSION} only"
     if trl.__version__ != SUPPORTED_TRL_VERSION:
         raise ImportError(f"{fix}; found trl=={trl.__version__}. Run: pip install trl=={SUPPORTED_TRL_VERSION}")
@@ -69,6 +74,7 @@ def check_trl_seam() -> None:
         found = tuple(inspect.signature(method).parameters)[: len(expected)] if callable(method) else ()
         if found != expected:
             raise ImportError(f"{fix}; its GRPOTrainer.{name} is not {name}({', '.join(expected)}, …) here.")
+    check_checkpoint_seam()
 
 
 def _seam_error(what: str) -> str:
@@ -86,7 +92,7 @@ class LossBatch:
     policy_forwards: int = 0
 
 
-class GRPOLambdaTrainer(GRPOTrainer):
+class GRPOLambdaTrainer(AtomicCheckpoints, GRPOTrainer):
     """GRPOTrainer whose policy loss is `args.loss_variant` (grpo, eps_trace, eps_weight); args: GRPOLambdaConfig."""
 
     def __init__(self, *args, **kwargs):
