@@ -25,7 +25,6 @@ from grpo_lambda.checkpoints import checkpoint_to_resume
 from grpo_lambda.configs import GRPOLambdaConfig
 from grpo_lambda.data import arithmetic_dataset, solution_dataset, to_prompts
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.reruns import finished_step
 from grpo_lambda.sft import FormatSFTTrainer
 from grpo_lambda.trainer import GRPOLambdaTrainer, check_trl_seam
 from test_end_to_end import digit_share_reward
@@ -93,13 +92,12 @@ def test_an_incomplete_checkpoint_named_explicitly_is_refused(tmp_path):
     assert (tmp_path / "checkpoint-4").is_dir()  # an explicit choice removes nothing
 
 
-def test_a_run_is_done_only_with_a_complete_checkpoint_at_max_steps(tmp_path):
+def test_a_torn_trainer_state_is_an_incomplete_checkpoint(tmp_path):
     """A trainer state torn by a kill mid-write (transformers writes it in place) is an incomplete checkpoint: before,
     reading it raised a JSONDecodeError."""
     write_checkpoint(tmp_path / "checkpoint-4", step=4)
-    assert finished_step(str(tmp_path / "checkpoint-4"), max_steps=4) == 4
+    assert checkpoint_to_resume(resume_args(tmp_path)) == str(tmp_path / "checkpoint-4")
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
-    assert finished_step(str(tmp_path / "checkpoint-4"), max_steps=4) is None
     assert checkpoint_to_resume(resume_args(tmp_path)) is None
 
 

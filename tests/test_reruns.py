@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.reruns import RUN_RECORD, claim_output_dir, finished_step
+from grpo_lambda.reruns import RUN_RECORD, claim_output_dir, finished_step, mark_finished
 
 TRACE = {"method": "eps_trace-both-0.99", "model": "m", "dataset": "arithmetic"}
 
@@ -22,14 +22,16 @@ def test_a_folder_keeps_its_method_and_refuses_another(tmp_path):
     assert "\n" not in str(raised.value) and "--output_dir" in str(raised.value)
 
 
-def test_a_run_at_max_steps_is_done(tmp_path):
-    checkpoint = tmp_path / "checkpoint-4"
-    checkpoint.mkdir()
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
-    assert finished_step(str(checkpoint), max_steps=4) == 4
-    assert finished_step(str(checkpoint), max_steps=6) is None  # an explicit increase extends it
-    assert finished_step(str(checkpoint), max_steps=-1) is None  # epochs, not steps: the Trainer decides
-    assert finished_step(None, max_steps=4) is None
+def test_a_run_is_done_once_its_final_model_is_saved_at_max_steps(tmp_path):
+    run = str(tmp_path / "run")
+    claim_output_dir(run, TRACE, write=True)
+    assert finished_step(run, max_steps=4) is None  # a checkpoint at max_steps is not enough: the model comes last
+    mark_finished(run, 4)
+    assert json.loads((tmp_path / "run" / RUN_RECORD).read_text()) == {**TRACE, "finished_step": 4}
+    assert finished_step(run, max_steps=4) == 4
+    assert finished_step(run, max_steps=6) is None  # an explicit increase extends it
+    assert finished_step(run, max_steps=-1) is None  # epochs, not steps: the Trainer decides
+    assert finished_step(str(tmp_path / "other"), max_steps=4) is None
 
 
 def test_the_grpo_entry_point_stops_before_loading_anything(tmp_path):
@@ -45,10 +47,40 @@ def test_the_grpo_entry_point_stops_before_loading_anything(tmp_path):
         argv = ["--config", str(recipe), "--output_dir", str(output_dir), "--use_cpu", "true", "--max_steps", "2"]
         return parse_grpo_args([*argv, "--report_to", "none", *extra])
 
-    (output_dir / "checkpoint-2").mkdir(parents=True)
-    (output_dir / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    output_dir.mkdir()
+    (output_dir / RUN_RECORD).write_text(json.dumps({"method": "eps_trace-both-0.99", "finished_step": 2}))
     assert grpo.main(*arguments()) == 0
-    assert json.loads((output_dir / RUN_RECORD).read_text())["method"] == "eps_trace-both-0.99"
-    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-2", RUN_RECORD]  # nothing trained or saved
+    assert sorted(p.name for p in output_dir.iterdir()) == [RUN_RECORD]  # nothing trained or saved
     with pytest.raises(GRPOLambdaError, match="holds a eps_trace-both-0.99 run; this command trains grpo"):
         grpo.main(*arguments("--loss_variant", "grpo"))
+
+
+@pytest.mark.slow
+def test_a_kill_while_the_final_model_is_written_is_repaired_by_the_rerun(tiny_model_dir, tmp_path):
+    """The run's last checkpoint is complete, its final model.safetensors torn (a kill or a full disk during the final
+    save). Before, the rerun saw the checkpoint at max_steps, said "done" and kept the torn model; now the run is
+    finished only once its model is saved, so the rerun resumes at max_steps, trains nothing and saves it again."""
+    from safetensors.torch import load_file
+
+    from grpo_lambda import metrics_log
+    from grpo_lambda.testbench.train import main
+
+    recipe = REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
+    output_dir = tmp_path / "run"
+    argv = ["grpo", "--config", str(recipe), "--model_name_or_path", str(tiny_model_dir)]
+    argv += ["--output_dir", str(output_dir), "--max_steps", "2", "--save_steps", "1", "--use_cpu", "true"]
+    argv += ["--num_generations", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "8"]
+    argv += ["--report_to", "none", "--reward_funcs", "format", "--reward_weights", "1.0"]
+    assert main(argv) == 0
+    weights = output_dir / "model.safetensors"
+    whole = {name: tensor.clone() for name, tensor in load_file(weights).items()}  # not a view of the file
+    record = json.loads((output_dir / RUN_RECORD).read_text())
+    assert record["finished_step"] == 2
+    (output_dir / RUN_RECORD).write_text(json.dumps({k: v for k, v in record.items() if k != "finished_step"}))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # the kill, mid-write
+
+    assert main(argv) == 0
+    repaired = load_file(weights)
+    assert repaired.keys() == whole.keys() and all(repaired[k].equal(whole[k]) for k in whole)
+    assert json.loads((output_dir / RUN_RECORD).read_text())["finished_step"] == 2
+    assert [r["step"] for r in metrics_log.read(output_dir / "metrics.jsonl") if "loss" in r] == [1, 2]

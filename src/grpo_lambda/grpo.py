@@ -14,13 +14,13 @@ from transformers import set_seed
 from trl import ModelConfig, get_peft_config
 
 from grpo_lambda.callbacks import EXIT_PREEMPTED, STOP_FILE, JsonlMetricsCallback, PreemptionCallback
-from grpo_lambda.checkpoints import checkpoint_to_resume
+from grpo_lambda.checkpoints import checkpoint_state, checkpoint_to_resume
 from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
 from grpo_lambda.data import load_problem_dataset, to_prompts
 from grpo_lambda.errors import exit_status
 from grpo_lambda.methods import Method
-from grpo_lambda.models import load_model_and_tokenizer, save_final_model
-from grpo_lambda.reruns import claim_output_dir, finished_step
+from grpo_lambda.models import final_model_from_checkpoint, load_model_and_tokenizer, save_final_model
+from grpo_lambda.reruns import claim_output_dir, finished_step, mark_finished
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.tracking import announce_wandb
 from grpo_lambda.vllm_server import vllm_server_url, wait_for_vllm_server
@@ -52,8 +52,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
         "dataset": script_args.dataset_name,
     }
     claim_output_dir(training_args.output_dir, record, write=training_args.process_index == 0)
-    checkpoint = checkpoint_to_resume(training_args)
-    done = finished_step(checkpoint, training_args.max_steps)
+    done = finished_step(training_args.output_dir, training_args.max_steps)
     if done is not None:
         logger.warning(
             "%s already reached max_steps=%d (step %d): nothing to train; raise max_steps to extend it",
@@ -61,6 +60,14 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
             training_args.max_steps,
             done,
         )
+        return 0
+    checkpoint = checkpoint_to_resume(training_args)
+    reached = (checkpoint_state(checkpoint) or {}).get("global_step", 0) if checkpoint else 0
+    if training_args.max_steps > 0 and reached >= training_args.max_steps:  # killed during its final save
+        logger.warning("%s reached max_steps at step %d; saving its final model from it", checkpoint, reached)
+        if training_args.process_index == 0:
+            final_model_from_checkpoint(checkpoint, model_args, training_args.output_dir)
+            mark_finished(training_args.output_dir, reached)
         return 0
 
     preemption = PreemptionCallback(Path(training_args.output_dir) / STOP_FILE)
@@ -100,6 +107,8 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     save_final_model(trainer, model_args, training_args.output_dir)  # LoRA: merged weights, adapter in adapter/
+    if trainer.accelerator.is_main_process:
+        mark_finished(training_args.output_dir, trainer.state.global_step)  # last: a kill before leaves it unfinished
     logger.info("model saved to %s", training_args.output_dir)
     return 0
 

@@ -4,9 +4,11 @@ runs merged). Checkpoints, and which one a run resumes from: grpo_lambda.checkpo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.layout import EMBEDDED_PREFIX
@@ -77,6 +79,46 @@ def save_final_model(trainer, model_args, output_dir: str) -> None:
         arguments = [base, adapter, output_dir, str(model_args.dtype or "auto"), model_args.model_revision or "main"]
         subprocess.run([sys.executable, "-c", merge, *arguments], check=True)
         trainer.processing_class.save_pretrained(output_dir)
+
+
+# What a checkpoint holds besides the model (and its tokenizer): the trainer's own state
+_TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
+
+
+def final_model_from_checkpoint(checkpoint: str, model_args, output_dir: str) -> None:
+    """The final model of a run whose last checkpoint reached max_steps but whose final save did not complete (a
+    kill or a full disk during it), taken from that checkpoint without training: resuming there, transformers would
+    train one step past max_steps. Full fine-tuning: the checkpoint's model and tokenizer files (ZeRO-3 too: its
+    checkpoints hold the gathered 16-bit weights, `zero3_save_16bit_model`), each copied to a temporary name and
+    renamed. LoRA: the checkpoint's adapter into <output_dir>/adapter, merged as `save_final_model` does. Call it on
+    one process."""
+    source = Path(checkpoint)
+    files = [
+        f
+        for f in sorted(source.iterdir())
+        if f.is_file() and f.name not in _TRAINER_STATE_FILES and not f.name.startswith("rng_state")
+    ]
+    target = Path(output_dir) / ADAPTER_FOLDER if model_args.use_peft else Path(output_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        partial = target / f".{file.name}.partial"
+        shutil.copyfile(file, partial)
+        os.replace(partial, target / file.name)
+    if model_args.use_peft:
+        merge = "import sys; from grpo_lambda.models import merge_lora; merge_lora(*sys.argv[1:])"
+        base = model_path(model_args.model_name_or_path)
+        arguments = [
+            base,
+            str(target),
+            output_dir,
+            str(model_args.dtype or "auto"),
+            model_args.model_revision or "main",
+        ]
+        subprocess.run([sys.executable, "-c", merge, *arguments], check=True)
+        for file in files:
+            if not file.name.startswith("adapter_"):  # the tokenizer beside the merged weights
+                shutil.copyfile(file, Path(output_dir) / f".{file.name}.partial")
+                os.replace(Path(output_dir) / f".{file.name}.partial", Path(output_dir) / file.name)
 
 
 def merge_lora(base: str, adapter: str, output_dir: str, dtype: str = "auto", revision: str = "main") -> None:

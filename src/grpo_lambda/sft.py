@@ -25,6 +25,7 @@ from grpo_lambda.data import solution_dataset
 from grpo_lambda.errors import exit_status
 from grpo_lambda.layout import SFT_RECORD
 from grpo_lambda.models import load_model_and_tokenizer, save_final_model
+from grpo_lambda.records import replace_file
 from grpo_lambda.tracking import announce_wandb
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
             "prompt_template": script_args.prompt_template,
             "dataset": script_args.dataset_name,
         }
-        (Path(training_args.output_dir) / SFT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        replace_file(Path(training_args.output_dir) / SFT_RECORD, json.dumps(record, indent=2) + "\n")
     logger.info("model saved to %s", training_args.output_dir)
     return 0
 

@@ -52,6 +52,7 @@ from grpo_lambda.layout import repo_root
 from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
 from grpo_lambda.records import append_jsonl, read_jsonl, replace_file
+from grpo_lambda.reruns import final_step
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
 SWEEP_KEYS = {"description", "output_dir", "hf_home", "runs", "evaluation", "slurm"}
@@ -214,7 +215,7 @@ def run_state(run_dir: Path) -> str:
     """done (evaluated), trained, started, or pending."""
     if (run_dir / "eval" / "results.json").is_file():
         return "done"
-    if (run_dir / "train_results.json").is_file():
+    if final_step(str(run_dir)) is not None:  # the final model saved whole (grpo_lambda.reruns)
         return "trained"
     if (run_dir / "attempts.jsonl").is_file():
         return "started"
