@@ -96,7 +96,7 @@ LATEX ?=
 RUNS ?=
 PLOTS ?= plots
 
-.PHONY: help install demo test test-slow train sft evaluate regrade tables plots credit download sweep bench bench-step bench-eval recipes lint format clean
+.PHONY: help install demo test test-slow train sft evaluate regrade tables plots compare credit download sweep bench bench-step bench-eval recipes lint format clean
 
 help:
 	@echo "make install   create $(VENV): torch $(TORCH_VERSION), $(VLLM_PACKAGE), the package [STACK=gpu|cpu, default gpu] [PYTHON=python3.11]"
@@ -114,6 +114,7 @@ help:
 	@echo "make download  MODEL=.. DATASET=.. | SWEEP=..: models and training sets into the Hugging Face cache (login node, before jobs)"
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [SBATCH_ARGS='--account=..'] [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
+	@echo "make compare   A=<eval dir(s)> B=<eval dir(s)> [GRADE=corrected]: B - A per benchmark and macro, paired 95% intervals, McNemar; table + forest plot"
 	@echo "make credit    RESULTS=<eval dir> [BENCHMARK=..] [INDEX=..]: one completion, tokens coloured by their gradient weight under GRPO, ε-trace, ε-weight (PNG + HTML)"
 	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
 	@echo "make bench-step  a whole training step, stock TRL vs each GRPO-λ variant, generate and vLLM colocated [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
@@ -175,6 +176,14 @@ regrade: install
 
 tables: install
 	$(PY) -m grpo_lambda.evaluation.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)
+
+# make compare A="<evaluation folder(s)>" B="<evaluation folder(s)>" [GRADE=paper|corrected]: B − A, paired, 95 % intervals
+A ?=
+B ?=
+GRADE ?= paper
+compare: install
+	@test -n "$(A)" -a -n "$(B)" || { echo "set A=<evaluation folder(s)> and B=<evaluation folder(s)>"; exit 2; }
+	$(PY) -m grpo_lambda.evaluation.compare --a $(A) --b $(B) --grade $(GRADE) --output "$(PLOTS)"
 
 # make credit RESULTS=<evaluation folder> [BENCHMARK=math] [INDEX=0] [ARGS="--trace_lambda 0.98 --trace_style recent"]
 credit: install

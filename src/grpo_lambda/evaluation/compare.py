@@ -1,0 +1,202 @@
+"""`make compare A=<evaluation folder(s)> B=<evaluation folder(s)>`: is B better than A, on the same problems?
+
+    python -m grpo_lambda.evaluation.compare --a data/eval/grpo --b data/eval/eps_trace [--grade paper] [--output DIR]
+    python -m grpo_lambda.evaluation.compare --a grpo-seed0 grpo-seed1 --b ours-seed0 ours-seed1   # several runs
+
+Per benchmark and for the macro average (the paper's AVG): both accuracies, the difference B − A over the problems
+both sides evaluated, and its 95 % interval; with one run per side (greedy, the paper's protocol) the paired
+Agresti–Min interval and the exact McNemar p-value of each benchmark; with several runs per side (seeds) a bootstrap
+over runs and problems (grpo_lambda.evaluation.stats says what each number means). Prints a markdown table, writes it
+to <output>/compare.md and a forest plot to <output>/compare.png.
+
+Folders are comparable only when they evaluated the same suite, template, token limits and problems; otherwise this
+stops in one line naming the difference. A sample's score for a problem is its grade's `correct`; where a folder
+holds several samples per problem (`sample` index), the fraction correct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.evaluation import stats
+from grpo_lambda.evaluation.grades import GRADES
+from grpo_lambda.evaluation.store import read_lines
+
+# What two evaluations must share to be compared problem by problem (their results.json `config`).
+SAME = ("suite", "template", "max_new_tokens", "max_model_len")
+MACRO = "average"
+
+
+def load_evaluation(folder: Path, grade: str) -> tuple[dict, dict[str, dict[int, float]]]:
+    """(config, {benchmark: {problem index: score}}) of an evaluation folder; a score is the fraction of the problem's
+    samples that `grade` marks correct (0 or 1 for one greedy sample)."""
+    results_path, samples_path = folder / "results.json", folder / "samples.jsonl"
+    if not results_path.is_file() or not samples_path.is_file():
+        raise GRPOLambdaError(
+            f"{folder} is not an evaluation folder (no results.json and samples.jsonl): run make evaluate."
+        )
+    try:
+        config = json.loads(results_path.read_text())["config"]
+    except (ValueError, KeyError) as error:
+        raise GRPOLambdaError(
+            f"{results_path} is damaged ({error}): rerun the evaluation or `make regrade`."
+        ) from error
+    correct: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for sample in read_lines(samples_path):
+        if grade not in sample:
+            raise GRPOLambdaError(
+                f"{samples_path} has samples without the {grade} grade: `make regrade RESULTS={folder}`."
+            )
+        correct[sample["benchmark"]][sample["index"]].append(float(sample[grade]["correct"]))
+    scores = {name: {i: float(np.mean(v)) for i, v in sorted(rows.items())} for name, rows in correct.items()}
+    return config, scores
+
+
+def _check_comparable(folders: list[Path], configs: list[dict], scores: list[dict]) -> None:
+    first = folders[0]
+    for folder, config, score in zip(folders[1:], configs[1:], scores[1:], strict=True):
+        for key in SAME:
+            if config.get(key) != configs[0].get(key):
+                raise GRPOLambdaError(
+                    f"{first} and {folder} used different {key} ({configs[0].get(key)!r} vs {config.get(key)!r}): "
+                    "compare evaluations made the same way."
+                )
+        if score.keys() != scores[0].keys():
+            raise GRPOLambdaError(
+                f"{first} evaluated {', '.join(scores[0])} and {folder} {', '.join(score)}: compare the same benchmarks."
+            )
+        for name in score:
+            if score[name].keys() != scores[0][name].keys():
+                raise GRPOLambdaError(
+                    f"{first} and {folder} evaluated different {name} problems ({len(scores[0][name])} vs "
+                    f"{len(score[name])}; another LIMIT?): compare evaluations of the same problems."
+                )
+
+
+def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
+    """One row per benchmark and one for the macro average: n, accuracy of A and B (mean over runs), B − A, its
+    interval, and (one run per side) McNemar's p."""
+    if grade not in GRADES:
+        raise GRPOLambdaError(f"grade {grade!r} is not one of {', '.join(GRADES)}.")
+    folders = [Path(f) for f in [*a, *b]]
+    loaded = [load_evaluation(folder, grade) for folder in folders]
+    _check_comparable(folders, [c for c, _ in loaded], [s for _, s in loaded])
+    benchmarks = list(loaded[0][1])
+    runs_a = {n: np.array([list(s[n].values()) for _, s in loaded[: len(a)]]) for n in benchmarks}  # [runs, problems]
+    runs_b = {n: np.array([list(s[n].values()) for _, s in loaded[len(a) :]]) for n in benchmarks}
+    single = len(a) == len(b) == 1
+    greedy = single and all(np.isin(runs_a[n], (0, 1)).all() and np.isin(runs_b[n], (0, 1)).all() for n in benchmarks)
+    rows = []
+    for name in benchmarks:
+        if single:
+            difference, low, high = stats.paired_difference(runs_a[name][0], runs_b[name][0])
+        else:
+            difference, low, high = stats.runs_difference(runs_a[name], runs_b[name])
+        rows.append(
+            {
+                "benchmark": name,
+                "n": runs_a[name].shape[1],
+                "a": float(runs_a[name].mean()),
+                "b": float(runs_b[name].mean()),
+                "difference": float(difference),
+                "low": float(low),
+                "high": float(high),
+                "mcnemar_p": stats.mcnemar_exact(runs_a[name][0], runs_b[name][0]) if greedy else None,
+            }
+        )
+    if len(benchmarks) > 1:
+        if single:
+            macro = stats.macro_paired_difference(
+                {n: v[0] for n, v in runs_a.items()}, {n: v[0] for n, v in runs_b.items()}
+            )
+        else:
+            macro = stats.macro_runs_difference(runs_a, runs_b)
+        rows.append(
+            {
+                "benchmark": MACRO,
+                "n": sum(row["n"] for row in rows),
+                "a": float(np.mean([row["a"] for row in rows])),
+                "b": float(np.mean([row["b"] for row in rows])),
+                "difference": float(macro[0]),
+                "low": float(macro[1]),
+                "high": float(macro[2]),
+                "mcnemar_p": None,
+            }
+        )
+    return rows
+
+
+def render(rows: list[dict], label_a: str, label_b: str, grade: str) -> str:
+    """The markdown table (accuracies and differences in points)."""
+    lines = [
+        f"{grade} grade: B = {label_b} minus A = {label_a}, 95 % interval over problems",
+        "",
+        "| benchmark | n | A | B | B − A | 95 % interval | McNemar p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        p = "" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g}"
+        lines.append(
+            f"| {row['benchmark']} | {row['n']} | {100 * row['a']:.1f} | {100 * row['b']:.1f} | "
+            f"{100 * row['difference']:+.1f} | [{100 * row['low']:+.1f}, {100 * row['high']:+.1f}] | {p} |"
+        )
+    return "\n".join(lines)
+
+
+def forest_plot(rows: list[dict], title: str, path: Path) -> Path:
+    """Each benchmark's B − A (points) with its interval, the macro average last, a line at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.4))
+    positions = list(range(len(rows)))[::-1]
+    for y, row in zip(positions, rows, strict=True):
+        colour = "black" if row["benchmark"] == MACRO else "tab:blue"
+        axis.errorbar(
+            100 * row["difference"],
+            y,
+            xerr=[[100 * (row["difference"] - row["low"])], [100 * (row["high"] - row["difference"])]],
+            fmt="D" if row["benchmark"] == MACRO else "o",
+            color=colour,
+            capsize=3,
+        )
+    axis.axvline(0, color="grey", linewidth=0.8, linestyle="--")
+    axis.set_yticks(positions, [f"{row['benchmark']} (n={row['n']})" for row in rows])
+    axis.set_xlabel("B − A, accuracy points (95 % interval)")
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", nargs="+", required=True, help="Evaluation folder(s) of A (several: one per seed).")
+    parser.add_argument("--b", nargs="+", required=True, help="Evaluation folder(s) of B.")
+    parser.add_argument("--grade", default="paper", choices=GRADES)
+    parser.add_argument("--output", default="plots", help="Writes <output>/compare.md and <output>/compare.png.")
+    args = parser.parse_args(argv)
+    rows = compare(args.a, args.b, args.grade)
+    label_a, label_b = (" + ".join(Path(folder).name for folder in side) for side in (args.a, args.b))
+    table = render(rows, label_a, label_b, args.grade)
+    print(table)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "compare.md").write_text(table + "\n")
+    png = forest_plot(rows, f"{label_b} − {label_a} ({args.grade} grade)", output / "compare.png")
+    print(f"\nwrote {output / 'compare.md'} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_status(main))

@@ -1,0 +1,100 @@
+"""make compare: B − A over the same problems with paired intervals and McNemar's p, against stats.py computed on the
+same scores; the refusals; and the command on two real evaluation folders of the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.evaluation import compare, stats
+
+CONFIG = {"suite": None, "template": "qwen_math", "max_new_tokens": 3000, "max_model_len": 4096}
+
+
+def evaluation(folder, scores: dict[str, list[int]], **config):
+    """An evaluation folder whose `paper` grade marks problem i of each benchmark `scores[benchmark][i]`."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"config": {**CONFIG, **config}}))
+    lines = [
+        json.dumps({"benchmark": name, "index": i, "paper": {"correct": bool(c)}, "corrected": {"correct": bool(c)}})
+        for name, values in scores.items()
+        for i, c in enumerate(values)
+    ]
+    (folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_single_runs_are_paired_problem_by_problem(tmp_path):
+    rng = np.random.default_rng(0)
+    a = {"aime": rng.integers(0, 2, 30).tolist(), "math": rng.integers(0, 2, 100).tolist()}
+    b = {"aime": rng.integers(0, 2, 30).tolist(), "math": (np.array(a["math"]) | rng.integers(0, 2, 100)).tolist()}
+    rows = compare.compare([evaluation(tmp_path / "a", a)], [evaluation(tmp_path / "b", b)])
+    assert [row["benchmark"] for row in rows] == ["aime", "math", "average"]
+    for row in rows[:2]:
+        name = row["benchmark"]
+        expected = stats.paired_difference(np.array(a[name]), np.array(b[name]))
+        assert (row["difference"], row["low"], row["high"]) == pytest.approx(expected)
+        assert row["mcnemar_p"] == stats.mcnemar_exact(np.array(a[name]), np.array(b[name]))
+        assert row["a"] == pytest.approx(np.mean(a[name])) and row["n"] == len(a[name])
+    macro = stats.macro_paired_difference(
+        {k: np.array(v) for k, v in a.items()}, {k: np.array(v) for k, v in b.items()}
+    )
+    assert (rows[2]["difference"], rows[2]["low"], rows[2]["high"]) == pytest.approx(macro)
+    assert rows[1]["low"] > 0  # B solves a superset of A's math problems and more: the interval says so
+    table = compare.render(rows, "a", "b", "paper")
+    assert "| math | 100 |" in table and "| average | 130 |" in table
+
+
+def test_several_runs_per_side_bootstrap_runs_and_problems(tmp_path):
+    rng = np.random.default_rng(1)
+    a = [evaluation(tmp_path / f"a{s}", {"aime": rng.integers(0, 2, 30).tolist()}) for s in range(2)]
+    b = [evaluation(tmp_path / f"b{s}", {"aime": rng.integers(0, 2, 30).tolist()}) for s in range(3)]
+    (row,) = compare.compare(a, b)
+    scores = [np.array([compare.load_evaluation(f, "paper")[1]["aime"][i] for i in range(30)]) for f in [*a, *b]]
+    expected = stats.runs_difference(np.stack(scores[:2]), np.stack(scores[2:]))
+    assert (row["difference"], row["low"], row["high"]) == pytest.approx(expected)
+    assert row["mcnemar_p"] is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"template": "r1"}, "used different template ('qwen_math' vs 'r1')"),
+        ({"max_new_tokens": 1000}, "used different max_new_tokens (3000 vs 1000)"),
+        ({"suite": "my/suite"}, "used different suite (None vs 'my/suite')"),
+    ],
+)
+def test_evaluations_made_differently_are_refused(tmp_path, change, message):
+    a = evaluation(tmp_path / "a", {"aime": [0, 1]})
+    b = evaluation(tmp_path / "b", {"aime": [1, 1]}, **change)
+    with pytest.raises(GRPOLambdaError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compare.compare([a], [b])
+
+
+def test_other_problems_are_refused(tmp_path):
+    a = evaluation(tmp_path / "a", {"aime": [0, 1, 1]})
+    with pytest.raises(GRPOLambdaError, match="different aime problems \\(3 vs 2; another LIMIT\\?\\)"):
+        compare.compare([a], [evaluation(tmp_path / "b", {"aime": [1, 1]})])
+    with pytest.raises(GRPOLambdaError, match="compare the same benchmarks"):
+        compare.compare([a], [evaluation(tmp_path / "c", {"math": [1, 1, 0]})])
+    with pytest.raises(GRPOLambdaError, match="is not an evaluation folder"):
+        compare.compare([a], [tmp_path / "missing"])
+
+
+def test_compare_two_real_evaluations(tiny_model_dir, tmp_path, capsys):
+    """Two evaluations of two tiny random models (seeds 0 and 1) on two benchmarks of the shipped suite."""
+    from grpo_lambda.evaluation.config import EvalConfig
+    from grpo_lambda.evaluation.evaluate import evaluate
+    from grpo_lambda.testbench.models import build_tiny_model
+
+    common = dict(benchmarks=["aime", "amc"], template="qwen_math", backend="transformers", max_new_tokens=8, limit=4)
+    for name, model in (("a", tiny_model_dir), ("b", build_tiny_model(tmp_path / "tiny-seed1", seed=1))):
+        evaluate(EvalConfig(model=str(model), output_dir=str(tmp_path / name), dtype="float32", **common))
+    output = tmp_path / "plots"
+    assert compare.main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "| aime | 4 |" in out and "| amc | 4 |" in out and "| average | 8 |" in out
+    assert (output / "compare.md").read_text().strip() in out and (output / "compare.png").stat().st_size > 5_000
