@@ -118,25 +118,23 @@ start() {
   die "not every node came up ($(sinfo -h -N -o '%N=%t' 2>/dev/null | paste -sd ' ' -)); logs are in $STATE_DIR/log"
 }
 
-pid_files() {  # this state folder's daemons, slurmd(s) first, whatever node count started them
-  local file
-  for file in "$STATE_DIR"/slurmd*.pid "$STATE_DIR/slurmctld.pid" "$STATE_DIR/munged.pid"; do
-    [[ -e $file ]] && echo "$file"
+stop_daemons() {  # SIGTERM to each, then wait for all (each takes ~2 s), SIGKILL after 10 s
+  local file pids=()
+  for file in "$@"; do
+    running "$file" && { pids+=("$(cat "$file")"); kill "${pids[-1]}"; }
   done
-  return 0
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+  done
+  rm -f "$@"
 }
 
-stop() {
-  local file pid
-  for file in $(pid_files); do
-    if running "$file"; then
-      pid=$(cat "$file")
-      kill "$pid"
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    fi
-    rm -f "$file"
-  done
+stop() {  # the slurmd(s) of this state folder, whatever node count started them, then slurmctld, then munged
+  shopt -s nullglob
+  stop_daemons "$STATE_DIR"/slurmd*.pid
+  stop_daemons "$STATE_DIR/slurmctld.pid"
+  stop_daemons "$STATE_DIR/munged.pid"
 }
 
 case "$command" in
