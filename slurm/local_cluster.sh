@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A single-node SLURM cluster on this machine, for the tests and for trying the sweep scripts without a cluster.
+# A SLURM cluster on this machine, for the tests and for trying the sweep scripts without a cluster: one node
+# (`localhost`) by default, or several with GRPO_LAMBDA_SLURM_NODES=N (node1..nodeN: one slurmd each, on its own
+# port, all at 127.0.0.1), which is how the tests run a multi-node job (vLLM server on one node, trainers on others).
 #
 #   slurm/local_cluster.sh start [STATE_DIR]   # prints `export SLURM_CONF=...`; eval it in your shell
-#   slurm/local_cluster.sh stop  [STATE_DIR]   # stops slurmd, slurmctld and munged by the PIDs it recorded
+#   slurm/local_cluster.sh stop  [STATE_DIR]   # stops the slurmd(s), slurmctld and munged by the PIDs it recorded
 #   slurm/local_cluster.sh status [STATE_DIR]
 #   slurm/local_cluster.sh install              # the Debian packages only (CI does this before the tests)
 #
@@ -14,10 +16,16 @@ set -euo pipefail
 
 command=${1:-status}
 STATE_DIR=$(realpath -m "${2:-${GRPO_LAMBDA_SLURM_DIR:-/tmp/grpo-lambda-slurm}}")
-CPUS=${GRPO_LAMBDA_SLURM_CPUS:-$(nproc)}
-MEMORY_MB=${GRPO_LAMBDA_SLURM_MEMORY_MB:-$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10))}
+NODES=${GRPO_LAMBDA_SLURM_NODES:-1}
 
 die() { echo "local_cluster: $*" >&2; exit 1; }
+
+[[ $NODES =~ ^[1-9][0-9]*$ ]] || die "GRPO_LAMBDA_SLURM_NODES is a number of nodes (1 or more), not '$NODES'."
+# Per node: the machine's cores and 90% of its memory, shared between the nodes (at least one CPU each)
+CPUS=${GRPO_LAMBDA_SLURM_CPUS:-$(( $(nproc) / NODES > 0 ? $(nproc) / NODES : 1 ))}
+MEMORY_MB=${GRPO_LAMBDA_SLURM_MEMORY_MB:-$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 / NODES))}
+SLURMD_PORT=${GRPO_LAMBDA_SLURMD_PORT:-6818}  # node i (from 0) listens on SLURMD_PORT + i
+if (( NODES == 1 )); then NODE_NAMES=(localhost); else mapfile -t NODE_NAMES < <(seq -f 'node%g' "$NODES"); fi
 
 running() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -31,12 +39,15 @@ install_packages() {
 }
 
 write_config() {
-  mkdir -p "$STATE_DIR"/{munge,spool/ctld,spool/d,log}
+  local i name
+  mkdir -p "$STATE_DIR"/{munge,spool/ctld,log}
+  for name in "${NODE_NAMES[@]}"; do mkdir -p "$STATE_DIR/spool/d/$name"; done
   chmod 700 "$STATE_DIR/munge"
   if [[ ! -f "$STATE_DIR/munge/munge.key" ]]; then
     head -c 1024 /dev/urandom > "$STATE_DIR/munge/munge.key"
     chmod 400 "$STATE_DIR/munge/munge.key"
   fi
+  # Several slurmd on one host: each its own node name (slurmd -N), port, and (%n) spool folder, PID and log file
   cat > "$STATE_DIR/slurm.conf" <<EOF
 ClusterName=grpo-lambda-local
 SlurmctldHost=localhost
@@ -46,13 +57,13 @@ AuthType=auth/munge
 AuthInfo=socket=$STATE_DIR/munge/munge.socket
 CredType=cred/munge
 StateSaveLocation=$STATE_DIR/spool/ctld
-SlurmdSpoolDir=$STATE_DIR/spool/d
+SlurmdSpoolDir=$STATE_DIR/spool/d/%n
 SlurmctldPidFile=$STATE_DIR/slurmctld.pid
-SlurmdPidFile=$STATE_DIR/slurmd.pid
+SlurmdPidFile=$STATE_DIR/slurmd-%n.pid
 SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
-SlurmdLogFile=$STATE_DIR/log/slurmd.log
+SlurmdLogFile=$STATE_DIR/log/slurmd-%n.log
 SlurmctldPort=${GRPO_LAMBDA_SLURMCTLD_PORT:-6817}
-SlurmdPort=${GRPO_LAMBDA_SLURMD_PORT:-6818}
+SlurmdPort=$SLURMD_PORT
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -68,12 +79,21 @@ EnforcePartLimits=ALL
 KillWait=30
 MinJobAge=600
 MaxArraySize=10001
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEMORY_MB State=UNKNOWN
-PartitionName=local Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+  for i in "${!NODE_NAMES[@]}"; do
+    echo "NodeName=${NODE_NAMES[i]} NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + i)) CPUs=$CPUS" \
+      "RealMemory=$MEMORY_MB State=UNKNOWN"
+  done >> "$STATE_DIR/slurm.conf"
+  echo "PartitionName=local Nodes=$(IFS=,; echo "${NODE_NAMES[*]}") Default=YES MaxTime=INFINITE State=UP" \
+    "OverSubscribe=NO" >> "$STATE_DIR/slurm.conf"
+}
+
+all_nodes_up() {
+  [[ $(sinfo -h -N -o %t 2>/dev/null | grep -Ec '^(idle|mix|alloc)') == "$NODES" ]]
 }
 
 start() {
+  local name
   install_packages
   [[ $(id -u) == 0 ]] || die "the local cluster runs its daemons as root (slurmd starts jobs as their user)."
   write_config
@@ -84,40 +104,49 @@ start() {
       --seed-file="$STATE_DIR/munge/munge.seed" --force
   fi
   running "$STATE_DIR/slurmctld.pid" || slurmctld -c -i
-  running "$STATE_DIR/slurmd.pid" || slurmd -N localhost
+  for name in "${NODE_NAMES[@]}"; do running "$STATE_DIR/slurmd-$name.pid" || slurmd -N "$name"; done
   for _ in $(seq 60); do
-    if sinfo -h -o %t 2>/dev/null | grep -Eq '^(idle|mix|alloc)'; then
+    if all_nodes_up; then
       echo "export SLURM_CONF=$SLURM_CONF"
       return 0
     fi
     sleep 0.5
   done
-  scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true
-  sinfo -h -o %t 2>/dev/null | grep -Eq '^(idle|mix|alloc)' && { echo "export SLURM_CONF=$SLURM_CONF"; return 0; }
+  for name in "${NODE_NAMES[@]}"; do scontrol update NodeName="$name" State=RESUME >/dev/null 2>&1 || true; done
+  all_nodes_up && { echo "export SLURM_CONF=$SLURM_CONF"; return 0; }
   tail -n 20 "$STATE_DIR"/log/*.log >&2 || true
-  die "the node did not come up; logs are in $STATE_DIR/log"
+  die "not every node came up ($(sinfo -h -N -o '%N=%t' 2>/dev/null | paste -sd ' ' -)); logs are in $STATE_DIR/log"
 }
 
-stop() {
-  local name pid
-  for name in slurmd slurmctld munged; do
-    if running "$STATE_DIR/$name.pid"; then
-      pid=$(cat "$STATE_DIR/$name.pid")
-      kill "$pid"
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    fi
-    rm -f "$STATE_DIR/$name.pid"
+stop_daemons() {  # SIGTERM to each, then wait for all (each takes ~2 s), SIGKILL after 10 s
+  local file pids=()
+  for file in "$@"; do
+    running "$file" && { pids+=("$(cat "$file")"); kill "${pids[-1]}"; }
   done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+  done
+  rm -f "$@"
+}
+
+stop() {  # the slurmd(s) of this state folder, whatever node count started them, then slurmctld, then munged
+  shopt -s nullglob
+  stop_daemons "$STATE_DIR"/slurmd*.pid
+  stop_daemons "$STATE_DIR/slurmctld.pid"
+  stop_daemons "$STATE_DIR/munged.pid"
 }
 
 case "$command" in
   install) install_packages ;;
   start) start ;;
   stop) stop ;;
-  status)
-    for name in munged slurmctld slurmd; do
-      if running "$STATE_DIR/$name.pid"; then echo "$name: running (pid $(cat "$STATE_DIR/$name.pid"))"; else echo "$name: stopped"; fi
+  status)  # the nodes of the cluster last started from STATE_DIR
+    [[ -f $STATE_DIR/slurm.conf ]] \
+      && mapfile -t NODE_NAMES < <(sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$STATE_DIR/slurm.conf")
+    for name in munged slurmctld "${NODE_NAMES[@]/#/slurmd-}"; do
+      if running "$STATE_DIR/$name.pid"; then echo "$name: running (pid $(cat "$STATE_DIR/$name.pid"))"
+      else echo "$name: stopped"; fi
     done ;;
   *) die "usage: $0 install|start|stop|status [STATE_DIR]" ;;
 esac

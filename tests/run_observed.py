@@ -22,6 +22,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SKIP_SYNC_FLAG = "--skip_vllm_sync_at_step"
 LOGP_DIFFERENCE = "sampling/sampling_logp_difference/mean"
+# TRL's sampling/sampling_logp_difference/mean: |log π_vLLM − log π_trainer| over the sampled tokens. In float32 on
+# the CPU it is ~2e-7 when vLLM holds the trainer's weights, and ~0.1 after one missed update of the tiny model.
+SYNCED_LOGP_DIFFERENCE = 1e-3
 # A tiny GRPO-λ run of the default recipe (ε-trace, `both`, λ 0.99, clamp −0.1, β 0.04, float32)
 TINY_RUN = [
     "--config",

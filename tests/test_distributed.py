@@ -23,6 +23,7 @@ from grpo_lambda.jobs.launch import VLLMServer, free_port, vllm_server_command
 from run_observed import (
     LOGP_DIFFERENCE,
     REPO_ROOT,
+    SYNCED_LOGP_DIFFERENCE,
     TINY_RUN,
     check_run,
     max_difference,
@@ -32,9 +33,6 @@ from run_observed import (
     sums_dataset,
 )
 
-# TRL's sampling/sampling_logp_difference/mean: |log π_vLLM − log π_trainer| over the sampled tokens. In float32 on
-# the CPU it is ~2e-7 when vLLM holds the trainer's weights, and ~0.1 after one missed update of the tiny model.
-SYNCED_LOGP_DIFFERENCE = 1e-3
 pytestmark = pytest.mark.slow
 
 

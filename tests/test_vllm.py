@@ -15,6 +15,7 @@ from grpo_lambda.jobs.launch import free_port
 from run_observed import (
     LOGP_DIFFERENCE,
     REPO_ROOT,
+    SYNCED_LOGP_DIFFERENCE,
     TINY_RUN,
     check_run,
     observed_command,
@@ -22,8 +23,6 @@ from run_observed import (
     step_records,
     sums_dataset,
 )
-
-SYNCED_LOGP_DIFFERENCE = 1e-3  # see test_distributed.py
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import datetime
 import getpass
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -291,12 +292,13 @@ class Runner:
         if len(nodes) <= 1:
             return [[*launch, "--args", shlex.join(trainer_flags)]]
         server, trainers = nodes[-1], nodes[:-1]
-        command, env, url, _ = self.vllm_server(server)
+        command, env, url, _ = self.vllm_server(server.address)
         serve = [
             "srun",
             "--nodes=1",
             "--ntasks=1",
-            f"--nodelist={server}",
+            f"--nodelist={server.name}",
+            "--job-name=vllm-server",  # the step's name in `squeue --steps`
             *_step_resources(),
             "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())]),
             *command,
@@ -306,22 +308,23 @@ class Runner:
             "srun",
             f"--nodes={len(trainers)}",
             "--ntasks-per-node=1",
-            f"--nodelist={','.join(trainers)}",
+            f"--nodelist={','.join(node.name for node in trainers)}",
+            "--job-name=trainers",
             *_step_resources(),
             "--export=ALL",
             *launch,
             "--num-machines",
             str(len(trainers)),
             "--main-process-ip",
-            trainers[0],
+            trainers[0].address,
             "--args",
             shlex.join(trainer_flags),
         ]
         return [serve, train]
 
-    def vllm_server(self, node: str) -> tuple[list[str], dict[str, str], str, float]:
-        """The serving node's command and environment (grpo_lambda.jobs.launch.vllm_server_command), its address, and
-        how long the trainers wait for it (the recipe's vllm_server_timeout)."""
+    def vllm_server(self, host: str) -> tuple[list[str], dict[str, str], str, float]:
+        """The serving node's command and environment (grpo_lambda.jobs.launch.vllm_server_command), its URL on
+        `host` (the node's address), and how long the trainers wait for it (the recipe's vllm_server_timeout)."""
         _, training_args, model_args = read_training_settings(["--config", str(self.run.recipe), *self.run.flags()])
         port = training_args.vllm_server_port
         command, env = vllm_server_command(
@@ -333,7 +336,7 @@ class Runner:
             training_args.vllm_max_model_length,
             training_args.generation_batch_size,
         )
-        return command, env, f"http://{node}:{port}", training_args.vllm_server_timeout
+        return command, env, f"http://{host}:{port}", training_args.vllm_server_timeout
 
     def evaluation_command(self) -> list[str]:
         config = self.evaluation
@@ -390,7 +393,7 @@ class Runner:
             if len(commands) > 1:  # trainers start once the server answers (it may download the model first)
                 print("[sweep] " + shlex.join(commands[0]), flush=True)
                 server = subprocess.Popen(commands[0], start_new_session=True)
-                _, _, url, timeout = self.vllm_server(_job_nodes()[-1])
+                _, _, url, timeout = self.vllm_server(_job_nodes()[-1].address)
                 try:
                     wait_for_vllm_server(url, timeout, server)
                 except GRPOLambdaError as error:
@@ -456,12 +459,36 @@ def _step_resources() -> list[str]:
     return flags
 
 
-def _job_nodes() -> list[str]:
+@dataclass(frozen=True)
+class JobNode:
+    name: str  # SLURM's node name, as srun --nodelist takes it
+    address: str  # where the other nodes reach it: SLURM's NodeAddr (on most clusters the name itself)
+
+
+def _job_nodes() -> list[JobNode]:
+    """The nodes of a multi-node job, in SLURM's order; [] for a single-node job or outside SLURM. Addresses come
+    from `scontrol show node`: a node's name need not resolve (several slurmd on one host, a cluster whose
+    interconnect addresses differ from its node names), its NodeAddr is what slurmctld itself connects to."""
     nodelist = os.environ.get("SLURM_JOB_NODELIST")
     if not nodelist or int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) <= 1:
         return []
-    result = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-    return result.stdout.split()
+    names = _scontrol("show", "hostnames", nodelist).split()
+    addresses = {}
+    for line in _scontrol("--oneliner", "show", "node", nodelist).splitlines():
+        fields = dict(re.findall(r"(?:^|\s)(NodeName|NodeAddr)=(\S+)", line))
+        if "NodeName" in fields:
+            addresses[fields["NodeName"]] = fields.get("NodeAddr", fields["NodeName"])
+    missing = [name for name in names if name not in addresses]
+    if missing:
+        _fail(f"scontrol show node {nodelist} does not list node(s) {', '.join(missing)}: check `scontrol show node`.")
+    return [JobNode(name, addresses[name]) for name in names]
+
+
+def _scontrol(*args: str) -> str:
+    result = subprocess.run(["scontrol", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        _fail(f"scontrol {' '.join(args)} failed: {_one_line(result.stderr)}")
+    return result.stdout
 
 
 def cluster_flags(slurm: dict) -> list[str]:
