@@ -547,3 +547,17 @@ def test_two_node_job_serves_vllm_on_the_last_node_and_trains_on_the_first(slurm
         "evaluated",
     ]
     assert sweep.runs[0].name in (output / "results.md").read_text()
+
+
+def test_list_settings_reach_the_trainer_as_lists(tmp_path):
+    """`reward_funcs: [accuracy, format]` in a sweep: before, passed as the JSON text '["accuracy", "format"]', which
+    the trainer's parser read as one unknown reward."""
+    from grpo_lambda.jobs.launch import read_training_settings
+
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["runs"]["settings"].update(reward_funcs=["accuracy", "format"], reward_weights=[1.0, 0.5])
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run = load_sweep(path, ROOT, tmp_path / "out").runs[0]
+    script_args, training_args, _ = read_training_settings(["--config", str(run.recipe), *run.flags()])
+    assert script_args.reward_funcs == ["accuracy", "format"] and training_args.reward_weights == [1.0, 0.5]

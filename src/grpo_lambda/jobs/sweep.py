@@ -107,9 +107,14 @@ class SweepRun:
     overrides: dict[str, Any] = field(default_factory=dict)  # trainer flags on top of the recipe
 
     def flags(self) -> list[str]:
+        """The overrides as the trainer's parser reads them: a list as its items (`--reward_funcs accuracy format`),
+        a dict as JSON."""
         flags = []
         for key, value in self.overrides.items():
-            flags += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+            if isinstance(value, list):
+                flags += [f"--{key}", *(str(item) for item in value)]
+            else:
+                flags += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
         return flags
 
 
