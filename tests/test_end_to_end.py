@@ -171,3 +171,12 @@ def test_lora_sft_saves_merged_weights(tiny_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = [n for n, p in merged.named_parameters() if not torch.equal(p, base.state_dict()[n])]
     assert changed and all(("q_proj" in n or "v_proj" in n) for n in changed)
+    # the same command again: a finished SFT run trains nothing (before: resumed at max_steps, trained one step past
+    # it and saved over the model); a higher max_steps extends it
+    record = json.loads((output_dir / "grpo_lambda_sft.json").read_text())
+    assert record["finished_step"] == 2
+    before = (output_dir / "model.safetensors").stat().st_mtime_ns
+    assert sft_main(*parse_sft_args(argv)) == 0
+    assert (output_dir / "model.safetensors").stat().st_mtime_ns == before
+    sft_main(*parse_sft_args([*argv, "--max_steps", "3"]))
+    assert json.loads((output_dir / "grpo_lambda_sft.json").read_text())["finished_step"] == 3

@@ -41,6 +41,12 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     set_seed(training_args.seed)
 
     base_model = model_args.model_name_or_path
+    record_path = Path(training_args.output_dir) / SFT_RECORD  # written last: the final model is saved
+    if record_path.is_file():
+        done = json.loads(record_path.read_text()).get("finished_step")
+        if done is None or training_args.max_steps <= 0 or done >= training_args.max_steps:
+            logger.warning("%s is a finished SFT run (step %s): nothing to train", training_args.output_dir, done)
+            return 0
     model, tokenizer = load_model_and_tokenizer(model_args)
     train_dataset = solution_dataset(
         script_args.dataset_name,
@@ -73,6 +79,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
             "base_model": base_model,
             "prompt_template": script_args.prompt_template,
             "dataset": script_args.dataset_name,
+            "finished_step": trainer.state.global_step,
         }
         replace_file(Path(training_args.output_dir) / SFT_RECORD, json.dumps(record, indent=2) + "\n")
     logger.info("model saved to %s", training_args.output_dir)
