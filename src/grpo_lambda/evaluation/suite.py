@@ -61,7 +61,7 @@ def _is_problem(row: dict) -> bool:
     return "problem" in row and "answer" in row
 
 
-def read_problems(path: Path) -> list[dict]:
+def _read_problems(path: Path) -> list[dict]:
     """The rows of a suite's `<benchmark>.jsonl`, each a JSON object with `problem` and `answer`. Read with the run
     state's reader (grpo_lambda.records.read_jsonl), which refuses a bad line with the file and the line; unlike run
     state, a suite file is never being appended to, so a bad last line is no torn write but corruption too."""
@@ -80,7 +80,7 @@ def _benchmark_rows(suite: str, local: Path, benchmark: str) -> list[dict]:
 
         return arithmetic_dataset(200, seed=0, split="test").to_list()
     if (local / f"{benchmark}.jsonl").is_file():
-        return read_problems(local / f"{benchmark}.jsonl")
+        return _read_problems(local / f"{benchmark}.jsonl")
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     if (local / "dataset_dict.json").is_file():
