@@ -19,7 +19,9 @@ them (a number as `str(number)`, e.g. `142.0`; strings unstripped, Minerva's tra
 gold is unboxed. The answer is correct if any of three checks says so:
 3. Hendrycks' MATH normalisation (`_mathd_normalize`) makes the two strings equal;
 4. the PRM800K normalisation (`_sympy_normalize`) makes them equal, or sympy finds their difference zero, element
-   by element for tuples (fractions must match as written; an integer gold needs an integer answer);
+   by element for tuples (fractions must match as written; an integer gold needs an integer answer); our one
+   addition: sympy never gets an answer it could not evaluate in bounded time (`9**9**9`), which is "not equal"
+   (`_within_bounds`);
 5. math-verify, on the two strings put in `$…$`, with the reference's parse settings and 1-second time bounds, after
    a repetition filter for strings over 128 characters.
 """
