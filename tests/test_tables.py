@@ -3,10 +3,13 @@
 import json
 import re
 import statistics
+import subprocess
+import sys
 
 import pytest
 
 from conftest import REPO_ROOT
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.evaluation.tables import collect_results, load_paper, main, render_run_tables, render_table1
 from grpo_lambda.methods import Method
@@ -151,3 +154,31 @@ def test_results_without_both_grades_ask_for_a_regrade(tmp_path, capsys):
     (folder / "results.json").write_text(json.dumps({"model": "x", "benchmarks": per, "average": 0.5}))
     assert collect_results(tmp_path, PAPER) == {}
     assert f"make regrade RESULTS={folder}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_a_results_folder_without_results_stops_with_one_line(tmp_path, kind):
+    """A mistyped RESULTS= must not print the paper's tables alone as if nothing had been run."""
+    folder = tmp_path / "evals"
+    if kind == "empty":
+        (folder / "run/eval").mkdir(parents=True)
+        (folder / "run/eval/samples.jsonl").write_text("")
+    lacks = "does not exist" if kind == "missing" else "holds no results.json"
+    with pytest.raises(GRPOLambdaError, match=f"{re.escape(str(folder))} {lacks}") as raised:
+        main(["--results", str(folder)])
+    assert "\n" not in str(raised.value)
+    command = [sys.executable, "-m", "grpo_lambda.evaluation.tables", "--results", str(folder)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [f"grpo_lambda: {raised.value}"]
+
+
+@pytest.mark.parametrize("text", ['{"model": "x", "benchmarks": {"aime": ', "[1, 2]", "\xff\xfe"])
+def test_a_damaged_results_json_is_refused_with_its_name(tmp_path, text):
+    write_results(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval", [0.1, 0.4, 0.7, 0.2, 0.3])
+    damaged = tmp_path / "other/eval/results.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(text.encode("latin-1"))
+    with pytest.raises(GRPOLambdaError, match=re.escape(str(damaged))) as raised:
+        main(["--results", str(tmp_path)])
+    assert "\n" not in str(raised.value)

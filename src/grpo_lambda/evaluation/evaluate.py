@@ -32,7 +32,7 @@ from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
 from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
-from grpo_lambda.evaluation.store import append, read_lines, read_samples, rewrite
+from grpo_lambda.evaluation.store import append, read_lines, read_results, read_samples, rewrite
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
 from grpo_lambda.grading import Grader
 from grpo_lambda.records import replace_file
@@ -152,7 +152,7 @@ def regrade(
     samples_path = folder / "samples.jsonl"
     if not samples_path.is_file():
         raise GRPOLambdaError(f"no samples.jsonl in {folder}.")
-    recorded = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else {}
+    recorded = read_results(folder / "results.json") if (folder / "results.json").is_file() else {}
     recorded_config = recorded.get("config", {})
     samples = read_lines(samples_path)  # several completions of one problem are all kept
     missing = [key for key in ("benchmark", "index", "completion") if any(key not in s for s in samples)]
@@ -183,6 +183,17 @@ def regrade(
     return results
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (`--limit 0` or `-1` would silently cut the suite short)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of problems")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="Checkpoint folder, Hub id or embedded:SmolLM2-135M-Instruct.")
@@ -202,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max_new_tokens", type=int, default=3000)
     parser.add_argument("--max_model_len", type=int, default=4096)
-    parser.add_argument("--limit", type=int, default=None, help="First N problems of each benchmark.")
+    parser.add_argument("--limit", type=positive_int, default=None, help="First N problems of each benchmark (N ≥ 1).")
     parser.add_argument("--batch_size", type=int, default=8, help="Prompts per generate call (transformers backend).")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--tensor_parallel_size", type=int, default=1)

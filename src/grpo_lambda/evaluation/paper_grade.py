@@ -19,17 +19,22 @@ them (a number as `str(number)`, e.g. `142.0`; strings unstripped, Minerva's tra
 gold is unboxed. The answer is correct if any of three checks says so:
 3. Hendrycks' MATH normalisation (`_mathd_normalize`) makes the two strings equal;
 4. the PRM800K normalisation (`_sympy_normalize`) makes them equal, or sympy finds their difference zero, element
-   by element for tuples (fractions must match as written; an integer gold needs an integer answer);
+   by element for tuples (fractions must match as written; an integer gold needs an integer answer); our one
+   addition: sympy never gets an answer it could not evaluate in bounded time (`9**9**9`), which is "not equal"
+   (`_within_bounds`);
 5. math-verify, on the two strings put in `$…$`, with the reference's parse settings and 1-second time bounds, after
    a repetition filter for strings over 128 characters.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 import signal
 import threading
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from grpo_lambda import answers
 from grpo_lambda.errors import GRPOLambdaError
@@ -451,8 +456,8 @@ def _sympy_equal(answer: str, gold: str) -> bool:
 
 
 def _difference_is_zero(gold: str, answer: str) -> bool:
-    """sympy.simplify((gold) - (answer)) == 0, tried only where it cannot hang: at most two distinct letters, no
-    `^{`, `^(` or exponents of two digits or more."""
+    """sympy.simplify((gold) - (answer)) == 0, tried only where it cannot hang. The reference's filter: at most two
+    distinct letters, no `^{`, `^(` or exponents of two digits or more; ours, after it: `_within_bounds`."""
     from sympy import simplify
     from sympy.parsing import sympy_parser
 
@@ -460,11 +465,208 @@ def _difference_is_zero(gold: str, answer: str) -> bool:
     letters = {c for c in expr.replace("sqrt", "").replace("frac", "") if c.isalpha()}
     if len(letters) > 2 or "^{" in expr or "^(" in expr or re.search(r"\^[0-9]+\^|\^[0-9][0-9]+", expr):
         return False
+    transformations = sympy_parser.standard_transformations + (sympy_parser.implicit_multiplication_application,)
+    if not _within_bounds(expr.replace("^", "**"), transformations):
+        return False
     try:
-        transformations = sympy_parser.standard_transformations + (sympy_parser.implicit_multiplication_application,)
         return bool(simplify(sympy_parser.parse_expr(expr.replace("^", "**"), transformations=transformations)) == 0)
     except Exception:  # noqa: BLE001 - anything sympy cannot read is "not equal"
         return False
+
+
+# What sympy may build from an answer in check 4 (our addition; the reference has none, see `_within_bounds`).
+_MAX_POWER = 100  # an exponent's size, and a factorial's n
+_MAX_DIGITS = 10_000  # the decimal digits of an exact number
+_MAX_TERMS = 500  # the monomials a polynomial of the expression's degree and generators may have
+_NUMBERS = frozenset({"Integer", "Float", "Rational", "Number"})  # sympy's auto_number writes these
+_FUNCTIONS = frozenset({"sqrt", "frac", "ln", "re", "im"})  # functions of one argument, values of its size
+_FACTORIALS = frozenset({"factorial", "factorial2"})  # sympy's factorial_notation writes these for `n!`, `n!!`
+
+
+class _Unbounded(Exception):
+    pass
+
+
+def _within_bounds(code: str, transformations: tuple) -> bool:
+    """Whether sympy can parse and simplify `code` (an answer past the reference's filter) in bounded time.
+
+    The reference's filter looks at `^` only, so `9**9**9`, `2^-9^9` (a tower behind a minus sign) or `99999999!`
+    reach `parse_expr`, which evaluates them exactly, for hours, in C code that no alarm interrupts; and
+    `simplify` expands: `(x**99-1)*(y**99-1)/((x-1)*(y-1))` has 9 801 terms. The reference runs under its
+    trainer's worker timeouts; we grade outside any worker too (tests, scripts, a user's own code). We read the
+    expression as sympy will (its own transformations, into a Python syntax tree; nothing is evaluated) and bound,
+    from the literals alone: every exponent and factorial argument by _MAX_POWER (a symbol counting as 1), every
+    exact number by _MAX_DIGITS digits, and the monomials of a polynomial of the expression's degree in its
+    generators (symbols, constants such as pi, radicals, function values) by _MAX_TERMS: what cancelling or
+    expanding can produce. Only numbers, names, + - * / **, tuples, undefined functions and the functions of
+    _FUNCTIONS and _FACTORIALS may appear. Past a bound the answer is "not equal", unevaluated, as the reference's
+    own filter does. We chose a check of the string over a time bound (a worker
+    process per sympy call): it is deterministic and takes microseconds, where a time bound makes verdicts depend
+    on the machine's load; it changes none of the reference's verdicts on scripts/check_paper_grade.py's corpus
+    (largest exponent there: 19, in `8.224*10**-19`), and the evaluation still grades in a time-bounded worker."""
+    import ast
+
+    from sympy.parsing import sympy_parser
+
+    try:
+        tree = ast.parse(sympy_parser.stringify_expr(code, {}, _parse_globals(), transformations), mode="eval")
+        _size(tree.body)
+    except (_Unbounded, SyntaxError, ValueError, TypeError):  # parse_expr fails on the last three too: "not equal"
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_globals() -> dict:
+    """The names `sympy_parser.parse_expr` evaluates with by default (sympy's namespace and Python's builtin
+    functions), so that `_within_bounds` reads a name as a function exactly where parse_expr will."""
+    import builtins
+    import types
+
+    from sympy import Max, Min
+
+    names: dict = {}
+    exec("from sympy import *", names)  # noqa: S102 - what parse_expr itself runs
+    names.update({k: v for k, v in vars(builtins).items() if isinstance(v, types.BuiltinFunctionType)})
+    return {**names, "max": Max, "min": Min}
+
+
+def _literal_digits(value) -> float:
+    """log10(1 + |value|) of a literal (an int, a float, or a number written as a string, e.g. "1.5e-3")."""
+    from decimal import Decimal, InvalidOperation
+
+    if isinstance(value, str):
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            return 1.0  # a symbol's name
+        return max(number.adjusted() + 1, 1) if number.is_finite() and number else 1.0
+    if isinstance(value, int):
+        bits = abs(value).bit_length()
+        return math.log10(1 + abs(value)) if bits < 1000 else bits * math.log10(2)
+    if isinstance(value, float):
+        return math.log10(1 + abs(value))
+    raise _Unbounded
+
+
+def _value_bound(digits: float) -> int:
+    """The largest |value| of `digits` (log10(1 + |value|)), refused past _MAX_POWER."""
+    if digits > math.log10(1 + _MAX_POWER):
+        raise _Unbounded
+    return math.ceil(10**digits - 1)
+
+
+def _integer_literal(node) -> int | None:
+    """n for `Integer(n)` or `-Integer(n)` as sympy writes an integer, else None."""
+    import ast
+
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        sign, node = (-1 if isinstance(node.op, ast.USub) else 1), node.operand
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "Integer"
+        and len(node.args) == 1
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, int)
+    ):
+        return sign * node.args[0].value
+    return None
+
+
+class _Size(NamedTuple):
+    """What `_within_bounds` knows of a part of the expression: `digits` bounds log10(1 + |value|) of the numbers it
+    builds; `degree` is its total degree and `degrees` its degree in each generator (by its syntax)."""
+
+    digits: float
+    degree: int = 0
+    degrees: dict[str, int] = {}
+
+    def monomials(self) -> int:
+        """The most monomials a polynomial of these degrees can have (both bounds hold; the smaller is kept)."""
+        total = math.comb(self.degree + len(self.degrees), len(self.degrees))
+        return min(total, math.prod(d + 1 for d in self.degrees.values()))
+
+
+def _combined(left: _Size, right: _Size, digits: float, add: bool) -> _Size:
+    """A sum (`add`) or a product or quotient of two parts."""
+    keys = left.degrees.keys() | right.degrees.keys()
+    if add:
+        degrees = {k: max(left.degrees.get(k, 0), right.degrees.get(k, 0)) for k in keys}
+        return _Size(digits, max(left.degree, right.degree), degrees)
+    degrees = {k: left.degrees.get(k, 0) + right.degrees.get(k, 0) for k in keys}
+    return _Size(digits, left.degree + right.degree, degrees)
+
+
+def _generator(node, digits: float) -> _Size:
+    """A symbol, a constant such as pi, a radical or a function's value: degree 1 in itself."""
+    import ast
+
+    return _Size(digits, 1, {ast.dump(node): 1})
+
+
+def _size(node) -> _Size:
+    """The _Size of a node of the expression's syntax tree; raises _Unbounded past a bound or on anything
+    `_within_bounds` does not list."""
+    import ast
+
+    if isinstance(node, ast.Constant):
+        size = _Size(_literal_digits(node.value))
+    elif isinstance(node, ast.Name):
+        size = _generator(node, 0.0)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        size = _size(node.operand)
+    elif isinstance(node, ast.Tuple | ast.List):
+        size = _Size(0.0)
+        for element in map(_size, node.elts):
+            size = _combined(size, element, max(size.digits, element.digits), add=True)
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
+        left, right = _size(node.left), _size(node.right)
+        if isinstance(node.op, ast.Add | ast.Sub):
+            size = _combined(left, right, max(left.digits, right.digits) + math.log10(2), add=True)
+        else:
+            size = _combined(left, right, left.digits + right.digits, add=False)
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        base, exponent = _size(node.left), _size(node.right)
+        power = max(_value_bound(exponent.digits), 1)
+        degrees = {k: d * power for k, d in base.degrees.items()}
+        size = _Size(base.digits * power, base.degree * power, degrees)
+        if _integer_literal(node.right) is None:  # a radical or a symbolic power: also a generator of its own
+            size = _combined(size, _generator(node, size.digits), size.digits, add=False)
+    elif isinstance(node, ast.Call) and not node.keywords:
+        size = _call_size(node)
+    else:
+        raise _Unbounded
+    if size.digits > _MAX_DIGITS or size.monomials() > _MAX_TERMS:
+        raise _Unbounded
+    return size
+
+
+def _call_size(node) -> _Size:
+    import ast
+
+    function = node.func
+    literals = all(isinstance(argument, ast.Constant) for argument in node.args)
+    if isinstance(function, ast.Call) and isinstance(function.func, ast.Name) and function.func.id == "Function":
+        digits = max([0.0, *(_size(argument).digits for argument in node.args)])  # f(x): an undefined function
+        return _generator(node, digits)
+    if not isinstance(function, ast.Name):
+        raise _Unbounded
+    if function.id in _NUMBERS and literals:
+        return _Size(sum(_literal_digits(argument.value) for argument in node.args))
+    if function.id in ("Symbol", "Function") and literals:
+        return _generator(node, 0.0)
+    if len(node.args) != 1:
+        raise _Unbounded
+    argument = _size(node.args[0])
+    if function.id in _FUNCTIONS:
+        return _generator(node, argument.digits)
+    if function.id in _FACTORIALS:
+        n = max(_value_bound(argument.digits), 1)
+        digits = n * math.log10(n + 1)
+        return _Size(digits) if not argument.degrees else _generator(node, digits)
+    raise _Unbounded
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """The samples store of an evaluation, `<output_dir>/samples.jsonl`: one graded sample per line, appended as each
 finishes, so that an interrupted evaluation resumes where it stopped (grpo_lambda.records: a torn last line is
 skipped and cut off before the next append, a corrupt line elsewhere is refused with its file and line); rewritten
-whole only through a rename."""
+whole only through a rename. Its summary, `<output_dir>/results.json`, is written whole (records.replace_file) and
+read back through `read_results`, which refuses a damaged one with its file name."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.records import append_jsonl, read_jsonl, replace_jsonl
 
 _WHAT = "a sample (a JSON object with benchmark and index)"
@@ -34,3 +37,22 @@ def append(path: Path, sample: dict) -> None:
 def rewrite(path: Path, samples: list[dict]) -> None:
     """Replace `path` whole (written beside it, then renamed): an interruption leaves the old file intact."""
     replace_jsonl(path, samples)
+
+
+def read_results(path: Path) -> dict:
+    """A results.json written by grpo_lambda.evaluation.evaluate: a JSON object with `benchmarks`. Anything else
+    (a file cut short or edited by hand) raises GRPOLambdaError naming the file."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_bytes())
+    except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError
+        raise GRPOLambdaError(
+            f"{path} is not valid JSON ({str(error).splitlines()[0]}); delete it and regrade its folder "
+            f"(make regrade RESULTS={path.parent}) or evaluate again."
+        ) from None
+    if not isinstance(results, dict) or not isinstance(results.get("benchmarks"), dict):
+        raise GRPOLambdaError(
+            f"{path} is not an evaluation's results.json (no `benchmarks`); delete it and regrade its folder "
+            f"(make regrade RESULTS={path.parent}) or evaluate again."
+        )
+    return results

@@ -3,17 +3,18 @@ the package, a folder of JSONL or save_to_disk data, or a Hub dataset), read int
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from grpo_lambda.answers import gold_answers
 from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.records import read_jsonl
 
 BENCHMARKS: tuple[str, ...] = ("aime", "amc", "math", "minerva", "olympiad_bench")
 # Built in, needs no suite: the held-out split of the arithmetic task (seed 0, one-step problems).
 BUILTIN_BENCHMARKS: tuple[str, ...] = ("arithmetic",)
 # understand-r1-zero's datasets/evaluation_suite, shipped with the package (its README.md says where it comes from).
 DEFAULT_SUITE = Path(__file__).with_name("evaluation_suite")
+_PROBLEM = "a problem (a JSON object with problem and answer)"
 
 
 def _is_path_like(suite: str) -> bool:
@@ -28,9 +29,12 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
     (a DatasetDict with one split per benchmark, or one sub-folder per benchmark) or a Hub dataset id with one
     configuration per benchmark (split `test`). Gold answers may be a string, a number (AMC's 142.0) or a list of
     acceptable strings, OR-ed: `golds` are them as stripped strings ("142"), `paper_golds` as understand-r1-zero's
-    grader receives them ("142.0", trailing newlines kept)."""
+    grader receives them ("142.0", trailing newlines kept). `limit`: the first `limit` problems of each benchmark (a
+    positive integer), or all of them (None)."""
     from grpo_lambda.evaluation.paper_grade import reference_golds
 
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise GRPOLambdaError(f"limit={limit!r}: give a positive number of problems per benchmark, or none for all.")
     suite = str(suite or DEFAULT_SUITE)
     local = Path(suite).expanduser()
     if not local.exists() and _is_path_like(suite) and any(b not in BUILTIN_BENCHMARKS for b in benchmarks):
@@ -53,14 +57,30 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
     return items
 
 
+def _is_problem(row: dict) -> bool:
+    return "problem" in row and "answer" in row
+
+
+def _read_problems(path: Path) -> list[dict]:
+    """The rows of a suite's `<benchmark>.jsonl`, each a JSON object with `problem` and `answer`. Read with the run
+    state's reader (grpo_lambda.records.read_jsonl), which refuses a bad line with the file and the line; unlike run
+    state, a suite file is never being appended to, so a bad last line is no torn write but corruption too."""
+    rows = read_jsonl(path, _is_problem, _PROBLEM)
+    lines = [number for number, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip()]
+    if len(rows) != len(lines):  # read_jsonl skipped a last line that holds no problem
+        raise GRPOLambdaError(
+            f"{path}, line {lines[-1]}: not {_PROBLEM}, so the suite file is corrupt; repair that line."
+        )
+    return rows
+
+
 def _benchmark_rows(suite: str, local: Path, benchmark: str) -> list[dict]:
     if benchmark == "arithmetic":
         from grpo_lambda.data import arithmetic_dataset
 
         return arithmetic_dataset(200, seed=0, split="test").to_list()
     if (local / f"{benchmark}.jsonl").is_file():
-        with (local / f"{benchmark}.jsonl").open(encoding="utf-8") as lines:
-            return [json.loads(line) for line in lines if line.strip()]
+        return _read_problems(local / f"{benchmark}.jsonl")
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     if (local / "dataset_dict.json").is_file():

@@ -14,15 +14,15 @@ GRPO rows over the GRPO runs, GRPO-λ rows over the GRPO-λ configuration the pa
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import yaml
 
-from grpo_lambda.errors import exit_status
+from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.grades import GRADES
+from grpo_lambda.evaluation.store import read_results
 from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.methods import Method, RunFolder
 
@@ -59,13 +59,30 @@ def grade_scores(results: dict) -> dict[str, dict[str, float]] | None:
     return scores
 
 
+def results_files(results_dir: str | Path) -> list[Path]:
+    """Every results.json under `results_dir`, in path order; a folder that is missing or holds none is an error
+    (a mistyped RESULTS= would otherwise print the paper's tables alone, as if nothing had been run)."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise GRPOLambdaError(
+            f"the results folder {results_dir} does not exist; give the folder your evaluations wrote into."
+        )
+    paths = sorted(root.rglob("results.json"))
+    if not paths:
+        raise GRPOLambdaError(
+            f"the results folder {results_dir} holds no results.json; give the folder your evaluations wrote into "
+            "(make evaluate writes OUTPUT/results.json)."
+        )
+    return paths
+
+
 def collect_results(results_dir: str | Path, paper: dict) -> dict[tuple[str, str, str], dict]:
     """{(model id, dataset, method tag): {grade: {benchmark: accuracy, average}}} from every results.json under
     `results_dir` that belongs to a run of the paper's grid."""
     by_tail = {model.split("/")[-1]: model for model in {row["model"] for row in paper["runs"]}}
     found = {}
-    for path in sorted(Path(results_dir).rglob("results.json")):
-        results = json.loads(path.read_text())
+    for path in results_files(results_dir):
+        results = read_results(path)
         for where in (str(results.get("model", "")), path.parent.as_posix()):
             run = RunFolder.find(where)
             if run and run.model in by_tail:
@@ -158,7 +175,7 @@ def render_all_runs(results_dir: str | Path, latex: bool = False) -> str:
     """Every results.json under `results_dir`, one row per evaluated run (its folder relative to `results_dir`),
     whether or not it matches a cell of the paper: the summary of a sweep of your own. Cells: paper / corrected."""
     root = Path(results_dir)
-    found = [(path, json.loads(path.read_text())) for path in sorted(root.rglob("results.json"))]
+    found = [(path, read_results(path)) for path in results_files(root)]
     present = {b for _, results in found for b in results["benchmarks"]}
     benchmarks = [b for b in BENCHMARKS if b in present] + sorted(present - set(BENCHMARKS))
     rows = []
