@@ -11,7 +11,6 @@ mean over `--window` logged steps (the paper smooths over the last 20 iterations
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections import defaultdict
@@ -23,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.evaluation.store import read_results
 from grpo_lambda.methods import RunFolder  # noqa: E402
 from grpo_lambda.metrics_log import read_steps, trailing_mean
 
@@ -71,7 +71,7 @@ def plot_generation_lengths(results_dir: Path, output_dir: Path) -> Path:
     """Mean evaluation generation length per benchmark, one bar per evaluated run (Figures 12–15)."""
     runs = []
     for path in sorted(results_dir.rglob("results.json")):
-        results = json.loads(path.read_text())
+        results = read_results(path)
         runs.append((path.parent.relative_to(results_dir).as_posix() or path.parent.name, results["benchmarks"]))
     if not runs:
         raise GRPOLambdaError(f"no results.json under {results_dir}.")
