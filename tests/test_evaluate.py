@@ -15,7 +15,7 @@ import pytest
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation.backends import VLLMBackend, prompt_text
 from grpo_lambda.evaluation.config import EvalConfig, default_template
-from grpo_lambda.evaluation.evaluate import evaluate, parse_args, regrade
+from grpo_lambda.evaluation.evaluate import evaluate, parse_args, regrade, report
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.store import read_lines
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
@@ -409,3 +409,33 @@ def test_a_store_writer_killed_mid_write_resumes_with_every_record_exactly_once(
         path.unlink()
         files += 1
     assert torn, f"none of {kills} kills landed inside a write"
+
+
+def test_results_carry_95_percent_intervals_over_problems():
+    """Every accuracy of results.json has its interval (stats.accuracy_interval of the per-problem scores), the macro
+    average its stats.macro_interval; the accuracies themselves are what they were (the paper's protocol)."""
+    import numpy as np
+
+    from grpo_lambda.evaluation import stats
+    from grpo_lambda.evaluation.evaluate import summarize
+
+    rng = np.random.default_rng(0)
+    correct = {"aime": rng.integers(0, 2, 30), "amc": rng.integers(0, 2, 83)}
+
+    def verdict(c):
+        return {"correct": bool(c), "formatted": True, "timeout": False}
+
+    samples = [
+        {"benchmark": name, "index": i, "tokens": 5, "paper": verdict(c), "corrected": verdict(1 - c)}
+        for name, values in correct.items()
+        for i, c in enumerate(values)
+    ]
+    config = EvalConfig(model="m", output_dir="o", benchmarks=["aime", "amc"], template="no")
+    results = summarize(samples, config, "vllm")
+    for name, values in correct.items():
+        paper = results["benchmarks"][name]["paper"]
+        assert paper["accuracy"] == values.mean() and paper["interval"] == list(stats.accuracy_interval(values))
+        assert paper["interval"][0] < paper["accuracy"] < paper["interval"][1]
+        assert results["benchmarks"][name]["corrected"]["interval"] == list(stats.accuracy_interval(1 - values))
+    assert results["average_interval"]["paper"] == list(stats.macro_interval(correct))
+    assert "[" in report(results, "results.json").splitlines()[1]

@@ -182,3 +182,19 @@ def test_a_damaged_results_json_is_refused_with_its_name(tmp_path, text):
     with pytest.raises(GRPOLambdaError, match=re.escape(str(damaged))) as raised:
         main(["--results", str(tmp_path)])
     assert "\n" not in str(raised.value)
+
+
+def test_each_of_your_numbers_says_whether_the_papers_lies_in_its_interval(tmp_path):
+    """results.json carries a 95 % interval per benchmark: ✓ where the paper's value lies inside it, ✗ outside."""
+    folder = tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval"
+    write_results(folder, [0.1, 0.4, 0.7, 0.2, 0.3])
+    results = json.loads((folder / "results.json").read_text())
+    results["benchmarks"]["math"]["paper"]["interval"] = [0.65, 0.75]  # the paper's 0.704 inside
+    results["benchmarks"]["aime"]["paper"]["interval"] = [0.0, 0.05]  # the paper's AIME value outside
+    (folder / "results.json").write_text(json.dumps(results))
+    runs = render_run_tables(PAPER, collect_results(tmp_path, PAPER))
+    assert "0.704 / 0.700 (-0.004 ✓) [0.710]" in runs
+    aime = next(line for line in runs.splitlines() if line.startswith("| math12k | AIME"))
+    assert "✗)" in aime.split("|")[3]  # the GRPO column
+    amc = next(line for line in runs.splitlines() if line.startswith("| math12k | AMC"))
+    assert "0.400 (" in amc and not {"✓", "✗"} & set(amc)  # no interval recorded (an older results.json): no mark

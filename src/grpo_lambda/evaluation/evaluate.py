@@ -26,9 +26,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.evaluation import stats
 from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
 from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
@@ -47,18 +49,32 @@ def graded(grader: Grader, sample: dict, item: dict, template: str) -> dict:
     return {**sample, "template": template, "golds": item["golds"], "paper_golds": item["paper_golds"], **verdicts}
 
 
+def problem_scores(rows: list[dict], grade: str) -> np.ndarray:
+    """Per problem, the fraction of its samples that `grade` marks correct (0 or 1 for one greedy sample), in problem
+    order: what the intervals of grpo_lambda.evaluation.stats take."""
+    correct: dict[int, list[bool]] = {}
+    for sample in rows:
+        correct.setdefault(sample["index"], []).append(bool(sample[grade]["correct"]))
+    return np.array([np.mean(correct[index]) for index in sorted(correct)])
+
+
 def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> dict:
-    per_benchmark = {}
+    """results.json: per benchmark and grade the accuracy with its 95 % interval over problems and the format rate;
+    the macro average over benchmarks (the paper's AVG) with its interval; generation lengths."""
+    per_benchmark, scores = {}, {grade: {} for grade in GRADES}
     for benchmark in config.benchmarks:
         rows = [s for s in samples if s["benchmark"] == benchmark]
         if not rows:
             continue
         lengths = [s["tokens"] for s in rows if s.get("tokens") is not None]
+        for grade in GRADES:
+            scores[grade][benchmark] = problem_scores(rows, grade)
         per_benchmark[benchmark] = {
             "n": len(rows),
             **{
                 grade: {
                     "accuracy": sum(s[grade]["correct"] for s in rows) / len(rows),
+                    "interval": list(stats.accuracy_interval(scores[grade][benchmark])),
                     "format_rate": sum(s[grade]["formatted"] for s in rows) / len(rows),
                 }
                 for grade in GRADES
@@ -70,10 +86,14 @@ def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> d
     return {
         "model": config.model,
         "template": config.template,
-        # macro averages over benchmarks, as the paper's AVG
+        # macro averages over benchmarks, as the paper's AVG, and their 95 % intervals (problems resampled within
+        # each benchmark: stats.macro_interval)
         "average": {
             grade: statistics.fmean(v[grade]["accuracy"] for v in per_benchmark.values()) if per_benchmark else None
             for grade in GRADES
+        },
+        "average_interval": {
+            grade: list(stats.macro_interval(scores[grade])) if per_benchmark else None for grade in GRADES
         },
         "benchmarks": per_benchmark,
         "backend": backend,
@@ -232,15 +252,24 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def report(results: dict, path: Path) -> str:
-    lines = [f"{'':<16} {'paper':>7} {'corrected':>10}  format (paper/corrected)   n"]
+    """The evaluation's table: accuracy [95 % interval] under each grade, format rates, problems."""
+
+    def cell(values: dict) -> str:
+        low, high = values.get("interval") or (None, None)
+        return f"{values['accuracy']:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{values['accuracy']:.3f}"
+
+    lines = [f"{'':<16} {'paper [95 % interval]':>22} {'corrected [95 % interval]':>26}  format (paper/corrected)   n"]
     for benchmark, values in results["benchmarks"].items():
         paper, corrected = values["paper"], values["corrected"]
         lines.append(
-            f"{benchmark:<16} {paper['accuracy']:>7.3f} {corrected['accuracy']:>10.3f}  "
+            f"{benchmark:<16} {cell(paper):>22} {cell(corrected):>26}  "
             f"{paper['format_rate']:.2f} / {corrected['format_rate']:.2f}{'':>14}{values['n']}"
         )
-    average = results["average"]
-    lines.append(f"{'average':<16} {average['paper']:>7.3f} {average['corrected']:>10.3f}")
+    average, intervals = results["average"], results.get("average_interval") or {}
+    average_cells = [
+        cell({"accuracy": average[grade], "interval": intervals.get(grade)}) for grade in ("paper", "corrected")
+    ]
+    lines.append(f"{'average':<16} {average_cells[0]:>22} {average_cells[1]:>26}")
     return "\n".join([*lines, f"results: {path}"])
 
 

@@ -38,7 +38,11 @@ TABLE1_LAMBDA_RUN = {
     "suayptalha/DeepSeek-R1-Distill-Llama-3B": "eps_trace-recent-0.99",
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": "eps_trace-recent-0.99",
 }
-CELL_LEGEND = "Cells: paper / yours under the paper's grader (difference) [yours under the corrected grade]."
+CELL_LEGEND = (
+    "Cells: paper / yours under the paper's grader (difference, then ✓ if the paper's value lies inside your 95 % "
+    "interval over problems, ✗ if outside; Table 1's means over training sets carry no interval) [yours under the "
+    "corrected grade]."
+)
 
 
 def load_paper() -> dict:
@@ -56,6 +60,11 @@ def grade_scores(results: dict) -> dict[str, dict[str, float]] | None:
         scores[grade] = {b: v[grade]["accuracy"] for b, v in per.items()}
         if set(BENCHMARKS) <= scores[grade].keys():
             scores[grade]["average"] = statistics.fmean(scores[grade][b] for b in BENCHMARKS)
+    # the paper grade's 95 % intervals (results.json written before intervals existed has none: no ✓/✗ then)
+    scores["interval"] = {b: v["paper"]["interval"] for b, v in per.items() if v["paper"].get("interval")}
+    average = (results.get("average_interval") or {}).get("paper")
+    if average and set(per) == set(BENCHMARKS):  # the macro interval of exactly the paper's five benchmarks
+        scores["interval"]["average"] = average
     return scores
 
 
@@ -97,12 +106,17 @@ def collect_results(results_dir: str | Path, paper: dict) -> dict[tuple[str, str
     return found
 
 
-def _cell(paper_value: float | None, mine: dict[str, float] | None) -> str:
-    """The cell "paper / yours (Δ) [corrected]"; `mine` is {grade: value} or None."""
+def _cell(paper_value: float | None, mine: dict | None) -> str:
+    """The cell "paper / yours (Δ ✓|✗) [corrected]"; `mine` is {grade: value, "interval": (low, high) | None} or
+    None; ✓: the paper's value lies inside your interval."""
     if not mine or mine.get("paper") is None:
         return "" if paper_value is None else f"{paper_value:.3f}"
-    ours, corrected = mine["paper"], mine.get("corrected")
-    text = f"– / {ours:.3f}" if paper_value is None else f"{paper_value:.3f} / {ours:.3f} ({ours - paper_value:+.3f})"
+    ours, corrected, interval = mine["paper"], mine.get("corrected"), mine.get("interval")
+    if paper_value is None:
+        text = f"– / {ours:.3f}"
+    else:
+        inside = "" if not interval else (" ✓" if interval[0] <= paper_value <= interval[1] else " ✗")
+        text = f"{paper_value:.3f} / {ours:.3f} ({ours - paper_value:+.3f}{inside})"
     return text + ("" if corrected is None else f" [{corrected:.3f}]")
 
 
@@ -161,7 +175,7 @@ def render_run_tables(paper: dict, user: dict | None = None, latex: bool = False
             rows = []
             for key, label in zip(RUN_ROWS, RUN_ROW_LABELS, strict=True):
                 mine = [
-                    {grade: scores[grade].get(key) for grade in GRADES}
+                    {**{grade: scores[grade].get(key) for grade in GRADES}, "interval": scores["interval"].get(key)}
                     if (scores := user.get((model, dataset, run)))
                     else None
                     for run in runs
