@@ -40,7 +40,7 @@ def _command_line(pid: int) -> bytes:
 
 def _training(tiny_model_dir: Path, output_dir: Path) -> list[str]:
     flags = (
-        f"--max_steps 400 --save_steps 1000 --logging_steps 1 --num_generations 2 --per_device_train_batch_size 2 "
+        f"--max_steps 100000 --save_steps 100000 --logging_steps 1 --num_generations 2 --per_device_train_batch_size 2 "
         f"--max_completion_length 8 --report_to none --output_dir {output_dir}"
     )
     return [

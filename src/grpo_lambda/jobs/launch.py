@@ -22,6 +22,16 @@ that two jobs on one node do not both take accelerate's 29500.
 
 A running training checkpoints and stops at the end of its current step when the file <output_dir>/STOP_REQUESTED
 appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.jobs.sweep) handles the warning before a time limit.
+The launcher turns a SIGTERM, SIGINT or SIGHUP into that request, and nothing it started outlives it
+(grpo_lambda.jobs.processes: process group, grace periods, parent death).
+
+Before anything starts, in seconds: the model (a folder with config.json, or a Hub id that is cached or reachable;
+HF_HUB_OFFLINE is honoured), the training set (a known name, or a file that parses: file and line), the settings as
+the trainer parses them, and the output folder (writable); each fault is one line. An error the trainer raises once
+launched is the launcher's last line, below accelerate's traceback (errors.EXIT_FILE_VARIABLE). Paths the user gives
+(MODEL, DATASET, --recipe, and ARGS' --output_dir, --dataset_path, --resume_from_checkpoint, --logging_dir,
+--model_name_or_path, --dataset_name) start in the folder the command runs in (`--workdir`; make passes its caller's),
+though the trainer runs in the repository root, where the recipes' own relative paths (data/...) start.
 
 `--vllm-mode server` (`make train VLLM_MODE=server`) starts the vLLM server itself (TRL's server command) on the last
 `vllm_tensor_parallel_size` GPU(s), the trainers on the others (so the batch per step is per_device_train_batch_size
