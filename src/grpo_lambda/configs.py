@@ -281,6 +281,8 @@ def _parse(dataclasses: tuple, argv: list[str] | None):
     parser = OneLineErrorParser(dataclasses)
     try:
         return parser.parse_args_and_config(args=argv)
+    except GRPOLambdaError:
+        raise  # OneLineErrorParser's own line, already prefixed
     except (ValueError, TypeError, ImportError) as error:
         message = " ".join(str(error).split())
         raise GRPOLambdaError(f"{CONFIG_ERROR} {message}") from None
