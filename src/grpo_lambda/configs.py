@@ -147,6 +147,11 @@ class GRPOLambdaConfig(GRPOConfig):
         _ = self.trace  # building the TraceSpec checks trace_gamma, trace_lambda, trace_style and trace_floor
         if self.use_liger_kernel:
             self._check_liger()
+        if self.max_completion_length is None or self.max_completion_length < 1:
+            raise ValueError(
+                f"max_completion_length={self.max_completion_length} must be a positive number of tokens (Table 2: "
+                "256 for 1.5B and 3B, 768 for 7B)."
+            )
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError(
                 f"max_prompt_length={self.max_prompt_length} must be a positive number of tokens or null."
@@ -276,6 +281,8 @@ def _parse(dataclasses: tuple, argv: list[str] | None):
     parser = OneLineErrorParser(dataclasses)
     try:
         return parser.parse_args_and_config(args=argv)
+    except GRPOLambdaError:
+        raise  # OneLineErrorParser's own line, already prefixed
     except (ValueError, TypeError, ImportError) as error:
         message = " ".join(str(error).split())
         raise GRPOLambdaError(f"{CONFIG_ERROR} {message}") from None

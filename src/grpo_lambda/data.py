@@ -172,15 +172,66 @@ def _read_records(path: Path) -> Dataset | DatasetDict:
         return load_from_disk(str(path))
     if path.suffix == ".parquet":
         return Dataset.from_parquet(str(path))
+    records = read_json_records(path)
+    if records and isinstance(records[0], list):  # ORZ: [[{from: human, value}, {from: assistant, ground_truth}]]
+        return Dataset.from_dict({"conversation": records})
+    return Dataset.from_list(records)
+
+
+def read_json_records(path: Path) -> list:
+    """The records of a .jsonl file (one JSON object a line) or a .json file (a list); a line that does not parse
+    is refused with the file and the line number."""
+    if not path.is_file():
+        raise GRPOLambdaError(f"no dataset file {path.absolute()}: check DATASET / dataset_path.")
+    if path.suffix not in (".jsonl", ".json"):
+        raise GRPOLambdaError(f"cannot read {path}: expected a save_to_disk folder, .jsonl, .json or .parquet.")
+    text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".jsonl":
-        with path.open() as stream:
-            return Dataset.from_list([json.loads(line) for line in stream if line.strip()])
-    if path.suffix == ".json":
-        records = json.loads(path.read_text())
-        if records and isinstance(records[0], list):  # ORZ: [[{from: human, value}, {from: assistant, ground_truth}]]
-            return Dataset.from_dict({"conversation": records})
-        return Dataset.from_list(records)
-    raise GRPOLambdaError(f"cannot read {path}: expected a save_to_disk folder, .jsonl, .json or .parquet.")
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise GRPOLambdaError(f"{path} line {number} is not JSON ({error.msg}): fix or remove it.") from None
+            if not isinstance(record, dict):
+                raise GRPOLambdaError(f"{path} line {number} is not a JSON object: each line must hold one record.")
+            records.append(record)
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise GRPOLambdaError(
+            f"{path} line {error.lineno} column {error.colno} is not JSON ({error.msg}): fix the file."
+        ) from None
+    if not isinstance(records, list):
+        raise GRPOLambdaError(f"{path} holds a JSON {type(records).__name__}, not a list of records.")
+    return records
+
+
+def check_dataset(name: str, path: str | None = None, config: str | None = None, parse: bool = False) -> None:
+    """Refuse what training would ignore or fail on late: a local copy (`dataset_path`) or a Hub config given for
+    a generated task, a config other than a named source's, a local copy that is absent or (`parse`: the
+    launcher's check before it starts anything) a JSON file that does not parse."""
+    if name in GENERATED_TASKS and (path or config):
+        given = f"dataset_path={path}" if path else f"dataset_config={config}"
+        raise GRPOLambdaError(
+            f"{given} would be ignored: dataset_name={name} is a built-in generated task. To train on a file, give "
+            "the file as the dataset instead (DATASET=<file>, or --dataset_name <file>)."
+        )
+    source = SOURCES.get(name)
+    if source is not None and config and config != source.config and not path:
+        raise GRPOLambdaError(
+            f"dataset_config={config} would be ignored: {name} always loads {source.hub_id} "
+            f"({source.config or 'its only config'}). For another config, name the Hub dataset itself: "
+            f"--dataset_name {source.hub_id} --dataset_config {config}."
+        )
+    local = Path(path) if path else (Path(name) if os.path.exists(name) else None)
+    if local is not None and not local.exists():
+        raise GRPOLambdaError(f"no dataset file or folder {local.absolute()}: check dataset_path.")
+    if parse and local is not None and local.suffix in (".jsonl", ".json"):
+        read_json_records(local)
 
 
 def _adapt(rows: Dataset, source_name: str, source: Source | None) -> Dataset:
@@ -237,6 +288,7 @@ def load_problem_dataset(
 
 def _raw_rows(name: str, split: str, config: str | None, path: str | None, arithmetic: dict) -> Dataset:
     """The rows of a source as they are stored: generated, read from a local copy, or loaded from the Hub."""
+    check_dataset(name, path, config)
     if name in GENERATED_TASKS:
         size = arithmetic["test_size"] if split == "test" else arithmetic["train_size"]
         split = "test" if split == "test" else "train"

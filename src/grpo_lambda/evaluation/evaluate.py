@@ -37,6 +37,7 @@ from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
 from grpo_lambda.evaluation.store import append, read_lines, read_results, read_samples, rewrite
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
 from grpo_lambda.grading import Grader
+from grpo_lambda.inputs import check_model, check_output_folder
 from grpo_lambda.records import replace_file
 from grpo_lambda.templates import R1_STOP, TEMPLATES
 
@@ -280,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         results = regrade(args.regrade, args.template, args.suite, args.grading_timeout_s)
         print(report(results, Path(args.regrade) / "results.json"))
         return
+    check_model(args.model, "MODEL")  # one line in seconds, before vLLM or transformers load anything
+    check_output_folder(args.output_dir, "OUTPUT")
     config = config_from_args(args)
     results = evaluate(config)
     print(report(results, Path(config.output_dir) / "results.json"))

@@ -22,6 +22,16 @@ that two jobs on one node do not both take accelerate's 29500.
 
 A running training checkpoints and stops at the end of its current step when the file <output_dir>/STOP_REQUESTED
 appears (or on SIGUSR1): that is how the SLURM runner (grpo_lambda.jobs.sweep) handles the warning before a time limit.
+The launcher turns a SIGTERM, SIGINT or SIGHUP into that request, and nothing it started outlives it
+(grpo_lambda.jobs.processes: process group, grace periods, parent death).
+
+Before anything starts, in seconds: the model (a folder with config.json, or a Hub id that is cached or reachable;
+HF_HUB_OFFLINE is honoured), the training set (a known name, or a file that parses: file and line), the settings as
+the trainer parses them, and the output folder (writable); each fault is one line. An error the trainer raises once
+launched is the launcher's last line, below accelerate's traceback (errors.EXIT_FILE_VARIABLE). Paths the user gives
+(MODEL, DATASET, --recipe, and ARGS' --output_dir, --dataset_path, --resume_from_checkpoint, --logging_dir,
+--model_name_or_path, --dataset_name) start in the folder the command runs in (`--workdir`; make passes its caller's),
+though the trainer runs in the repository root, where the recipes' own relative paths (data/...) start.
 
 `--vllm-mode server` (`make train VLLM_MODE=server`) starts the vLLM server itself (TRL's server command) on the last
 `vllm_tensor_parallel_size` GPU(s), the trainers on the others (so the batch per step is per_device_train_batch_size
@@ -34,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -41,11 +52,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
-from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.errors import EXIT_FILE_VARIABLE, GRPOLambdaError, exit_status
+from grpo_lambda.jobs.processes import TrainingProcess, guard_process_tree
 from grpo_lambda.layout import EMBEDDED_PREFIX, model_tail, recipe_model, repo_root
 from grpo_lambda.methods import (
     CONFIG_DEFAULTS,
@@ -56,6 +69,7 @@ from grpo_lambda.methods import (
     SFTFolder,
     dataset_tail,
 )
+from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
@@ -129,15 +143,61 @@ def _recipes(folder: Path, stage: str) -> dict[Path, tuple[str, Method | None]]:
     return found
 
 
-def _local(path: str | None) -> str | None:
-    return os.path.abspath(path) if path and os.path.exists(path) else path
+# Trainer flags whose value is a path the user gave (relative to where they ran the command), and flags whose value
+# may be one (a folder or a Hub id / dataset name: a path only where it exists).
+PATH_FLAGS = ("output_dir", "dataset_path", "resume_from_checkpoint", "logging_dir")
+MAYBE_PATH_FLAGS = ("model_name_or_path", "dataset_name")
+_NOT_PATHS = ("true", "false", "none", "null")
+
+
+def _local(path: str | None, workdir: Path | None = None) -> str | None:
+    """`path` against the user's folder `workdir` (default: the current one) where it names something there, or
+    where it can only be a path (./x, ../x, ~/x, a/b/c); a Hub id or a dataset name as it is."""
+    if not path:
+        return path
+    expanded = os.path.expanduser(path)
+    candidate = os.path.join(workdir or os.getcwd(), expanded)
+    if os.path.exists(candidate) or path.startswith((".", "~")) or path.count("/") > 1:
+        return os.path.abspath(candidate)
+    return path
+
+
+def user_paths(tokens: list[str], workdir: Path, root: Path) -> list[str]:
+    """Trainer flags (ARGS) with the paths in them made absolute against `workdir`, the folder the user ran the
+    command in: the trainer runs in the repository root, where a relative path would land elsewhere."""
+    if Path(workdir).resolve() == Path(root).resolve():
+        return tokens
+    resolved = list(tokens)
+    for index, token in enumerate(tokens):
+        key, equals, inline = token.partition("=")
+        name = key.removeprefix("--")
+        if not key.startswith("--") or name not in PATH_FLAGS + MAYBE_PATH_FLAGS:
+            continue
+        at = index if equals else index + 1
+        if at >= len(tokens) or (not equals and tokens[at].startswith("--")):
+            continue
+        value = inline if equals else tokens[at]
+        if not value or value.lower() in _NOT_PATHS or os.path.isabs(os.path.expanduser(value)):
+            continue
+        if name in MAYBE_PATH_FLAGS:
+            absolute = _local(value, workdir)
+        else:
+            absolute = os.path.abspath(os.path.join(workdir, os.path.expanduser(value)))
+        resolved[at] = f"{key}={absolute}" if equals else absolute
+    return resolved
 
 
 def resolve_recipe(
-    root: Path, stage: str, model: str | None, dataset: str | None, query: MethodQuery
+    root: Path,
+    stage: str,
+    model: str | None,
+    dataset: str | None,
+    query: MethodQuery,
+    workdir: Path | None = None,
 ) -> tuple[Path, list[str], str]:
-    """The recipe, the command-line overrides that go with it, and a note on how it was chosen."""
-    model, dataset = _local(model), _local(dataset)
+    """The recipe, the command-line overrides that go with it, and a note on how it was chosen. A model or dataset
+    given as a path is read against `workdir` (default: the current folder)."""
+    model, dataset = _local(model, workdir), _local(dataset, workdir)
     if stage == "sft" and not query.empty:
         raise GRPOLambdaError("LOSS_VARIANT, TRACE_STYLE and TRACE_LAMBDA apply to `make train`, not to SFT.")
     overrides = ["--model_name_or_path", model] if model else []
@@ -335,15 +395,38 @@ def _embedded_model(recipe: Path, tokens: list[str]) -> bool:
     return str(model).startswith(EMBEDDED_PREFIX)
 
 
-def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]:
+def _ignored_options(args: argparse.Namespace) -> None:
+    """Launcher options that a combination would ignore: refused, with the fix."""
     if args.recipe:
-        recipe = Path(args.recipe).resolve()
+        ignored = [f"--{name}" for name in ("dataset", *dataclasses.asdict(MethodQuery())) if getattr(args, name)]
+        if ignored:
+            raise GRPOLambdaError(
+                f"--recipe names the recipe itself, so {', '.join(ignored)} would be ignored: give the recipe alone "
+                "and override its fields in ARGS (e.g. --args '--dataset_name gsm8k --trace_lambda 0.98')."
+            )
+    if args.num_machines > 1 and args.accelerate == "cpu":
+        raise GRPOLambdaError(
+            "ACCEL=cpu is one process on one machine; --num-machines > 1 needs ACCEL=ddp|zero2|zero3."
+        )
+    if args.num_machines <= 1 and (args.machine_rank is not None or args.main_process_ip):
+        raise GRPOLambdaError("--machine-rank and --main-process-ip apply to several machines: add --num-machines N.")
+    if args.vllm_mode and args.stage == "sft":
+        raise GRPOLambdaError("VLLM_MODE applies to `make train` (GRPO generates), not to SFT: drop it.")
+
+
+def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]:
+    _ignored_options(args)
+    workdir = Path(args.workdir or os.getcwd())
+    if args.recipe:
+        recipe = (workdir / os.path.expanduser(args.recipe)).resolve()
         if not recipe.is_file():
-            raise GRPOLambdaError(f"no recipe file {args.recipe}.")
-        overrides, note = (["--model_name_or_path", args.model] if args.model else []), "recipe given"
+            raise GRPOLambdaError(f"no recipe file {recipe}.")
+        model = _local(args.model, workdir)
+        overrides, note = (["--model_name_or_path", model] if model else []), "recipe given"
     else:
-        recipe, overrides, note = resolve_recipe(root, args.stage, args.model, args.dataset, method_query(args))
-    extra = shlex.split(args.args or "")
+        query = method_query(args)
+        recipe, overrides, note = resolve_recipe(root, args.stage, args.model, args.dataset, query, workdir)
+    extra = user_paths(shlex.split(args.args or ""), workdir, root)
     machines = _machines(args)
     config, accelerate_flags, on_cpu = accelerate_config(root, args.accelerate, args.num_processes, machines)
     processes = int(accelerate_flags[1]) if accelerate_flags else 1
@@ -410,14 +493,44 @@ def vllm_server_command(
     return command, {"VLLM_SERVER_DEV_MODE": "1"}
 
 
-def read_training_settings(trainer_argv: list[str]):
+def read_training_settings(trainer_argv: list[str], stage: str = "grpo"):
     """(script, training, model) arguments of a training command line, parsed as the trainer will parse them; on a
     machine without GPU with `--use_cpu true` added, so that a GPU recipe can be read there (a login node)."""
     import torch
 
-    from grpo_lambda.configs import parse_grpo_args
+    from grpo_lambda.configs import parse_grpo_args, parse_sft_args
 
-    return parse_grpo_args([*trainer_argv, *([] if torch.cuda.is_available() else ["--use_cpu", "true"])])
+    parse = parse_sft_args if stage == "sft" else parse_grpo_args
+    return parse([*trainer_argv, *([] if torch.cuda.is_available() else ["--use_cpu", "true"])])
+
+
+def check_inputs(trainer_argv: list[str], root: Path) -> None:
+    """What the trainer will be given, checked in seconds before anything starts (no torch or TRL import): the
+    model, the training set and the output folder, as the recipe and the command line set them (relative values
+    are the recipe's: the trainer reads them in the repository root)."""
+    from grpo_lambda.data import check_dataset
+    from grpo_lambda.inputs import check_model, check_output_folder
+
+    values = yaml.safe_load(Path(trainer_argv[trainer_argv.index("--config") + 1]).read_text()) or {}
+
+    def setting(name: str, default: str | None = None) -> str | None:
+        given = flag_value(trainer_argv, name)
+        value = given if given is not None else values.get(name, default)
+        return None if value is None else str(value)
+
+    model = setting("model_name_or_path")
+    if model:
+        check_model(_local(model, root), "MODEL")
+    dataset_path = setting("dataset_path")
+    check_dataset(
+        _local(setting("dataset_name", "arithmetic"), root),
+        os.path.join(root, dataset_path) if dataset_path else None,
+        setting("dataset_config"),
+        parse=True,
+    )
+    output_dir = setting("output_dir")
+    if output_dir:
+        check_output_folder(root / output_dir, "--output_dir (ARGS)")
 
 
 @dataclasses.dataclass
@@ -458,11 +571,14 @@ class VLLMServer:
                     server.wait()
 
 
-def plan_vllm_server(command: list[str], root: Path) -> tuple[list[str], dict[str, str], VLLMServer]:
+def plan_vllm_server(
+    command: list[str], root: Path, settings: tuple | None = None
+) -> tuple[list[str], dict[str, str], VLLMServer]:
     """Server mode on one machine: the trainers' command and environment, and the server. With GPUs, vLLM gets the
-    last vllm_tensor_parallel_size visible GPUs and the trainers the others (one process each)."""
+    last vllm_tensor_parallel_size visible GPUs and the trainers the others (one process each). `settings`: the
+    command's read_training_settings, where already read."""
     trainer_argv = command[command.index("--config") :]  # what follows the entry point (one or two tokens)
-    _, training_args, model_args = read_training_settings(trainer_argv)
+    _, training_args, model_args = settings or read_training_settings(trainer_argv)
     trainer_env: dict[str, str] = {}
     server_env: dict[str, str] = {}
     gpus = 0 if (flag_value(trainer_argv, "use_cpu") or "").lower() == "true" else usable_gpus()
@@ -522,27 +638,62 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--main-process-ip", default=None, help="Address of the rank-0 training node.")
     parser.add_argument("--main-process-port", type=int, default=None, help="Default: from SLURM_JOB_ID.")
     parser.add_argument("--dry-run", action="store_true", help="Print the recipe and the command; run nothing.")
+    parser.add_argument(
+        "--workdir", default=None, help="Where relative paths (MODEL, DATASET, ARGS) start; default: this folder."
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     root = repo_root()
+    stage = "sft" if args.stage == "sft" else "grpo"
     command, note = build_command(args, root)
-    recipe = command[command.index("--config") + 1]
-    print(f"recipe: {os.path.relpath(recipe, root)}  ({note})")
+    trainer_argv = command[command.index("--config") :]
+    print(f"recipe: {os.path.relpath(trainer_argv[1], root)}  ({note})", flush=True)
+    settings = None
+    if not args.dry_run:  # inputs first (seconds), then the settings as the trainer parses them (TRL's import)
+        check_inputs(trainer_argv, root)
+        settings = read_training_settings(trainer_argv, stage)
     server, trainer_env = None, {}
-    if args.vllm_mode == "server" and args.stage == "train":
-        command, trainer_env, server = plan_vllm_server(command, root)
+    if args.vllm_mode == "server" and stage == "grpo":
+        command, trainer_env, server = plan_vllm_server(command, root, settings)
         print("vLLM server: " + shlex.join(server.command), flush=True)
     environment = " ".join(f"{key}={value}" for key, value in trainer_env.items())
     print("command: " + (environment + " " if environment else "") + shlex.join(command), flush=True)
     if args.dry_run:
         return 0
-    if server is None:
-        return subprocess.call(command, cwd=root)
-    with server.running(root):
-        return subprocess.call(command, cwd=root, env={**os.environ, **trainer_env})
+    guard_process_tree()
+    output_dir = root / settings[1].output_dir
+    stop_file = output_dir / STOP_FILE if stage == "grpo" else None  # SFT has no checkpoint-on-request
+    with tempfile.TemporaryDirectory(prefix="grpo_lambda-") as scratch, TrainingProcess(stop_file) as training:
+        exit_file = Path(scratch) / "exits.jsonl"
+        env = {**os.environ, **trainer_env, EXIT_FILE_VARIABLE: str(exit_file)}
+        with server.running(root) if server else contextlib.nullcontext():
+            status = training.run(command, root, env)
+        exits = [json.loads(line) for line in exit_file.read_text().splitlines()] if exit_file.is_file() else []
+    return _outcome(status, exits, training.received, output_dir)
+
+
+def _outcome(status: int, exits: list[dict], received: list[int], output_dir: Path) -> int:
+    """The launcher's exit status, and as its last line why a training that did not finish ended: the trainer's
+    one-line error (`exits`: what each process's errors.exit_status recorded), below accelerate's traceback, or a
+    stop at a checkpoint (EXIT_PREEMPTED, which accelerate reports as 1)."""
+    if status < 0:
+        status = 128 - status  # killed by a signal: the shell's convention
+    if status == 0:
+        return 0
+    errors = list(dict.fromkeys(e["error"] for e in exits if e["error"]))
+    if errors:
+        lines = errors
+    elif any(e["status"] == EXIT_PREEMPTED for e in exits):
+        status, lines = EXIT_PREEMPTED, [f"stopped at a checkpoint in {output_dir}; the same command resumes."]
+    else:
+        why = f"was stopped ({signal.Signals(received[0]).name})" if received else f"failed (exit status {status})"
+        lines = [f"the training {why}; its output is above."]
+    for line in lines:
+        print(f"grpo_lambda: {line}", file=sys.stderr, flush=True)
+    return status
 
 
 if __name__ == "__main__":

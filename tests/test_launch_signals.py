@@ -1,0 +1,106 @@
+"""Nothing outlives `make train`: a SIGTERM to the launcher (a scheduler, a closed terminal), or the death of its
+parent (make killed), saves a checkpoint at the end of the current step and stops every process it started."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from grpo_lambda.jobs.processes import KILL_GRACE_S, STEP_GRACE_S, descendants
+from grpo_lambda.preemption import EXIT_PREEMPTED
+
+STARTUP_S = 600  # accelerate, the trainer's imports and the first step on a loaded 2-core machine
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (so that a reused pid is not taken for a survivor), None once it is gone
+    or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _training(tiny_model_dir: Path, output_dir: Path) -> list[str]:
+    flags = (
+        f"--max_steps 100000 --save_steps 100000 --logging_steps 1 --num_generations 2 --per_device_train_batch_size 2 "
+        f"--max_completion_length 8 --report_to none --output_dir {output_dir}"
+    )
+    return [
+        sys.executable,
+        "-m",
+        "grpo_lambda.jobs.launch",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "arithmetic",
+        "--accelerate",
+        "cpu",
+        "--args",
+        flags,
+    ]
+
+
+def _wait_for_training(process: subprocess.Popen, output_dir: Path, log: Path) -> None:
+    """Until a step has been logged (the ranks, their grading workers and the training loop all running)."""
+    deadline = time.monotonic() + STARTUP_S
+    metrics = output_dir / "metrics.jsonl"
+    while not (metrics.is_file() and any("loss" in json.loads(line) for line in metrics.read_text().splitlines())):
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm", "parent_killed"])
+def test_a_stopped_launcher_checkpoints_and_leaves_no_process(tiny_model_dir, tmp_path, how):
+    """Before, SIGTERM ended the launcher alone: accelerate, the trainer and its grading workers trained on.
+    `parent_killed`: the launcher's parent (make, here a shell) gets SIGKILL, which it cannot forward."""
+    output_dir, log = tmp_path / "run", tmp_path / "launch.log"
+    command = _training(tiny_model_dir, output_dir)
+    if how == "parent_killed":
+        command = ["bash", "-c", '"$@"; true', "make", *command]  # `; true`: bash waits as the parent, as make does
+    with log.open("w") as stream:
+        top = subprocess.Popen(command, cwd=REPO_ROOT, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+    tree: dict[int, str | None] = {}
+    try:
+        _wait_for_training(top, output_dir, log)
+        tree = {pid: _start_time(pid) for pid in descendants(top.pid)}
+        launcher = top.pid if how == "sigterm" else next(p for p in tree if b"jobs.launch" in _command_line(p))
+        assert len(tree) >= 3, tree  # (bash,) launcher, accelerate, the trainer, its grading workers
+        os.kill(top.pid, signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        status = top.wait(timeout=STARTUP_S)
+        deadline = time.monotonic() + STEP_GRACE_S + 2 * KILL_GRACE_S
+        while _start_time(launcher) is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        survivors = [pid for pid, started in tree.items() if started is not None and _start_time(pid) == started]
+        assert not survivors, (survivors, log.read_text()[-3000:])
+        checkpoints = sorted(output_dir.glob("checkpoint-*"))
+        assert checkpoints, log.read_text()[-3000:]  # saved at the end of the step under way
+        if how == "sigterm":
+            assert status == EXIT_PREEMPTED, log.read_text()[-3000:]
+            assert "the same command resumes" in log.read_text().splitlines()[-1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(top.pid, signal.SIGKILL)
+        for pid, started in tree.items():
+            if started is not None and _start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
