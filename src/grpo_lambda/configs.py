@@ -61,6 +61,14 @@ class GRPOLambdaConfig(GRPOConfig):
         },
     )
 
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Completions per optimizer step over every training process (Table 2: 64). `make train` keeps it on "
+            "any number of processes by setting per_device_train_batch_size and gradient_accumulation_steps; a run "
+            "whose per-device batch × accumulation × processes differs stops. null: no check."
+        },
+    )
     vllm_server_timeout: float = field(
         default=1800.0,
         metadata={

