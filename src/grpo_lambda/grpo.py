@@ -81,7 +81,8 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
 
     preemption = PreemptionCallback(Path(training_args.output_dir) / STOP_FILE)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.trust_remote_code)
-    train_dataset = _load_datasets(script_args)
+    with training_args.main_process_first(desc="loading the training set"):  # one download, then the cache
+        train_dataset = _load_datasets(script_args)
     if training_args.use_vllm and training_args.vllm_mode == "server" and training_args.process_index == 0:
         wait_for_vllm_server(vllm_server_url(training_args), training_args.vllm_server_timeout)  # one line if not up
 

@@ -48,13 +48,14 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
             logger.warning("%s is a finished SFT run (step %s): nothing to train", training_args.output_dir, done)
             return 0
     model, tokenizer = load_model_and_tokenizer(model_args)
-    train_dataset = solution_dataset(
-        script_args.dataset_name,
-        script_args.prompt_template,
-        script_args.dataset_train_split,
-        path=script_args.dataset_path,
-        **script_args.arithmetic(),
-    )
+    with training_args.main_process_first(desc="loading the training set"):  # one download, then the cache
+        train_dataset = solution_dataset(
+            script_args.dataset_name,
+            script_args.prompt_template,
+            script_args.dataset_train_split,
+            path=script_args.dataset_path,
+            **script_args.arithmetic(),
+        )
     train_dataset = script_args.first_rows(train_dataset)
 
     trainer = FormatSFTTrainer(
