@@ -18,6 +18,10 @@ INSTALLED_RECORD := $(VENV)/.installed
 STACK_VARIABLES := STACK TORCH_INDEX VLLM_PACKAGE
 GIVEN_STACK_VARIABLES := $(foreach v,$(STACK_VARIABLES),$(if $(filter-out undefined,$(origin $(v))),$(v)))
 RECORDED_VARIABLES := $(filter-out STACK,$(GIVEN_STACK_VARIABLES))
+# a STACK given must be one of the two, whatever the record says
+ifneq ($(origin STACK),undefined)
+$(if $(filter gpu cpu,$(STACK)),,$(error STACK must be gpu or cpu, not '$(STACK)'))
+endif
 # `make clean install ...` starts afresh: the record it removes decides nothing
 ifeq ($(filter clean,$(MAKECMDGOALS))$(wildcard $(INSTALLED_RECORD)),$(INSTALLED_RECORD))
 INSTALLED_STACK := $(firstword $(file <$(INSTALLED_RECORD)))
