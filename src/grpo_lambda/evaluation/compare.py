@@ -10,8 +10,9 @@ over runs and problems (grpo_lambda.evaluation.stats says what each number means
 to <output>/compare.md and a forest plot to <output>/compare.png.
 
 Folders are comparable only when they evaluated the same suite, template, token limits and problems; otherwise this
-stops in one line naming the difference. A sample's score for a problem is its grade's `correct`; where a folder
-holds several samples per problem (`sample` index), the fraction correct.
+stops in one line naming the difference; greedy evaluations (the paper's protocol) compare only with greedy ones. A
+sample's score for a problem is its grade's `correct`; where a folder holds several samples per problem (`sample`
+index, `make evaluate SAMPLES=k`), the fraction correct of the k its results.json summarizes.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from grpo_lambda.evaluation import stats
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.store import read_lines
 
-# What two evaluations must share to be compared problem by problem (their results.json `config`).
-SAME = ("suite", "template", "max_new_tokens", "max_model_len")
+# What two evaluations must share to be compared problem by problem (their results.json `config`; a greedy
+# evaluation, the paper's protocol, records no temperature and top_p: greedy is compared with greedy only).
+SAME = ("suite", "template", "max_new_tokens", "max_model_len", "temperature", "top_p")
 MACRO = "average"
 
 
@@ -50,6 +52,8 @@ def load_evaluation(folder: Path, grade: str) -> tuple[dict, dict[str, dict[int,
         ) from error
     correct: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for sample in read_lines(samples_path):
+        if sample.get("sample", 0) >= config.get("samples", 1):
+            continue  # drawn for a larger SAMPLES than the one results.json summarizes
         if grade not in sample:
             raise GRPOLambdaError(
                 f"{samples_path} has samples without the {grade} grade: `make regrade RESULTS={folder}`."
@@ -92,11 +96,15 @@ def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
     runs_a = {n: np.array([list(s[n].values()) for _, s in loaded[: len(a)]]) for n in benchmarks}  # [runs, problems]
     runs_b = {n: np.array([list(s[n].values()) for _, s in loaded[len(a) :]]) for n in benchmarks}
     single = len(a) == len(b) == 1
-    greedy = single and all(np.isin(runs_a[n], (0, 1)).all() and np.isin(runs_b[n], (0, 1)).all() for n in benchmarks)
+    # k samples per problem (make evaluate SAMPLES=k): scores are fractions of k, Agresti–Min's pseudo-counts half a
+    # sample (the fewest samples of any folder: the wider interval), and McNemar's test is for single samples only
+    samples = min(config.get("samples", 1) for config, _ in loaded)
+    greedy = single and samples == 1
+    greedy &= all(np.isin(runs_a[n], (0, 1)).all() and np.isin(runs_b[n], (0, 1)).all() for n in benchmarks)
     rows = []
     for name in benchmarks:
         if single:
-            difference, low, high = stats.paired_difference(runs_a[name][0], runs_b[name][0])
+            difference, low, high = stats.paired_difference(runs_a[name][0], runs_b[name][0], samples=samples)
         else:
             difference, low, high = stats.runs_difference(runs_a[name], runs_b[name])
         rows.append(
@@ -114,7 +122,7 @@ def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
     if len(benchmarks) > 1:
         if single:
             macro = stats.macro_paired_difference(
-                {n: v[0] for n, v in runs_a.items()}, {n: v[0] for n, v in runs_b.items()}
+                {n: v[0] for n, v in runs_a.items()}, {n: v[0] for n, v in runs_b.items()}, samples=samples
             )
         else:
             macro = stats.macro_runs_difference(runs_a, runs_b)

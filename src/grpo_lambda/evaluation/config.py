@@ -32,7 +32,10 @@ class EvalConfig:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     grading_timeout_s: float = 5.0
-    seed: int = 0
+    seed: int = 0  # with temperature > 0, each (problem, sample) draws from its own seed derived from this one
+    samples: int = 1  # per problem; 1 greedy sample is the paper's protocol
+    temperature: float = 0.0  # 0: greedy (the paper's protocol); > 0: sampling, for avg@k and pass@k
+    top_p: float = 1.0  # nucleus sampling; only with temperature > 0
 
     def __post_init__(self):
         known = BENCHMARKS + BUILTIN_BENCHMARKS
@@ -46,6 +49,35 @@ class EvalConfig:
             raise GRPOLambdaError(f"TEMPLATE={self.template!r} is not one of {', '.join(TEMPLATES)}.")
         if self.backend not in BACKENDS:
             raise GRPOLambdaError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
+        check_sampling(self.samples, self.temperature, self.top_p)
+
+    @property
+    def sampling(self) -> dict | None:
+        """What each sample record carries about how it was drawn: None for greedy decoding (the paper's protocol),
+        else temperature, top_p and seed, so that a resumed evaluation refuses samples drawn otherwise."""
+        if self.temperature == 0:
+            return None
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+def check_sampling(samples: int, temperature: float, top_p: float) -> None:
+    """Refuses settings that cannot mean what they say: k greedy samples are k copies of one, and top_p does nothing
+    without sampling."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise GRPOLambdaError(f"samples={samples!r}: give a whole number of samples per problem, at least 1.")
+    if not temperature >= 0:  # also refuses NaN
+        raise GRPOLambdaError(f"temperature={temperature}: give 0 (greedy) or a positive temperature such as 0.6.")
+    if not 0 < top_p <= 1:
+        raise GRPOLambdaError(f"top_p={top_p}: give a value in (0, 1], 1 for no nucleus cut.")
+    if temperature == 0 and samples > 1:
+        raise GRPOLambdaError(
+            f"samples={samples} with temperature 0 gives {samples} copies of the one greedy completion: set a "
+            "temperature (e.g. --temperature 0.6, TEMPERATURE=0.6) or samples=1."
+        )
+    if temperature == 0 and top_p != 1:
+        raise GRPOLambdaError(
+            f"top_p={top_p} does nothing with temperature 0 (greedy): set a temperature (e.g. 0.6) or top_p=1."
+        )
 
 
 def default_template(model: str) -> tuple[str, str]:

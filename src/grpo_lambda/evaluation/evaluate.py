@@ -3,8 +3,9 @@
     python -m grpo_lambda.evaluation.evaluate --model <checkpoint | hub id> [--template qwen_math|r1|no] --output_dir <dir>
     python -m grpo_lambda.evaluation.evaluate --regrade <dir> [--template ..] [--suite ..]
 
-Greedy decoding (temperature 0), at most 3 000 new tokens within a 4 096-token model length, every prompt in flight
-in one vLLM engine (vLLM schedules them); where vLLM cannot start, the evaluation stops and says so: the
+Greedy decoding (temperature 0, the paper's protocol; `--samples k --temperature T [--top_p P] [--seed S]` draws k
+samples per problem instead, for avg@k and pass@k), at most 3 000 new tokens within a 4 096-token model length, every
+prompt in flight in one vLLM engine (vLLM schedules them); where vLLM cannot start, the evaluation stops and says so: the
 transformers `generate` backend (about 20× slower) runs only when chosen (`--backend transformers`). Each sample is
 graded and written to `samples.jsonl` as soon as it finishes, so an interrupted evaluation resumes without regenerating what it finished. Every sample gets
 two grades (grades.py): `paper` (understand-r1-zero's grader, rule for rule) and `corrected`; `results.json` holds
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation import stats
-from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text
+from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text, request_seed
 from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
 from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
 from grpo_lambda.evaluation.store import append, read_lines, read_results, read_samples, rewrite
@@ -50,19 +51,56 @@ def graded(grader: Grader, sample: dict, item: dict, template: str) -> dict:
     return {**sample, "template": template, "golds": item["golds"], "paper_golds": item["paper_golds"], **verdicts}
 
 
-def problem_scores(rows: list[dict], grade: str) -> np.ndarray:
-    """Per problem, the fraction of its samples that `grade` marks correct (0 or 1 for one greedy sample), in problem
-    order: what the intervals of grpo_lambda.evaluation.stats take."""
+def _by_problem(rows: list[dict], grade: str) -> dict[int, list[bool]]:
     correct: dict[int, list[bool]] = {}
     for sample in rows:
         correct.setdefault(sample["index"], []).append(bool(sample[grade]["correct"]))
+    return correct
+
+
+def problem_scores(rows: list[dict], grade: str) -> np.ndarray:
+    """Per problem, the fraction of its samples that `grade` marks correct (0 or 1 for one greedy sample), in problem
+    order: what the intervals of grpo_lambda.evaluation.stats take."""
+    correct = _by_problem(rows, grade)
     return np.array([np.mean(correct[index]) for index in sorted(correct)])
+
+
+def pass_at_ks(n: int) -> list[int]:
+    """The k of the pass@k a results.json reports from n samples per problem: powers of two up to n, and n."""
+    return sorted({2**power for power in range(n.bit_length()) if 2**power <= n} | {n})
+
+
+def problem_pass_at_k(rows: list[dict], grade: str, k: int) -> np.ndarray:
+    """Per problem, stats.pass_at_k of its samples (each problem's own n ≥ k), in problem order."""
+    correct = _by_problem(rows, grade)
+    return np.array([stats.pass_at_k(np.array(correct[index]), k) for index in sorted(correct)])
+
+
+def _value(scores: np.ndarray) -> dict:
+    return {"value": float(scores.mean()), "interval": list(stats.accuracy_interval(scores))}
+
+
+def config_record(config: EvalConfig) -> dict:
+    """The config as results.json records it; greedy decoding (the paper's protocol) leaves out the sampling settings,
+    so that its results.json is the one written before sampling existed."""
+    record = asdict(config)
+    if config.sampling is None:
+        for key in ("samples", "temperature", "top_p"):
+            del record[key]
+    return record
 
 
 def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> dict:
     """results.json: per benchmark and grade the accuracy with its 95 % interval over problems and the format rate;
-    the macro average over benchmarks (the paper's AVG) with its interval; generation lengths."""
+    the macro average over benchmarks (the paper's AVG) with its interval; generation lengths.
+
+    With several samples per problem (config.samples = k > 1) the accuracy is avg@k: the mean over samples, its
+    interval over problems from each problem's fraction correct; each benchmark also gets `problems`,
+    `samples_per_problem` (n, the fewest any problem has) and per grade `avg@k` ({k, value, interval}) and `pass@k`
+    ({k: {value, interval}} for k = 1, 2, 4, .. ≤ n and n: the mean over problems of stats.pass_at_k, its interval
+    from the per-problem estimates); `average_pass@k` holds their macro averages."""
     per_benchmark, scores = {}, {grade: {} for grade in GRADES}
+    passes: dict[str, dict[int, dict[str, np.ndarray]]] = {grade: {} for grade in GRADES}
     for benchmark in config.benchmarks:
         rows = [s for s in samples if s["benchmark"] == benchmark]
         if not rows:
@@ -84,7 +122,17 @@ def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> d
             "max_generation_length": max(lengths) if lengths else None,
             "grading_timeouts": sum(s[grade]["timeout"] for s in rows for grade in GRADES),
         }
-    return {
+        if config.samples > 1:
+            n = min(len(v) for v in _by_problem(rows, GRADES[0]).values())
+            values = per_benchmark[benchmark]
+            values.update(problems=len(scores[GRADES[0]][benchmark]), samples_per_problem=n)
+            for grade in GRADES:
+                per_problem = {k: problem_pass_at_k(rows, grade, k) for k in pass_at_ks(n)}
+                values[grade]["avg@k"] = {"k": n, **_value(scores[grade][benchmark])}
+                values[grade]["pass@k"] = {str(k): _value(v) for k, v in per_problem.items()}
+                for k, v in per_problem.items():
+                    passes[grade].setdefault(k, {})[benchmark] = v
+    results = {
         "model": config.model,
         "template": config.template,
         # macro averages over benchmarks, as the paper's AVG, and their 95 % intervals (problems resampled within
@@ -98,8 +146,21 @@ def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> d
         },
         "benchmarks": per_benchmark,
         "backend": backend,
-        "config": asdict(config),
+        "config": config_record(config),
     }
+    if config.samples > 1 and per_benchmark:
+        results["average_pass@k"] = {
+            grade: {
+                str(k): {
+                    "value": statistics.fmean(v.mean() for v in by_benchmark.values()),
+                    "interval": list(stats.macro_interval(by_benchmark)),
+                }
+                for k, by_benchmark in sorted(passes[grade].items())
+                if by_benchmark.keys() == per_benchmark.keys()  # a k every benchmark has
+            }
+            for grade in GRADES
+        }
+    return results
 
 
 def _check_graders() -> None:
@@ -108,9 +169,16 @@ def _check_graders() -> None:
     check_dependencies()
 
 
+def _drawn(sampling: dict | None) -> str:
+    if sampling is None:
+        return "greedily (temperature 0)"
+    return f"with temperature {sampling['temperature']}, top_p {sampling['top_p']}, seed {sampling['seed']}"
+
+
 def evaluate(config: EvalConfig, backend=None) -> dict:
     """Generate what `samples.jsonl` lacks, grade each sample as it finishes, write `results.json`. `backend`: an
-    already started backend (else one is made from the config)."""
+    already started backend (else one is made from the config). With config.samples = k, problem i has samples
+    0..k-1, each a request of its own; a rerun with a larger k adds the samples it lacks."""
     _check_graders()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -123,8 +191,21 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
             f"{samples_path} holds samples generated with template {other.pop()}, not "
             f"{config.template}: use another --output_dir."
         )
-    todo = [item for item in items if (item["benchmark"], item["index"]) not in finished]
-    logger.info("%d problems, %d already evaluated, %d to generate", len(items), len(items) - len(todo), len(todo))
+    drawn = next((s.get("sampling") for s in finished.values() if s.get("sampling") != config.sampling), False)
+    if drawn is not False:
+        raise GRPOLambdaError(
+            f"{samples_path} holds samples drawn {_drawn(drawn)}, not {_drawn(config.sampling)}: evaluate with "
+            "those settings or use another --output_dir."
+        )
+    wanted = {(item["benchmark"], item["index"], sample): item for item in items for sample in range(config.samples)}
+    todo = [key for key in wanted if key not in finished]
+    logger.info(
+        "%d problems × %d samples, %d already evaluated, %d to generate",
+        len(items),
+        config.samples,
+        len(wanted) - len(todo),
+        len(todo),
+    )
 
     backend_name = next(iter(finished.values())).get("backend") if finished else None
     grader = Grader(config.grading_timeout_s, warm_up)
@@ -132,23 +213,26 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
         backend = backend or make_backend(config, model_folder(config.model))
         backend_name = backend.name
         stop = [R1_STOP] if config.template == "r1" else []
-        prompts = [prompt_text(backend.tokenizer, item["problem"], config.template) for item in todo]
-        with tqdm(total=len(items), initial=len(items) - len(todo), desc="evaluating") as bar:
-            for position, text, tokens in backend.generate(prompts, stop, config.max_new_tokens):
-                item = todo[position]
+        texts = {key[:2]: prompt_text(backend.tokenizer, wanted[key]["problem"], config.template) for key in todo}
+        prompts = [texts[key[:2]] for key in todo]
+        seeds = [request_seed(config.seed, *key) for key in todo]
+        with tqdm(total=len(wanted), initial=len(wanted) - len(todo), desc="evaluating") as bar:
+            for position, text, tokens in backend.generate(prompts, stop, config.max_new_tokens, seeds):
+                key = todo[position]
                 sample = {
-                    "benchmark": item["benchmark"],
-                    "index": item["index"],
+                    "benchmark": key[0],
+                    "index": key[1],
+                    "sample": key[2],
                     "prompt": prompts[position],
                     "completion": text,
                     "tokens": tokens,
                     "backend": backend.name,
+                    **({"sampling": config.sampling} if config.sampling else {}),
                 }
-                sample = graded(grader, sample, item, config.template)
+                sample = graded(grader, sample, wanted[key], config.template)
                 append(samples_path, sample)
-                finished[(item["benchmark"], item["index"])] = sample
+                finished[key] = sample
                 bar.update(1)
-    wanted = {(item["benchmark"], item["index"]): item for item in items}
     if any(grade not in s for key, s in finished.items() if key in wanted for grade in GRADES):
         logger.info("grading samples written without both grades")  # an older samples.jsonl
         finished = {
@@ -183,6 +267,12 @@ def regrade(
     if template is None:
         raise GRPOLambdaError(f"say which template produced {samples_path}: --template {'|'.join(TEMPLATES)}.")
     benchmarks = list(dict.fromkeys(s["benchmark"] for s in samples))
+    # how the samples were drawn: as results.json recorded it, else as the samples say (greedy: nothing recorded)
+    drawn = next((s["sampling"] for s in samples if s.get("sampling")), None) or {}
+    sampling = {key: recorded_config.get(key, drawn.get(key)) for key in ("temperature", "top_p", "seed")}
+    sampling = {key: value for key, value in sampling.items() if value is not None}
+    if "samples" in recorded_config or drawn:
+        sampling["samples"] = recorded_config.get("samples") or 1 + max(s.get("sample", 0) for s in samples)
     config = EvalConfig(
         model=recorded.get("model") or recorded_config.get("model") or str(folder),
         output_dir=str(folder),
@@ -190,6 +280,7 @@ def regrade(
         benchmarks=benchmarks,
         template=template,
         grading_timeout_s=grading_timeout_s,
+        **sampling,
     )
     items = {(i["benchmark"], i["index"]): i for i in load_suite(config.suite, benchmarks)}
     unknown = [(s["benchmark"], s["index"]) for s in samples if (s["benchmark"], s["index"]) not in items]
@@ -240,6 +331,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tensor_parallel_size", type=int, default=1)
     parser.add_argument("--gpu_memory_utilization", type=float, default=0.9)
     parser.add_argument("--grading_timeout_s", type=float, default=5.0)
+    sampling = parser.add_argument_group("sampling (default: one greedy sample per problem, the paper's protocol)")
+    sampling.add_argument(
+        "--samples",
+        type=positive_int,
+        default=1,
+        help="k samples per problem: avg@k and pass@k (needs a temperature).",
+    )
+    sampling.add_argument("--temperature", type=float, default=0.0, help="0: greedy; e.g. 0.6 to sample.")
+    sampling.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling, with a temperature above 0.")
+    sampling.add_argument(
+        "--seed", type=int, default=0, help="Each (problem, sample) draws from a seed derived from it."
+    )
     args = parser.parse_args(argv)
     if not args.regrade and not (args.model and args.output_dir):
         parser.error("give --model and --output_dir (or --regrade <folder>).")
@@ -253,24 +356,46 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def report(results: dict, path: Path) -> str:
-    """The evaluation's table: accuracy [95 % interval] under each grade, format rates, problems."""
+    """The evaluation's table: accuracy [95 % interval] under each grade, format rates, problems; with several samples
+    per problem the accuracy is avg@k, and a second table gives pass@k [95 % interval] per benchmark and grade."""
 
-    def cell(values: dict) -> str:
+    def cell(values: dict, key: str = "accuracy") -> str:
         low, high = values.get("interval") or (None, None)
-        return f"{values['accuracy']:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{values['accuracy']:.3f}"
+        return f"{values[key]:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{values[key]:.3f}"
 
+    per_benchmark = results["benchmarks"]
+    sampled = [values for values in per_benchmark.values() if "pass@k" in values["paper"]]
     lines = [f"{'':<16} {'paper [95 % interval]':>22} {'corrected [95 % interval]':>26}  format (paper/corrected)   n"]
-    for benchmark, values in results["benchmarks"].items():
+    if sampled:
+        settings = results["config"]
+        lines.insert(
+            0,
+            f"avg@{sampled[0]['samples_per_problem']} (temperature {settings['temperature']}, top_p "
+            f"{settings['top_p']}, seed {settings['seed']}): accuracy over every sample, n counts problems",
+        )
+    for benchmark, values in per_benchmark.items():
         paper, corrected = values["paper"], values["corrected"]
         lines.append(
             f"{benchmark:<16} {cell(paper):>22} {cell(corrected):>26}  "
-            f"{paper['format_rate']:.2f} / {corrected['format_rate']:.2f}{'':>14}{values['n']}"
+            f"{paper['format_rate']:.2f} / {corrected['format_rate']:.2f}{'':>14}{values.get('problems', values['n'])}"
         )
     average, intervals = results["average"], results.get("average_interval") or {}
     average_cells = [
         cell({"accuracy": average[grade], "interval": intervals.get(grade)}) for grade in ("paper", "corrected")
     ]
     lines.append(f"{'average':<16} {average_cells[0]:>22} {average_cells[1]:>26}")
+    if sampled:
+        ks = list(sampled[0]["paper"]["pass@k"])
+        lines += ["", f"{'pass@k':<26}" + "".join(f"{'pass@' + k + ' [95 % interval]':>24}" for k in ks)]
+        rows = [
+            (f"{b} ({grade})", v[grade]["pass@k"])
+            for b, v in per_benchmark.items()
+            for grade in ("paper", "corrected")
+        ]
+        macro = results.get("average_pass@k") or {}
+        rows += [(f"average ({grade})", macro[grade]) for grade in ("paper", "corrected") if macro.get(grade)]
+        for name, passes in rows:
+            lines.append(f"{name:<26}" + "".join(f"{cell(passes[k], 'value') if k in passes else '':>24}" for k in ks))
     return "\n".join([*lines, f"results: {path}"])
 
 

@@ -1,5 +1,6 @@
-"""The samples store of an evaluation, `<output_dir>/samples.jsonl`: one graded sample per line, appended as each
-finishes, so that an interrupted evaluation resumes where it stopped (grpo_lambda.records: a torn last line is
+"""The samples store of an evaluation, `<output_dir>/samples.jsonl`: one graded sample per line, keyed by
+(benchmark, index, sample) (`sample`: 0..k-1 of the problem's k samples; a line written before sampling existed has
+none and is sample 0), appended as each finishes, so that an interrupted evaluation resumes where it stopped (grpo_lambda.records: a torn last line is
 skipped and cut off before the next append, a corrupt line elsewhere is refused with its file and line); rewritten
 whole only through a rename. Its summary, `<output_dir>/results.json`, is written whole (records.replace_file) and
 read back through `read_results`, which refuses a damaged one with its file name."""
@@ -24,9 +25,15 @@ def read_lines(path: Path) -> list[dict]:
     return read_jsonl(path, _is_sample, _WHAT)
 
 
-def read_samples(path: Path) -> dict[tuple[str, int], dict]:
-    """Samples already written by an earlier (possibly interrupted) run, by (benchmark, index)."""
-    return {(sample["benchmark"], sample["index"]): sample for sample in read_lines(path)}
+def sample_key(sample: dict) -> tuple[str, int, int]:
+    """(benchmark, index, sample) of a sample record; one without `sample` (written before sampling existed, or a
+    greedy run's) is sample 0."""
+    return sample["benchmark"], sample["index"], sample.get("sample", 0)
+
+
+def read_samples(path: Path) -> dict[tuple[str, int, int], dict]:
+    """Samples already written by an earlier (possibly interrupted) run, by (benchmark, index, sample)."""
+    return {sample_key(sample): sample for sample in read_lines(path)}
 
 
 def append(path: Path, sample: dict) -> None:

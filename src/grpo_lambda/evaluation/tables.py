@@ -96,7 +96,10 @@ def collect_results(results_dir: str | Path, paper: dict) -> dict[tuple[str, str
             run = RunFolder.find(where)
             if run and run.model in by_tail:
                 scores = grade_scores(results)
-                if scores is None:
+                temperature = (results.get("config") or {}).get("temperature")
+                if temperature:  # avg@k of sampled completions beside the paper's greedy accuracies would mislead
+                    print(f"{path}: sampled at temperature {temperature}, not greedy as the paper: left out")
+                elif scores is None:
                     print(
                         f"{path}: written without the paper and corrected grades; make regrade RESULTS={path.parent}"
                     )
