@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from evaluation_runs import eval_config, kill_repeatedly
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation.backends import VLLMBackend, prompt_text
 from grpo_lambda.evaluation.config import EvalConfig, default_template
 from grpo_lambda.evaluation.evaluate import evaluate, parse_args, regrade, report
 from grpo_lambda.evaluation.grades import GRADES
-from grpo_lambda.evaluation.store import read_lines
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
 from grpo_lambda.records import read_jsonl
 
@@ -101,22 +101,8 @@ def test_no_sends_the_bare_problem():
     assert "\\boxed{}" in qwen and qwen.endswith("<|im_start|>assistant\n")
 
 
-def run_config(tmp_path, model, **overrides):
-    defaults = dict(
-        model=str(model),
-        output_dir=str(tmp_path / "eval"),
-        benchmarks=["aime", "minerva"],
-        template="qwen_math",
-        backend="transformers",
-        max_new_tokens=8,
-        limit=2,
-        dtype="float32",
-    )
-    return EvalConfig(**{**defaults, **overrides})
-
-
 def test_transformers_backend_writes_both_grades(tiny_model_dir, tmp_path):
-    results = evaluate(run_config(tmp_path, tiny_model_dir))
+    results = evaluate(eval_config(tmp_path, tiny_model_dir))
     samples = [json.loads(line) for line in (tmp_path / "eval/samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and {s["benchmark"] for s in samples} == {"aime", "minerva"}
     assert {"prompt", "completion", "tokens", "golds", "paper_golds", "template", *GRADES} <= samples[0].keys()
@@ -181,7 +167,7 @@ def test_an_interrupted_evaluation_resumes_without_regenerating(tiny_model_dir, 
 
 def test_unknown_benchmark_is_a_clear_error(tmp_path, tiny_model_dir):
     with pytest.raises(GRPOLambdaError, match="unknown benchmark"):
-        run_config(tmp_path, tiny_model_dir, benchmarks=["gsm_hard"])
+        eval_config(tmp_path, tiny_model_dir, benchmarks=["gsm_hard"])
 
 
 @pytest.mark.slow
@@ -192,7 +178,7 @@ def test_vllm_cpu_streams_and_matches_the_fallback_on_smollm2(tmp_path, monkeypa
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for 5 requests of ≤ 1 024 tokens
     common = dict(benchmarks=list(BENCHMARKS), limit=1, max_new_tokens=24, dtype="float32", max_model_len=1024)
     model = "embedded:SmolLM2-135M-Instruct"
-    config = run_config(tmp_path / "vllm", model, backend="vllm", **common)
+    config = eval_config(tmp_path / "vllm", model, backend="vllm", **common)
     from grpo_lambda.testbench.models import resolve_model
 
     backend = VLLMBackend(config, resolve_model(model))
@@ -209,9 +195,9 @@ def test_vllm_cpu_streams_and_matches_the_fallback_on_smollm2(tmp_path, monkeypa
     assert pending == [True, True, False], "completions are handed on while others are still generating"
 
     # resume: one finished sample on disk is kept, the other four are generated and graded
-    evaluate(run_config(tmp_path / "vllm", model, backend="vllm", **{**common, "benchmarks": ["aime"]}), backend)
+    evaluate(eval_config(tmp_path / "vllm", model, backend="vllm", **{**common, "benchmarks": ["aime"]}), backend)
     fast = evaluate(config, backend)
-    slow = evaluate(run_config(tmp_path / "hf", model, backend="transformers", **common))
+    slow = evaluate(eval_config(tmp_path / "hf", model, backend="transformers", **common))
     assert fast["backend"] == "vllm" and slow["backend"] == "transformers"
     read = lambda d: [json.loads(line) for line in (tmp_path / d / "eval/samples.jsonl").read_text().splitlines()]  # noqa: E731
     fast_samples, slow_samples = read("vllm"), read("hf")
@@ -244,11 +230,11 @@ def test_vllm_failing_to_start_stops_with_one_line_instead_of_falling_back(monke
 def test_a_torn_last_sample_is_cut_off_and_generated_once_more(tiny_model_dir, tmp_path):
     """A kill (or a full disk) mid-write leaves half a line: the rerun cuts it off, generates that sample once and
     appends it; nothing is counted twice."""
-    evaluate(run_config(tmp_path, tiny_model_dir))
+    evaluate(eval_config(tmp_path, tiny_model_dir))
     samples = tmp_path / "eval/samples.jsonl"
     lines = samples.read_bytes().splitlines(keepends=True)
     samples.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-    results = evaluate(run_config(tmp_path, tiny_model_dir))
+    results = evaluate(eval_config(tmp_path, tiny_model_dir))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(rows) == 4 and len({(r["benchmark"], r["index"]) for r in rows}) == 4
     assert rows[:3] == [json.loads(line) for line in lines[:3]]  # the finished ones were not regenerated
@@ -256,7 +242,7 @@ def test_a_torn_last_sample_is_cut_off_and_generated_once_more(tiny_model_dir, t
 
 
 def test_regrade_refuses_a_corrupt_middle_line_and_keeps_the_file(tiny_model_dir, tmp_path):
-    evaluate(run_config(tmp_path, tiny_model_dir))
+    evaluate(eval_config(tmp_path, tiny_model_dir))
     samples = tmp_path / "eval/samples.jsonl"
     lines = samples.read_text().splitlines(keepends=True)
     corrupt = "".join([lines[0], '{"benchmark": "aime", "ind\n', *lines[2:]])
@@ -302,7 +288,7 @@ def test_a_damaged_suite_file_is_refused_with_its_file_and_line(tmp_path):
 
 
 def test_regrade_refuses_a_damaged_results_json_with_its_name(tiny_model_dir, tmp_path):
-    evaluate(run_config(tmp_path, tiny_model_dir))
+    evaluate(eval_config(tmp_path, tiny_model_dir))
     results = tmp_path / "eval/results.json"
     results.write_text(results.read_text()[:50])
     with pytest.raises(GRPOLambdaError, match=f"{re.escape(str(results))} is not valid JSON") as raised:
@@ -310,10 +296,6 @@ def test_regrade_refuses_a_damaged_results_json_with_its_name(tiny_model_dir, tm
     assert "\n" not in str(raised.value)
     results.unlink()  # what the message says to do
     assert regrade(tmp_path / "eval")["benchmarks"]["aime"]["n"] == 2
-
-
-def _line_count(path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 @pytest.mark.slow
@@ -326,21 +308,8 @@ def test_an_evaluation_killed_again_and_again_keeps_every_sample_exactly_once(ti
     command += ["--benchmarks", "aime,math", "--limit", str(limit), "--batch_size", "1", "--max_new_tokens", "32"]
     command += ["--backend", "transformers", "--template", "qwen_math", "--dtype", "float32"]
     command += ["--output_dir", str(output_dir)]
-    samples, rng, kept = output_dir / "samples.jsonl", random.Random(25), []
-    for run in range(3):
-        wanted = _line_count(samples) + rng.randint(1, 3)
-        log = tmp_path / f"run-{run}.log"
-        with log.open("w") as stderr:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        deadline = time.time() + 240
-        while time.time() < deadline and _line_count(samples) < wanted and process.poll() is None:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.2))
-        assert process.poll() is None, f"run {run} ended before its kill: {log.read_text()[-2000:]}"
-        os.killpg(process.pid, signal.SIGKILL)  # the grading worker and its forkserver too
-        process.wait()
-        before, kept = len(kept), read_lines(samples)  # no corrupt line: at most a torn last one, skipped
-        assert len(kept) > before, f"run {run} wrote no sample"
+    samples = output_dir / "samples.jsonl"
+    kept = kill_repeatedly(command, samples, tmp_path, random.Random(25))
     assert len(kept) < 2 * limit, "the kills must land before the end"
 
     subprocess.run(command, check=True, capture_output=True, timeout=600)

@@ -3,25 +3,22 @@ samples, the samples store keyed by (benchmark, index, sample) through resume, k
 before sampling existed, refused settings; and the paper's greedy protocol unchanged, results.json byte for byte."""
 
 import json
-import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from evaluation_runs import eval_config, kill_repeatedly
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation import stats
 from grpo_lambda.evaluation.backends import request_seed
 from grpo_lambda.evaluation.config import EvalConfig
 from grpo_lambda.evaluation.evaluate import evaluate, parse_args, regrade, report, summarize
 from grpo_lambda.evaluation.grades import GRADES
-from grpo_lambda.evaluation.store import read_lines
 
 # results.json of `greedy_samples()` as summarize wrote it at commit 77021e9, before sampling existed.
 GREEDY_BEFORE = Path(__file__).parent / "fixtures" / "greedy_results_before_sampling.json"
@@ -114,20 +111,8 @@ def test_avg_and_pass_at_k_are_stats_on_the_samples():
 
 
 def run_config(tmp_path, model, **overrides):
-    defaults = dict(
-        model=str(model),
-        output_dir=str(tmp_path / "eval"),
-        benchmarks=["aime", "minerva"],
-        template="qwen_math",
-        backend="transformers",
-        max_new_tokens=8,
-        limit=2,
-        dtype="float32",
-        samples=2,
-        temperature=1.0,
-        batch_size=1,
-    )
-    return EvalConfig(**{**defaults, **overrides})
+    """The evaluation tests' small evaluation, sampled: 2 samples per problem at temperature 1, one prompt per batch."""
+    return eval_config(tmp_path, model, **{"samples": 2, "temperature": 1.0, "batch_size": 1, **overrides})
 
 
 def _rows(folder) -> list[dict]:
@@ -253,10 +238,6 @@ def test_each_problem_and_sample_draws_from_its_own_seed():
     assert not set(seeds) & {request_seed(1, *key) for key in keys}  # another --seed, other draws
 
 
-def _line_count(path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
 @pytest.mark.slow
 def test_a_sampling_evaluation_killed_again_and_again_keeps_every_problem_and_sample_exactly_once(
     tiny_model_dir, tmp_path
@@ -270,21 +251,8 @@ def test_a_sampling_evaluation_killed_again_and_again_keeps_every_problem_and_sa
     command += ["--backend", "transformers", "--template", "qwen_math", "--dtype", "float32"]
     command += ["--samples", str(k), "--temperature", "1.0", "--top_p", "0.95", "--seed", "7"]
     command += ["--output_dir", str(output_dir)]
-    samples, rng, kept = output_dir / "samples.jsonl", random.Random(27), []
-    for run in range(3):
-        wanted = _line_count(samples) + rng.randint(1, 3)
-        log = tmp_path / f"run-{run}.log"
-        with log.open("w") as stderr:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        deadline = time.time() + 240
-        while time.time() < deadline and _line_count(samples) < wanted and process.poll() is None:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.2))
-        assert process.poll() is None, f"run {run} ended before its kill: {log.read_text()[-2000:]}"
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        before, kept = len(kept), read_lines(samples)
-        assert len(kept) > before, f"run {run} wrote no sample"
+    samples = output_dir / "samples.jsonl"
+    kept = kill_repeatedly(command, samples, tmp_path, random.Random(27))
     assert len(kept) < 2 * limit * k, "the kills must land before the end"
 
     subprocess.run(command, check=True, capture_output=True, timeout=600)
