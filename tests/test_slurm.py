@@ -56,23 +56,15 @@ def test_paper_sweeps_are_exactly_the_paper_grid(name, size, expected):
     assert all(run.overrides == {"save_total_limit": 1} for run in sweep.runs)
 
 
+def make_sweep_dry_run(*variables: str) -> subprocess.CompletedProcess:
+    """`make sweep DRY_RUN=1 <variables>` with this venv, as a user types it."""
+    venv = f"VENV={Path(sys.executable).parents[1]}"
+    command = ["make", "-s", "-o", "install", "sweep", "DRY_RUN=1", venv, *variables]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
+
+
 def test_make_sweep_dry_run_lists_the_1_5b_grid(tmp_path):
-    result = subprocess.run(
-        [
-            "make",
-            "-s",
-            "-o",
-            "install",
-            "sweep",
-            "SWEEP=paper-1.5b",
-            "DRY_RUN=1",
-            f"VENV={Path(sys.executable).parents[1]}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
+    result = make_sweep_dry_run("SWEEP=paper-1.5b")
     rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(row[0]) for row in rows] == list(range(72))
     assert len({row[2] for row in rows}) == 72  # 72 distinct recipes
@@ -99,23 +91,7 @@ def test_cluster_options_reach_every_job_the_sweep_submits(tmp_path):
     spec["slurm"].update(account="abc", partition="gpu", qos="high", constraint="a100", time="01:00:00")
     sweep_path = tmp_path / "sweep.yaml"
     sweep_path.write_text(yaml.safe_dump(spec))
-    result = subprocess.run(
-        [
-            "make",
-            "-s",
-            "-o",
-            "install",
-            "sweep",
-            f"SWEEP={sweep_path}",
-            "DRY_RUN=1",
-            "SBATCH_ARGS=--reservation=r1 --mail-type=NONE",
-            f"VENV={Path(sys.executable).parents[1]}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
+    result = make_sweep_dry_run(f"SWEEP={sweep_path}", "SBATCH_ARGS=--reservation=r1 --mail-type=NONE")
     jobs = [line for line in result.stdout.splitlines() if line.startswith(("command: ", "then: "))]
     assert len(jobs) == 2, result.stdout
     policy = (
