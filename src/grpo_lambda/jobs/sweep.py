@@ -318,10 +318,12 @@ class Runner:
             *_step_resources(),
             "--export=ALL",
             *launch,
-            "--num-machines",
-            str(len(trainers)),
-            "--main-process-ip",
-            trainers[0].address,
+            # several training nodes: accelerate's multi-machine rendezvous on the first one
+            *(
+                ["--num-machines", str(len(trainers)), "--main-process-ip", trainers[0].address]
+                if len(trainers) > 1
+                else []
+            ),
             "--args",
             shlex.join(trainer_flags),
         ]
