@@ -35,10 +35,17 @@ def test_bench_step_runs_on_the_tiny_model(monkeypatch, capsys):
 @pytest.mark.slow
 def test_the_real_step_in_miniature(monkeypatch, capsys):
     """scripts/gpu_check.sh's real step, shrunk for a CPU: Qwen2.5-Math-1.5B's architecture built at random (here one
-    small layer, its full 151 936-token vocabulary), EOS suppressed so every completion has the length asked for, one
-    table row per length."""
+    small layer and a 2 048-token vocabulary, the tiny tokenizer padded to it), EOS suppressed so every completion has
+    the length asked for, one table row per length."""
     argv = ["--model", "random:Qwen2.5-Math-1.5B", "--config", "hidden_size=64", "intermediate_size=128"]
-    argv += ["num_hidden_layers=1", "num_attention_heads=1", "num_key_value_heads=1", "--batch", "4"]
+    argv += [
+        "num_hidden_layers=1",
+        "num_attention_heads=1",
+        "num_key_value_heads=1",
+        "vocab_size=2048",
+        "--batch",
+        "4",
+    ]
     argv += ["--num_generations", "2", "--suppress_eos", "--max_completion_length", "6", "12", "--skip_generation"]
     argv += ["--generation", "generate", "--rounds", "1", "--variants", "eps_weight/both", "--gradient_checkpointing"]
     run_script("bench_step.py", argv, monkeypatch)
