@@ -17,7 +17,7 @@ CONFIG = {"suite": None, "template": "qwen_math", "max_new_tokens": 3000, "max_m
 def evaluation(folder, scores: dict[str, list[int]], **config):
     """An evaluation folder whose `paper` grade marks problem i of each benchmark `scores[benchmark][i]`."""
     folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps({"config": {**CONFIG, **config}}))
+    (folder / "results.json").write_text(json.dumps({"config": {**CONFIG, **config}, "benchmarks": {}}))
     lines = [
         json.dumps({"benchmark": name, "index": i, "paper": {"correct": bool(c)}, "corrected": {"correct": bool(c)}})
         for name, values in scores.items()

@@ -84,3 +84,30 @@ def test_a_kill_while_the_final_model_is_written_is_repaired_by_the_rerun(tiny_m
     assert repaired.keys() == whole.keys() and all(repaired[k].equal(whole[k]) for k in whole)
     assert json.loads((output_dir / RUN_RECORD).read_text())["finished_step"] == 2
     assert [r["step"] for r in metrics_log.read(output_dir / "metrics.jsonl") if "loss" in r] == [1, 2]
+
+
+def test_a_lora_runs_final_model_from_its_checkpoint_is_the_merged_adapter(tiny_model_dir, tmp_path):
+    """The LoRA branch of that repair (the 7B recipes): the checkpoint holds the adapter; the final model is the base
+    with it merged, as save_final_model writes it, and the adapter is kept in <output_dir>/adapter."""
+    from types import SimpleNamespace
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo_lambda.models import final_model_from_checkpoint
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, init_lora_weights=False)
+    )
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    model.save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(checkpoint)
+    (checkpoint / "optimizer.pt").write_bytes(b"trainer state, not the model")
+    args = SimpleNamespace(use_peft=True, model_name_or_path=str(tiny_model_dir), dtype="float32", model_revision=None)
+    final_model_from_checkpoint(str(checkpoint), args, str(tmp_path / "run"))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    expected = model.merge_and_unload()
+    assert all(torch.allclose(p, expected.state_dict()[n]) for n, p in merged.state_dict().items())
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "run" / "optimizer.pt").exists() and (tmp_path / "run" / "tokenizer.json").is_file()

@@ -286,7 +286,7 @@ def sampled_evaluation(folder, correct: dict[str, np.ndarray], **config):
     folder.mkdir(parents=True)
     recorded = {"suite": None, "template": "qwen_math", "max_new_tokens": 3000, "max_model_len": 4096, "seed": 0}
     recorded |= {"samples": k, "temperature": 0.6, "top_p": 1.0} | config
-    (folder / "results.json").write_text(json.dumps({"config": recorded}))
+    (folder / "results.json").write_text(json.dumps({"config": recorded, "benchmarks": {}}))
     rows = sampled_rows(correct)
     (folder / "samples.jsonl").write_text("".join(json.dumps({**r, "corrected": r["paper"]}) + "\n" for r in rows))
     return folder
@@ -314,7 +314,7 @@ def test_compare_pairs_fractions_of_k_samples_and_refuses_greedy_against_sampled
     greedy.mkdir()
     config = json.loads((tmp_path / "a/results.json").read_text())["config"]
     config = {k: v for k, v in config.items() if k not in ("samples", "temperature", "top_p")}
-    (greedy / "results.json").write_text(json.dumps({"config": config}))
+    (greedy / "results.json").write_text(json.dumps({"config": config, "benchmarks": {}}))
     rows = [{**r, "corrected": r["paper"]} for r in sampled_rows({"aime": a[:, :1]})]
     (greedy / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(GRPOLambdaError, match=r"used different temperature \(0.6 vs None\)"):

@@ -18,7 +18,6 @@ index, `make evaluate SAMPLES=k`), the fraction correct of the k its results.jso
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -27,8 +26,9 @@ import numpy as np
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation import stats
+from grpo_lambda.evaluation.evaluate import problem_scores
 from grpo_lambda.evaluation.grades import GRADES
-from grpo_lambda.evaluation.store import read_lines
+from grpo_lambda.evaluation.store import read_lines, read_results
 
 # What two evaluations must share to be compared problem by problem (their results.json `config`; a greedy
 # evaluation, the paper's protocol, records no temperature and top_p: greedy is compared with greedy only).
@@ -44,13 +44,8 @@ def load_evaluation(folder: Path, grade: str) -> tuple[dict, dict[str, dict[int,
         raise GRPOLambdaError(
             f"{folder} is not an evaluation folder (no results.json and samples.jsonl): run make evaluate."
         )
-    try:
-        config = json.loads(results_path.read_text())["config"]
-    except (ValueError, KeyError) as error:
-        raise GRPOLambdaError(
-            f"{results_path} is damaged ({error}): rerun the evaluation or `make regrade`."
-        ) from error
-    correct: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    config = read_results(results_path).get("config") or {}
+    rows: dict[str, list[dict]] = defaultdict(list)
     for sample in read_lines(samples_path):
         if sample.get("sample", 0) >= config.get("samples", 1):
             continue  # drawn for a larger SAMPLES than the one results.json summarizes
@@ -58,8 +53,11 @@ def load_evaluation(folder: Path, grade: str) -> tuple[dict, dict[str, dict[int,
             raise GRPOLambdaError(
                 f"{samples_path} has samples without the {grade} grade: `make regrade RESULTS={folder}`."
             )
-        correct[sample["benchmark"]][sample["index"]].append(float(sample[grade]["correct"]))
-    scores = {name: {i: float(np.mean(v)) for i, v in sorted(rows.items())} for name, rows in correct.items()}
+        rows[sample["benchmark"]].append(sample)
+    scores = {}
+    for name, samples in rows.items():
+        indices = sorted({sample["index"] for sample in samples})
+        scores[name] = dict(zip(indices, problem_scores(samples, grade).tolist(), strict=True))
     return config, scores
 
 

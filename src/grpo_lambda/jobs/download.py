@@ -17,6 +17,7 @@ import os
 import sys
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.inputs import hub_offline
 from grpo_lambda.layout import EMBEDDED_PREFIX
 
 
@@ -37,9 +38,9 @@ def plan(models: list[str], datasets: list[str]) -> tuple[list[str], list[str]]:
 def download(models: list[str], datasets: list[str]) -> None:
     """Fetch `models` (every file of the Hub repository, at its main revision) and `datasets` (as training loads
     them, grpo_lambda.data.load_problem_dataset) into the Hugging Face cache."""
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
 
-    if constants.HF_HUB_OFFLINE:
+    if hub_offline():
         raise GRPOLambdaError("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (unset HF_HUB_OFFLINE).")
     from grpo_lambda.data import load_problem_dataset
 
