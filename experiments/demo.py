@@ -32,6 +32,7 @@ from grpo_lambda.evaluation.plots import plot_training
 from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.methods import Method
 from grpo_lambda.metrics_log import read_steps
+from grpo_lambda.reruns import final_step
 
 METHODS = (Method("grpo"), Method("eps_trace", "both", 0.99))
 SIZES = {
@@ -62,9 +63,9 @@ SIZES = {
 }
 
 
-def run_stage(name: str, argv: list[str], done: Path) -> None:
-    if done.exists():
-        print(f"[demo] {name}: done already ({done.parent})", flush=True)
+def run_stage(name: str, argv: list[str], folder: Path) -> None:
+    if final_step(folder) is not None:  # its final model is saved (grpo_lambda.reruns)
+        print(f"[demo] {name}: done already ({folder})", flush=True)
         return
     command = [sys.executable, "-m", "grpo_lambda.jobs.launch", *argv]
     print(f"[demo] {name}: {shlex.join(command[1:])}", flush=True)
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sft = out / "sft"
     sft_flags = f"--max_steps {size['sft_steps']} --save_steps {size['sft_steps']} --output_dir {sft}"
-    run_stage("1/4 format SFT", ["--stage", "sft", "--args", sft_flags], sft / "grpo_lambda_sft.json")
+    run_stage("1/4 format SFT", ["--stage", "sft", "--args", sft_flags], sft)
     runs = {}
     for method in METHODS:
         runs[method.tag] = out / method.tag
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         run_stage(
             f"2/4 {method.tag}",
             ["--model", str(sft), "--dataset", "arithmetic", "--args", flags],
-            runs[method.tag] / "model.safetensors",
+            runs[method.tag],
         )
 
     print("[demo] 3/4 evaluation", flush=True)

@@ -5,7 +5,6 @@ docs/toy_benchmark.md describes both."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from experiments import toy_benchmark, toy_factorial
 from experiments.toy import TASK_NAME
 from experiments.toy_benchmark import LEARNING_RATE, SIZES, build_sft_model, quick_study
 from grpo_lambda.errors import exit_status
+from grpo_lambda.layout import run_record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     print(f"[toy] 1/3 SFT of a tiny Qwen2 on {TASK_NAME} (at most {size['sft_steps']} steps)", flush=True)
     sft_dir = build_sft_model(out, size["sft_steps"], size["eval_problems"], threads=max(1, args.workers))
-    sft = json.loads((sft_dir / "done.json").read_text())
+    sft = run_record(sft_dir)
     print(f"[toy] SFT model: exact-match rate {sft['test_accuracy_t1']:.2f} when sampling at T=1", flush=True)
     if args.study == "factorial":
         return toy_factorial.factorial_study(args, out, sft_dir, sft, size, started)

@@ -10,8 +10,8 @@
 
 Methods are named by their tag (grpo_lambda.methods.Method), in tables, plots, folders and `--methods`. Every run
 appends its metrics to `<output_dir>/runs/<tag>/lr<lr>_steps<N>/seed<k>/metrics.jsonl` as it trains and writes
-`done.json` when it ends; both studies share these runs, and a rerun skips finished runs and restarts unfinished
-ones, so a crash loses one run at most. docs/toy_benchmark.md describes the task, the settings and the results.
+its run record (grpo_lambda_run.json, with its wall time: grpo_lambda.reruns) when it ends; both studies share these
+runs, and a rerun skips finished runs and restarts unfinished ones, so a crash loses one run at most. docs/toy_benchmark.md describes the task, the settings and the results.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.layout import run_record
 from grpo_lambda.methods import PAPER_ADV_CLAMP_MIN, Method
 from grpo_lambda.metrics_log import logged_mean, logged_std, read_steps, trailing_mean
+from grpo_lambda.reruns import final_step, mark_finished
 
 from .toy import TASK_NAME
 
@@ -105,7 +107,7 @@ def build_sft_model(
     from .toy import credit_echo_dataset, tokenizer_corpus
 
     sft_dir = output_dir / "sft"
-    if (sft_dir / "done.json").exists():
+    if final_step(sft_dir) is not None:
         return sft_dir
     torch.set_num_threads(threads)
     base = build_tiny_model(
@@ -152,7 +154,7 @@ def build_sft_model(
     trainer.save_model(str(sft_dir))
     accuracy = sampled_accuracy(trainer.model, tokenizer, credit_echo_dataset(eval_problems, seed, "test"))
     record = {"sft_steps": trainer.state.global_step, "test_accuracy_t1": accuracy, "checks": history}
-    (sft_dir / "done.json").write_text(json.dumps(record) + "\n")
+    mark_finished(str(sft_dir), trainer.state.global_step, stage="toy-sft", **record)
     return sft_dir
 
 
@@ -237,7 +239,7 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
         "threads": threads,
         "config": config,
     }
-    (run_dir / "done.json").write_text(json.dumps(summary) + "\n")
+    mark_finished(str(run_dir), steps, stage="toy", **summary)
     return summary
 
 
@@ -253,14 +255,14 @@ def run_all(runs: list[Run], output_dir: Path, sft_dir: Path, workers: int, bar)
     """Trains the unfinished runs on `workers` processes (0: in this one), advancing `bar` as steps are logged and
     printing a line as each run ends."""
     unique = list({run.folder(output_dir): run for run in runs}.values())
-    todo = [run for run in unique if not (run.folder(output_dir) / "done.json").exists()]
+    todo = [run for run in unique if final_step(run.folder(output_dir)) is None]
     bar.update(sum(run.steps for run in unique if run not in todo))
     finished = len(unique) - len(todo)
 
     def report(run: Run) -> None:
         nonlocal finished
         finished += 1
-        seconds = json.loads((run.folder(output_dir) / "done.json").read_text())["seconds"]
+        seconds = run_record(run.folder(output_dir))["seconds"]
         bar.write(
             f"[toy] run {finished}/{len(unique)} done: {run.method.tag} lr {run.learning_rate:g} "
             f"seed {run.seed} ({run.steps} steps, {seconds:.0f} s)"

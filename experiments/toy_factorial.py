@@ -34,6 +34,7 @@ import json
 import time
 from pathlib import Path
 
+from grpo_lambda.layout import run_record
 from grpo_lambda.methods import PAPER_ADV_CLAMP_MIN, Method
 from grpo_lambda.metrics_log import logged_mean, logged_std
 
@@ -335,9 +336,7 @@ def factorial_study(args: argparse.Namespace, out: Path, sft_dir: Path, sft: dic
     if all(rate == shared for rate in picks.values()):
         rates = {"shared": rates["shared"]}  # every arm picked the shared rate: one setting
     main_runs = list(dict.fromkeys(Run(m, r[m], steps, s) for r in rates.values() for m in ARMS for s in seeds))
-    pace = logged_mean(
-        [json.loads((r.folder(out) / "done.json").read_text())["seconds"] / r.steps for r in pilot_runs]
-    )
+    pace = logged_mean([run_record(r.folder(out))["seconds"] / r.steps for r in pilot_runs])
     minutes = sum(r.steps for r in main_runs) * pace / max(1, args.workers) / 60
     print(f"[toy] 3/4 main runs: {len(main_runs)} runs of {steps} steps (≈ {minutes:.0f} min at the pilot's pace)")
     with tqdm(total=sum(r.steps for r in main_runs), unit="step", desc="main steps", dynamic_ncols=True) as bar:

@@ -94,7 +94,7 @@ def test_compare_two_real_evaluations(tiny_model_dir, tmp_path, capsys):
     for name, model in (("a", tiny_model_dir), ("b", build_tiny_model(tmp_path / "tiny-seed1", seed=1))):
         evaluate(EvalConfig(model=str(model), output_dir=str(tmp_path / name), dtype="float32", **common))
     output = tmp_path / "plots"
-    assert compare.main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--output", str(output)]) == 0
+    assert compare.main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--output_dir", str(output)]) == 0
     out = capsys.readouterr().out
     assert "| aime | 4 |" in out and "| amc | 4 |" in out and "| average | 8 |" in out
     assert (output / "compare.md").read_text().strip() in out and (output / "compare.png").stat().st_size > 5_000

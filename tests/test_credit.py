@@ -39,14 +39,14 @@ def test_the_command_renders_an_evaluation_sample(tiny_model_dir, tmp_path):
     folder.mkdir()
     sample = {"benchmark": "arithmetic", "index": 3, "prompt": "What is 2 + 3?", "completion": "2 + 3 = 5\n5"}
     (folder / "samples.jsonl").write_text(json.dumps(sample) + "\n")
-    (folder / "results.json").write_text(json.dumps({"model": str(tiny_model_dir)}))
-    assert credit.main(["--samples", str(folder), "--index", "3", "--output", str(tmp_path / "out" / "c")]) == 0
-    page = (tmp_path / "out" / "c.html").read_text()
+    (folder / "results.json").write_text(json.dumps({"model": str(tiny_model_dir), "benchmarks": {}}))
+    assert credit.main(["--results", str(folder), "--index", "3", "--output_dir", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "credit.html").read_text()
     pieces, _ = credit.score_completion(str(tiny_model_dir), sample["prompt"], sample["completion"])
     assert page.count("<span") == 3 * len(pieces) and "↵<br>" in page
-    assert (tmp_path / "out" / "c.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "credit.png").stat().st_size > 10_000
     with pytest.raises(GRPOLambdaError, match="no sample arithmetic #4"):
-        credit.main(["--samples", str(folder), "--benchmark", "arithmetic", "--index", "4"])
+        credit.main(["--results", str(folder), "--benchmark", "arithmetic", "--index", "4"])
 
 
 def test_the_page_escapes_what_the_model_wrote():

@@ -12,6 +12,7 @@ each step logged once, the saved model and the checkpoint equal to the trained p
 import contextlib
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from grpo_lambda.jobs.launch import VLLMServer, free_port, vllm_server_command
+from grpo_lambda.jobs.launch import free_port, vllm_server_command
+from grpo_lambda.jobs.processes import Supervisor
+from grpo_lambda.vllm_server import wait_for_vllm_server
 from run_observed import (
     LOGP_DIFFERENCE,
     REPO_ROOT,
@@ -109,14 +112,14 @@ def test_zero2_with_a_vllm_server_equals_one_process(tiny_model_dir, tmp_path, t
     same steps up to float rounding."""
     steps, port = 3, free_port()
     command, env = vllm_server_command(str(tiny_model_dir), "127.0.0.1", port, "float32", 1, 64, 8)
-    server = VLLMServer(command, f"http://127.0.0.1:{port}", 300, tmp_path / "vllm-server.log", env)
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "vllm-server.log"
     server_flags = [
         "--use_vllm",
         "true",
         "--vllm_mode",
         "server",
         "--vllm_server_base_url",
-        server.url,
+        url,
         "--generation_kwargs",
         '{"seed": 0}',
         "--max_steps",
@@ -124,7 +127,8 @@ def test_zero2_with_a_vllm_server_equals_one_process(tiny_model_dir, tmp_path, t
         "--save_steps",
         str(steps),
     ]
-    with server.running(REPO_ROOT):
+    with Supervisor() as supervisor:  # the launcher's own: the server stopped, whatever happens
+        wait_for_vllm_server(url, 300, supervisor.start(command, REPO_ROOT, {**os.environ, **env}, log), str(log))
         run(
             observed_command(
                 *tiny_run, *server_flags, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")
@@ -148,7 +152,7 @@ def test_zero2_with_a_vllm_server_equals_one_process(tiny_model_dir, tmp_path, t
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-6)
         assert a[LOGP_DIFFERENCE] < SYNCED_LOGP_DIFFERENCE and b[LOGP_DIFFERENCE] < SYNCED_LOGP_DIFFERENCE
     assert max_difference(one, two) < 1e-4
-    assert server.log.read_text().count("POST /collective_rpc") >= 2 * steps  # weights reached the server each step
+    assert log.read_text().count("POST /collective_rpc") >= 2 * steps  # weights reached the server each step
 
 
 def test_zero3_with_vllm_colocated_syncs_every_rank_after_each_update(tiny_model_dir, tmp_path, tiny_run):

@@ -118,7 +118,7 @@ def test_sft_then_grpo_lambda_chain_with_zero2(tiny_model_dir, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "recipes/default/sft/config_arithmetic.yaml" in result.stdout and "zero2.yaml" in result.stdout
-    assert json.loads((sft_dir / "grpo_lambda_sft.json").read_text())["base_model"] == str(tiny_model_dir)
+    assert json.loads((sft_dir / "grpo_lambda_run.json").read_text())["model"] == str(tiny_model_dir)
     sft_records = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(math.isfinite(r.get("loss", math.nan)) for r in sft_records)
 
@@ -173,10 +173,10 @@ def test_lora_sft_saves_merged_weights(tiny_model_dir, tmp_path):
     assert changed and all(("q_proj" in n or "v_proj" in n) for n in changed)
     # the same command again: a finished SFT run trains nothing (before: resumed at max_steps, trained one step past
     # it and saved over the model); a higher max_steps extends it
-    record = json.loads((output_dir / "grpo_lambda_sft.json").read_text())
+    record = json.loads((output_dir / "grpo_lambda_run.json").read_text())
     assert record["finished_step"] == 2
     before = (output_dir / "model.safetensors").stat().st_mtime_ns
     assert sft_main(*parse_sft_args(argv)) == 0
     assert (output_dir / "model.safetensors").stat().st_mtime_ns == before
     sft_main(*parse_sft_args([*argv, "--max_steps", "3"]))
-    assert json.loads((output_dir / "grpo_lambda_sft.json").read_text())["finished_step"] == 3
+    assert json.loads((output_dir / "grpo_lambda_run.json").read_text())["finished_step"] == 3

@@ -15,8 +15,8 @@ import pytest
 from evaluation_runs import eval_config, kill_repeatedly
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation.backends import VLLMBackend, prompt_text
-from grpo_lambda.evaluation.config import EvalConfig, default_template
-from grpo_lambda.evaluation.evaluate import evaluate, parse_args, regrade, report
+from grpo_lambda.evaluation.config import EvalConfig, parse_config, run_template
+from grpo_lambda.evaluation.evaluate import evaluate, regrade, report
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
 from grpo_lambda.records import read_jsonl
@@ -73,19 +73,25 @@ def test_a_suite_path_that_does_not_exist_stops_with_one_line(tmp_path):
         load_suite(str(tmp_path), ["aime"])
 
 
-def test_the_template_defaults_to_the_models_recipe(tmp_path):
-    assert default_template("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")[0] == "r1"
-    assert default_template("Qwen/Qwen2.5-Math-1.5B-Instruct")[0] == "qwen_math"
-    assert default_template("embedded:SmolLM2-135M-Instruct") == ("qwen_math", "no recipe for this model")
-    sft = tmp_path / "sft-out"  # an SFT output folder records its base model
+def test_the_template_defaults_to_the_one_the_model_was_trained_with(tmp_path):
+    """Issue 31: three defaults (DataArguments `no`, the sweep's qwen_math, EvalConfig's recipe scan) — a recipe without
+    prompt_template trained bare and was evaluated with qwen_math. Now the run record of the model's folder, else its
+    recipes, else the training stage's own default."""
+    assert run_template("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")[0] == "r1"
+    assert run_template("Qwen/Qwen2.5-Math-1.5B-Instruct")[0] == "qwen_math"
+    from grpo_lambda.configs import DataArguments
+
+    assert run_template("embedded:SmolLM2-135M-Instruct")[0] == DataArguments.prompt_template == "no"
+    sft = tmp_path / "sft-out"  # an SFT output folder: its run record
     sft.mkdir()
-    (sft / "grpo_lambda_sft.json").write_text(json.dumps({"base_model": "suayptalha/DeepSeek-R1-Distill-Llama-3B"}))
-    assert default_template(str(sft))[0] == "r1"
-    checkpoint = tmp_path / "DeepSeek-R1-Distill-Qwen-7B/grpo/math12k_eps_trace-recent-0.99/checkpoint-50"
-    checkpoint.mkdir(parents=True)
-    assert default_template(str(checkpoint))[0] == "r1"
-    assert EvalConfig(model=str(checkpoint), output_dir="o").template == "r1"
-    assert EvalConfig(model=str(checkpoint), output_dir="o", template="no").template == "no"  # explicit wins
+    record = {"stage": "sft", "model": "suayptalha/DeepSeek-R1-Distill-Llama-3B", "prompt_template": "r1"}
+    (sft / "grpo_lambda_run.json").write_text(json.dumps(record))
+    assert run_template(str(sft))[0] == "r1"
+    run = tmp_path / "DeepSeek-R1-Distill-Qwen-7B/grpo/math12k_eps_trace-recent-0.99"
+    (run / "checkpoint-50").mkdir(parents=True)
+    record = {"stage": "grpo", "model": "m", "prompt_template": "qwen_math"}  # what it trained with, not the recipe's
+    (run / "grpo_lambda_run.json").write_text(json.dumps(record))
+    assert run_template(str(run / "checkpoint-50")) == ("qwen_math", f"the template {run} was trained with")
 
 
 def test_no_sends_the_bare_problem():
@@ -254,13 +260,12 @@ def test_regrade_refuses_a_corrupt_middle_line_and_keeps_the_file(tiny_model_dir
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "two"])
-def test_a_limit_below_one_is_refused_at_the_command_line(limit, capsys):
+def test_a_limit_below_one_is_refused_at_the_command_line(limit):
     """`--limit -1` once evaluated 29 of AIME's 30 problems and `--limit 0` crashed after loading the model."""
-    with pytest.raises(SystemExit) as exited:
-        parse_args(["--model", "m", "--output_dir", "o", "--limit", limit])
-    assert exited.value.code == 2
-    assert "error: argument --limit:" in capsys.readouterr().err.splitlines()[-1]
-    assert parse_args(["--model", "m", "--output_dir", "o", "--limit", "3"]).limit == 3
+    with pytest.raises(GRPOLambdaError, match="limit") as raised:
+        parse_config(["--model", "m", "--output_dir", "o", "--limit", limit])
+    assert "\n" not in str(raised.value)
+    assert parse_config(["--model", "m", "--output_dir", "o", "--limit", "3"]).limit == 3
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1.5, True])
@@ -305,7 +310,7 @@ def test_an_evaluation_killed_again_and_again_keeps_every_sample_exactly_once(ti
     counts each once."""
     output_dir, limit = tmp_path / "eval", 10
     command = [sys.executable, "-m", "grpo_lambda.evaluation.evaluate", "--model", str(tiny_model_dir)]
-    command += ["--benchmarks", "aime,math", "--limit", str(limit), "--batch_size", "1", "--max_new_tokens", "32"]
+    command += ["--benchmarks", "aime", "math", "--limit", str(limit), "--batch_size", "1", "--max_new_tokens", "32"]
     command += ["--backend", "transformers", "--template", "qwen_math", "--dtype", "float32"]
     command += ["--output_dir", str(output_dir)]
     samples = output_dir / "samples.jsonl"

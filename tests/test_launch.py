@@ -21,8 +21,12 @@ DEFAULT_GRPO = REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-bot
 PAPER_RECIPE = REPO_ROOT / "recipes/Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_eps_trace-both-0.99.yaml"
 
 
+def planned(*argv: str) -> launch.Plan:
+    return launch.plan(launch.parser().parse_args(list(argv)), REPO_ROOT)
+
+
 def command(*argv: str) -> list[str]:
-    return launch.build_command(launch.parser().parse_args(list(argv)), REPO_ROOT)[0]
+    return planned(*argv).command
 
 
 def accelerate_part(cmd: list[str]) -> list[str]:
@@ -52,19 +56,23 @@ def test_several_cpu_processes_train_one_model_with_use_cpu(gpus, accel):
     """Without a GPU, NPROC=2 runs 2 processes; the trainer gets --use_cpu true, without which DDP on a CPU trains
     independent models and ZeRO-2 rejects the batch size (train_batch_size != micro batch × accumulation × world)."""
     gpus(0)
-    cmd = command("--accelerate", accel, "--num-processes", "2")
+    plan = planned("--accelerate", accel, "--num-processes", "2")
+    cmd = plan.command
     assert value(cmd, "--config_file").endswith(f"recipes/accelerate_configs/{accel}.yaml")
     assert value(accelerate_part(cmd), "--num_processes") == "2"
-    assert value(trainer_part(cmd), "--use_cpu") == "true"
+    assert plan.settings.values["use_cpu"] is True and plan.settings.training.use_cpu
     assert value(accelerate_part(cmd), "--mixed_precision") == "no"  # the default recipe: bf16 false
     assert 0 < int(value(accelerate_part(cmd), "--main_process_port")) < 65536
+    # the ranks get the recorded settings and nothing else
+    assert trainer_part(cmd)[3:] == ["--config", str(Path(plan.settings.training.output_dir) / "recipe.yaml")]
 
 
 def test_cpu_defaults_and_limits(gpus):
     gpus(0)
-    cmd = command()  # ACCEL=auto without a GPU: the one-process CPU config
+    plan = planned()  # ACCEL=auto without a GPU: the one-process CPU config
+    cmd = plan.command
     assert value(cmd, "--config_file").endswith("cpu.yaml") and "--num_processes" not in cmd
-    assert value(trainer_part(cmd), "--use_cpu") == "true"
+    assert plan.settings.values["use_cpu"] is True
     # the CPU test bench, switched on by the launcher; a module that exists
     assert trainer_part(cmd)[1:3] == ["grpo_lambda.testbench.train", "grpo"]
     assert importlib.util.find_spec(trainer_part(cmd)[1]) is not None
@@ -75,10 +83,11 @@ def test_cpu_defaults_and_limits(gpus):
 
 def test_one_process_per_gpu(gpus):
     gpus(4)
-    cmd = command("--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "gsm8k")
+    plan = planned("--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "gsm8k")
+    cmd = plan.command
     assert value(cmd, "--config_file").endswith("zero2.yaml")
     assert value(accelerate_part(cmd), "--num_processes") == "4"
-    assert value(accelerate_part(cmd), "--mixed_precision") == "bf16" and "--use_cpu" not in cmd
+    assert value(accelerate_part(cmd), "--mixed_precision") == "bf16" and "use_cpu" not in plan.settings.values
     assert trainer_part(cmd)[1] == "grpo_lambda.grpo"  # a Hub model on GPUs: the core entry point, no test bench
     # the default recipe's embedded: model
     assert trainer_part(command())[1:3] == ["grpo_lambda.testbench.train", "grpo"]
@@ -100,7 +109,45 @@ def test_one_process_per_gpu(gpus):
 def test_mixed_precision_follows_the_recipe(recipe, args, expected):
     """zero2.yaml / zero3.yaml / ddp.yaml say bf16; a recipe with bf16 off must not run under them as is (transformers
     stops: 'ds bf16.enabled=True vs hf bf16|bf16_full_eval=False')."""
-    assert launch.mixed_precision(recipe, args.split()) == expected
+    plan = planned("--recipe", str(recipe), "--accelerate", "cpu", "--args", f"--use_vllm false {args}")
+    assert value(accelerate_part(plan.command), "--mixed_precision") == expected
+
+
+@pytest.mark.parametrize(
+    "given", ["--bf16 t", "--bf16 false", "--bf16 1", "--bf16 0", "--bf16 yes", "--fp16", "--fp16 true --bf16 f"]
+)
+def test_the_launchers_precision_is_what_the_trainers_parser_reads(given):
+    """Issue 31: `make train ARGS="--bf16 t"` ran accelerate without mixed precision (the launcher's own reading of the
+    flag said no) while TrlParser read bf16 = True. The launcher now decides from TRL's own parse."""
+    from grpo_lambda.configs import parse_grpo_args
+
+    _, trainer, _ = parse_grpo_args(["--config", str(DEFAULT_GRPO), "--use_cpu", "true", *given.split()])
+    expected = "fp16" if trainer.fp16 else "bf16" if trainer.bf16 else "no"
+    plan = planned("--accelerate", "cpu", f"--args={given}")
+    assert value(accelerate_part(plan.command), "--mixed_precision") == expected
+    assert (plan.settings.training.bf16, plan.settings.training.fp16) == (trainer.bf16, trainer.fp16)
+    assert plan.lines[1].startswith(f"precision: {expected} ")
+
+
+def test_make_train_dry_run_prints_the_precision_the_trainer_will_use():
+    result = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-o",
+            "install",
+            f"VENV={Path(sys.executable).parents[1]}",
+            "train",
+            "DRY_RUN=1",
+            "ARGS=--bf16 t",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "precision: bf16 (the trainer's bf16=True" in result.stdout, result.stdout + result.stderr
+    assert "--mixed_precision bf16" in result.stdout and "bf16: true" in result.stdout  # the recorded settings
 
 
 def test_port_per_slurm_job(monkeypatch):
@@ -154,7 +201,7 @@ def test_a_method_is_selected_by_the_configs_field_names_only():
     for flag, given in (("--method", "grpo-lambda"), ("--lambda", "0.99"), ("--style", "both"), ("--update", "trace")):
         with pytest.raises(SystemExit):  # argparse: unrecognized arguments
             launch.parser().parse_args([flag, given])
-    weight = command(
+    weight = planned(
         "--model",
         "Qwen/Qwen2.5-Math-1.5B-Instruct",
         "--dataset",
@@ -165,8 +212,14 @@ def test_a_method_is_selected_by_the_configs_field_names_only():
         "recent",
         "--trace_lambda",
         "0.98",
+        "--accelerate",
+        "cpu",
+        "--args",
+        "--use_vllm false",
+    ).lines[0]
+    assert weight.endswith(
+        "config_math12k_eps_weight-recent-0.98.yaml  (recipe of Qwen2.5-Math-1.5B-Instruct on math12k)"
     )
-    assert value(weight, "--config").endswith("config_math12k_eps_weight-recent-0.98.yaml")
 
 
 def test_choices_and_defaults_are_the_configs():
@@ -214,56 +267,42 @@ def test_make_passes_the_config_field_variables():
     assert "--accelerate ddp --num-processes 2" in line and "--method" not in line
 
 
-def test_planning_a_run_does_not_import_trl():
-    """`make train` / `make sweep` plan from methods.py's values: no TRL (and vLLM) import, ~15 s on a login node."""
-    code = (
-        "import sys; from pathlib import Path; from grpo_lambda.jobs import launch, sweep; launch.parser(); "
-        "launch.recipe_method({'loss_variant': 'grpo'}); sweep.load_sweep('tiny-cpu', Path('.').resolve()); "
-        "print('trl' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
-    assert result.stdout.strip() == "False", result.stdout + result.stderr
-
-
 @pytest.mark.parametrize(
     ("recipe", "processes", "expected"),
     [
         ("Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml", 4, None),  # Table 2's own 16 × 1 × 4
-        ("Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml", 8, ("8", "1")),
-        ("Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml", 2, ("16", "2")),
+        ("Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml", 8, (8, 1)),
+        ("Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml", 2, (16, 2)),
         ("DeepSeek-R1-Distill-Qwen-7B/grpo/config_gsm8k_grpo.yaml", 4, None),  # 8 × 2 × 4
-        ("DeepSeek-R1-Distill-Qwen-7B/grpo/config_gsm8k_grpo.yaml", 8, ("8", "1")),
-        ("DeepSeek-R1-Distill-Qwen-7B/grpo/config_gsm8k_grpo.yaml", 1, ("8", "8")),
+        ("DeepSeek-R1-Distill-Qwen-7B/grpo/config_gsm8k_grpo.yaml", 8, (8, 1)),
+        ("DeepSeek-R1-Distill-Qwen-7B/grpo/config_gsm8k_grpo.yaml", 1, (8, 8)),
     ],
 )
 def test_the_papers_batch_on_any_number_of_processes(gpus, recipe, processes, expected):
     """Table 2: 64 completions per step on 4 devices. On 8 GPUs the recipe's per-device batch gave 128 (before: no
     word); now the launcher keeps 64 through per-device batch × accumulation, never raising the per-device batch."""
     gpus(8)
-    planned = command("--recipe", str(REPO_ROOT / "recipes" / recipe), "--num-processes", str(processes))
-    cmd, line = launch.keep_global_batch(planned)
+    plan = planned("--recipe", str(REPO_ROOT / "recipes" / recipe), "--num-processes", str(processes))
+    training, line = plan.settings.training, plan.lines[2]
+    split = (training.per_device_train_batch_size, training.gradient_accumulation_steps)
     if expected is None:
-        assert cmd == planned and line.startswith("batch: 64 completions per step = ")
+        assert "per_device_train_batch_size" not in {k for k in plan.settings.values if "accumulation" in k}
+        assert line.startswith("batch: 64 completions per step = ")
     else:
-        assert (value(cmd, "--per_device_train_batch_size"), value(cmd, "--gradient_accumulation_steps")) == expected
+        assert split == expected
         assert line.startswith(f"batch: 64 completions per step (global_batch_size) = {expected[0]} per device × ")
-        assert int(expected[0]) * int(expected[1]) * processes == 64
+    assert split[0] * split[1] * processes == 64
 
 
 def test_a_batch_that_cannot_be_kept_stops_in_one_line(gpus):
     gpus(8)
     recipe = str(REPO_ROOT / "recipes/Qwen2.5-Math-1.5B-Instruct/grpo/config_gsm8k_grpo.yaml")
     with pytest.raises(GRPOLambdaError, match="global_batch_size=64 completions per step do not split over 3"):
-        launch.keep_global_batch(command("--recipe", recipe, "--num-processes", "3"))
+        planned("--recipe", recipe, "--num-processes", "3")
     with pytest.raises(GRPOLambdaError, match=r"give 128 completions per step \(16 per device × 1 accumulation × 8"):
-        launch.keep_global_batch(
-            command("--recipe", recipe, "--num-processes", "8", "--args", "--per_device_train_batch_size 16")
-        )
-    mine = command("--recipe", recipe, "--num-processes", "8", "--args", "--global_batch_size 128")
-    assert launch.keep_global_batch(mine) == (
-        mine,
-        "batch: 128 completions per step = 16 per device × 1 accumulation × 8 process(es)",
-    )
+        planned("--recipe", recipe, "--num-processes", "8", "--args", "--per_device_train_batch_size 16")
+    mine = planned("--recipe", recipe, "--num-processes", "8", "--args", "--global_batch_size 128")
+    assert mine.lines[2] == "batch: 128 completions per step = 16 per device × 1 accumulation × 8 process(es)"
 
 
 def test_the_trainer_refuses_a_batch_that_is_not_the_recipes(tmp_path):
@@ -298,8 +337,9 @@ def test_plain_ddp_keeps_fp32_master_weights(gpus):
     """ACCEL=ddp with the paper recipes' bf16 weights ran AdamW on bf16 parameters, where 1e-6 updates round away;
     the launcher loads them in float32 under DDP (compute stays bf16 through accelerate's mixed precision)."""
     gpus(4)
-    ddp = command("--recipe", str(PAPER_RECIPE), "--accelerate", "ddp")
-    assert value(ddp, "--dtype") == "float32" and value(accelerate_part(ddp), "--mixed_precision") == "bf16"
-    assert "--dtype" not in command("--recipe", str(PAPER_RECIPE), "--accelerate", "zero2")  # ZeRO keeps fp32 masters
+    ddp = planned("--recipe", str(PAPER_RECIPE), "--accelerate", "ddp")
+    assert ddp.settings.model.dtype == "float32" and value(accelerate_part(ddp.command), "--mixed_precision") == "bf16"
+    zero2 = planned("--recipe", str(PAPER_RECIPE), "--accelerate", "zero2")
+    assert zero2.settings.model.dtype == "bfloat16"  # ZeRO keeps fp32 masters
     weight = torch.ones(4, dtype=torch.bfloat16)
     assert torch.equal(weight - 1e-6, weight) and not torch.equal(weight.float() - 1e-6, weight.float())

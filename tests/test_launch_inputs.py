@@ -52,30 +52,37 @@ BAD_INPUTS = {
     ),
     "malformed JSONL": (["--dataset", "bad.jsonl"], r"bad\.jsonl line 2 is not JSON"),
     "dataset_path beside a built-in task": (
-        ["--dataset", "arithmetic", "--args", "--dataset_path bad.jsonl"],
+        ["--dataset", "arithmetic", "--args=--dataset_path bad.jsonl"],
         r"dataset_path=.*bad\.jsonl would be ignored: dataset_name=arithmetic is a built-in generated task",
     ),
-    "output folder under a file": (["--args", "--output_dir a-file/run"], r"a-file is a file, not a folder"),
+    "output folder under a file": (["--args=--output_dir a-file/run"], r"a-file is a file, not a folder"),
     "settings the trainer refuses": (
-        ["--args", "--max_completion_length 0"],
+        ["--args=--max_completion_length 0"],
         r"configuration error: max_completion_length=0 must be a positive number",
     ),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_inputs_stop_in_one_line_before_anything_starts(inputs, case):
+def test_bad_inputs_stop_in_one_line_before_anything_starts(inputs, case, monkeypatch, capsys):
     """Before, each of these started accelerate and the trainer, and failed (or, for dataset_path, trained the
     built-in task) 20–40 s later under accelerate's CalledProcessError traceback. Paths are the user's, relative
-    to the folder the command runs in (here not the repository)."""
+    to the folder the command runs in (here not the repository). In-process: the entry point's own exit_status."""
     argv, expected = BAD_INPUTS[case]
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(inputs / "hub-cache")}
-    result = run_launcher(*argv, cwd=inputs, env=env)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert last_line(result).startswith("grpo_lambda: ")
-    assert re.search(expected, last_line(result)), result.stderr[-2000:]
-    assert "command:" not in result.stdout  # nothing was launched
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(inputs / "hub-cache"))
+    monkeypatch.chdir(inputs)
+    line = exit_status(launch.main, ["--accelerate", "cpu", *argv])
+    assert isinstance(line, str) and line.startswith("grpo_lambda: ") and "\n" not in line
+    assert re.search(expected, line), line
+    assert "command:" not in capsys.readouterr().out  # nothing was launched
     assert not list(inputs.glob("**/checkpoint-*"))
+
+
+def test_a_bad_input_is_the_launchers_last_line_and_exit_status(inputs):
+    result = run_launcher("--model", "./no-such-model", cwd=inputs)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"grpo_lambda: model folder .*/no-such-model does not exist", last_line(result))
 
 
 @pytest.mark.slow
@@ -119,29 +126,32 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space_left(tmp_path, mo
         exit_status(lambda: 1 / 0)
 
 
+def planned(*argv: str) -> launch.Plan:
+    return launch.plan(launch.parser().parse_args(list(argv)), REPO_ROOT)
+
+
 def test_paths_start_where_the_command_runs(tmp_path, monkeypatch):
     """The trainer runs in the repository root: before, ARGS' --output_dir, --dataset_path and
     --resume_from_checkpoint, and a DATASET file, landed or were looked for there, not where the user ran it."""
     (tmp_path / "problems.jsonl").write_text('{"problem": "1 + 1", "answer": "2"}\n')
     monkeypatch.chdir(tmp_path)
-    args = "--output_dir out --dataset_path problems.jsonl --resume_from_checkpoint true --logging_dir=logs/x"
-    argv = ["--accelerate", "cpu", "--model", "./model", "--dataset", "problems.jsonl", "--args", args]
-    cmd, _ = launch.build_command(launch.parser().parse_args(argv), REPO_ROOT)
-    value = {flag: cmd[len(cmd) - cmd[::-1].index(flag)] for flag in ("--output_dir", "--dataset_path")}
-    assert value == {"--output_dir": str(tmp_path / "out"), "--dataset_path": str(tmp_path / "problems.jsonl")}
-    assert cmd[cmd.index("--model_name_or_path") + 1] == str(tmp_path / "model")
-    assert cmd[cmd.index("--dataset_name") + 1] == str(tmp_path / "problems.jsonl")
-    assert cmd[cmd.index("--resume_from_checkpoint") + 1] == "true" and f"--logging_dir={tmp_path}/logs/x" in cmd
+    args = "--output_dir out --dataset_path problems.jsonl --resume_from_checkpoint true"
+    argv = ["--accelerate", "cpu", "--model", "./model", "--dataset", "problems.jsonl", f"--args={args}"]
+    settings = planned(*argv).settings
+    assert settings.training.output_dir == str(tmp_path / "out")
+    assert settings.script.dataset_path == str(tmp_path / "problems.jsonl")
+    assert settings.model.model_name_or_path == str(tmp_path / "model")
+    assert settings.script.dataset_name == str(tmp_path / "problems.jsonl")
+    assert settings.training.resume_from_checkpoint == "true"
     # `make -C <repo>` runs in the repository; the Makefile passes the folder make was run from
-    cmd, _ = launch.build_command(
-        launch.parser().parse_args([*argv[:-1], "--output_dir out", "--workdir", str(tmp_path / "elsewhere")]),
-        REPO_ROOT,
-    )
-    assert str(tmp_path / "elsewhere" / "out") in cmd
-    # the recipe's own relative output folder stays relative to the repository, as before
+    elsewhere = planned(*argv[:-1], "--args=--output_dir out", "--workdir", str(tmp_path / "elsewhere")).settings
+    assert elsewhere.training.output_dir == str(tmp_path / "elsewhere" / "out")
+    # the recipe's own relative output folder is relative to the repository, wherever the command runs
     monkeypatch.chdir(REPO_ROOT.parent)
-    cmd, _ = launch.build_command(launch.parser().parse_args(["--accelerate", "cpu"]), REPO_ROOT)
-    assert cmd[cmd.index("--config") + 1].startswith(str(REPO_ROOT)) and "--output_dir" not in cmd
+    settings = planned("--accelerate", "cpu").settings
+    assert settings.training.output_dir == str(
+        REPO_ROOT / "data/SmolLM2-135M-Instruct/grpo/arithmetic_eps_trace-both-0.99"
+    )
 
 
 def test_options_a_combination_would_ignore_are_refused():
@@ -150,14 +160,13 @@ def test_options_a_combination_would_ignore_are_refused():
         ("--recipe", recipe, "--dataset", "gsm8k"): "--dataset would be ignored",
         ("--recipe", recipe, "--trace_lambda", "0.9"): "--trace_lambda would be ignored",
         ("--num-machines", "2", "--main-process-ip", "n1"): "ACCEL=cpu is one process on one machine",
-        (
-            "--main-process-ip",
-            "n1",
-        ): "add --num-machines N",
+        ("--main-process-ip", "n1"): "add --num-machines N",
+        ("--args=--max_steps=1 --no_such_field 3",): "unrecognized arguments: --no_such_field 3",
     }
     for argv, message in refused.items():
         with pytest.raises(GRPOLambdaError, match=message):
-            launch.build_command(launch.parser().parse_args(["--accelerate", "cpu", *argv]), REPO_ROOT)
+            planned("--accelerate", "cpu", *argv)
+    assert planned("--accelerate", "cpu", "--args=--max_steps=1").settings.training.max_steps == 1  # one token
     # the trainer refuses them too (a command that bypasses the launcher)
     with pytest.raises(GRPOLambdaError, match="dataset_path=x.jsonl would be ignored"):
         load_problem_dataset("arithmetic", path="x.jsonl", train_size=4, test_size=4, seed=0, level="one_step")

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import REPO_ROOT
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.jobs.launch import MethodQuery, recipe_method, resolve_recipe
+from grpo_lambda.jobs import launch
+from grpo_lambda.jobs.launch import MethodQuery, find_recipe
 from grpo_lambda.jobs.recipes import expand_grid, generate, load_grid, sft_path
 from grpo_lambda.layout import model_tail
 from grpo_lambda.methods import Method, RunFolder, SFTFolder
@@ -111,15 +112,20 @@ def test_table_2_values_in_every_sft_recipe(model_id):
 
 
 def lookup(stage="train", model=None, dataset=None, **method):
-    return resolve_recipe(REPO_ROOT, stage, model, dataset, MethodQuery(**method))
+    return find_recipe(REPO_ROOT, stage, model, dataset, MethodQuery(**method))
+
+
+def planned(*argv: str):
+    """The launch `make train` / `make sft` would run on this CPU (its settings parsed once, nothing started)."""
+    return launch.plan(launch.parser().parse_args(["--accelerate", "cpu", *argv]), REPO_ROOT)
 
 
 @pytest.mark.parametrize("run", RUNS, ids=lambda r: r.path.as_posix().removeprefix("recipes/"))
 def test_make_train_resolves_every_cell(run):
     fields = {k: v for k, v in vars(run.method).items() if k in ("loss_variant", "trace_style", "trace_lambda")}
-    recipe, overrides, _ = lookup(model=run.model_id, dataset=run.dataset, **fields)
+    recipe, on_top, _ = lookup(model=run.model_id, dataset=run.dataset, **fields)
     assert recipe == REPO_ROOT / run.path
-    assert overrides == ["--model_name_or_path", run.model_id]
+    assert on_top == {"model_name_or_path": run.model_id}
     assert run.make_command in recipe.read_text()  # the recipe's own launch line resolves to it
     assert "LOSS_VARIANT=" in run.make_command
 
@@ -149,18 +155,33 @@ def test_a_cell_outside_the_grid_is_a_clear_error():
 
 
 def test_an_sft_output_folder_finds_its_base_models_recipes(tmp_path):
-    (tmp_path / "grpo_lambda_sft.json").write_text('{"base_model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"}')
-    recipe, overrides, _ = lookup(model=str(tmp_path), dataset="gsm8k", loss_variant="grpo")
+    (tmp_path / "grpo_lambda_run.json").write_text(
+        '{"stage": "sft", "model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "prompt_template": "r1"}'
+    )
+    recipe, on_top, _ = lookup(model=str(tmp_path), dataset="gsm8k", loss_variant="grpo")
     assert recipe == REPO_ROOT / "recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/config_gsm8k_grpo.yaml"
-    assert overrides == ["--model_name_or_path", str(tmp_path)]
+    assert on_top == {"model_name_or_path": str(tmp_path)}
+    # its run folder is the base model's, as the paper's tables name it
+    folder = planned(
+        "--model", str(tmp_path), "--dataset", "gsm8k", "--loss_variant", "grpo", "--args", "--use_vllm false"
+    ).settings.training.output_dir
+    assert folder == str(REPO_ROOT / "data/DeepSeek-R1-Distill-Qwen-1.5B/grpo/gsm8k_grpo")
 
 
 def test_make_train_without_arguments_runs_the_default_recipe_as_written():
-    recipe, overrides, note = lookup()
+    recipe, on_top, note = lookup()
     assert recipe == REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
-    assert overrides == [] and note == "default recipe"
+    assert on_top == {} and note == "default recipe"
     assert lookup(loss_variant="grpo")[0].name == "config_arithmetic_grpo.yaml"
     assert lookup(stage="sft")[0] == REPO_ROOT / "recipes/default/sft/config_arithmetic.yaml"
+    settings = planned().settings
+    assert settings.training.output_dir == str(
+        REPO_ROOT / "data/SmolLM2-135M-Instruct/grpo/arithmetic_eps_trace-both-0.99"
+    )
+    recipe_values = {k: v for k, v in settings.values.items() if k not in ("output_dir", "use_cpu")}
+    from grpo_lambda.configs import read_recipe
+
+    assert recipe_values == {k: v for k, v in read_recipe(recipe).items() if k != "output_dir"}
 
 
 def test_unknown_models_fall_back_to_the_default_recipe_in_their_own_run_folder(tmp_path):
@@ -168,46 +189,52 @@ def test_unknown_models_fall_back_to_the_default_recipe_in_their_own_run_folder(
     that method (not the default recipe's folder, where two methods would resume each other's checkpoints)."""
     model = tmp_path / "my-model"
     model.mkdir()
-    recipe, overrides, note = lookup(model=str(model), dataset="gsm8k", loss_variant="eps_weight", trace_lambda=0.5)
+    recipe, on_top, note = lookup(model=str(model), dataset="gsm8k", loss_variant="eps_weight", trace_lambda=0.5)
     assert recipe == REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
     assert "no recipe for my-model" in note
-    assert overrides == [
-        "--model_name_or_path",
-        str(model),
-        "--loss_variant",
-        "eps_weight",
-        "--trace_lambda",
-        "0.5",
-        "--dataset_name",
-        "gsm8k",
-        "--output_dir",
-        "data/my-model/grpo/gsm8k_eps_weight-both-0.5",
-    ]
-    run = RunFolder.find(overrides[-1])
-    assert run.method == recipe_method(
-        {"loss_variant": "eps_weight", "trace_style": "both", "trace_lambda": 0.5, "adv_clamp_min": -0.1}
-    )
-    grpo, overrides, _ = lookup(model="HuggingFaceTB/SmolLM2-360M-Instruct", dataset="math12k", loss_variant="grpo")
-    assert grpo.name == "config_arithmetic_grpo.yaml"
-    assert overrides[-2:] == ["--output_dir", "data/SmolLM2-360M-Instruct/grpo/math12k_grpo"]
-    sft, overrides, _ = lookup(stage="sft", model=str(model))
-    assert sft == REPO_ROOT / "recipes/default/sft/config_arithmetic.yaml"
-    assert overrides[-2:] == ["--output_dir", "data/my-model/sft/arithmetic"]
+    assert on_top == {
+        "model_name_or_path": str(model),
+        "loss_variant": "eps_weight",
+        "trace_lambda": 0.5,
+        "dataset_name": "gsm8k",
+    }
+    argv = ["--model", str(model), "--dataset", "gsm8k", "--loss_variant", "eps_weight", "--trace_lambda", "0.5"]
+    output_dir = planned(*argv).settings.training.output_dir
+    assert output_dir == str(REPO_ROOT / "data/my-model/grpo/gsm8k_eps_weight-both-0.5")
+    assert RunFolder.find(output_dir).method == Method("eps_weight", "both", 0.5)
+    grpo = planned("--model", "HuggingFaceTB/SmolLM2-360M-Instruct", "--dataset", "math12k", "--loss_variant", "grpo")
+    assert grpo.settings.training.output_dir == str(REPO_ROOT / "data/SmolLM2-360M-Instruct/grpo/math12k_grpo")
+    sft = planned("--stage", "sft", "--model", str(model))
+    assert sft.settings.training.output_dir == str(REPO_ROOT / "data/my-model/sft/arithmetic")
     with pytest.raises(GRPOLambdaError, match="apply to `make train`, not to SFT"):
         lookup(stage="sft", model=str(model), trace_lambda=0.9)
 
 
+def test_the_run_folder_names_the_method_the_settings_train():
+    """Issue 34: TRACE_LAMBDA=0.98 ARGS="--trace_lambda 0.5" trained λ 0.5 into a folder named …-0.98, which the
+    tables then matched to the paper's λ 0.98 cell. The folder now follows the resolved settings."""
+    argv = ["--model", "Qwen/Qwen2.5-Math-1.5B-Instruct", "--dataset", "gsm8k", "--loss_variant", "eps_trace"]
+    argv += ["--trace_style", "both", "--trace_lambda", "0.98", "--args", "--trace_lambda 0.5 --use_vllm false"]
+    settings = planned(*argv).settings
+    assert settings.training.trace_lambda == 0.5
+    assert settings.training.output_dir == str(
+        REPO_ROOT / "data/Qwen2.5-Math-1.5B-Instruct/grpo/gsm8k_eps_trace-both-0.5"
+    )
+    mine = planned(*argv[:-1], "--trace_lambda 0.5 --use_vllm false --output_dir runs/mine").settings
+    assert mine.training.output_dir == str(Path.cwd() / "runs/mine")  # a folder you name is kept
+
+
 def test_launcher_output_dirs_with_underscores_parse_back():
     """The run folder `make train` / `make sft` write for a model and a dataset with `_` reads back as them."""
-    method = dict(loss_variant="eps_trace", trace_style="both", trace_lambda=0.99)
-    _, overrides, _ = lookup(model="org/My_Model-1.5B", dataset="my_data", **method)
-    assert overrides[overrides.index("--dataset_name") + 1] == "my_data"
-    output_dir = overrides[overrides.index("--output_dir") + 1]
-    assert output_dir == "data/My_Model-1.5B/grpo/my-data_eps_trace-both-0.99"
+    method = ["--loss_variant", "eps_trace", "--trace_style", "both", "--trace_lambda", "0.99"]
+    settings = planned("--model", "org/My_Model-1.5B", "--dataset", "my_data", *method).settings
+    assert settings.script.dataset_name == "my_data"
+    output_dir = settings.training.output_dir
+    assert output_dir == str(REPO_ROOT / "data/My_Model-1.5B/grpo/my-data_eps_trace-both-0.99")
     assert RunFolder.find(output_dir) == RunFolder("org/My_Model-1.5B", "my_data", Method("eps_trace", "both", 0.99))
-    _, overrides, _ = lookup(stage="sft", model="org/My_Model-1.5B", dataset="my_data")
-    assert overrides[-2:] == ["--output_dir", "data/My_Model-1.5B/sft/my-data"]
-    assert SFTFolder.find(overrides[-1]) == SFTFolder("org/My_Model-1.5B", "my_data")
+    sft = planned("--stage", "sft", "--model", "org/My_Model-1.5B", "--dataset", "my_data").settings
+    assert sft.training.output_dir == str(REPO_ROOT / "data/My_Model-1.5B/sft/my-data")
+    assert SFTFolder.find(sft.training.output_dir) == SFTFolder("org/My_Model-1.5B", "my_data")
 
 
 def test_recipe_folders_are_named_after_the_model():

@@ -1,14 +1,67 @@
-"""Rerunning a training command in a folder that holds a run: another method is refused, a finished run is done."""
+"""Rerunning a training command in a folder that holds a run: other settings are refused, field by field; a finished
+run is done."""
 
 import json
 
 import pytest
 
 from conftest import REPO_ROOT
+from grpo_lambda.configs import read_recipe, resolve_settings
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.reruns import RUN_RECORD, claim_output_dir, finished_step, mark_finished
+from grpo_lambda.layout import RUN_RECORD, SETTINGS_RECORD
+from grpo_lambda.reruns import claim_output_dir, finished_step, mark_finished, record_settings
 
-TRACE = {"method": "eps_trace-both-0.99", "model": "m", "dataset": "arithmetic"}
+TRACE = {"stage": "grpo", "method": "eps_trace-both-0.99", "model": "m", "dataset": "arithmetic"}
+DEFAULT = REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml"
+
+
+def settings(output_dir, **changes):
+    return resolve_settings(
+        "grpo", {**read_recipe(DEFAULT), "output_dir": str(output_dir), "use_cpu": True, **changes}
+    )
+
+
+def test_a_rerun_with_other_settings_is_refused_field_by_field(tmp_path):
+    """Issue 34: another DATASET into a finished folder said "already reached max_steps"; another MODEL and DATASET
+    into an unfinished one resumed the other model's checkpoint. The recorded settings are now compared whole."""
+    run = tmp_path / "run"
+    assert record_settings(settings(run, global_batch_size=8)) == []
+    assert (run / SETTINGS_RECORD).is_file()
+    for changes, named in (
+        ({"dataset_name": "gsm8k"}, "dataset_name: arithmetic → gsm8k"),
+        ({"model_name_or_path": "embedded:tiny-qwen2"}, "model_name_or_path"),
+        ({"learning_rate": 2e-6}, "learning_rate: 1e-06 → 2e-06"),
+        ({"trace_lambda": 0.5}, "trace_lambda: 0.99 → 0.5"),
+        ({"prompt_template": "qwen_math"}, "prompt_template: no → qwen_math"),
+        ({"global_batch_size": None, "per_device_train_batch_size": 4}, "global_batch_size: 8 → None"),
+    ):
+        with pytest.raises(GRPOLambdaError, match=f"{run} holds another run .*{named}") as raised:
+            record_settings(settings(run, **{"global_batch_size": 8, **changes}))
+        assert "\n" not in str(raised.value) and "--output_dir" in str(raised.value)
+    # what a rerun may change: its length, checkpoints, logging, and the batch split that keeps global_batch_size
+    changed = record_settings(
+        settings(
+            run,
+            global_batch_size=8,
+            max_steps=8,
+            save_steps=2,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            report_to="wandb",
+        )
+    )
+    assert "max_steps: 4 → 8" in changed and "per_device_train_batch_size: 8 → 4" in changed
+    assert read_recipe(run / SETTINGS_RECORD)["max_steps"] == 8  # recorded anew
+    # with no global_batch_size to keep, the per-device batch is the batch: another one is another run
+    record_settings(settings(tmp_path / "plain"))
+    with pytest.raises(GRPOLambdaError, match="per_device_train_batch_size: 8 → 4"):
+        record_settings(settings(tmp_path / "plain", per_device_train_batch_size=4))
+
+
+def test_an_sft_folder_refuses_a_grpo_run(tmp_path):
+    claim_output_dir(str(tmp_path), {"stage": "sft", "model": "m"}, write=True)
+    with pytest.raises(GRPOLambdaError, match="holds a sft run, and this command runs grpo"):
+        record_settings(settings(tmp_path))
 
 
 def test_a_folder_keeps_its_method_and_refuses_another(tmp_path):
@@ -48,7 +101,9 @@ def test_the_grpo_entry_point_stops_before_loading_anything(tmp_path):
         return parse_grpo_args([*argv, "--report_to", "none", *extra])
 
     output_dir.mkdir()
-    (output_dir / RUN_RECORD).write_text(json.dumps({"method": "eps_trace-both-0.99", "finished_step": 2}))
+    (output_dir / RUN_RECORD).write_text(
+        json.dumps({"stage": "grpo", "method": "eps_trace-both-0.99", "finished_step": 2})
+    )
     assert grpo.main(*arguments()) == 0
     assert sorted(p.name for p in output_dir.iterdir()) == [RUN_RECORD]  # nothing trained or saved
     with pytest.raises(GRPOLambdaError, match="holds a eps_trace-both-0.99 run; this command trains grpo"):

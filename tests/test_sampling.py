@@ -16,8 +16,8 @@ from evaluation_runs import eval_config, kill_repeatedly
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.evaluation import stats
 from grpo_lambda.evaluation.backends import request_seed
-from grpo_lambda.evaluation.config import EvalConfig
-from grpo_lambda.evaluation.evaluate import evaluate, parse_args, regrade, report, summarize
+from grpo_lambda.evaluation.config import EvalConfig, parse_config
+from grpo_lambda.evaluation.evaluate import evaluate, regrade, report, summarize
 from grpo_lambda.evaluation.grades import GRADES
 
 # results.json of `greedy_samples()` as summarize wrote it at commit 77021e9, before sampling existed.
@@ -216,18 +216,35 @@ def test_inconsistent_sampling_settings_are_refused_in_one_line(settings, messag
     assert "\n" not in str(raised.value)
 
 
-def test_sampling_flags_reach_the_config(capsys):
-    from grpo_lambda.evaluation.evaluate import config_from_args
-
+def test_sampling_flags_reach_the_config():
     args = ["--model", "m", "--output_dir", "o", "--template", "no"]
-    config = config_from_args(parse_args([*args, "--samples", "8", "--temperature", "0.6", "--top_p", "0.95"]))
+    config = parse_config([*args, "--samples", "8", "--temperature", "0.6", "--top_p", "0.95"])
     assert (config.samples, config.temperature, config.top_p, config.seed) == (8, 0.6, 0.95, 0)
-    assert config_from_args(parse_args([*args, "--seed", "4"])).seed == 4
-    greedy = config_from_args(parse_args(args))
+    assert parse_config([*args, "--seed", "4"]).seed == 4
+    greedy = parse_config(args)
     assert (greedy.samples, greedy.temperature, greedy.top_p, greedy.sampling) == (1, 0.0, 1.0, None)
-    with pytest.raises(SystemExit):
-        parse_args([*args, "--samples", "0"])
-    assert "error: argument --samples:" in capsys.readouterr().err
+    with pytest.raises(GRPOLambdaError, match="samples=0"):
+        parse_config([*args, "--samples", "0", "--temperature", "0.6"])
+
+
+def test_the_evaluation_flags_a_sweep_writes_read_back_as_the_same_config():
+    """One parser for the evaluation (HfArgumentParser over EvalConfig): what the sweep runner writes (as_flags) is
+    what the evaluation reads."""
+    from grpo_lambda.evaluation.config import as_flags
+
+    values = dict(
+        model="m",
+        output_dir="o",
+        benchmarks=["aime", "math"],
+        limit=3,
+        backend="transformers",
+        max_new_tokens=16,
+        samples=4,
+        temperature=0.6,
+        top_p=0.95,
+        template=None,
+    )
+    assert parse_config(as_flags(values)) == EvalConfig(**values)
 
 
 def test_each_problem_and_sample_draws_from_its_own_seed():
@@ -247,7 +264,7 @@ def test_a_sampling_evaluation_killed_again_and_again_keeps_every_problem_and_sa
     sample an uninterrupted run draws (batch 1: seeded per request), and results.json counts each once."""
     output_dir, limit, k = tmp_path / "eval", 6, 2
     command = [sys.executable, "-m", "grpo_lambda.evaluation.evaluate", "--model", str(tiny_model_dir)]
-    command += ["--benchmarks", "aime,math", "--limit", str(limit), "--batch_size", "1", "--max_new_tokens", "32"]
+    command += ["--benchmarks", "aime", "math", "--limit", str(limit), "--batch_size", "1", "--max_new_tokens", "32"]
     command += ["--backend", "transformers", "--template", "qwen_math", "--dtype", "float32"]
     command += ["--samples", str(k), "--temperature", "1.0", "--top_p", "0.95", "--seed", "7"]
     command += ["--output_dir", str(output_dir)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -178,11 +179,14 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
     assert train[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--nodelist=gpu1,gpu2", "--job-name=trainers"]
     assert train[train.index("--num-machines") + 1] == "2"
     assert train[train.index("--main-process-ip") + 1] == "10.0.0.1"
-    trainer_flags = train[train.index("--args") + 1]
-    assert (
-        "--vllm_mode server --vllm_server_base_url http://10.0.0.3:8000" in trainer_flags
-        and str(sweep.run_dir(run)) in trainer_flags
-    )
+    overrides = json.loads(train[train.index("--overrides") + 1])
+    assert overrides == {
+        **run.overrides,
+        "use_vllm": True,
+        "vllm_mode": "server",
+        "vllm_server_base_url": "http://10.0.0.3:8000",
+        "output_dir": str(sweep.run_dir(run)),
+    }
 
     launch = subprocess.run(
         [
@@ -344,7 +348,7 @@ def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs
     sweep_path = tmp_path / "tiny-cpu.yaml"
     sweep_path.write_text(yaml.safe_dump(spec))
     started = time.monotonic()
-    submitted = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm)
+    submitted = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm)
     assert "submitted array job" in submitted.stdout
     _wait_until(lambda: not _jobs(slurm), 900, "the sweep to finish", slurm, poll=2)
     print(f"tiny sweep (2 runs + aggregation) wall time: {time.monotonic() - started:.0f} s")
@@ -356,7 +360,11 @@ def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs
         assert (run_dir / "eval" / "results.json").is_file(), _logs(output)
         assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
         assert _reward_steps(run_dir) == list(range(1, 9))
-        assert (run_dir / "recipe.yaml").read_text() == run.recipe.read_text()
+        from grpo_lambda.configs import read_recipe, resolve_settings
+        from grpo_lambda.reruns import settings_differences
+
+        recorded = resolve_settings("grpo", read_recipe(run_dir / "recipe.yaml"), for_reading=True)
+        assert settings_differences(recorded.parsed, run.settings.parsed, "grpo") == {}  # the run's settings, whole
         info = json.loads((run_dir / "run.json").read_text())
         assert info["index"] == run.index and info["overrides"] == run.overrides and "commit" in info
         results = json.loads((run_dir / "eval" / "results.json").read_text())
@@ -365,10 +373,10 @@ def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs
     table = (output / "results.md").read_text()
     assert all(run.name in table for run in sweep.runs)
 
-    again = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm)
+    again = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm)
     assert "2 finished, 0 queued or running, 0 to run" in again.stdout and "nothing to submit" in again.stdout
     # an array task of a finished run that runs anyway (e.g. resubmitted by hand) does nothing
-    rerun = sweep_cli("run", str(sweep_path), "--output-dir", str(output), "--index", "0", env=slurm)
+    rerun = sweep_cli("run", str(sweep_path), "--output_dir", str(output), "--index", "0", env=slurm)
     assert "already finished" in rerun.stdout
 
 
@@ -389,7 +397,7 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     sweep_path = tmp_path / "sweep.yaml"
     sweep_path.write_text(yaml.safe_dump(spec))
     started = time.monotonic()
-    submitted = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm)
+    submitted = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm)
     array_job = submitted.stdout.split("submitted array job ")[1].split()[0]
     task = f"{array_job}_0"
     sweep = load_sweep(sweep_path, ROOT, output)
@@ -443,7 +451,7 @@ def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_swe
     sweep_path.write_text(yaml.safe_dump(spec))
     subprocess.run(["scontrol", "update", "PartitionName=local", "Default=NO"], env=slurm, check=True)
     try:
-        refused = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm, check=False)
+        refused = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm, check=False)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
         assert refused.stderr.strip().splitlines() == [
             "grpo_lambda: sbatch refused the array job: Batch job submission failed: No partition specified or "
@@ -451,17 +459,17 @@ def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_swe
         ]
         # --hold: the tasks stay queued (PENDING) and run nothing
         flags = ("--sbatch-args", "--partition=local --hold")
-        submitted = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), *flags, env=slurm)
+        submitted = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), *flags, env=slurm)
         array_job = submitted.stdout.split("submitted array job ")[1].split()[0]
         aggregation = submitted.stdout.split("aggregation job ")[1].split()[0]
         queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout
         assert set(queue.split()) == {f"{array_job}_0", f"{array_job}_1", aggregation}
-        again = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), *flags, env=slurm)
+        again = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), *flags, env=slurm)
         assert "0 finished, 2 queued or running, 0 to run" in again.stdout and "nothing to submit" in again.stdout
         assert [line.split()[1] for line in again.stdout.splitlines() if line[:1].isdigit()] == ["pending"] * 2
         subprocess.run(["scancel", array_job, aggregation], env=slurm, check=True)
         _wait_until(lambda: not _jobs(slurm), 60, "the cancelled jobs to leave the queue", slurm)
-        third = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), "--dry-run", *flags, env=slurm)
+        third = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), "--dry-run", *flags, env=slurm)
         assert "0 queued or running, 2 to run" in third.stdout
     finally:
         subprocess.run(["scontrol", "update", "PartitionName=local", "Default=YES"], env=slurm, check=True)
@@ -490,7 +498,7 @@ def test_two_node_job_serves_vllm_on_the_last_node_and_trains_on_the_first(slurm
     sweep_path = tmp_path / "two-nodes.yaml"
     sweep_path.write_text(yaml.safe_dump(spec))
     started = time.monotonic()
-    submitted = sweep_cli("submit", str(sweep_path), "--output-dir", str(output), env=slurm_two_nodes)
+    submitted = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm_two_nodes)
     assert "each task: 2 node(s), 1 CPUs" in submitted.stdout
 
     steps_seen: dict[str, set[str]] = {}  # srun step name → the nodes SLURM ran it on (squeue --steps)
@@ -529,14 +537,60 @@ def test_two_node_job_serves_vllm_on_the_last_node_and_trains_on_the_first(slurm
 
 
 def test_list_settings_reach_the_trainer_as_lists(tmp_path):
-    """`reward_funcs: [accuracy, format]` in a sweep: before, passed as the JSON text '["accuracy", "format"]', which
-    the trainer's parser read as one unknown reward."""
-    from grpo_lambda.jobs.launch import read_training_settings
-
+    """Issue 31: `reward_funcs: [accuracy, format]` in a sweep's settings was written as flags that the sweep's own
+    flag reader could not read back ("cannot read trainer flag 'format'"). Settings now travel as one mapping, parsed
+    by the trainer's parser; the slow test below trains with them."""
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
     spec["runs"]["settings"].update(reward_funcs=["accuracy", "format"], reward_weights=[1.0, 0.5])
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
-    run = load_sweep(path, ROOT, tmp_path / "out").runs[0]
-    script_args, training_args, _ = read_training_settings(["--config", str(run.recipe), *run.flags()])
-    assert script_args.reward_funcs == ["accuracy", "format"] and training_args.reward_weights == [1.0, 0.5]
+    sweep = load_sweep(path, ROOT, tmp_path / "out")
+    run = sweep.runs[0]
+    assert run.settings.script.reward_funcs == ["accuracy", "format"]
+    assert run.settings.training.reward_weights == [1.0, 0.5]
+    from grpo_lambda.jobs.sweep import Runner
+
+    launch = Runner(run, sweep.run_dir(run), sweep.evaluation, sweep.slurm, sweep).training_commands()[0]
+    assert json.loads(launch[launch.index("--overrides") + 1])["reward_funcs"] == ["accuracy", "format"]
+    # `sweep run --recipe R --args "..."` (slurm/train.slurm): the trainer's parser reads the flags
+    from grpo_lambda.jobs.sweep import _runner
+
+    parser_args = type(
+        "Args",
+        (),
+        dict(
+            sweep=None,
+            recipe=str(run.recipe),
+            run_dir=str(tmp_path / "one"),
+            args="--reward_funcs accuracy format --reward_weights 1.0 0.5",
+            evaluation="--benchmarks arithmetic --limit 2",
+            output_dir=None,
+            index=None,
+        ),
+    )
+    single = _runner(parser_args, ROOT)
+    assert single.run.overrides == {"reward_funcs": ["accuracy", "format"], "reward_weights": [1.0, 0.5]}
+    assert single.evaluation == {"benchmarks": ["arithmetic"], "limit": 2}
+    assert shlex.join(single.evaluation_command()).endswith(
+        f"--output_dir {tmp_path}/one/eval --benchmarks arithmetic --limit 2"
+    )
+
+
+@pytest.mark.slow
+def test_a_sweep_task_trains_with_list_settings(tmp_path):
+    """The tiny-cpu task with `reward_funcs: [accuracy, format]` and `reward_weights: [1.0, 0.5]`: it trains, its
+    recorded settings hold both lists, and the trainer logged both rewards (one per function)."""
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["runs"]["variants"] = {"grpo": spec["runs"]["variants"]["grpo"]}
+    spec["runs"]["settings"].update(reward_funcs=["accuracy", "format"], reward_weights=[1.0, 0.5], max_steps=1)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = sweep_cli("run", str(path), "--index", "0", "--output_dir", str(tmp_path / "out"), "--stages", "train")
+    run_dir = load_sweep(path, ROOT, tmp_path / "out").run_dir(load_sweep(path, ROOT, tmp_path / "out").runs[0])
+    from grpo_lambda.configs import read_recipe
+
+    recorded = read_recipe(run_dir / "recipe.yaml")
+    assert recorded["reward_funcs"] == ["accuracy", "format"] and recorded["reward_weights"] == [1.0, 0.5]
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/accuracy_reward/mean" in r or "rewards/accuracy/mean" in r for r in logged), logged[-1]
+    assert any(k.startswith("rewards/format") for r in logged for k in r), result.stdout[-2000:]

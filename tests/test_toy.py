@@ -15,6 +15,7 @@ from experiments.toy import ALPHABET, credit_echo_dataset, credit_echo_problem
 from grpo_lambda.data import load_problem_dataset
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.methods import Method
+from grpo_lambda.reruns import final_step
 from grpo_lambda.metrics_log import read_steps
 from grpo_lambda.rewards import exact_match, get_reward_funcs
 
@@ -125,7 +126,7 @@ def test_reproduce_toy_small_writes_table_plot_and_logs_and_resumes(tmp_path):
         run = tmp_path / "runs" / method / "lr0.0003_steps2" / "seed0"
         steps = read_steps(run / "metrics.jsonl")
         assert len(steps) == 2 and all("lemma1/bound_mean" in r and "kl" in r for r in steps)
-        assert (run / "done.json").is_file()
+        assert (run / "grpo_lambda_run.json").is_file() and final_step(run) == 2
     logs = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.jsonl")}
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in logs} == logs, "finished runs are not trained again"

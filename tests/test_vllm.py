@@ -173,4 +173,5 @@ def test_make_train_vllm_server_dry_run_shows_the_server_and_the_trainers_pointe
     command = next(line for line in result.stdout.splitlines() if line.startswith("command: "))
     port = server.split("--port ")[1].split()[0]
     assert f"--model {tiny_model_dir}" in server and "--dtype float32 " in server  # the recipe's dtype
-    assert "--use_vllm true --vllm_mode server" in command and f"--vllm_server_port {port}" in command
+    assert command.endswith("/recipe.yaml")  # the ranks read the recorded settings, which point them at the server
+    assert "use_vllm: true\nvllm_mode: server\n" in result.stdout and f"vllm_server_port: {port}\n" in result.stdout

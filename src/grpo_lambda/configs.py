@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 from typing import Literal
 
+import yaml
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from .data import ARITHMETIC_LEVELS
@@ -266,6 +273,10 @@ class SFTScriptArguments(DataArguments):
 
 
 CONFIG_ERROR = "configuration error:"
+STAGES: dict[str, tuple] = {
+    "grpo": (GRPOScriptArguments, GRPOLambdaConfig, ModelConfig),
+    "sft": (SFTScriptArguments, SFTConfig, ModelConfig),
+}
 
 
 class OneLineErrorParser(TrlParser):
@@ -275,14 +286,94 @@ class OneLineErrorParser(TrlParser):
         raise GRPOLambdaError(f"{CONFIG_ERROR} {message}")
 
 
+@dataclass(frozen=True)
+class Settings:
+    """A training stage's settings, resolved once: `values` is what a recipe file holds (the recipe with every
+    override applied: what `<output_dir>/recipe.yaml` records), and `script`, `training`, `model` are what TrlParser
+    makes of it, as the ranks do from `--config <output_dir>/recipe.yaml`. Whatever starts a run decides from
+    these dataclasses, never from a reading of its own."""
+
+    stage: str  # grpo | sft
+    values: dict
+    script: DataArguments
+    training: GRPOLambdaConfig | SFTConfig
+    model: ModelConfig
+
+    @property
+    def parsed(self) -> tuple:
+        """(script, training, model): what an entry point's `main` takes."""
+        return self.script, self.training, self.model
+
+    def text(self) -> str:
+        """`values` as a recipe file."""
+        return yaml.safe_dump(self.values, sort_keys=False, allow_unicode=True)
+
+
+def read_recipe(path: str | os.PathLike) -> dict:
+    """The mapping of a recipe file (its keys checked when parsed): the one reader of recipe files."""
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise GRPOLambdaError(f"cannot read recipe {path}: {error.strerror}.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise GRPOLambdaError(f"recipe {path} is not YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise GRPOLambdaError(f"recipe {path} must be a YAML mapping of settings (name: value).")
+    return values
+
+
+def flag_values(stage: str, flags: list[str]) -> dict:
+    """The settings command-line flags give (`--bf16 t`, `--reward_funcs accuracy format`), typed by the stage's own
+    parser (TrlParser's argparse, whose defaults are left out here): exactly what the ranks would read from them."""
+    parser = OneLineErrorParser(STAGES[stage])
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    given, unknown = parser.parse_known_args(list(flags))
+    if unknown:
+        raise GRPOLambdaError(f"{CONFIG_ERROR} unrecognized arguments: {' '.join(unknown)}")
+    return {name: value.value if isinstance(value, Enum) else value for name, value in vars(given).items()}
+
+
+def resolve_settings(stage: str, values: dict, for_reading: bool = False) -> Settings:
+    """`values` (a recipe's mapping with overrides applied) parsed as the ranks parse a recipe file: written to one
+    and read by TrlParser. `for_reading`: settings read (or planned) on a machine that will not train them, such as
+    a login node without GPUs, where TrainingArguments refuses bf16 unless use_cpu is set: parsed with use_cpu
+    there, `values` unchanged."""
+    if stage not in STAGES:
+        raise GRPOLambdaError(f"stage {stage!r} is not one of {', '.join(STAGES)}.")
+    parsed = dict(values)
+    if for_reading:
+        import torch
+
+        if not torch.cuda.is_available():
+            parsed["use_cpu"] = True
+    with tempfile.TemporaryDirectory(prefix="grpo_lambda-settings-") as folder:
+        path = Path(folder) / "recipe.yaml"
+        path.write_text(yaml.safe_dump(parsed, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        script, training, model = _parse(STAGES[stage], ["--config", str(path)])
+    return Settings(stage, dict(values), script, training, model)
+
+
+def parse_settings(stage: str, argv: list[str]) -> Settings:
+    """`[--config <recipe>] [--name value ...]`, the entry points' command line, resolved (`resolve_settings`)."""
+    argv = list(argv)
+    if "--config" not in argv:
+        return resolve_settings(stage, flag_values(stage, argv))
+    at = argv.index("--config")
+    if argv.count("--config") > 1 or at + 1 >= len(argv):
+        raise GRPOLambdaError(f"{CONFIG_ERROR} give one recipe: --config <recipe.yaml> [--name value ...].")
+    recipe, flags = argv[at + 1], argv[:at] + argv[at + 2 :]
+    return resolve_settings(stage, {**read_recipe(recipe), **flag_values(stage, flags)})
+
+
 def parse_grpo_args(argv: list[str] | None = None) -> tuple[GRPOScriptArguments, GRPOLambdaConfig, ModelConfig]:
     """Parse `--config recipe.yaml` plus command-line overrides; a bad value or unknown key exits with one line."""
-    return _parse((GRPOScriptArguments, GRPOLambdaConfig, ModelConfig), argv)
+    return parse_settings("grpo", sys.argv[1:] if argv is None else argv).parsed
 
 
 def parse_sft_args(argv: list[str] | None = None) -> tuple[SFTScriptArguments, SFTConfig, ModelConfig]:
     """The same for the SFT stage (TRL's own `SFTConfig`: the stage adds no training fields)."""
-    return _parse((SFTScriptArguments, SFTConfig, ModelConfig), argv)
+    return parse_settings("sft", sys.argv[1:] if argv is None else argv).parsed
 
 
 def _parse(dataclasses: tuple, argv: list[str] | None):

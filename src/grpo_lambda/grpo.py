@@ -20,7 +20,7 @@ from grpo_lambda.data import load_problem_dataset, to_prompts
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.methods import Method
 from grpo_lambda.models import final_model_from_checkpoint, load_model_and_tokenizer, save_final_model
-from grpo_lambda.reruns import claim_output_dir, finished_step, mark_finished
+from grpo_lambda.reruns import check_settings, claim_output_dir, finished_step, mark_finished
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.tracking import announce_wandb
 from grpo_lambda.vllm_server import vllm_server_url, wait_for_vllm_server
@@ -55,10 +55,13 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
             f"global_batch_size={training_args.global_batch_size} (Table 2): launch with make train, which keeps it, "
             "or set per_device_train_batch_size / gradient_accumulation_steps to match (or global_batch_size to null)."
         )
+    check_settings("grpo", (script_args, training_args, model_args))
     record = {
+        "stage": "grpo",
         "method": Method.from_config(training_args).tag,
         "model": model_args.model_name_or_path,
         "dataset": script_args.dataset_name,
+        "prompt_template": script_args.prompt_template,
     }
     claim_output_dir(training_args.output_dir, record, write=training_args.process_index == 0)
     done = finished_step(training_args.output_dir, training_args.max_steps)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import GRPOLambdaError
-from .layout import EMBEDDED_PREFIX
+from .layout import EMBEDDED_PREFIX, local_path
 
 MODEL_FILES = ("config.json", "adapter_config.json")  # a saved model; a LoRA adapter (transformers loads it with peft)
 _TRUE = ("1", "on", "yes", "true")
@@ -20,10 +20,6 @@ _TRUE = ("1", "on", "yes", "true")
 def hub_offline() -> bool:
     """Whether the Hugging Face libraries are told to stay offline (HF_HUB_OFFLINE, or transformers' own flag)."""
     return any(os.environ.get(name, "").lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1
 
 
 def check_model(name: str, flag: str = "MODEL") -> None:
@@ -41,7 +37,7 @@ def check_model(name: str, flag: str = "MODEL") -> None:
         return
     if path.exists():
         raise GRPOLambdaError(f"{flag}={name} is a file; give a model folder (with config.json) or a Hub id.")
-    if _looks_like_path(name):
+    if local_path(name) is not None:  # it can only be a path (layout.local_path), and there is none
         raise GRPOLambdaError(
             f"model folder {path.absolute()} does not exist: check {flag} (a folder, or a Hub id such as "
             "Qwen/Qwen2.5-Math-1.5B-Instruct)."

@@ -4,13 +4,12 @@
         --config recipes/<model>/sft/config_<dataset>.yaml
 
 Worked solutions are rendered in the same prompt template as the RL stage and the evaluation, ending with the final
-answer where that template reads it. The output folder records its base model, so `make train MODEL=<it>` finds
-the base model's GRPO recipes.
+answer where that template reads it. The output folder's run record (grpo_lambda.reruns) names its base model, so
+`make train MODEL=<it>` finds the base model's GRPO recipes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -23,9 +22,8 @@ from grpo_lambda.checkpoints import AtomicCheckpoints, checkpoint_to_resume
 from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
 from grpo_lambda.data import solution_dataset
 from grpo_lambda.errors import exit_status
-from grpo_lambda.layout import SFT_RECORD
 from grpo_lambda.models import load_model_and_tokenizer, save_final_model
-from grpo_lambda.records import replace_file
+from grpo_lambda.reruns import check_settings, claim_output_dir, final_step, mark_finished
 from grpo_lambda.tracking import announce_wandb
 
 logger = logging.getLogger(__name__)
@@ -40,13 +38,18 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
 
-    base_model = model_args.model_name_or_path
-    record_path = Path(training_args.output_dir) / SFT_RECORD  # written last: the final model is saved
-    if record_path.is_file():
-        done = json.loads(record_path.read_text()).get("finished_step")
-        if done is None or training_args.max_steps <= 0 or done >= training_args.max_steps:
-            logger.warning("%s is a finished SFT run (step %s): nothing to train", training_args.output_dir, done)
-            return 0
+    check_settings("sft", (script_args, training_args, model_args))
+    record = {
+        "stage": "sft",
+        "model": model_args.model_name_or_path,  # the base model: `make train MODEL=<this folder>` uses its recipes
+        "dataset": script_args.dataset_name,
+        "prompt_template": script_args.prompt_template,
+    }
+    claim_output_dir(training_args.output_dir, record, write=training_args.process_index == 0)
+    done = final_step(training_args.output_dir)
+    if done is not None and (training_args.max_steps <= 0 or done >= training_args.max_steps):
+        logger.warning("%s is a finished SFT run (step %s): nothing to train", training_args.output_dir, done)
+        return 0
     model, tokenizer = load_model_and_tokenizer(model_args)
     with training_args.main_process_first(desc="loading the training set"):  # one download, then the cache
         train_dataset = solution_dataset(
@@ -76,13 +79,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     # LoRA (7B, Table 2): merged weights, so that the RL stage loads a plain model folder (the adapter in adapter/)
     save_final_model(trainer, model_args, training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        record = {
-            "base_model": base_model,
-            "prompt_template": script_args.prompt_template,
-            "dataset": script_args.dataset_name,
-            "finished_step": trainer.state.global_step,
-        }
-        replace_file(Path(training_args.output_dir) / SFT_RECORD, json.dumps(record, indent=2) + "\n")
+        mark_finished(training_args.output_dir, trainer.state.global_step)  # last: a kill before leaves it unfinished
     logger.info("model saved to %s", training_args.output_dir)
     return 0
 

@@ -1,13 +1,13 @@
 """`make compare A=<evaluation folder(s)> B=<evaluation folder(s)>`: is B better than A, on the same problems?
 
-    python -m grpo_lambda.evaluation.compare --a data/eval/grpo --b data/eval/eps_trace [--grade paper] [--output DIR]
+    python -m grpo_lambda.evaluation.compare --a data/eval/grpo --b data/eval/eps_trace [--grade paper] [--output_dir DIR]
     python -m grpo_lambda.evaluation.compare --a grpo-seed0 grpo-seed1 --b ours-seed0 ours-seed1   # several runs
 
 Per benchmark and for the macro average (the paper's AVG): both accuracies, the difference B − A over the problems
 both sides evaluated, and its 95 % interval; with one run per side (greedy, the paper's protocol) the paired
 Agresti–Min interval and the exact McNemar p-value of each benchmark; with several runs per side (seeds) a bootstrap
 over runs and problems (grpo_lambda.evaluation.stats says what each number means). Prints a markdown table, writes it
-to <output>/compare.md and a forest plot to <output>/compare.png.
+to <output_dir>/compare.md and a forest plot to <output_dir>/compare.png.
 
 Folders are comparable only when they evaluated the same suite, template, token limits and problems; otherwise this
 stops in one line naming the difference; greedy evaluations (the paper's protocol) compare only with greedy ones. A
@@ -190,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a", nargs="+", required=True, help="Evaluation folder(s) of A (several: one per seed).")
     parser.add_argument("--b", nargs="+", required=True, help="Evaluation folder(s) of B.")
     parser.add_argument("--grade", default="paper", choices=GRADES)
-    parser.add_argument("--output", default="plots", help="Writes <output>/compare.md and <output>/compare.png.")
+    parser.add_argument("--output_dir", default="plots", help="Writes compare.md and compare.png into it.")
     args = parser.parse_args(argv)
     rows = compare(args.a, args.b, args.grade)
     label_a, label_b = (" + ".join(Path(folder).name for folder in side) for side in (args.a, args.b))
     table = render(rows, label_a, label_b, args.grade)
     print(table)
-    output = Path(args.output)
+    output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / "compare.md").write_text(table + "\n")
     png = forest_plot(rows, f"{label_b} − {label_a} ({args.grade} grade)", output / "compare.png")

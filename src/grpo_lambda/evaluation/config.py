@@ -1,7 +1,11 @@
-"""What an evaluation is asked to do (`EvalConfig`, checked on creation) and the template a model's recipes use."""
+"""What an evaluation is asked to do: `EvalConfig`, whose fields are the evaluation's command line (`parse_config`:
+one parser, HfArgumentParser, so each default is written once, here) and a sweep's `evaluation:` section; checked on
+creation. The template a model is evaluated with, when none is given: `run_template`."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -13,42 +17,60 @@ from grpo_lambda.templates import TEMPLATES
 logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("vllm", "transformers")  # transformers: only when asked for, never as a fallback
-DEFAULT_TEMPLATE = "qwen_math"  # for models without a recipe
 
 
 @dataclass
 class EvalConfig:
-    model: str
-    output_dir: str
-    suite: str | None = None  # None: DEFAULT_SUITE (recorded as None, so that results.json moves between machines)
-    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
-    template: str | None = None  # None: the model's recipe template (default_template)
-    backend: str = "vllm"
-    max_new_tokens: int = 3000  # understand-r1-zero protocol
-    max_model_len: int = 4096
-    limit: int | None = None  # first N problems of each benchmark (smoke runs)
-    batch_size: int = 8  # prompts per `generate` call of the transformers backend (vLLM takes them all at once)
-    dtype: str = "bfloat16"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    grading_timeout_s: float = 5.0
-    seed: int = 0  # with temperature > 0, each (problem, sample) draws from its own seed derived from this one
-    samples: int = 1  # per problem; 1 greedy sample is the paper's protocol
-    temperature: float = 0.0  # 0: greedy (the paper's protocol); > 0: sampling, for avg@k and pass@k
-    top_p: float = 1.0  # nucleus sampling; only with temperature > 0
+    """An evaluation of one model on the suite (the understand-r1-zero protocol by default)."""
+
+    model: str = field(metadata={"help": "Checkpoint folder, Hub id or embedded:SmolLM2-135M-Instruct."})
+    output_dir: str = field(metadata={"help": "Folder of samples.jsonl and results.json (resumed when it has them)."})
+    suite: str | None = field(
+        default=None,
+        metadata={"help": "Benchmark folder (JSONL or save_to_disk) or Hub dataset id; default: the shipped suite."},
+    )
+    benchmarks: list[str] = field(
+        default_factory=lambda: list(BENCHMARKS),
+        metadata={"help": f"Benchmarks, from {', '.join(BENCHMARKS + BUILTIN_BENCHMARKS)}."},
+    )
+    template: str | None = field(
+        default=None,
+        metadata={"help": "Prompt template, qwen_math|r1|no; default: the model's run record, else its recipes."},
+    )
+    backend: str = field(
+        default="vllm", metadata={"help": "vllm, or transformers where vLLM cannot run (~20x slower)."}
+    )
+    max_new_tokens: int = field(default=3000, metadata={"help": "Tokens per completion (understand-r1-zero: 3000)."})
+    max_model_len: int = field(default=4096, metadata={"help": "Prompt plus completion (understand-r1-zero: 4096)."})
+    limit: int | None = field(default=None, metadata={"help": "First N problems of each benchmark (smoke runs)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers backend)."})
+    dtype: str = field(default="bfloat16", metadata={"help": "Weights' dtype in the engine."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs vLLM shards the model over."})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM's share of each GPU's memory."})
+    grading_timeout_s: float = field(default=5.0, metadata={"help": "Time bound per graded answer (scored 0)."})
+    seed: int = field(
+        default=0, metadata={"help": "With a temperature, each (problem, sample) draws from a seed derived from it."}
+    )
+    samples: int = field(default=1, metadata={"help": "Samples per problem: avg@k and pass@k (needs a temperature)."})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy, the paper's protocol; e.g. 0.6 to sample."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling, with a temperature above 0."})
 
     def __post_init__(self):
         known = BENCHMARKS + BUILTIN_BENCHMARKS
         unknown = [b for b in self.benchmarks if b not in known]
-        if unknown:
+        if unknown or not self.benchmarks:
             raise GRPOLambdaError(f"unknown benchmark(s) {unknown}; choose from {', '.join(known)}.")
-        if self.template is None:
-            self.template, reason = default_template(self.model)
-            logger.info("template %s (%s)", self.template, reason)
-        if self.template not in TEMPLATES:
+        if self.template is not None and self.template not in TEMPLATES:
             raise GRPOLambdaError(f"TEMPLATE={self.template!r} is not one of {', '.join(TEMPLATES)}.")
         if self.backend not in BACKENDS:
             raise GRPOLambdaError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
+        if self.limit is not None and (
+            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        ):
+            raise GRPOLambdaError(f"limit={self.limit!r}: give a positive number of problems per benchmark (LIMIT=N).")
+        for name in ("max_new_tokens", "max_model_len", "batch_size", "tensor_parallel_size"):
+            if getattr(self, name) < 1:
+                raise GRPOLambdaError(f"{name}={getattr(self, name)} must be a positive number.")
         check_sampling(self.samples, self.temperature, self.top_p)
 
     @property
@@ -58,6 +80,72 @@ class EvalConfig:
         if self.temperature == 0:
             return None
         return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+@dataclass
+class RegradeConfig:
+    """`--regrade`: re-score an evaluation folder's samples.jsonl, generating nothing."""
+
+    regrade: str = field(metadata={"help": "The evaluation folder (with samples.jsonl)."})
+    template: str | None = field(default=None, metadata={"help": "Default: the one results.json records."})
+    suite: str | None = field(default=None, metadata={"help": "Default: the one results.json records."})
+    grading_timeout_s: float = field(default=EvalConfig.grading_timeout_s, metadata={"help": "Per graded answer."})
+
+
+def _parser(config_type: type):
+    from transformers import HfArgumentParser
+
+    class OneLineParser(HfArgumentParser):
+        def error(self, message: str):
+            raise GRPOLambdaError(f"evaluation: {message}")
+
+    return OneLineParser(config_type)
+
+
+def parse_config(argv: list[str], config_type: type = EvalConfig):
+    """`config_type` from a command line, by HfArgumentParser (a list field takes several values: `--benchmarks aime
+    amc`); a bad flag or value is one line."""
+    try:
+        (config,) = _parser(config_type).parse_args_into_dataclasses(args=list(argv))
+    except GRPOLambdaError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise GRPOLambdaError(f"evaluation: {' '.join(str(error).split())}") from None
+    return config
+
+
+def given_fields(flags: list[str]) -> dict:
+    """The EvalConfig fields `flags` set, typed by the same parser, its defaults left out (checked: `check_fields`)."""
+    parser = _parser(EvalConfig)
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    given, unknown = parser.parse_known_args(list(flags))
+    if unknown:
+        raise GRPOLambdaError(f"evaluation: unrecognized arguments: {' '.join(unknown)}")
+    return vars(given)
+
+
+def as_flags(values: dict) -> list[str]:
+    """EvalConfig fields as the command line `parse_config` reads back into them (None: left at its default)."""
+    flags = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            flags += [f"--{name}", *(str(item) for item in value)]
+        else:
+            flags += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
+def check_fields(values: dict, where: str) -> None:
+    """Refuses keys that are not EvalConfig fields (`where`: how the user wrote them), in one line."""
+    allowed = {f.name for f in dataclasses.fields(EvalConfig)} - {"model", "output_dir"}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise GRPOLambdaError(
+            f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}."
+        )
 
 
 def check_sampling(samples: int, temperature: float, top_p: float) -> None:
@@ -80,19 +168,26 @@ def check_sampling(samples: int, temperature: float, top_p: float) -> None:
         )
 
 
-def default_template(model: str) -> tuple[str, str]:
-    """The `prompt_template` of the model's GRPO recipes (recipes/<model tail>/grpo/*.yaml), and why. The model is a
-    Hub id or folder, an SFT output folder (its recorded base model), or a folder inside a run folder of the recipes
-    (`<model tail>/grpo/<dataset>_<tag>`); a model without recipes gets DEFAULT_TEMPLATE."""
-    import yaml
+def run_template(model: str) -> tuple[str, str]:
+    """The template a model is evaluated with when none is given, and why: the one its training used, as the run
+    record of its folder says (a run folder, a checkpoint in one, an SFT folder); else the `prompt_template` its
+    recipes set (a Hub model of the paper's grid); else the training stage's own default (configs.DataArguments)."""
+    from grpo_lambda.layout import model_recipes, run_folder_of, run_record
 
-    from grpo_lambda.layout import model_tail, recipe_model, repo_root
-    from grpo_lambda.methods import RunFolder
+    folder = run_folder_of(model) if os.path.isdir(model) else None
+    template = (run_record(folder) or {}).get("prompt_template") if folder else None
+    if template:
+        return template, f"the template {folder} was trained with"
+    from grpo_lambda.configs import DataArguments, read_recipe, resolve_settings
 
-    run = RunFolder.find(os.path.abspath(model)) if os.path.exists(model) else None
-    for tail in dict.fromkeys([model_tail(recipe_model(model)), *([run.model] if run else [])]):
-        recipes = sorted((repo_root() / "recipes" / tail / "grpo").glob("*.yaml"))
-        templates = {yaml.safe_load(path.read_text()).get("prompt_template") for path in recipes} - {None}
-        if len(templates) == 1:
-            return templates.pop(), f"the recipes of {tail}"
-    return DEFAULT_TEMPLATE, "no recipe for this model"
+    recipes = model_recipes(model, "grpo") or model_recipes(model, "sft")
+    if recipes:
+        stage = recipes[0].parent.name
+        found = {resolve_settings(stage, read_recipe(p), for_reading=True).script.prompt_template for p in recipes}
+        if len(found) > 1:
+            raise GRPOLambdaError(
+                f"the recipes of {model} use templates {', '.join(sorted(found))}: say which (TEMPLATE=...)."
+            )
+        return found.pop(), f"the template of the recipes of {model}"
+    default = next(f.default for f in dataclasses.fields(DataArguments) if f.name == "prompt_template")
+    return default, "no run record or recipe for this model: the training default"

@@ -1,8 +1,8 @@
 """The credit picture: one completion with every token coloured by the weight its log-probability gets in the policy
 gradient under GRPO, ε-trace and ε-weight, as a PNG and a self-contained HTML page.
 
-    python -m grpo_lambda.evaluation.credit --samples <evaluation folder or samples.jsonl> --benchmark math --index 0 \
-        [--model <hub id | folder>] [--trace_lambda 0.99] [--trace_style both] [--trace_floor 0] --output credit
+    python -m grpo_lambda.evaluation.credit --results <evaluation folder or samples.jsonl> --benchmark math --index 0 \
+        [--model <hub id | folder>] [--trace_lambda 0.99] [--trace_style both] [--trace_floor 0] --output_dir plots
 
 What the colours are (per token k of one completion, on-policy, the same advantage A on every token):
 - GRPO: every token's ∇log π(a_k) is weighted by A: weight 1 everywhere.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.backends import model_folder
-from grpo_lambda.evaluation.store import read_lines
+from grpo_lambda.evaluation.store import read_lines, read_results
 from grpo_lambda.loss import WEIGHT_CLAMP_FNS, eps_weight_trace_weights
 from grpo_lambda.methods import TRACE_STYLES
 from grpo_lambda.traces import TraceSpec, credit_weights
@@ -173,7 +172,7 @@ def find_sample(samples: Path, benchmark: str | None, index: int | None) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", required=True, help="An evaluation folder (or its samples.jsonl).")
+    parser.add_argument("--results", required=True, help="An evaluation folder (or its samples.jsonl).")
     parser.add_argument("--benchmark", default=None, help="The sample's benchmark (default: the first sample's).")
     parser.add_argument("--index", type=int, default=None, help="The sample's problem index.")
     parser.add_argument("--model", default=None, help="Scores the completion (default: the evaluation's model).")
@@ -182,18 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace_style", default="both", choices=TRACE_STYLES)
     parser.add_argument("--trace_floor", type=float, default=0.0)
     parser.add_argument("--weight_clamp_fn", default="sigmoid", choices=WEIGHT_CLAMP_FNS)
-    parser.add_argument("--output", default="credit", help="Writes <output>.png and <output>.html.")
+    parser.add_argument("--output_dir", default="plots", help="Writes credit.png and credit.html into it.")
     args = parser.parse_args(argv)
     try:
         trace = TraceSpec(args.trace_gamma, args.trace_lambda, args.trace_style, args.trace_floor)
     except ValueError as error:
         raise GRPOLambdaError(str(error)) from error
-    samples = Path(args.samples)
+    samples = Path(args.results)
     sample = find_sample(samples, args.benchmark, args.index)
     model = args.model
     if model is None:
         results = (samples if samples.is_dir() else samples.parent) / "results.json"
-        model = json.loads(results.read_text())["model"] if results.is_file() else None
+        model = read_results(results)["model"] if results.is_file() else None
     if model is None:
         raise GRPOLambdaError(f"no results.json beside {samples} to name the model: give --model.")
     pieces, logps = score_completion(model, sample["prompt"], sample["completion"])
@@ -202,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{sample['benchmark']} #{sample['index']}, {model}: λ={args.trace_lambda:g}, style {args.trace_style}, "
         f"floor {args.trace_floor:g}, {len(pieces)} tokens"
     )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    png = render_png(pieces, rows, title, output.with_suffix(".png"))
-    page = output.with_suffix(".html")
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    png = render_png(pieces, rows, title, output / "credit.png")
+    page = output / "credit.html"
     page.write_text(render_html(pieces, rows, title))
     print(f"wrote {png} and {page}")
     return 0

@@ -19,7 +19,7 @@ the backends (`backends`) and the samples store (`store`).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -33,10 +33,10 @@ from tqdm import tqdm
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation import stats
 from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text, request_seed
-from grpo_lambda.evaluation.config import BACKENDS, EvalConfig
+from grpo_lambda.evaluation.config import EvalConfig, RegradeConfig, parse_config, run_template
 from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
 from grpo_lambda.evaluation.store import append, read_lines, read_results, read_samples, rewrite
-from grpo_lambda.evaluation.suite import BENCHMARKS, DEFAULT_SUITE, load_suite
+from grpo_lambda.evaluation.suite import load_suite
 from grpo_lambda.grading import Grader
 from grpo_lambda.inputs import check_model, check_output_folder
 from grpo_lambda.records import replace_file
@@ -180,6 +180,10 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
     already started backend (else one is made from the config). With config.samples = k, problem i has samples
     0..k-1, each a request of its own; a rerun with a larger k adds the samples it lacks."""
     _check_graders()
+    if config.template is None:
+        template, reason = run_template(config.model)
+        logger.info("template %s (%s)", template, reason)
+        config = dataclasses.replace(config, template=template)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     samples_path = output_dir / "samples.jsonl"
@@ -295,66 +299,6 @@ def regrade(
     return results
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (`--limit 0` or `-1` would silently cut the suite short)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of problems")
-    return value
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="Checkpoint folder, Hub id or embedded:SmolLM2-135M-Instruct.")
-    parser.add_argument("--regrade", default=None, metavar="FOLDER", help="Re-score FOLDER/samples.jsonl only.")
-    parser.add_argument(
-        "--suite",
-        default=None,
-        help=f"Benchmark folder (JSONL or save_to_disk) or Hub dataset id; default {DEFAULT_SUITE}.",
-    )
-    parser.add_argument("--output_dir", default=None)
-    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="Comma-separated; also: arithmetic.")
-    parser.add_argument(
-        "--template", default=None, choices=TEMPLATES, help="Default: the model's recipe template, else qwen_math."
-    )
-    parser.add_argument(
-        "--backend", default="vllm", choices=BACKENDS, help="transformers: where vLLM cannot run (~20x slower)."
-    )
-    parser.add_argument("--max_new_tokens", type=int, default=3000)
-    parser.add_argument("--max_model_len", type=int, default=4096)
-    parser.add_argument("--limit", type=positive_int, default=None, help="First N problems of each benchmark (N ≥ 1).")
-    parser.add_argument("--batch_size", type=int, default=8, help="Prompts per generate call (transformers backend).")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--tensor_parallel_size", type=int, default=1)
-    parser.add_argument("--gpu_memory_utilization", type=float, default=0.9)
-    parser.add_argument("--grading_timeout_s", type=float, default=5.0)
-    sampling = parser.add_argument_group("sampling (default: one greedy sample per problem, the paper's protocol)")
-    sampling.add_argument(
-        "--samples",
-        type=positive_int,
-        default=1,
-        help="k samples per problem: avg@k and pass@k (needs a temperature).",
-    )
-    sampling.add_argument("--temperature", type=float, default=0.0, help="0: greedy; e.g. 0.6 to sample.")
-    sampling.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling, with a temperature above 0.")
-    sampling.add_argument(
-        "--seed", type=int, default=0, help="Each (problem, sample) draws from a seed derived from it."
-    )
-    args = parser.parse_args(argv)
-    if not args.regrade and not (args.model and args.output_dir):
-        parser.error("give --model and --output_dir (or --regrade <folder>).")
-    return args
-
-
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    values = {k: v for k, v in vars(args).items() if k != "regrade"}
-    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    return EvalConfig(**{**values, "benchmarks": benchmarks})
-
-
 def report(results: dict, path: Path) -> str:
     """The evaluation's table: accuracy [95 % interval] under each grade, format rates, problems; with several samples
     per problem the accuracy is avg@k, and a second table gives pass@k [95 % interval] per benchmark and grade."""
@@ -401,17 +345,18 @@ def report(results: dict, path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
-    args = parse_args(argv)
-    if args.regrade:
-        results = regrade(args.regrade, args.template, args.suite, args.grading_timeout_s)
-        print(report(results, Path(args.regrade) / "results.json"))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--regrade" in argv:
+        request = parse_config(argv, RegradeConfig)
+        results = regrade(request.regrade, request.template, request.suite, request.grading_timeout_s)
+        print(report(results, Path(request.regrade) / "results.json"))
         return
-    check_model(args.model, "MODEL")  # one line in seconds, before vLLM or transformers load anything
-    check_output_folder(args.output_dir, "OUTPUT")
-    config = config_from_args(args)
+    config = parse_config(argv)
+    check_model(config.model, "MODEL")  # one line in seconds, before vLLM or transformers load anything
+    check_output_folder(config.output_dir, "OUTPUT")
     results = evaluate(config)
     print(report(results, Path(config.output_dir) / "results.json"))
 
 
 if __name__ == "__main__":
-    sys.exit(exit_status(main, sys.argv[1:]))
+    sys.exit(exit_status(main))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from grpo_lambda.answers import gold_answers
 from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.layout import local_path
 from grpo_lambda.records import read_jsonl
 
 BENCHMARKS: tuple[str, ...] = ("aime", "amc", "math", "minerva", "olympiad_bench")
@@ -15,11 +16,6 @@ BUILTIN_BENCHMARKS: tuple[str, ...] = ("arithmetic",)
 # understand-r1-zero's datasets/evaluation_suite, shipped with the package (its README.md says where it comes from).
 DEFAULT_SUITE = Path(__file__).with_name("evaluation_suite")
 _PROBLEM = "a problem (a JSON object with problem and answer)"
-
-
-def _is_path_like(suite: str) -> bool:
-    """A Hub dataset id is `owner/name`; anything else that does not exist is a mistyped path."""
-    return suite.startswith((".", "/", "~")) or suite.count("/") != 1 or suite.endswith((".json", ".jsonl"))
 
 
 def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = None) -> list[dict]:
@@ -37,7 +33,7 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
         raise GRPOLambdaError(f"limit={limit!r}: give a positive number of problems per benchmark, or none for all.")
     suite = str(suite or DEFAULT_SUITE)
     local = Path(suite).expanduser()
-    if not local.exists() and _is_path_like(suite) and any(b not in BUILTIN_BENCHMARKS for b in benchmarks):
+    if not local.exists() and local_path(suite) and any(b not in BUILTIN_BENCHMARKS for b in benchmarks):
         raise GRPOLambdaError(f"the suite {suite} does not exist (omit --suite for the shipped one).")
     items = []
     for benchmark in benchmarks:

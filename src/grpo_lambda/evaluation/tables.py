@@ -25,6 +25,7 @@ from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.store import read_results
 from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.methods import Method, RunFolder
+from grpo_lambda.records import replace_file
 
 TABLE1_COLUMNS = ("average", *BENCHMARKS)
 TABLE1_LABELS = ("Average", "AIME24", "AMC", "MATH", "Minerva", "Olympiad")
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=None, help="Folder searched recursively for results.json files.")
     parser.add_argument("--latex", action="store_true", help="LaTeX tabulars instead of Markdown.")
-    parser.add_argument("--output", default=None, help="Also write the tables to this file.")
+    parser.add_argument("--output_dir", default=None, help="Also write the tables to results.md (.tex) in it.")
     args = parser.parse_args(argv)
     paper = load_paper()
     user = collect_results(args.results, paper) if args.results else None
@@ -225,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         text += f"\n\nEvery evaluated run under {args.results} (paper / corrected grade)\n\n"
         text += render_all_runs(args.results, args.latex)
     print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    if args.output_dir:
+        output = Path(args.output_dir) / ("results.tex" if args.latex else "results.md")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(output, text + "\n")
+        print(f"wrote {output}")
     return 0
 
 

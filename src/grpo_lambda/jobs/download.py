@@ -18,17 +18,16 @@ import sys
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.inputs import hub_offline
-from grpo_lambda.layout import EMBEDDED_PREFIX
-
-
-def _local(name: str) -> bool:
-    return name.startswith(EMBEDDED_PREFIX) or os.path.exists(name)
+from grpo_lambda.layout import EMBEDDED_PREFIX, local_path
 
 
 def plan(models: list[str], datasets: list[str]) -> tuple[list[str], list[str]]:
     """The models and training sets to fetch (in order, once each): local folders, `embedded:` models and built-in
     or registered tasks left out."""
     from grpo_lambda.data import GENERATED_TASKS
+
+    def _local(name: str) -> bool:  # a folder, a file or an embedded: model: nothing to fetch
+        return name.startswith(EMBEDDED_PREFIX) or local_path(name) is not None
 
     fetch_models = [m for m in dict.fromkeys(models) if not _local(m)]
     fetch_datasets = [d for d in dict.fromkeys(datasets) if not _local(d) and d not in GENERATED_TASKS]
@@ -56,11 +55,11 @@ def download(models: list[str], datasets: list[str]) -> None:
 
 def sweep_inputs(name: str) -> tuple[list[str], list[str], str | None]:
     """The models and training sets of a sweep's runs (recipe values with the sweep's overrides), and its hf_home."""
-    from grpo_lambda.jobs.sweep import load_sweep, recipe_value
+    from grpo_lambda.jobs.sweep import load_sweep
 
     sweep = load_sweep(name)
-    models = [str(recipe_value(run, "model_name_or_path")) for run in sweep.runs]
-    datasets = [str(recipe_value(run, "dataset_name")) for run in sweep.runs]
+    models = [run.settings.model.model_name_or_path for run in sweep.runs]
+    datasets = [run.settings.script.dataset_name for run in sweep.runs]
     return models, datasets, sweep.hf_home
 
 

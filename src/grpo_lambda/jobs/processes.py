@@ -1,20 +1,22 @@
-"""The launcher's process tree: nothing started by `make train` / `make sft` outlives it, and a stop request saves
-what a training has done.
+"""The one supervisor of every process tree a command starts: the trainers (`make train`), a vLLM server, an
+evaluation, a sweep task's stages. Nothing it starts outlives it, and a stop request saves what a training has done.
 
-1. The launcher ends with its parent: `make` forwards SIGTERM but nothing forwards a SIGKILL, so the launcher asks
+1. The command ends with its parent: `make` forwards SIGTERM but nothing forwards a SIGKILL, so the command asks
    Linux for SIGTERM when its parent dies (PR_SET_PDEATHSIG) and handles it as below. It is also the subreaper of
-   everything below it (PR_SET_CHILD_SUBREAPER): a process whose parent died is re-parented to the launcher, not
-   to init, so it can still be found and stopped.
-2. The training (accelerate, its ranks, their grading workers) runs in a process group of its own. The first
-   SIGTERM, SIGINT or SIGHUP (a scheduler, Ctrl-C, a closed terminal) becomes a stop request where the training
-   has one (GRPO: <output_dir>/STOP_REQUESTED, grpo_lambda.callbacks.PreemptionCallback): the ranks save a
-   checkpoint at the end of the current step and exit with 75, and the same command resumes. The launcher waits
+   everything below it (PR_SET_CHILD_SUBREAPER): a process whose parent died is re-parented to it, not to init, so
+   it can still be found and stopped.
+2. Each tree runs in a process group of its own. The first SIGTERM, SIGINT or SIGHUP (a scheduler, Ctrl-C, a closed
+   terminal; a sweep task adds SLURM's SIGUSR1 warning) becomes a stop request where the running tree is a training
+   that has one (GRPO: <output_dir>/STOP_REQUESTED, grpo_lambda.callbacks.PreemptionCallback): the ranks save a
+   checkpoint at the end of the current step and exit with 75, and the same command resumes. The supervisor waits
    for that at most STEP_GRACE_S, 10 minutes (a step of a 7B model with 3 000-token completions, then its
-   checkpoint, take minutes; a scheduler that will not wait that long sends SIGKILL to every process anyway), then sends
-   SIGTERM to the whole group; a second signal skips the wait. Without a stop request (SFT), SIGTERM goes to the
-   group at once.
-3. A group still alive KILL_GRACE_S after its SIGTERM gets SIGKILL (30 s: SLURM's default KillWait). Whatever is
-   left below the launcher once the training has exited (a worker that outlived its parent) is stopped the same way.
+   checkpoint, take minutes; a scheduler that will not wait that long sends SIGKILL to every process anyway), then
+   sends SIGTERM to the whole group; a second signal skips the wait. A tree without a stop request (SFT, an
+   evaluation, whose samples are on disk) gets SIGTERM at once. A signal while no tree runs (a server starting)
+   stops the command (`Stopped`).
+3. A group still alive KILL_GRACE_S after its SIGTERM gets SIGKILL (30 s: SLURM's default KillWait). Helper trees
+   (a vLLM server, `start`) are stopped the same way when the supervisor exits, and so is whatever is left below the
+   command (a worker that outlived its parent).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 from grpo_lambda.errors import GRPOLambdaError
 
@@ -53,32 +58,23 @@ def guard_process_tree() -> None:
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid → (parent pid, state letter) of every process (Linux /proc; empty elsewhere)."""
-    table = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            state, parent = stat.rsplit(")", 1)[1].split()[:2]
-            table[int(entry)] = (int(parent), state)
-    return table
+def _children(pid: int, recursive: bool = True) -> list:
+    try:
+        return psutil.Process(pid).children(recursive=recursive)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _live(process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def descendants(pid: int) -> list[int]:
     """The live processes below `pid` (zombies, already dead, left out)."""
-    children: dict[int, list[int]] = {}
-    table = _process_table()
-    for child, (parent, _) in table.items():
-        children.setdefault(parent, []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += [p for p in below if table[p][1] != "Z"]
-        todo += below
-    return found
+    return [child.pid for child in _children(pid) if _live(child)]
 
 
 def _signal_all(pids: list[int], signum: int) -> None:
@@ -88,13 +84,12 @@ def _signal_all(pids: list[int], signum: int) -> None:
 
 
 def reap_orphans(known: tuple[int, ...] = ()) -> None:
-    """Collect the exit status of the dead processes re-parented to the launcher (it is their subreaper), leaving
-    those of `known` (subprocess.Popen's own children, which it reaps) alone."""
-    me = os.getpid()
-    for pid, (parent, state) in _process_table().items():
-        if parent == me and state == "Z" and pid not in known:
+    """Collect the exit status of the dead processes re-parented to this one (it is their subreaper), leaving those
+    of `known` (subprocess.Popen's own children, which it reaps) alone."""
+    for child in _children(os.getpid(), recursive=False):
+        if child.pid not in known and not _live(child):
             with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
+                os.waitpid(child.pid, os.WNOHANG)
 
 
 def stop_descendants(grace_s: float = KILL_GRACE_S) -> None:
@@ -112,29 +107,37 @@ def stop_descendants(grace_s: float = KILL_GRACE_S) -> None:
 
 
 class Stopped(GRPOLambdaError):
-    """A stop signal that arrived while no training was running (the vLLM server starting): nothing to save."""
+    """A stop signal that arrived while no tree was running (a vLLM server starting): nothing to save."""
 
 
-class TrainingProcess:
-    """Runs the training command in its own process group and turns the signals of point 2 into a stop request,
-    then SIGTERM, then SIGKILL (module docstring). Use as a context manager around everything that starts
-    processes, so that a signal before the training starts stops the launcher cleanly too."""
+class Supervisor:
+    """Runs process trees in process groups of their own and turns the signals of point 2 into a stop request, then
+    SIGTERM, then SIGKILL (module docstring). Use as a context manager around everything that starts processes, so
+    that a signal before or between them stops the command cleanly too, and nothing outlives the `with`."""
 
-    def __init__(self, stop_file: Path | None, step_grace_s: float = STEP_GRACE_S, kill_grace_s: float = KILL_GRACE_S):
-        self.stop_file = stop_file
+    def __init__(
+        self,
+        signals: tuple[int, ...] = FORWARDED,
+        step_grace_s: float = STEP_GRACE_S,
+        kill_grace_s: float = KILL_GRACE_S,
+    ):
+        self.signals = signals
         self.step_grace_s = step_grace_s
         self.kill_grace_s = kill_grace_s
         self.received: list[int] = []
         self.child: subprocess.Popen | None = None
+        self.helpers: list[subprocess.Popen] = []
         self._previous: dict[int, object] = {}
 
     def __enter__(self):
-        self._previous = {signum: signal.signal(signum, self._on_signal) for signum in FORWARDED}
+        self._previous = {signum: signal.signal(signum, self._on_signal) for signum in self.signals}
         return self
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        for helper in self.helpers:
+            self._end_group(helper.pid, helper)
         stop_descendants(self.kill_grace_s)
         return False
 
@@ -147,10 +150,23 @@ class TrainingProcess:
         with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be written to
             print(f"grpo_lambda: {text}", file=sys.stderr, flush=True)
 
-    def run(self, command: list[str], cwd: Path, env: dict[str, str]) -> int:
-        """The training's exit status, once it and every process of its group have ended."""
+    def start(self, command: list[str], cwd: Path | None = None, env: dict | None = None, log: Path | None = None):
+        """A helper tree (a vLLM server) in its own process group, its output appended to `log`; stopped when the
+        supervisor exits."""
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") if log is not None else contextlib.nullcontext() as stream:
+            helper = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=stream, stderr=subprocess.STDOUT if stream else None, process_group=0
+            )
+        self.helpers.append(helper)
+        return helper
+
+    def run(self, command: list[str], cwd: Path | None = None, env: dict | None = None, stop_file: Path | None = None):
+        """The exit status of `command`'s tree once it and every process of its group have ended; a signal meanwhile
+        asks it to stop through `stop_file` (a training's), else stops it at once (point 2)."""
         self.child = subprocess.Popen(command, cwd=cwd, env=env, process_group=0)
-        group, phase, deadline, handled = self.child.pid, "running", None, 0
+        group, phase, deadline, handled = self.child.pid, "running", None, len(self.received)
         try:
             while True:
                 try:
@@ -159,7 +175,7 @@ class TrainingProcess:
                     pass
                 now = time.monotonic()
                 fresh, handled = self.received[handled:], len(self.received)
-                if fresh and phase == "running" and self.stop_file is not None:
+                if fresh and phase == "running" and stop_file is not None:
                     name = signal.Signals(fresh[0]).name
                     self._say(
                         f"{name}: the training saves a checkpoint at the end of its current step and stops (at most "
@@ -168,10 +184,11 @@ class TrainingProcess:
                     phase, deadline, fresh = "checkpoint", now + self.step_grace_s, fresh[1:]
                 if phase == "checkpoint":
                     # written again if the ranks removed it: a run that had not begun training clears old requests
-                    self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-                    self.stop_file.touch()
+                    stop_file.parent.mkdir(parents=True, exist_ok=True)
+                    stop_file.touch()
                 if (fresh and phase in ("running", "checkpoint")) or (phase == "checkpoint" and now > deadline):
-                    self._say(f"stopping the training (SIGTERM; SIGKILL after {self.kill_grace_s:.0f} s).")
+                    what = "the training" if stop_file is not None else shlex.join(command[:3])
+                    self._say(f"stopping {what} (SIGTERM; SIGKILL after {self.kill_grace_s:.0f} s).")
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(group, signal.SIGTERM)
                     phase, deadline = "terminating", now + self.kill_grace_s
@@ -183,17 +200,22 @@ class TrainingProcess:
             self._end_group(group)
             self.child = None
 
-    def _end_group(self, group: int) -> None:
-        """Nothing of the training's group outlives it (a grading worker whose rank was killed, say)."""
+    def _end_group(self, group: int, leader: subprocess.Popen | None = None) -> None:
+        """Nothing of a tree's group outlives it (a grading worker whose rank was killed, a server's engine);
+        `leader`: the group's first process where it has not been waited for (a helper), reaped here."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace_s
         while time.monotonic() < deadline:
+            if leader is not None:
+                leader.poll()
             try:
                 os.killpg(group, 0)
             except ProcessLookupError:
                 return
-            reap_orphans()
+            reap_orphans(tuple(helper.pid for helper in self.helpers))
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
+        if leader is not None:
+            leader.wait()

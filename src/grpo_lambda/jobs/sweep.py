@@ -8,21 +8,20 @@
     python -m grpo_lambda.jobs.sweep aggregate paper-1.5b           # <output>/results.md: the paper's tables beside yours
 
 A sweep is recipes/sweeps/<name>.yaml (or any path): either a slice of the paper's grid (the recipe files that
-scripts/generate_recipes.py writes from recipes/paper_grid.yaml) or one base recipe with named variants. Each run
-lives in <output_dir>/<model>/grpo/<dataset>_<tag>/ (the layout `make tables` matches to the paper's cells):
-recipe.yaml (the recipe it ran), run.json (sweep, index, overrides, git commit), attempts.jsonl (every start,
-preemption and finish, with SLURM job ids), metrics.jsonl and checkpoint-*/ from training, the final model, and
-eval/{samples.jsonl,results.json}. A run is finished when eval/results.json exists; a resubmitted sweep skips it, and
-skips runs that an array job it submitted (<output_dir>/submissions.jsonl) still holds in SLURM's queue (squeue).
-Cluster policy (account, partition, qos, constraint, time, sbatch_args in `slurm:`, plus `--sbatch-args`) reaches
-every job the sweep submits: the array job and the aggregation job. `hf_home:` sets the Hugging Face cache (HF_HOME)
-of the sweep's jobs; `python -m grpo_lambda.jobs.download --sweep <name>` fills it from a login node.
+scripts/generate_recipes.py writes from recipes/paper_grid.yaml) or one base recipe with named variants. Every run's
+settings (its recipe plus the sweep's) and the evaluation's are parsed when the sweep is read, by the parsers the
+trainer and the evaluation use. Each run lives in <output_dir>/<model>/grpo/<dataset>_<tag>/ (the layout `make
+tables` matches): recipe.yaml and grpo_lambda_run.json (the launcher's and the trainer's records), run.json (sweep,
+index, overrides, git commit), attempts.jsonl (every start, preemption and finish), metrics.jsonl, checkpoints, the
+final model, eval/{samples.jsonl,results.json}. A run is finished when eval/results.json exists; a resubmitted sweep
+skips it, and skips runs that an array job it submitted (<output_dir>/submissions.jsonl) still holds in SLURM's
+queue. Cluster policy (`slurm:` account, partition, qos, constraint, time, sbatch_args, plus `--sbatch-args`)
+reaches every job the sweep submits. `hf_home:` sets HF_HOME for the sweep's jobs (jobs.download fills it).
 
-Preemption: the jobs ask SLURM for SIGUSR1 `signal_seconds` before their time limit and are requeue-able. The
-runner (the batch shell itself, through exec) creates <run dir>/STOP_REQUESTED; the trainers, on every node, save
-a checkpoint at the end of the current step and exit; the task then requeues itself (`scontrol requeue`) and the
-next start resumes from that checkpoint, its metrics.jsonl cut back to the checkpoint's step. An evaluation is
-stopped (SIGTERM) and resumes from its samples.jsonl.
+Preemption: the jobs ask SLURM for SIGUSR1 `signal_seconds` before their time limit and are requeue-able. The runner
+(the batch shell itself, through exec) runs its stages under jobs.processes.Supervisor: the signal creates <run
+dir>/STOP_REQUESTED, the trainers save a checkpoint at the end of the step and exit, the task requeues itself
+(`scontrol requeue`) and resumes from that checkpoint; an evaluation is stopped and resumes from its samples.jsonl.
 """
 
 from __future__ import annotations
@@ -47,7 +46,9 @@ from typing import Any
 import yaml
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
-from grpo_lambda.jobs.launch import read_training_settings, recipe_method, vllm_server_command
+from grpo_lambda.evaluation.config import EvalConfig, as_flags, check_fields, given_fields
+from grpo_lambda.jobs.launch import vllm_server_command
+from grpo_lambda.jobs.processes import FORWARDED, Stopped, Supervisor, guard_process_tree
 from grpo_lambda.jobs.recipes import expand_grid, load_grid
 from grpo_lambda.layout import repo_root
 from grpo_lambda.methods import Method, RunFolder
@@ -59,13 +60,6 @@ from grpo_lambda.vllm_server import wait_for_vllm_server
 SWEEP_KEYS = {"description", "output_dir", "hf_home", "runs", "evaluation", "slurm"}
 PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path", "settings"}
 VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants"}
-EVALUATION_DEFAULTS = {
-    "suite": None,  # None: the recipe's own benchmark folder or hub ids (grpo_lambda.evaluation.evaluate's default)
-    "benchmarks": ["aime", "amc", "math", "minerva", "olympiad_bench"],
-    "limit": None,
-    "backend": "vllm",
-    "args": {},  # further grpo_lambda.evaluation.evaluate flags, e.g. {max_new_tokens: 3000}
-}
 # Cluster policy: given once (here, or `make sweep SBATCH_ARGS="..."`), passed to every job a sweep submits.
 CLUSTER_KEYS = ("account", "partition", "qos", "constraint", "time")
 SLURM_DEFAULTS = {
@@ -104,18 +98,8 @@ class SweepRun:
     index: int
     name: str  # grpo_lambda.methods.RunFolder's <model tail>/grpo/<dataset>_<method tag>, as `make tables` reads it
     recipe: Path
-    overrides: dict[str, Any] = field(default_factory=dict)  # trainer flags on top of the recipe
-
-    def flags(self) -> list[str]:
-        """The overrides as the trainer's parser reads them: a list as its items (`--reward_funcs accuracy format`),
-        a dict as JSON."""
-        flags = []
-        for key, value in self.overrides.items():
-            if isinstance(value, list):
-                flags += [f"--{key}", *(str(item) for item in value)]
-            else:
-                flags += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
-        return flags
+    overrides: dict[str, Any] = field(default_factory=dict)  # settings on top of the recipe
+    settings: Any = None  # configs.Settings: the recipe plus the overrides, as the trainer parses them
 
 
 @dataclass
@@ -124,12 +108,20 @@ class Sweep:
     path: Path
     output_dir: Path
     runs: list[SweepRun]
-    evaluation: dict
+    evaluation: dict  # EvalConfig fields (checked when the sweep is read)
     slurm: dict
     hf_home: str | None = None  # the Hugging Face cache of the sweep's jobs (HF_HOME); None: the environment's
 
     def run_dir(self, run: SweepRun) -> Path:
         return self.output_dir / run.name
+
+
+def resolve_run(recipe: Path, overrides: dict):
+    """A run's settings: its recipe with `overrides` on top, parsed once by the trainer's parser (on a login node
+    without GPUs too)."""
+    from grpo_lambda.configs import read_recipe, resolve_settings
+
+    return resolve_settings("grpo", {**read_recipe(recipe), **overrides}, for_reading=True)
 
 
 def _paper_runs(spec: dict, root: Path) -> list[SweepRun]:
@@ -147,23 +139,21 @@ def _paper_runs(spec: dict, root: Path) -> list[SweepRun]:
     if unknown:
         _fail(f"model_path names models outside the sweep: {', '.join(unknown)}.")
     settings = dict(spec.get("settings") or {})  # trainer fields for every run, e.g. save_total_limit
-    _check_not_method(settings, "runs.settings of a paper-grid sweep")
-    return [
-        SweepRun(
-            index,
-            run.name,
-            root / run.path,
-            {**settings, **({"model_name_or_path": model_path[run.model_id]} if run.model_id in model_path else {})},
-        )
-        for index, run in enumerate(runs)
-    ]
-
-
-def _check_not_method(settings: dict, where: str) -> None:
-    """A paper-grid run's folder names its method: settings must not change it behind the name's back."""
     fields = sorted(set(settings) & {f.name for f in dataclasses.fields(Method)})
-    if fields:
-        _fail(f"{where} sets {', '.join(fields)}, which the run folders' method tags name; use a variant sweep.")
+    if fields:  # a paper-grid run's folder names its method: settings must not change it behind the name's back
+        _fail(
+            f"runs.settings of a paper-grid sweep sets {', '.join(fields)}, which the run folders' method tags name; "
+            "use a variant sweep."
+        )
+    sweep_runs = []
+    for index, run in enumerate(runs):
+        overrides = {**settings}
+        if run.model_id in model_path:
+            overrides["model_name_or_path"] = str((root / model_path[run.model_id]).resolve())
+        sweep_runs.append(
+            SweepRun(index, run.name, root / run.path, overrides, resolve_run(root / run.path, overrides))
+        )
+    return sweep_runs
 
 
 def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
@@ -174,7 +164,6 @@ def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
     recipe = root / spec["recipe"]
     if not recipe.is_file():
         _fail(f"no recipe {spec['recipe']} (paths are relative to the repository root).")
-    base = yaml.safe_load(recipe.read_text())
     common = dict(spec.get("settings") or {})
     common.update(
         {k: v for k, v in (("model_name_or_path", spec.get("model")), ("dataset_name", spec.get("dataset"))) if v}
@@ -182,14 +171,15 @@ def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
     runs = []
     for index, (variant, settings) in enumerate(spec["variants"].items()):
         overrides = {**common, **(settings or {})}
-        values = {**base, **overrides}
-        if not values.get("model_name_or_path") or not values.get("dataset_name"):
-            _fail(f"variant {variant!r} has no model_name_or_path or dataset_name: set runs.model and runs.dataset.")
+        resolved = resolve_run(recipe, overrides)
         # A variant named like a method must train it (RunFolder checks); other names are free, matching no paper cell
         folder = RunFolder(
-            str(values["model_name_or_path"]), str(values["dataset_name"]), recipe_method(values), variant=str(variant)
+            resolved.model.model_name_or_path,
+            resolved.script.dataset_name,
+            Method.from_config(resolved.training),
+            variant=str(variant),
         )
-        runs.append(SweepRun(index, folder.name, recipe, overrides))
+        runs.append(SweepRun(index, folder.name, recipe, overrides, resolved))
     return runs
 
 
@@ -206,8 +196,9 @@ def load_sweep(
         _fail(f"no sweep {spec!r}; available: {', '.join(available)} (or a path to a sweep YAML).")
     data = yaml.safe_load(path.read_text()) or {}
     _check_keys(data, SWEEP_KEYS, str(path))
-    evaluation = {**EVALUATION_DEFAULTS, **(data.get("evaluation") or {})}
-    _check_keys(evaluation, set(EVALUATION_DEFAULTS), f"{path}: evaluation")
+    evaluation = dict(data.get("evaluation") or {})
+    check_fields(evaluation, f"{path}: evaluation")
+    EvalConfig(model="<each run>", output_dir="<run>/eval", **evaluation)  # checked now, not when a task runs
     slurm = {**SLURM_DEFAULTS, **(data.get("slurm") or {})}
     _check_keys(slurm, set(SLURM_DEFAULTS), f"{path}: slurm")
     runs_spec = data.get("runs") or {}
@@ -219,7 +210,10 @@ def load_sweep(
 
 def run_state(run_dir: Path) -> str:
     """done (evaluated), trained, started, or pending."""
+    from grpo_lambda.evaluation.store import read_results
+
     if (run_dir / "eval" / "results.json").is_file():
+        read_results(run_dir / "eval" / "results.json")  # a damaged one: one line naming it
         return "done"
     if final_step(str(run_dir)) is not None:  # the final model saved whole (grpo_lambda.reruns)
         return "trained"
@@ -254,27 +248,18 @@ def _record(run_dir: Path, event: str, **details) -> None:
     append_jsonl(run_dir / "attempts.jsonl", entry, lambda record: "event" in record)
 
 
-def recipe_value(run: SweepRun, key: str):
-    """A trainer field of a run: its override, else its recipe's value."""
-    if key in run.overrides:
-        return run.overrides[key]
-    return yaml.safe_load(run.recipe.read_text()).get(key)
-
-
 class Runner:
-    """Trains one run, then evaluates it, resuming whatever an earlier attempt left; requeues on the warning."""
+    """Trains one run, then evaluates it, resuming whatever an earlier attempt left; requeues on the warning. Its
+    stages run under one processes.Supervisor: SLURM's SIGUSR1 (or a SIGTERM, SIGINT, SIGHUP) asks a training to
+    checkpoint and stop, and stops an evaluation (its samples are on disk); then the task requeues itself."""
 
     def __init__(self, run: SweepRun, run_dir: Path, evaluation: dict, slurm: dict, sweep: Sweep | None = None):
         self.run, self.run_dir, self.evaluation, self.slurm, self.sweep = run, run_dir, evaluation, slurm, sweep
         self.root = repo_root()
         self.python = sys.executable
-        self.warned = False
-        self.child: tuple[subprocess.Popen | None, str | None] = (None, None)
 
     def prepare(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.run_dir / "recipe.yaml").is_file():
-            replace_file(self.run_dir / "recipe.yaml", self.run.recipe.read_text())
         if not (self.run_dir / "run.json").is_file():
             info = {
                 "name": self.run.name,
@@ -287,15 +272,26 @@ class Runner:
             }
             replace_file(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
 
+    def _launch(self, overrides: dict) -> list[str]:
+        everything = {**self.run.overrides, **overrides, "output_dir": str(self.run_dir)}
+        return [
+            self.python,
+            "-m",
+            "grpo_lambda.jobs.launch",
+            "--recipe",
+            str(self.run.recipe),
+            "--accelerate",
+            self.slurm["accelerate"],
+            "--overrides",
+            json.dumps(everything),
+        ]
+
     def training_commands(self) -> list[list[str]]:
         """The launch command(s): one process tree on a single node; on several nodes, TRL's vLLM server on the
         last node and `grpo_lambda.jobs.launch` on each of the others (srun, one task per node)."""
-        launch = [self.python, "-m", "grpo_lambda.jobs.launch", "--recipe", str(self.run.recipe)]
-        launch += ["--accelerate", self.slurm["accelerate"]]
-        trainer_flags = [*self.run.flags(), "--output_dir", str(self.run_dir)]
         nodes = _job_nodes()
         if len(nodes) <= 1:
-            return [[*launch, "--args", shlex.join(trainer_flags)]]
+            return [self._launch({})]
         server, trainers = nodes[-1], nodes[:-1]
         command, env, url, _ = self.vllm_server(server.address)
         serve = [
@@ -308,7 +304,6 @@ class Runner:
             "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())]),
             *command,
         ]
-        trainer_flags += ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_base_url", url]
         train = [
             "srun",
             f"--nodes={len(trainers)}",
@@ -317,106 +312,58 @@ class Runner:
             "--job-name=trainers",
             *_step_resources(),
             "--export=ALL",
-            *launch,
+            *self._launch({"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": url}),
             # several training nodes: accelerate's multi-machine rendezvous on the first one
             *(
                 ["--num-machines", str(len(trainers)), "--main-process-ip", trainers[0].address]
                 if len(trainers) > 1
                 else []
             ),
-            "--args",
-            shlex.join(trainer_flags),
         ]
         return [serve, train]
 
     def vllm_server(self, host: str) -> tuple[list[str], dict[str, str], str, float]:
         """The serving node's command and environment (grpo_lambda.jobs.launch.vllm_server_command), its URL on
-        `host` (the node's address), and how long the trainers wait for it (the recipe's vllm_server_timeout)."""
-        _, training_args, model_args = read_training_settings(["--config", str(self.run.recipe), *self.run.flags()])
-        port = training_args.vllm_server_port
+        `host` (the node's address), and how long the trainers wait for it (the run's vllm_server_timeout)."""
+        training, model = self.run.settings.training, self.run.settings.model
         command, env = vllm_server_command(
-            model_args.model_name_or_path,
+            model.model_name_or_path,
             "0.0.0.0",
-            port,
-            model_args.dtype,
+            training.vllm_server_port,
+            model.dtype,
             self.slurm["vllm_tensor_parallel_size"],
-            training_args.vllm_max_model_length,
-            training_args.generation_batch_size,
+            training.vllm_max_model_length,
+            training.generation_batch_size,
         )
-        return command, env, f"http://{host}:{port}", training_args.vllm_server_timeout
+        return command, env, f"http://{host}:{training.vllm_server_port}", training.vllm_server_timeout
 
     def evaluation_command(self) -> list[str]:
-        config = self.evaluation
-        command = [
-            self.python,
-            "-m",
-            "grpo_lambda.evaluation.evaluate",
-            "--model",
-            str(self.run_dir),
-            "--output_dir",
-            str(self.run_dir / "eval"),
-            "--benchmarks",
-            ",".join(config["benchmarks"]),
-            "--template",
-            str(recipe_value(self.run, "prompt_template") or "qwen_math"),
-            "--backend",
-            config["backend"],
-        ]
-        if config["suite"]:
-            command += ["--suite", str(config["suite"])]
-        if config["limit"]:
-            command += ["--limit", str(config["limit"])]
-        for key, value in (config["args"] or {}).items():
-            command += [f"--{key}", str(value)]
-        return command
+        """The run's evaluation: its template is the run's own (the run record the evaluation reads)."""
+        flags = as_flags({"model": str(self.run_dir), "output_dir": str(self.run_dir / "eval"), **self.evaluation})
+        return [self.python, "-m", "grpo_lambda.evaluation.evaluate", *flags]
 
-    def _on_warning(self, signum, frame) -> None:
-        self.warned = True
-        process, stage = self.child
-        if process is None or process.poll() is not None:
-            return
-        if stage == "train":
-            (self.run_dir / STOP_FILE).touch()
-        else:  # the evaluation keeps every graded sample on disk: stopping it loses at most one batch
-            os.killpg(process.pid, signal.SIGTERM)
-
-    def _run(self, command: list[str], stage: str) -> int:
-        print("[sweep] " + shlex.join(command), flush=True)
-        process = subprocess.Popen(command, cwd=self.root, start_new_session=True)
-        self.child = (process, stage)
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            os.killpg(process.pid, signal.SIGINT)
-            raise
-        finally:
-            self.child = (None, None)
-
-    def train(self) -> int:
+    def train(self, supervisor: Supervisor) -> int:
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
         commands = self.training_commands()
-        server = None
-        try:
-            if len(commands) > 1:  # trainers start once the server answers (it may download the model first)
-                print("[sweep] " + shlex.join(commands[0]), flush=True)
-                server = subprocess.Popen(commands[0], start_new_session=True)
-                _, _, url, timeout = self.vllm_server(_job_nodes()[-1].address)
-                try:
-                    wait_for_vllm_server(url, timeout, server)
-                except GRPOLambdaError as error:
-                    print(error, file=sys.stderr, flush=True)
-                    return 1
-            return self._run(commands[-1], "train")
-        finally:
-            if server is not None and server.poll() is None:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait()
+        if len(commands) > 1:  # trainers start once the server answers (it may download the model first)
+            print("[sweep] " + shlex.join(commands[0]), flush=True)
+            server = supervisor.start(commands[0], self.root)
+            _, _, url, timeout = self.vllm_server(_job_nodes()[-1].address)
+            try:
+                wait_for_vllm_server(url, timeout, server)
+            except Stopped:
+                raise
+            except GRPOLambdaError as error:
+                print(error, file=sys.stderr, flush=True)
+                return 1
+        print("[sweep] " + shlex.join(commands[-1]), flush=True)
+        return supervisor.run(commands[-1], self.root, stop_file=self.run_dir / STOP_FILE)
 
     def requeue(self, stage: str) -> int:
         _record(self.run_dir, "preempted", stage=stage)
         job = os.environ.get("SLURM_JOB_ID")
         if not job:
-            print(f"[sweep] stopped on the warning signal during {stage}; run again to resume", flush=True)
+            print(f"[sweep] stopped on a signal during {stage}; run again to resume", flush=True)
             return EXIT_PREEMPTED
         print(f"[sweep] stopped on the warning signal during {stage}: requeueing job {job}", flush=True)
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
@@ -432,26 +379,33 @@ class Runner:
             return 0
         self.prepare()
         _record(self.run_dir, "start", stages=list(stages))
-        signal.signal(signal.SIGUSR1, self._on_warning)
-        if "train" in stages and state != "trained":
-            code = self.train()
-            # accelerate's launcher reports a trainer's EXIT_PREEMPTED as 1
-            if code == EXIT_PREEMPTED or (self.warned and code != 0):
-                return self.requeue("train")
-            if code != 0:
-                _record(self.run_dir, "failed", stage="train", exit_code=code)
-                return code
-            _record(self.run_dir, "trained")
-        if "evaluate" in stages:
-            if self.warned:
-                return self.requeue("evaluate")
-            code = self._run(self.evaluation_command(), "evaluate")
-            if self.warned:
-                return self.requeue("evaluate")
-            if code != 0:
-                _record(self.run_dir, "failed", stage="evaluate", exit_code=code)
-                return code
-            _record(self.run_dir, "evaluated")
+        guard_process_tree()
+        stage = "train"
+        try:
+            with Supervisor(FORWARDED + (signal.SIGUSR1,)) as supervisor:
+                if "train" in stages and state != "trained":
+                    code = self.train(supervisor)
+                    # accelerate's launcher reports a trainer's EXIT_PREEMPTED as 1
+                    if code == EXIT_PREEMPTED or (supervisor.received and code != 0):
+                        return self.requeue("train")
+                    if code != 0:
+                        _record(self.run_dir, "failed", stage="train", exit_code=code)
+                        return code
+                    _record(self.run_dir, "trained")
+                if "evaluate" in stages:
+                    stage = "evaluate"
+                    if supervisor.received:
+                        return self.requeue(stage)
+                    print("[sweep] " + shlex.join(self.evaluation_command()), flush=True)
+                    code = supervisor.run(self.evaluation_command(), self.root)
+                    if supervisor.received:
+                        return self.requeue(stage)
+                    if code != 0:
+                        _record(self.run_dir, "failed", stage=stage, exit_code=code)
+                        return code
+                    _record(self.run_dir, "evaluated")
+        except Stopped:  # a signal between the stages, or while a server started: nothing running to save
+            return self.requeue(stage)
         return 0
 
 
@@ -688,7 +642,7 @@ def _aggregate_command(sweep: Sweep) -> list[str]:
         "grpo_lambda.jobs.sweep",
         "aggregate",
         str(sweep.path),
-        "--output-dir",
+        "--output_dir",
         str(sweep.output_dir),
     ]
 
@@ -697,34 +651,27 @@ def aggregate(sweep: Sweep) -> Path:
     from grpo_lambda.evaluation import tables
 
     output = sweep.output_dir / "results.md"
-    tables.main(["--results", str(sweep.output_dir), "--output", str(output)])
+    tables.main(["--results", str(sweep.output_dir), "--output_dir", str(sweep.output_dir)])
     return output
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("list", "submit", "aggregate"):
+    for name in ("list", "submit", "aggregate", "run"):
         sub = commands.add_parser(name)
-        sub.add_argument("sweep", help="Name under recipes/sweeps/ or a path to a sweep YAML.")
-        sub.add_argument("--output-dir", default=None, help="Overrides the sweep's output_dir.")
-        if name == "submit":
-            sub.add_argument("--dry-run", action="store_true", help="List the runs and the sbatch command only.")
-            sub.add_argument("--rerun", action="store_true", help="Submit finished runs too (they are skipped).")
-            sub.add_argument(
-                "--sbatch-args",
-                default="",
-                help='sbatch flags for every job of the sweep, on top of its slurm: section, e.g. "--account=abc".',
-            )
-    run = commands.add_parser("run", help="One run: an array task of a sweep, or a recipe (slurm/train.slurm).")
-    run.add_argument("sweep", nargs="?", default=None)
+        sub.add_argument("sweep", nargs="?" if name == "run" else None, help="recipes/sweeps/ name or a sweep YAML.")
+        sub.add_argument("--output_dir", default=None, help="Overrides the sweep's output_dir.")
+    submit_ = commands.choices["submit"]
+    submit_.add_argument("--dry-run", action="store_true", help="List the runs and the sbatch command only.")
+    submit_.add_argument("--rerun", action="store_true", help="Submit finished runs too (they are skipped).")
+    submit_.add_argument("--sbatch-args", default="", help='sbatch flags for every job, e.g. "--account=abc".')
+    run = commands.choices["run"]  # one run: an array task of a sweep, or a recipe (slurm/train.slurm)
     run.add_argument("--index", type=int, default=None, help="Array index (default: $SLURM_ARRAY_TASK_ID).")
-    run.add_argument("--output-dir", default=None, help="The sweep's output folder.")
     run.add_argument("--recipe", default=None, help="Without a sweep: the recipe to train.")
     run.add_argument("--run-dir", default=None, help="Without a sweep: the run's output folder.")
     run.add_argument("--stages", default="train,evaluate", help="train, evaluate or both (comma-separated).")
-    run.add_argument("--benchmarks", default=None, help="Without a sweep: comma-separated benchmarks.")
-    run.add_argument("--suite", default=None, help="Without a sweep: the benchmark folder or hub id.")
+    run.add_argument("--evaluation", default="", help="Without a sweep: evaluation flags, e.g. '--benchmarks aime'.")
     run.add_argument("--args", default="", help="Without a sweep: extra trainer flags.")
     args = parser.parse_args(argv)
     root = repo_root()
@@ -733,36 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
         if not set(stages) <= {"train", "evaluate"} or not stages:
             _fail(f"--stages takes train and/or evaluate, got {args.stages!r}.")
-        if args.sweep:
-            sweep = load_sweep(args.sweep, root, args.output_dir)
-            index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "-1"))
-            if not 0 <= index < len(sweep.runs):
-                _fail(f"index {index} outside the sweep's {len(sweep.runs)} runs (0..{len(sweep.runs) - 1}).")
-            sweep_run = sweep.runs[index]
-            runner = Runner(sweep_run, sweep.run_dir(sweep_run), sweep.evaluation, sweep.slurm, sweep)
-        else:
-            if not (args.recipe and args.run_dir):
-                _fail("run needs a sweep and an index, or --recipe and --run-dir.")
-            recipe = Path(args.recipe).resolve()
-            if not recipe.is_file():
-                _fail(f"no recipe file {args.recipe}.")
-            overrides = _flags_to_overrides(shlex.split(args.args))
-            evaluation = dict(EVALUATION_DEFAULTS)
-            if args.benchmarks:
-                evaluation["benchmarks"] = args.benchmarks.split(",")
-            evaluation["suite"] = args.suite
-            slurm = {
-                **SLURM_DEFAULTS,
-                "accelerate": os.environ.get("GRPO_LAMBDA_ACCELERATE", "auto"),
-                "vllm_tensor_parallel_size": int(os.environ.get("GRPO_LAMBDA_VLLM_TP", "1")),
-            }
-            runner = Runner(
-                SweepRun(0, Path(args.run_dir).name, recipe, overrides),
-                Path(args.run_dir).resolve(),
-                evaluation,
-                slurm,
-            )
-        return runner(stages)
+        return _runner(args, root)(stages)
 
     sweep = load_sweep(args.sweep, root, args.output_dir)
     if args.command == "list":
@@ -776,20 +694,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _flags_to_overrides(tokens: list[str]) -> dict[str, str]:
-    overrides, key = {}, None
-    for token in tokens:
-        if token.startswith("--"):
-            key, _, value = token[2:].partition("=")
-            overrides[key] = value if value else "true"
-            if value:
-                key = None
-        elif key is not None:
-            overrides[key] = token
-            key = None
-        else:
-            _fail(f"cannot read trainer flag {token!r}: use --name value.")
-    return overrides
+def _runner(args: argparse.Namespace, root: Path) -> Runner:
+    """The Runner of `sweep run`: an array task of a sweep, or one recipe (slurm/train.slurm)."""
+    if args.sweep:
+        sweep = load_sweep(args.sweep, root, args.output_dir)
+        index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "-1"))
+        if not 0 <= index < len(sweep.runs):
+            _fail(f"index {index} outside the sweep's {len(sweep.runs)} runs (0..{len(sweep.runs) - 1}).")
+        sweep_run = sweep.runs[index]
+        return Runner(sweep_run, sweep.run_dir(sweep_run), sweep.evaluation, sweep.slurm, sweep)
+    if not (args.recipe and args.run_dir):
+        _fail("run needs a sweep and an index, or --recipe and --run-dir.")
+    from grpo_lambda.configs import flag_values
+
+    recipe = Path(args.recipe).resolve()
+    if not recipe.is_file():
+        _fail(f"no recipe file {args.recipe}.")
+    overrides = flag_values("grpo", shlex.split(args.args))
+    run_dir = Path(args.run_dir).resolve()
+    evaluation = given_fields(shlex.split(args.evaluation))
+    check_fields(evaluation, "--evaluation")
+    EvalConfig(model=str(run_dir), output_dir=str(run_dir / "eval"), **evaluation)
+    slurm = {
+        **SLURM_DEFAULTS,
+        "accelerate": os.environ.get("GRPO_LAMBDA_ACCELERATE", "auto"),
+        "vllm_tensor_parallel_size": int(os.environ.get("GRPO_LAMBDA_VLLM_TP", "1")),
+    }
+    run = SweepRun(0, run_dir.name, recipe, overrides, resolve_run(recipe, overrides))
+    return Runner(run, run_dir, evaluation, slurm)
 
 
 if __name__ == "__main__":
