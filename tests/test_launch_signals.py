@@ -104,3 +104,69 @@ def test_a_stopped_launcher_checkpoints_and_leaves_no_process(tiny_model_dir, tm
             if started is not None and _start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _stop_and_check(top: subprocess.Popen, log: Path, signum: int = signal.SIGTERM) -> tuple[int, dict]:
+    """Signals `top`, waits for it, and checks that nothing of its tree outlives it."""
+    tree = {pid: _start_time(pid) for pid in descendants(top.pid)}
+    os.kill(top.pid, signum)
+    status = top.wait(timeout=STEP_GRACE_S + 3 * KILL_GRACE_S)
+    deadline = time.monotonic() + 2 * KILL_GRACE_S
+    survivors = [pid for pid, started in tree.items() if started is not None and _start_time(pid) == started]
+    while survivors and time.monotonic() < deadline:
+        time.sleep(0.5)
+        survivors = [pid for pid, started in tree.items() if started is not None and _start_time(pid) == started]
+    assert not survivors, (survivors, log.read_text()[-3000:])
+    return status, tree
+
+
+@pytest.mark.slow
+def test_a_sweep_task_stopped_by_sigterm_checkpoints_and_leaves_no_process(tmp_path):
+    """The sweep runner's tree (runner → launcher → accelerate → trainer → grading workers), outside SLURM: SIGTERM
+    (or SLURM's SIGUSR1) reaches the training through the same supervisor as `make train`."""
+    import yaml
+
+    spec = yaml.safe_load((REPO_ROOT / "recipes/sweeps/tiny-cpu.yaml").read_text())
+    spec["runs"]["variants"] = {"grpo": {"loss_variant": "grpo"}}
+    spec["runs"]["settings"].update(max_steps=100000, save_steps=100000)
+    sweep, output, log = tmp_path / "sweep.yaml", tmp_path / "out", tmp_path / "task.log"
+    sweep.write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-m", "grpo_lambda.jobs.sweep", "run", str(sweep), "--index", "0"]
+    with log.open("w") as stream:
+        top = subprocess.Popen(
+            [*command, "--output_dir", str(output)],
+            cwd=REPO_ROOT,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    run_dir = output / "tiny-qwen2/grpo/arithmetic_grpo"
+    try:
+        _wait_for_training(top, run_dir, log)
+        status, tree = _stop_and_check(top, log)
+        assert len(tree) >= 4, tree  # launcher, accelerate, the trainer, its grading workers
+        assert status == EXIT_PREEMPTED and list(run_dir.glob("checkpoint-*")), log.read_text()[-3000:]
+        events = [json.loads(line)["event"] for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
+        assert events == ["start", "preempted"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(top.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_launcher_stopped_while_its_vllm_server_starts_leaves_no_process(tiny_model_dir, tmp_path):
+    """`make train VLLM_MODE=server`: a SIGTERM while the launcher waits for its server stops the server's tree."""
+    output_dir, log = tmp_path / "run", tmp_path / "launch.log"
+    command = _training(tiny_model_dir, output_dir) + ["--vllm-mode", "server"]
+    with log.open("w") as stream:
+        top = subprocess.Popen(command, cwd=REPO_ROOT, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while "vLLM server: starting" not in log.read_text() or len(descendants(top.pid)) < 1:
+            assert top.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        status, tree = _stop_and_check(top, log)
+        assert tree and status != 0 and "nothing to save" in log.read_text(), log.read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(top.pid, signal.SIGKILL)

@@ -526,7 +526,7 @@ def test_two_node_job_serves_vllm_on_the_last_node_and_trains_on_the_first(slurm
     synced = [r[LOGP_DIFFERENCE] for r in records if LOGP_DIFFERENCE in r]
     assert len(synced) == steps and max(synced) < SYNCED_LOGP_DIFFERENCE, synced  # vLLM held the trained weights
     log = next((output / "logs").glob("*_0.out")).read_text()
-    assert "--vllm_server_base_url http://127.0.0.1:" in log  # node2's NodeAddr, not its name
+    assert '"vllm_server_base_url": "http://127.0.0.1:' in log  # node2's NodeAddr, not its name
     assert log.count("POST /collective_rpc") >= steps, log[-3000:]  # the weights reached the server each step
     assert [event["event"] for event in map(json.loads, (run_dir / "attempts.jsonl").read_text().splitlines())] == [
         "start",
