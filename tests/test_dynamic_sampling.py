@@ -252,3 +252,101 @@ def test_settings_dynamic_sampling_cannot_honour_are_refused_in_one_line(tmp_pat
     with pytest.raises(GRPOLambdaError) as raised:
         parse_grpo_args(["--config", str(write_recipe(tmp_path, **settings))])
     assert name in str(raised.value) and "\n" not in str(raised.value)
+
+
+# Real runs: the tiny model on the 81 sums problems, half of them flat (even answers), 2 groups of 4 per step.
+
+
+def dynamic_run_flags(tiny_model_dir, tmp_path, output_dir, steps, per_device, *extra):
+    from run_observed import TINY_RUN, sums_dataset
+
+    return [
+        *TINY_RUN,
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(sums_dataset(tmp_path, tiny_model_dir)),
+        "--reward_funcs",
+        "even_sums_flat",
+        "--dynamic_sampling",
+        "true",
+        "--lr_scheduler_type",
+        "constant",
+        "--per_device_train_batch_size",
+        str(per_device),
+        "--max_steps",
+        str(steps),
+        "--save_steps",
+        "2",
+        "--output_dir",
+        str(output_dir),
+        *extra,
+    ]
+
+
+def check_batches(output_dir, steps, processes, per_device):
+    """Every step's batch on every rank holds the recipe's rows, and, unless the step says it filled the batch,
+    no group of it is flat (a flat group's advantages are all 0)."""
+    from dynamic_sampling_run import batches
+    from run_observed import step_records
+
+    records = {r["step"]: r for r in step_records(output_dir)}
+    assert sorted(records) == list(range(1, steps + 1))
+    for rank in range(processes):
+        per_step = batches(output_dir, rank)
+        assert [b["step"] for b in per_step] == list(range(steps)) and {b["rows"] for b in per_step} == {per_device}
+    for step in range(steps):
+        advantages = [a for rank in range(processes) for a in batches(output_dir, rank)[step]["advantages"]]
+        groups = torch.tensor(advantages).view(-1, GENERATIONS)
+        flat = int((groups == 0).all(-1).sum())
+        assert flat == records[step + 1]["dynamic_sampling/groups_filled"]
+        assert records[step + 1]["dynamic_sampling/groups_generated"] >= len(groups)
+    return records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_run_keeps_the_recipes_batch_on_one_and_two_processes(tiny_model_dir, tmp_path, processes):
+    from dynamic_sampling_run import command
+    from run_observed import check_run, run
+
+    output_dir, steps, per_device = tmp_path / "run", 2, 8 // processes
+    run(command(*dynamic_run_flags(tiny_model_dir, tmp_path, output_dir, steps, per_device), processes=processes))
+    check_run(output_dir, tiny_model_dir, steps, processes)
+    records = check_batches(output_dir, steps, processes, per_device)
+    assert sum(r["dynamic_sampling/rounds"] for r in records.values()) > steps  # flat groups made it draw more
+
+
+@pytest.mark.slow
+def test_a_resumed_run_draws_and_counts_what_the_uninterrupted_run_did(tiny_model_dir, tmp_path):
+    """4 steps in one go, and 2 steps then the same command with max_steps 4 (which resumes from checkpoint-2):
+    steps 3 and 4 draw the same extra problems, build the same batches and log the same counts, each step once."""
+    from dynamic_sampling_run import batches, command
+    from run_observed import run, step_records
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run(command(*dynamic_run_flags(tiny_model_dir, tmp_path, whole, 4, 8)))
+    run(command(*dynamic_run_flags(tiny_model_dir, tmp_path, split, 2, 8)))
+    run(command(*dynamic_run_flags(tiny_model_dir, tmp_path, split, 4, 8)))
+    check_batches(split, 4, 1, 8)
+    assert any(b["extra_problems"] for b in batches(whole, 0)[2:])  # the steps after the resume drew extra prompts
+    assert batches(split, 0) == batches(whole, 0)
+    names = [name for name in step_records(whole)[0] if name.startswith("dynamic_sampling/")]
+    assert len(names) == 6
+    for a, b in zip(step_records(whole), step_records(split), strict=True):
+        assert {n: a[n] for n in names} == {n: b[n] for n in names}
+
+
+@pytest.mark.slow
+def test_a_run_with_vllm_colocated_logs_kept_and_generated_groups(tiny_model_dir, tmp_path):
+    from dynamic_sampling_run import command
+    from run_observed import check_run, run
+
+    output_dir, steps = tmp_path / "run", 2
+    flags = ("--use_vllm", "true", "--vllm_mode", "colocate", "--vllm_max_model_length", "64")
+    run(command(*dynamic_run_flags(tiny_model_dir, tmp_path, output_dir, steps, 8, *flags)))
+    check_run(output_dir, tiny_model_dir, steps, processes=1)
+    records = check_batches(output_dir, steps, 1, 8)
+    for record in records.values():
+        assert record["dynamic_sampling/groups_kept"] <= record["dynamic_sampling/groups_generated"]
+        assert record["dynamic_sampling/generated_tokens"] >= record["dynamic_sampling/extra_generated_tokens"] >= 0
