@@ -224,17 +224,11 @@ KNOB_CASES = {  # name: (config fields, reference arguments, batch transform, π
         with_a_truncated_completion,
         0.0,  # on-policy: the elementwise form with an empty row
     ),
-    "top_entropy_quantile-on-policy": (
+    "top_entropy_quantile": (
         dict(top_entropy_quantile=0.5, loss_type="grpo"),
         dict(entropy_quantile=0.5),
         None,
         0.0,
-    ),
-    "top_entropy_quantile": (
-        dict(top_entropy_quantile=0.3, loss_type="dr_grpo"),
-        dict(entropy_quantile=0.3),
-        None,
-        0.3,
     ),
     "num_iterations": (dict(num_iterations=2, loss_type="bnpo"), {}, None, 0.3),
     **{
