@@ -19,12 +19,12 @@ ACCELERATE_CONFIGS = REPO_ROOT / "recipes" / "accelerate_configs"
 
 def test_every_recipe_file_is_found_and_checked():
     """The recursive listing finds every generated recipe and the defaults, and nothing under recipes/ escapes
-    the tests: each YAML is a training recipe, an accelerate config, a sweep or the grid."""
+    the tests: each YAML is a training recipe, an accelerate config, a sweep, a style (test_styles.py) or the grid."""
     from grpo_lambda.jobs.recipes import generate
 
     others = [p.relative_to(REPO_ROOT).as_posix() for p in RECIPE_YAMLS if p not in TRAINING_RECIPES]
     assert all(
-        p.startswith(("recipes/accelerate_configs/", "recipes/sweeps/"))
+        p.startswith(("recipes/accelerate_configs/", "recipes/sweeps/", "recipes/styles/"))
         for p in others
         if p != "recipes/paper_grid.yaml"
     )

@@ -242,6 +242,7 @@ def test_recipe_folders_are_named_after_the_model():
         "accelerate_configs",
         "default",
         "sweeps",
+        "styles",
     }
     assert folders == {model_tail(m) for m in MODELS}
     assert all(Path(run.path).parts[1] == model_tail(run.model_id) for run in RUNS)

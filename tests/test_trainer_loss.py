@@ -4,6 +4,7 @@ and the seam with TRL: what TRL reads from the batch, when, and that the batch i
 One TRL GRPOTrainer and one GRPOLambdaTrainer serve the whole module; each test gives them its config (`configure`).
 """
 
+import functools
 import itertools
 
 import pytest
@@ -52,8 +53,31 @@ def assert_same(loss_a, grads_a, loss_b, grads_b, rtol=1e-9):
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=max(rtol, 1e-7), atol=max(rtol, 1e-7) * scale)
 
 
-def reference_loss(trainer, batch, variant, loss_type, beta, trace, clamp=None, fn="sigmoid"):
-    """Alg. 1 (eps_trace) / Alg. 2 (eps_weight) / GRPO, with the dense trace matrix and TRL's reductions."""
+def reference_loss(
+    trainer,
+    batch,
+    variant,
+    loss_type,
+    beta,
+    trace,
+    clamp=None,
+    fn="sigmoid",
+    epsilon_high=EPSILON,
+    delta=None,
+    entropy_quantile=1.0,
+    importance_sampling=False,
+    kl_bias_correction=False,
+    off_policy_threshold=None,
+):
+    """Alg. 1 (eps_trace) / Alg. 2 (eps_weight) / GRPO, with the dense trace matrix and TRL's reductions, extended
+    by TRL's knobs as docs/method.md ("Combinations with TRL's settings") derives: per token t,
+
+        ℓ_t = w_t · ρ_t · m_t · −min(min(r_t, δ)·Â, clip(r_t, 1 − ε, 1 + ε_high)·Â) + β·k3_t
+
+    r_t the ratio (traced for ε-trace), w_t = ε^w_t (ε-weight) or 1, m_t the entropy mask, ρ_t the batch's vLLM
+    importance-sampling ratio ([B, T] or [B, 1]); a truncated completion masked by TRL is a row of zeros in the mask;
+    `kl_bias_correction` multiplies k3 by πθ/πold and `off_policy_threshold` is TRL's off-policy sequence mask
+    (ε-weight only: ε-trace refuses both)."""
     logps = completion_logps(trainer, batch)
     mask = batch["completion_mask"].to(torch.float64)
     old = batch.get("old_per_token_logps", logps.detach())
@@ -64,15 +88,24 @@ def reference_loss(trainer, batch, variant, loss_type, beta, trace, clamp=None, 
         ratio = torch.exp(dense_traced_sum(logps - old, mask, trace))
     else:
         ratio = torch.exp(logps - old)
-    per_token = -torch.minimum(ratio * advantages, ratio.clamp(1 - EPSILON, 1 + EPSILON) * advantages)
+    unclipped = ratio if delta is None else ratio.clamp(max=delta)
+    per_token = -torch.minimum(unclipped * advantages, ratio.clamp(1 - EPSILON, 1 + epsilon_high) * advantages)
     if variant == "eps_weight":
         per_token = per_token * dense_traced_sum(soft_clamp_log_probs(old, fn), mask, trace)
+    if entropy_quantile < 1.0:
+        per_token = per_token * entropy_mask(trainer, batch, entropy_quantile)
+    if off_policy_threshold is not None:  # DeepSeek-V3.2's sequence mask: drop Â < 0 where mean log πold/πθ is large
+        drift = ((old - logps.detach()) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)
+        per_token = per_token * ((advantages >= 0) | (drift <= off_policy_threshold))
+    if importance_sampling:
+        per_token = per_token * batch["importance_sampling_ratio"]
     if beta:
         diff = batch["ref_per_token_logps"] - logps
-        per_token = per_token + beta * (torch.exp(diff) - diff - 1)
+        kl = torch.exp(diff) - diff - 1
+        per_token = per_token + beta * (kl * torch.exp(logps - old) if kl_bias_correction else kl)
     masked = per_token * mask
     if loss_type == "grpo":
-        return (masked.sum(-1) / mask.sum(-1)).mean()
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
     if loss_type == "bnpo":
         return masked.sum() / mask.sum()
     if loss_type == "dr_grpo":
@@ -144,6 +177,112 @@ def test_loss_and_gradients_match_dense_reference(
         trace=TraceSpec(gamma, lam, style, floor),
         clamp=clamp,
         fn=fn,
+    )
+    assert_same(*loss_and_grads(ours, batch), *expected, rtol=1e-6)
+
+
+def entropy_mask(trainer, batch, quantile):
+    """TRL's top-entropy mask (top_entropy_quantile) of the batch under the current policy: a constant."""
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    with torch.no_grad():
+        _, entropies, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            trainer, trainer.model, input_ids, attention_mask, batch["completion_ids"].shape[1], compute_entropy=True
+        )
+    return trainer.get_high_entropy_mask(entropies, batch["completion_mask"], 1 - quantile).to(torch.float64)
+
+
+def with_importance_sampling_ratio(batch, mode, seed=2):
+    """The vLLM importance-sampling ratio TRL's generation step adds in `mode`: π_old/π_vLLM per token or per
+    sequence (sum of log-ratios), truncated at 3 or masked to 0 outside [0, 3] (TRL's clip_max), 0 on padding."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = batch["completion_mask"]
+    old = batch["old_per_token_logps"]
+    sampling = old + 0.4 * torch.randn(old.shape, generator=generator, dtype=old.dtype)
+    log_ratio = (old - sampling) * mask
+    if mode.startswith("sequence"):
+        log_ratio = log_ratio.sum(-1, keepdim=True)
+    ratio = log_ratio.exp()
+    ratio = ratio.clamp(max=3.0) if mode.endswith("truncate") else ratio.masked_fill(ratio > 3.0, 0.0)
+    return dict(batch, importance_sampling_ratio=ratio)
+
+
+def with_a_truncated_completion(batch):
+    """mask_truncated_completions: TRL's generation step zeroes the mask of a completion that hit the length limit."""
+    mask = batch["completion_mask"].clone()
+    mask[0] = 0
+    return dict(batch, completion_mask=mask)
+
+
+# docs/method.md, "Combinations with TRL's settings": each row that says "exact" is a case here, for both variants.
+KNOB_CASES = {  # name: (config fields, reference arguments, batch transform, πold noise)
+    "epsilon_high": (dict(epsilon_high=0.28, loss_type="dapo"), dict(epsilon_high=0.28), None, 0.3),
+    "delta": (dict(delta=1.2, loss_type="bnpo"), dict(delta=1.2), None, 0.3),
+    "mask_truncated_completions": (
+        dict(mask_truncated_completions=True, loss_type="grpo"),
+        {},
+        with_a_truncated_completion,
+        0.0,  # on-policy: the elementwise form with an empty row
+    ),
+    "top_entropy_quantile": (
+        dict(top_entropy_quantile=0.5, loss_type="grpo"),
+        dict(entropy_quantile=0.5),
+        None,
+        0.0,
+    ),
+    "num_iterations": (dict(num_iterations=2, loss_type="bnpo"), {}, None, 0.3),
+    **{
+        f"vllm-{mode}": (
+            dict(vllm_importance_sampling_correction=True, vllm_importance_sampling_mode=mode, loss_type=loss_type),
+            dict(importance_sampling=True),
+            functools.partial(with_importance_sampling_ratio, mode=mode),
+            0.1,
+        )
+        for mode, loss_type in [
+            ("token_truncate", "grpo"),
+            ("token_mask", "dapo"),
+            ("sequence_truncate", "bnpo"),
+            ("sequence_mask", "dr_grpo"),
+        ]
+    },
+}
+
+
+KNOB_CASES_EPS_WEIGHT = {  # ε-trace refuses these (configs.py)
+    "off_policy_mask_threshold": (
+        dict(off_policy_mask_threshold=-0.205, loss_type="bnpo"),  # drops row 2 (drift −0.204) only
+        dict(off_policy_threshold=-0.205),
+        None,
+        0.3,
+    ),
+    "use_bias_correction_kl": (
+        dict(use_bias_correction_kl=True, loss_type="grpo"),
+        dict(kl_bias_correction=True),
+        None,
+        0.3,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "case,variant",
+    [(case, variant) for case in KNOB_CASES for variant in ("eps_trace", "eps_weight")]
+    + [(case, "eps_weight") for case in KNOB_CASES_EPS_WEIGHT],
+)
+def test_trl_knobs_match_the_extended_reference(ours, monkeypatch, case, variant):
+    fields, knobs, transform, old_noise = {**KNOB_CASES, **KNOB_CASES_EPS_WEIGHT}[case]
+    trace = TraceSpec(1.0, 0.99, "both")
+    configure(
+        ours, beta=0.04, adv_clamp_min=-0.1, loss_variant=variant, trace_lambda=0.99, trace_style="both", **fields
+    )
+    if "importance_sampling" in knobs:  # the loss applies the ratio only with vLLM on, which this bench leaves off
+        monkeypatch.setattr(ours, "use_vllm", True)
+        monkeypatch.setattr(ours, "vllm_importance_sampling_correction", True)
+    batch = with_reference_logps(ours, make_batch(ours.model.config.vocab_size, seed=17), old_noise=old_noise)
+    batch["advantages"] = batch["advantages"] * torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
+    batch = transform(batch) if transform else batch
+    expected = reference_loss_and_grads(
+        ours, batch, variant=variant, loss_type=fields["loss_type"], beta=0.04, trace=trace, clamp=-0.1, **knobs
     )
     assert_same(*loss_and_grads(ours, batch), *expected, rtol=1e-6)
 

@@ -68,6 +68,21 @@ class GRPOLambdaConfig(GRPOConfig):
         },
     )
 
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO's dynamic sampling (§3.2 of Yu et al. 2025): drop groups whose rewards are all equal and "
+            "generate more prompts until the batch holds its number of groups (docs/method.md)."
+        },
+    )
+    dynamic_sampling_max_rounds: int = field(
+        default=10,
+        metadata={
+            "help": "Generation rounds per step at most, the step's own included; when they keep too few groups, the "
+            "earliest zero-variance groups fill the batch, logged as dynamic_sampling/groups_filled and a warning."
+        },
+    )
+
     global_batch_size: int | None = field(
         default=None,
         metadata={
@@ -150,6 +165,21 @@ class GRPOLambdaConfig(GRPOConfig):
                 f"Set use_liger_kernel=false or {undo}."
             )
 
+    def _check_dynamic_sampling(self) -> None:
+        if self.dynamic_sampling_max_rounds < 2:
+            raise ValueError(
+                f"dynamic_sampling_max_rounds={self.dynamic_sampling_max_rounds} leaves no round to generate more "
+                "prompts in; use 2 or more (default 10)."
+            )
+        if not self.dynamic_sampling:
+            return
+        if self.scale_rewards == "batch" or self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "dynamic_sampling needs advantages that depend on their own group only, which scale_rewards=batch and "
+                "multi_objective_aggregation=normalize_then_sum are not. Set scale_rewards=group (or none) and "
+                "multi_objective_aggregation=sum_then_normalize, or dynamic_sampling=false."
+            )
+
     def _check_grpo_lambda_fields(self) -> None:
         choices = {
             "loss_variant": LOSS_VARIANTS,
@@ -175,6 +205,7 @@ class GRPOLambdaConfig(GRPOConfig):
             raise ValueError(
                 f"adv_clamp_min={self.adv_clamp_min} would make every advantage positive; use −0.1 or null."
             )
+        self._check_dynamic_sampling()
         if self.loss_variant == "grpo":
             return
         if self.loss_type not in TRACE_LOSS_TYPES:

@@ -16,6 +16,10 @@ How it departs from TRL's GRPO, and how little it touches:
 5. Lemma 1 (§3.1), when `lemma1_diagnostics` is on or `advantage_bias_correction: eos_bound` needs it: the bound
    on GRPO's baseline bias, from the final hidden states of the same policy forward (a hook on the backbone),
    logged as `lemma1/…`; `eos_bound` adds it to the advantages per token (Appendix A.2).
+6. `dynamic_sampling` (DAPO): TRL's `_generate_and_score_completions` runs once per round, on the step's prompts and
+   then on extra ones, until the rounds hold enough groups whose rewards vary; the batch TRL then splits into
+   micro-batches is built from those groups alone (grpo_lambda.dynamic_sampling). The rewards of a round are read
+   where TRL computes them (`_calculate_rewards`).
 
 The seam with TRL. TRL's `_compute_loss` runs the policy forward (`_get_per_token_logps_and_entropies`) exactly
 once, and reads the advantages, the old and the reference log-probabilities from its batch only after it. Our
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +48,19 @@ from trl import GRPOTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .checkpoints import AtomicCheckpoints, check_checkpoint_seam
+from .dynamic_sampling import (
+    IMPORTANCE_SAMPLING_RATIO,
+    LEFT_PADDED,
+    PER_ROW,
+    RECOUNTED,
+    RIGHT_PADDED,
+    extra_prompt_indices,
+    groups_with_reward_variance,
+    select_groups,
+    stack_groups,
+    trim_padding,
+)
+from .errors import GRPOLambdaError
 from .lemma1 import eos_bound_advantages, eos_log_probs, lemma1_bound
 from .loss import (
     clamp_negative_advantages,
@@ -58,8 +76,11 @@ TRL_SEAM: dict[str, tuple[str, ...]] = {
     "_compute_loss": ("self", "model", "inputs"),
     "_get_per_token_logps_and_entropies": ("self", "model", "input_ids", "attention_mask", "logits_to_keep"),
     "_tokenize_prompts": ("self", "prompts"),
+    "_generate_and_score_completions": ("self", "inputs"),
+    "_calculate_rewards": ("self", "inputs", "prompts", "completions", "completion_ids_list"),
 }
-LEMMA1_POSITIONS: tuple[int, ...] = (1, 8, 32)  # completion positions t at which `lemma1/bound_at_t` is logged
+LEMMA1_POSITIONS: tuple[int, ...] = (1, 8, 32)
+logger = logging.getLogger(__name__)  # completion positions t at which `lemma1/bound_at_t` is logged
 
 
 def check_trl_seam() -> None:
@@ -98,6 +119,7 @@ class GRPOLambdaTrainer(AtomicCheckpoints, GRPOTrainer):
     def __init__(self, *args, **kwargs):
         check_trl_seam()
         self._loss_batch: LossBatch | None = None
+        self._round_rewards: torch.Tensor | None = None  # the rewards TRL computed in the last generation round
         super().__init__(*args, **kwargs)
 
     def _compute_loss(self, model, inputs):
@@ -176,6 +198,111 @@ class GRPOLambdaTrainer(AtomicCheckpoints, GRPOTrainer):
             and self.top_entropy_quantile == 1.0
             and inputs["advantages"].dim() == 1
         )
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._round_rewards = rewards_per_func  # [N, reward functions], gathered over processes
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        if not (self.args.dynamic_sampling and self.model.training):
+            return super()._generate_and_score_completions(inputs)
+        return self._dynamically_sampled_batch(inputs)
+
+    def _dynamically_sampled_batch(self, inputs: list[dict]) -> dict[str, torch.Tensor]:
+        """This process's part of a batch of the configured number of groups, each with varying rewards when the
+        rounds (at most `dynamic_sampling_max_rounds`) found enough; the earliest zero-variance groups otherwise."""
+        rows, generations = len(inputs), self.num_generations
+        target_groups = rows * self.accelerator.num_processes // generations
+        sequence_level = self._sequence_level_importance_sampling()
+        tokens_before = self.state.num_input_tokens_seen
+        rounds, keep, first_round_tokens = [], [], 0
+        for round_index in range(self.args.dynamic_sampling_max_rounds):
+            round_inputs = inputs if round_index == 0 else self._extra_round_inputs(round_index, rows)
+            self._round_rewards = None
+            batch = super()._generate_and_score_completions(round_inputs)
+            if self._round_rewards is None:
+                raise RuntimeError(
+                    "TRL's GRPOTrainer._generate_and_score_completions computed no rewards through "
+                    f"_calculate_rewards; dynamic sampling reads them there (trl=={SUPPORTED_TRL_VERSION})."
+                )
+            rounds.append(self._gather_round(batch, sequence_level))
+            keep.append(groups_with_reward_variance(self._total_rewards(self._round_rewards), generations))
+            if round_index == 0:
+                first_round_tokens = self.state.num_input_tokens_seen - tokens_before
+            if sum(int(mask.sum()) for mask in keep) >= target_groups:
+                break
+        selection = select_groups(keep, target_groups)
+        batch = stack_groups(rounds, selection, generations, self._tokenizer.pad_token_id, sequence_level)
+        start = self.accelerator.process_index * rows
+        local = {key: value if key in RECOUNTED else value[start : start + rows] for key, value in batch.items()}
+
+        generated_tokens = self.state.num_input_tokens_seen - tokens_before
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/rounds"].append(len(rounds))
+        metrics["dynamic_sampling/groups_generated"].append(sum(mask.numel() for mask in keep))
+        metrics["dynamic_sampling/groups_kept"].append(selection.kept)
+        metrics["dynamic_sampling/groups_filled"].append(selection.filled)
+        metrics["dynamic_sampling/generated_tokens"].append(generated_tokens)
+        metrics["dynamic_sampling/extra_generated_tokens"].append(generated_tokens - first_round_tokens)
+        if selection.filled and self.accelerator.is_main_process:
+            logger.warning(
+                "dynamic sampling, step %d: %d rounds kept %d of the %d groups the batch needs; %d zero-variance "
+                "groups fill it (dynamic_sampling_max_rounds=%d)",
+                self.state.global_step,
+                len(rounds),
+                selection.kept,
+                target_groups,
+                selection.filled,
+                self.args.dynamic_sampling_max_rounds,
+            )
+        return trim_padding(local, self.pad_to_multiple_of, sequence_level)
+
+    def _sequence_level_importance_sampling(self) -> bool:
+        return self.vllm_importance_sampling_mode in ("sequence_mask", "sequence_truncate")
+
+    def _total_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """TRL's total reward per completion: the weighted sum over reward functions, NaN where none scored it."""
+        total = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+        return total.masked_fill(rewards_per_func.isnan().all(dim=1), float("nan"))
+
+    def _extra_round_inputs(self, round_index: int, rows: int) -> list[dict]:
+        """This process's rows of an extra round: as many prompts as the step's, each `num_generations` times in a
+        row and split over processes as TRL's sampler and dataloader split the step's (RepeatSampler)."""
+        generations, processes = self.num_generations, self.accelerator.num_processes
+        indices = extra_prompt_indices(
+            len(self.train_dataset),
+            rows * processes // generations,
+            self.state.global_step,
+            round_index,
+            self.args.dynamic_sampling_max_rounds,
+            self.args.seed,
+        )
+        start = self.accelerator.process_index * rows
+        every_row = [index for index in indices for _ in range(generations)]
+        return [self.train_dataset[index] for index in every_row[start : start + rows]]
+
+    def _gather_round(self, batch: dict[str, torch.Tensor], sequence_level: bool) -> dict[str, torch.Tensor]:
+        """A round's batch from every process, in process order (TRL's order of the groups), widths padded alike."""
+        known = {*LEFT_PADDED, *RIGHT_PADDED, *PER_ROW, *RECOUNTED, IMPORTANCE_SAMPLING_RATIO}
+        unknown = sorted(set(batch) - known)
+        if unknown:
+            raise GRPOLambdaError(
+                f"dynamic_sampling does not know TRL's batch entries {unknown} (multimodal or tool inputs); "
+                "set dynamic_sampling=false."
+            )
+        gathered = {}
+        for key, value in batch.items():
+            if key in RECOUNTED:
+                continue
+            if key in LEFT_PADDED or key in RIGHT_PADDED or (key == IMPORTANCE_SAMPLING_RATIO and not sequence_level):
+                pad = {**LEFT_PADDED, **RIGHT_PADDED}.get(key, 0.0)
+                pad = self._tokenizer.pad_token_id if pad is None else pad
+                value = self.accelerator.pad_across_processes(
+                    value, dim=1, pad_index=pad, pad_first=key in LEFT_PADDED
+                )
+            gathered[key] = self.accelerator.gather(value)
+        return gathered
 
     def _tokenize_prompts(self, prompts: list):
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
