@@ -57,7 +57,7 @@ NO_GPU_NOTE = make install: torch sees no usable GPU here. Fine on a login node 
 
 # make train [MODEL=<hub id|folder>] [DATASET=<name|folder|hub id>] [LOSS_VARIANT=grpo|eps_trace|eps_weight]
 #            [TRACE_STYLE=both|recent] [TRACE_LAMBDA=0.99] [ACCEL=auto|cpu|ddp|zero2|zero3] [NPROC=N]
-#            [VLLM_MODE=colocate|server] [ARGS="--learning_rate 2e-6"] [DRY_RUN=1]
+#            [VLLM_MODE=colocate|server] [RECIPE_STYLE=paper|dapo] [ARGS="--learning_rate 2e-6"] [DRY_RUN=1]
 MODEL ?=
 DATASET ?=
 LOSS_VARIANT ?=
@@ -66,6 +66,7 @@ TRACE_LAMBDA ?=
 ACCEL ?= auto
 NPROC ?=
 VLLM_MODE ?=
+RECIPE_STYLE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=vllm|transformers]
 #               [SAMPLES=k TEMPERATURE=T [TOP_P=P]]  (k samples per problem: avg@k, pass@k; unset: greedy, the paper's protocol)
 # (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
@@ -90,6 +91,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # --workdir: relative paths in MODEL, DATASET and ARGS start where make was run ($(PWD): make -C leaves it as is)
 LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(NPROC),--num-processes $(NPROC)) $(if $(MODEL),--model "$(MODEL)") \
 	$(if $(DATASET),--dataset "$(DATASET)") $(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args="$(ARGS)" \
+	$(if $(RECIPE_STYLE),--style $(RECIPE_STYLE)) \
 	--workdir "$(or $(PWD),$(CURDIR))" $(if $(DRY_RUN),--dry-run)
 METHOD_FLAGS = $(if $(LOSS_VARIANT),--loss_variant $(LOSS_VARIANT)) $(if $(TRACE_STYLE),--trace_style $(TRACE_STYLE)) \
 	$(if $(TRACE_LAMBDA),--trace_lambda $(TRACE_LAMBDA))

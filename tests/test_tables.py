@@ -128,6 +128,8 @@ def test_your_results_beside_the_papers(tmp_path, capsys):
         tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_eps_trace-both-0.99/eval", [0.2, 0.5, 0.8, 0.3, 0.4]
     )
     write_results(tmp_path / "unrelated/eval", [1, 1, 1, 1, 1])
+    # a run of another recipe (RECIPE_STYLE=dapo) is not the paper's cell, though its folder names one
+    write_results(tmp_path / "style-dapo/Qwen2.5-Math-1.5B-Instruct/grpo/gsm8k_grpo/eval", [1, 1, 1, 1, 1])
     user = collect_results(tmp_path, PAPER)
     assert set(user) == {
         ("Qwen/Qwen2.5-Math-1.5B-Instruct", "math12k", "grpo"),

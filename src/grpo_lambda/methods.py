@@ -45,7 +45,10 @@ CONFIG_DEFAULTS = dict(
 
 PAPER_ADV_CLAMP_MIN = -0.1  # Table 2: GRPO-λ's advantage clamping
 _TRACED = re.compile(r"(?P<variant>eps_trace|eps_weight)-(?P<style>recent|both)-(?P<lam>[0-9.e-]+)")
-_RUN_FOLDER = re.compile(r"(?:^|/)(?P<model>[^/]+)/grpo/(?P<dataset>[^/_]+)_(?P<tag>[^/]+?)(?:/|$)")
+_RUN_FOLDER = re.compile(
+    r"(?:^|/)(?:style-(?P<style>[^/]+)/)?(?P<model>[^/]+)/grpo/(?P<dataset>[^/_]+)_(?P<tag>[^/]+?)(?:/|$)"
+)
+STYLE_PREFIX = "style-"  # a run under a recipe style (recipes/styles/<name>.yaml) lives in style-<name>/<run folder>
 _SFT_FOLDER = re.compile(r"(?:^|/)(?P<model>[^/]+)/sft/(?P<dataset>[^/_]+)(?:/|$)")
 
 
@@ -153,12 +156,15 @@ class RunFolder:
     Built from a model id or folder and a training set's name or path (kept as `model_tail` and `dataset_tail`), so
     that `RunFolder.find(folder.name) == folder` for every folder named by its method. A sweep variant may name its
     folder instead (`variant`, e.g. `lr-1e-5`); such a folder matches no paper cell, and `find` returns None for it.
+    A run under a recipe style (recipes/styles/<style>.yaml over its recipe) lives in `style-<style>/<run folder>`,
+    which `find` reads back (`style`); the paper's tables leave such runs out of the paper's cells.
     """
 
     model: str  # the model's name tail, e.g. DeepSeek-R1-Distill-Qwen-1.5B
     dataset: str  # dataset_tail of the training set, e.g. math-rl-16k
     method: Method
     variant: str | None = None  # a name in place of the method's tag; None when it is the method's tag
+    style: str | None = None  # a recipe style overlaid on the recipe (recipes/styles/); None: the paper's recipe
 
     def __post_init__(self):
         object.__setattr__(self, "model", model_tail(self.model))
@@ -181,7 +187,8 @@ class RunFolder:
 
     @property
     def name(self) -> str:
-        return f"{self.model}/grpo/{self.dataset}_{self.variant or self.method.tag}"
+        prefix = f"{STYLE_PREFIX}{self.style}/" if self.style else ""
+        return f"{prefix}{self.model}/grpo/{self.dataset}_{self.variant or self.method.tag}"
 
     @classmethod
     def find(cls, path: str | PurePath) -> RunFolder | None:
@@ -189,7 +196,7 @@ class RunFolder:
         found = None
         for match in _RUN_FOLDER.finditer(PurePath(path).as_posix()):
             try:
-                found = cls(match["model"], match["dataset"], Method.from_tag(match["tag"]))
+                found = cls(match["model"], match["dataset"], Method.from_tag(match["tag"]), style=match["style"])
             except ValueError:
                 continue
         return found

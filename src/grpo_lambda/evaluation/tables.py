@@ -98,7 +98,9 @@ def collect_results(results_dir: str | Path, paper: dict) -> dict[tuple[str, str
             if run and run.model in by_tail:
                 scores = grade_scores(results)
                 temperature = (results.get("config") or {}).get("temperature")
-                if temperature:  # avg@k of sampled completions beside the paper's greedy accuracies would mislead
+                if run.style:  # another recipe than the paper's (recipes/styles/): not the paper's cell
+                    print(f"{path}: trained with the {run.style} recipe style, not the paper's recipe: left out")
+                elif temperature:  # avg@k of sampled completions beside the paper's greedy accuracies would mislead
                     print(f"{path}: sampled at temperature {temperature}, not greedy as the paper: left out")
                 elif scores is None:
                     print(

@@ -174,6 +174,20 @@ def find_recipe(
     return recipe, on_top, "default recipe" + (f" (no recipe for {base})" if base else "")
 
 
+def style_values(root: Path, style: str | None) -> dict:
+    """The settings of a recipe style (recipes/styles/<name>.yaml, or a YAML file), which replace a recipe's; {} for
+    none or `paper` (the paper's recipe as it is)."""
+    from grpo_lambda.configs import read_recipe
+
+    if style in (None, "", "paper"):
+        return {}
+    path = root / "recipes" / "styles" / f"{style}.yaml"
+    if not path.is_file():
+        styles = sorted(p.stem for p in (root / "recipes" / "styles").glob("*.yaml"))
+        raise GRPOLambdaError(f"no recipe style {style!r}: one of paper, {', '.join(styles)} (recipes/styles/).")
+    return read_recipe(path)
+
+
 def with_paths(values: dict, base: Path) -> dict:
     """`values` with their path-valued fields made absolute against `base`, the folder they were given in (the
     trainer runs in the repository root, where a relative path given elsewhere would land elsewhere)."""
@@ -313,7 +327,9 @@ def keep_global_batch(training, processes: int, yours: set[str]) -> tuple[dict, 
     )
 
 
-def _output_dir(stage: str, recipe_values: dict, settings, yours: set[str], root: Path) -> str | None:
+def _output_dir(
+    stage: str, recipe_values: dict, settings, yours: set[str], root: Path, style: str | None
+) -> str | None:
     """The output folder when you gave none: the recipe's, or, where the recipe's is named after its own run, the
     folder named after the run these settings train (None: as parsed)."""
     if "output_dir" in yours:
@@ -326,7 +342,7 @@ def _output_dir(stage: str, recipe_values: dict, settings, yours: set[str], root
     if stage == "sft":
         name = SFTFolder(model, settings.script.dataset_name).name
     else:
-        name = RunFolder(model, settings.script.dataset_name, Method.from_config(settings.training)).name
+        name = RunFolder(model, settings.script.dataset_name, Method.from_config(settings.training), style=style).name
     parent = Path(recipe_dir).parents[2] if recipe_dir else root / "data"
     return str(parent / name)
 
@@ -407,6 +423,8 @@ def _ignored_options(args: argparse.Namespace) -> None:
         raise GRPOLambdaError("--num-machines > 1 needs --main-process-ip (the first training node).")
     if args.vllm_mode and args.stage == "sft":
         raise GRPOLambdaError("VLLM_MODE applies to `make train` (GRPO generates), not to SFT: drop it.")
+    if args.style not in (None, "paper") and args.stage == "sft":
+        raise GRPOLambdaError("RECIPE_STYLE applies to `make train` (the RL stage), not to SFT: drop it.")
 
 
 def _overrides(text: str) -> dict:
@@ -471,7 +489,8 @@ def plan(args: argparse.Namespace, root: Path) -> Plan:
         on_top.update(use_vllm=True, vllm_mode=args.vllm_mode)
     if not gpus:
         on_top["use_cpu"] = True
-    recipe_values = with_paths(read_recipe(recipe), root)
+    style = None if args.style in (None, "paper") else args.style
+    recipe_values = {**with_paths(read_recipe(recipe), root), **style_values(root, style)}
     yours = {
         **with_paths(_overrides(args.overrides), workdir),
         **with_paths(flag_values(stage, shlex.split(args.args or "")), workdir),
@@ -482,7 +501,7 @@ def plan(args: argparse.Namespace, root: Path) -> Plan:
     _check_device(settings, args.accelerate, gpus)
 
     decided: dict = {}
-    output_dir = _output_dir(stage, recipe_values, settings, set(yours), root)
+    output_dir = _output_dir(stage, recipe_values, settings, set(yours), root, style)
     if output_dir is not None:
         decided["output_dir"] = output_dir
     if config.stem == "ddp" and settings.model.dtype in ("bfloat16", "float16") and "dtype" not in yours:
@@ -528,7 +547,9 @@ def plan(args: argparse.Namespace, root: Path) -> Plan:
         "--config",
         str(record),
     ]
-    lines.insert(0, f"recipe: {os.path.relpath(recipe, root)}  ({note})")
+    lines.insert(
+        0, f"recipe: {os.path.relpath(recipe, root)}  ({note})" + (f" with recipe style {style}" if style else "")
+    )
     return Plan(settings, command, env, server, lines)
 
 
@@ -597,6 +618,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--accelerate", default="auto", choices=ACCELERATE_CONFIGS)
     parser.add_argument("--num-processes", type=int, default=None, help="Processes per machine (default: GPUs, or 1).")
     parser.add_argument("--vllm-mode", default=None, choices=("colocate", "server"))
+    parser.add_argument("--style", default=None, help="A recipe style over the recipe (recipes/styles/), e.g. dapo.")
     parser.add_argument("--args", default="", help="Extra trainer flags, e.g. '--learning_rate 2e-6'.")
     parser.add_argument("--overrides", default="", help="Settings on top of the recipe, as a JSON mapping (sweeps).")
     parser.add_argument("--num-machines", type=int, default=1, help="Training nodes of a multi-node run.")

@@ -47,7 +47,7 @@ import yaml
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.config import EvalConfig, as_flags, check_fields, given_fields
-from grpo_lambda.jobs.launch import vllm_server_command
+from grpo_lambda.jobs.launch import style_values, vllm_server_command
 from grpo_lambda.jobs.processes import FORWARDED, Stopped, Supervisor, guard_process_tree
 from grpo_lambda.jobs.recipes import expand_grid, load_grid
 from grpo_lambda.layout import repo_root
@@ -58,8 +58,8 @@ from grpo_lambda.reruns import final_step
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
 SWEEP_KEYS = {"description", "output_dir", "hf_home", "runs", "evaluation", "slurm"}
-PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path", "settings"}
-VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants"}
+PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path", "settings", "styles"}
+VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants", "styles"}
 # Cluster policy: given once (here, or `make sweep SBATCH_ARGS="..."`), passed to every job a sweep submits.
 CLUSTER_KEYS = ("account", "partition", "qos", "constraint", "time")
 SLURM_DEFAULTS = {
@@ -100,6 +100,7 @@ class SweepRun:
     recipe: Path
     overrides: dict[str, Any] = field(default_factory=dict)  # settings on top of the recipe
     settings: Any = None  # configs.Settings: the recipe plus the overrides, as the trainer parses them
+    style: str | None = None  # a recipe style over the recipe (recipes/styles/<style>.yaml); None: the paper's
 
 
 @dataclass
@@ -116,12 +117,19 @@ class Sweep:
         return self.output_dir / run.name
 
 
-def resolve_run(recipe: Path, overrides: dict):
-    """A run's settings: its recipe with `overrides` on top, parsed once by the trainer's parser (on a login node
-    without GPUs too)."""
+def resolve_run(recipe: Path, overrides: dict, style: str | None = None):
+    """A run's settings: its recipe, its recipe style and `overrides` on top, parsed once by the trainer's parser (on
+    a login node without GPUs too)."""
     from grpo_lambda.configs import read_recipe, resolve_settings
 
-    return resolve_settings("grpo", {**read_recipe(recipe), **overrides}, for_reading=True)
+    values = {**read_recipe(recipe), **style_values(repo_root(), style), **overrides}
+    return resolve_settings("grpo", values, for_reading=True)
+
+
+def _styles(spec: dict) -> list[str | None]:
+    """`runs.styles`: the recipe styles every run is crossed with (paper: the recipe as it is)."""
+    styles = spec.get("styles") or ["paper"]
+    return [None if style == "paper" else str(style) for style in styles]
 
 
 def _paper_runs(spec: dict, root: Path) -> list[SweepRun]:
@@ -146,13 +154,14 @@ def _paper_runs(spec: dict, root: Path) -> list[SweepRun]:
             "use a variant sweep."
         )
     sweep_runs = []
-    for index, run in enumerate(runs):
-        overrides = {**settings}
-        if run.model_id in model_path:
-            overrides["model_name_or_path"] = str((root / model_path[run.model_id]).resolve())
-        sweep_runs.append(
-            SweepRun(index, run.name, root / run.path, overrides, resolve_run(root / run.path, overrides))
-        )
+    for style in _styles(spec):
+        for run in runs:
+            overrides = {**settings}
+            if run.model_id in model_path:
+                overrides["model_name_or_path"] = str((root / model_path[run.model_id]).resolve())
+            name = RunFolder(run.model_id, run.dataset, run.method, style=style).name
+            resolved = resolve_run(root / run.path, overrides, style)
+            sweep_runs.append(SweepRun(len(sweep_runs), name, root / run.path, overrides, resolved, style))
     return sweep_runs
 
 
@@ -169,17 +178,19 @@ def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
         {k: v for k, v in (("model_name_or_path", spec.get("model")), ("dataset_name", spec.get("dataset"))) if v}
     )
     runs = []
-    for index, (variant, settings) in enumerate(spec["variants"].items()):
-        overrides = {**common, **(settings or {})}
-        resolved = resolve_run(recipe, overrides)
-        # A variant named like a method must train it (RunFolder checks); other names are free, matching no paper cell
-        folder = RunFolder(
-            resolved.model.model_name_or_path,
-            resolved.script.dataset_name,
-            Method.from_config(resolved.training),
-            variant=str(variant),
-        )
-        runs.append(SweepRun(index, folder.name, recipe, overrides, resolved))
+    for style in _styles(spec):
+        for variant, settings in spec["variants"].items():
+            overrides = {**common, **(settings or {})}
+            resolved = resolve_run(recipe, overrides, style)
+            # A variant named like a method must train it (RunFolder checks); other names are free
+            folder = RunFolder(
+                resolved.model.model_name_or_path,
+                resolved.script.dataset_name,
+                Method.from_config(resolved.training),
+                variant=str(variant),
+                style=style,
+            )
+            runs.append(SweepRun(len(runs), folder.name, recipe, overrides, resolved, style))
     return runs
 
 
@@ -284,6 +295,7 @@ class Runner:
             self.slurm["accelerate"],
             "--overrides",
             json.dumps(everything),
+            *(["--style", self.run.style] if self.run.style else []),
         ]
 
     def training_commands(self) -> list[list[str]]:
