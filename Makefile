@@ -79,7 +79,7 @@ TEMPLATE ?=
 LIMIT ?=
 BACKEND ?= vllm
 EVAL_MODEL = $(or $(MODEL),embedded:SmolLM2-135M-Instruct)
-OUTPUT ?= data/eval/$(notdir $(subst :,/,$(EVAL_MODEL)))
+OUTPUT ?=
 ARGS ?=
 DRY_RUN ?=
 COMMA := ,
@@ -177,7 +177,7 @@ sft: install
 
 evaluate: install
 	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks $(subst $(COMMA), ,$(BENCHMARKS))) \
-		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) --output_dir "$(OUTPUT)" $(if $(LIMIT),--limit $(LIMIT)) \
+		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) $(if $(OUTPUT),--output_dir "$(OUTPUT)") $(if $(LIMIT),--limit $(LIMIT)) \
 		$(if $(SAMPLES),--samples $(SAMPLES)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(TOP_P),--top_p $(TOP_P)) $(ARGS)
 
 regrade: install

@@ -15,8 +15,8 @@ from experiments.toy import ALPHABET, credit_echo_dataset, credit_echo_problem
 from grpo_lambda.data import load_problem_dataset
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.methods import Method
-from grpo_lambda.reruns import final_step
 from grpo_lambda.metrics_log import read_steps
+from grpo_lambda.reruns import final_step
 from grpo_lambda.rewards import exact_match, get_reward_funcs
 
 

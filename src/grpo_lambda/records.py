@@ -53,6 +53,15 @@ def read_jsonl(path: Path, is_record: Callable[[dict], bool], what: str) -> list
     return records if record is None else [*records, record]
 
 
+def has_torn_last_line(path: Path, is_record: Callable[[dict], bool]) -> bool:
+    """Whether the store ends in a torn line (a write interrupted) that `read_jsonl` skips."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    last = path.read_bytes().rsplit(b"\n", 1)[-1]
+    return bool(last.strip()) and _parse(last, is_record) is None
+
+
 def append_jsonl(path: Path, record: dict, is_record: Callable[[dict], bool]) -> None:
     """Appends `record` as one line, flushed, after cutting off a torn last line (left by a kill mid-write)."""
     path = Path(path)

@@ -2,9 +2,10 @@
 CPUs), or transformers `generate` in batches when the user asks for it. Nothing falls back by itself.
 
 Both decode greedily (the paper's protocol) unless the config sets a temperature; then every request samples with
-that temperature and top_p from its own seed (`request_seed`). Under vLLM a seed fixes its sample whatever else is
-in flight, so a resumed evaluation draws exactly the samples an uninterrupted one would have; transformers seeds
-torch once per batch, so a resume (which batches what is left) draws other samples, unless --batch_size 1.
+that temperature and top_p from its own seed (`request_seed`). Each completion comes with its number of tokens and
+whether it was cut at the token limit (vLLM's finish_reason "length"; transformers: the budget used up). On a CPU
+the vLLM engine runs eager: torch.compile's start-up costs far more than it saves on a CPU evaluation (measured in
+docs/evaluation.md). What is and is not reproducible: docs/evaluation.md, "What a rerun reproduces".
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ class TransformersBackend:
 
     def generate(
         self, prompts: list[str], stop: list[str], max_new_tokens: int, seeds: list[int] | None = None
-    ) -> Iterator[tuple[int, str, int]]:
-        """(position in `prompts`, completion, generated tokens), one batch after another. When sampling, torch is
-        seeded before each batch with `seeds` of the batch's first prompt."""
+    ) -> Iterator[tuple[int, str, int, bool]]:
+        """(position in `prompts`, completion, generated tokens, cut at the limit), one batch after another. When
+        sampling, torch is seeded before each batch with `seeds` of the batch's first prompt."""
         step = self.config.batch_size
         sampling = self.config.sampling
         if sampling is not None and (seeds is None or len(seeds) != len(prompts)):
@@ -88,7 +89,13 @@ class TransformersBackend:
                 )
             for offset, row in enumerate(generated[:, batch["input_ids"].shape[1] :]):
                 tokens = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
-                yield start + offset, self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                yield start + offset, text, len(tokens), len(tokens) >= max(budget, 1)
+
+    def engine(self) -> dict:
+        import transformers
+
+        return {"engine": "transformers", "version": transformers.__version__, "dtype": str(self.model.dtype)}
 
 
 class VLLMBackend:
@@ -100,7 +107,8 @@ class VLLMBackend:
         import torch
         from vllm import LLM
 
-        if not torch.cuda.is_available():
+        self.eager = not torch.cuda.is_available()
+        if self.eager:
             from grpo_lambda.testbench.vllm_cpu import configure_cpu_engine
 
             configure_cpu_engine()
@@ -112,13 +120,15 @@ class VLLMBackend:
             seed=config.seed,
             tensor_parallel_size=config.tensor_parallel_size,
             gpu_memory_utilization=config.gpu_memory_utilization,
+            enforce_eager=self.eager,
         )
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(
         self, prompts: list[str], stop: list[str], max_new_tokens: int, seeds: list[int] | None = None
-    ) -> Iterator[tuple[int, str, int]]:
-        """(position in `prompts`, completion, generated tokens) in the order they finish: every prompt is queued
+    ) -> Iterator[tuple[int, str, int, bool]]:
+        """(position in `prompts`, completion, generated tokens, cut at the limit) in the order they finish: every
+        prompt is queued
         at once (`LLM.enqueue`) and the engine stepped here, so vLLM schedules them all and each completion is
         handed on the step it finishes (`LLM.generate` would return only when the last one does). When sampling,
         request i samples from its own seed, `seeds[i]` (one request per (problem, sample))."""
@@ -152,7 +162,13 @@ class VLLMBackend:
             for output in engine.step():
                 if output.finished:
                     completion = output.outputs[0]
-                    yield position[output.request_id], completion.text, len(completion.token_ids)
+                    truncated = completion.finish_reason == "length"
+                    yield position[output.request_id], completion.text, len(completion.token_ids), truncated
+
+    def engine(self) -> dict:
+        import vllm
+
+        return {"engine": "vllm", "version": vllm.__version__, "dtype": self.config.dtype, "enforce_eager": self.eager}
 
 
 def make_backend(config: EvalConfig, model_path: str):
@@ -161,11 +177,25 @@ def make_backend(config: EvalConfig, model_path: str):
     try:
         return VLLMBackend(config, model_path)
     except Exception as error:  # noqa: BLE001 - vLLM's start-up errors come from deep inside it: one line, the fix
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        reason = start_up_cause(error)
         raise GRPOLambdaError(
             f"vLLM could not start for {config.model} ({type(error).__name__}: {reason}); fix that, or evaluate "
             "with the transformers backend, about 20x slower (BACKEND=transformers, --backend transformers)."
         ) from error
+
+
+def start_up_cause(error: BaseException) -> str:
+    """The cause of an engine's start-up error on one line: its own lines and its causes', without pydantic's "For
+    further information visit ..." footer that used to be all one saw (max_model_len above the model's context)."""
+    lines = []
+    while error is not None and len(lines) < 4:
+        lines += [
+            " ".join(line.split())
+            for line in str(error).splitlines()
+            if line.strip() and not line.strip().startswith("For further information")
+        ]
+        error = error.__cause__
+    return "; ".join(dict.fromkeys(lines))[:500]
 
 
 def model_folder(model: str) -> str:

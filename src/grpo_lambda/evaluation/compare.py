@@ -32,7 +32,7 @@ from grpo_lambda.evaluation.store import read_lines, read_results
 
 # What two evaluations must share to be compared problem by problem (their results.json `config`; a greedy
 # evaluation, the paper's protocol, records no temperature and top_p: greedy is compared with greedy only).
-SAME = ("suite", "template", "max_new_tokens", "max_model_len", "temperature", "top_p")
+SAME = ("suite", "template", "max_new_tokens", "max_model_len", "temperature", "top_p", "backend", "dtype")
 MACRO = "average"
 
 
@@ -88,6 +88,13 @@ def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
     if grade not in GRADES:
         raise GRPOLambdaError(f"grade {grade!r} is not one of {', '.join(GRADES)}.")
     folders = [Path(f) for f in [*a, *b]]
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        if folder.resolve() in seen:
+            raise GRPOLambdaError(
+                f"{folder} is given twice ({seen[folder.resolve()]}): compare two different evaluations."
+            )
+        seen[folder.resolve()] = folder
     loaded = [load_evaluation(folder, grade) for folder in folders]
     _check_comparable(folders, [c for c, _ in loaded], [s for _, s in loaded])
     benchmarks = list(loaded[0][1])

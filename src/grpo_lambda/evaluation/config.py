@@ -24,7 +24,10 @@ class EvalConfig:
     """An evaluation of one model on the suite (the understand-r1-zero protocol by default)."""
 
     model: str = field(metadata={"help": "Checkpoint folder, Hub id or embedded:SmolLM2-135M-Instruct."})
-    output_dir: str = field(metadata={"help": "Folder of samples.jsonl and results.json (resumed when it has them)."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of samples.jsonl and results.json (resumed); default: named after the model."},
+    )
     suite: str | None = field(
         default=None,
         metadata={"help": "Benchmark folder (JSONL or save_to_disk) or Hub dataset id; default: the shipped suite."},
@@ -56,6 +59,8 @@ class EvalConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling, with a temperature above 0."})
 
     def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = default_output_dir(self.model)
         known = BENCHMARKS + BUILTIN_BENCHMARKS
         unknown = [b for b in self.benchmarks if b not in known]
         if unknown or not self.benchmarks:
@@ -80,6 +85,9 @@ class EvalConfig:
         if self.temperature == 0:
             return None
         return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+EVAL_FIELDS = frozenset(f.name for f in dataclasses.fields(EvalConfig))
 
 
 @dataclass
@@ -166,6 +174,28 @@ def check_sampling(samples: int, temperature: float, top_p: float) -> None:
         raise GRPOLambdaError(
             f"top_p={top_p} does nothing with temperature 0 (greedy): set a temperature (e.g. 0.6) or top_p=1."
         )
+
+
+def default_output_dir(model: str) -> str:
+    """Where an evaluation of `model` goes when no folder is given: named after the model as resolved, so that two
+    models never share one (a trailing slash or `..` changes nothing): a folder under data/ mirrors its path
+    (data/eval/<model>/grpo/<dataset>_<tag>, which the tables find), another folder gets its name and a hash of its
+    absolute path, a Hub id data/eval/hub/<org>/<name>, an embedded model data/eval/embedded/<name>."""
+    import hashlib
+    from pathlib import Path
+
+    from grpo_lambda.layout import EMBEDDED_PREFIX, local_path, model_tail
+
+    if model.startswith(EMBEDDED_PREFIX):
+        return f"data/eval/embedded/{model_tail(model)}"
+    path = local_path(model)
+    if path is None:
+        return f"data/eval/hub/{model}"
+    path = path.resolve()
+    try:
+        return str(Path("data/eval") / path.relative_to(Path("data").resolve()))
+    except ValueError:
+        return f"data/eval/{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
 
 
 def run_template(model: str) -> tuple[str, str]:

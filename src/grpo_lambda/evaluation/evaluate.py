@@ -24,6 +24,7 @@ import json
 import logging
 import statistics
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,9 +34,20 @@ from tqdm import tqdm
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation import stats
 from grpo_lambda.evaluation.backends import make_backend, model_folder, prompt_text, request_seed
-from grpo_lambda.evaluation.config import EvalConfig, RegradeConfig, parse_config, run_template
+from grpo_lambda.evaluation.config import EVAL_FIELDS, EvalConfig, RegradeConfig, parse_config, run_template
 from grpo_lambda.evaluation.grades import GRADES, grade_sample, warm_up
-from grpo_lambda.evaluation.store import append, read_lines, read_results, read_samples, rewrite
+from grpo_lambda.evaluation.identity import check_identity, identity
+from grpo_lambda.evaluation.identity import hub_revision as hub_revision_of
+from grpo_lambda.evaluation.store import (
+    append,
+    read_identity,
+    read_lines,
+    read_results,
+    read_samples,
+    rewrite,
+    torn_last_line,
+    write_identity,
+)
 from grpo_lambda.evaluation.suite import load_suite
 from grpo_lambda.grading import Grader
 from grpo_lambda.inputs import check_model, check_output_folder
@@ -74,6 +86,30 @@ def problem_pass_at_k(rows: list[dict], grade: str, k: int) -> np.ndarray:
     """Per problem, stats.pass_at_k of its samples (each problem's own n ≥ k), in problem order."""
     correct = _by_problem(rows, grade)
     return np.array([stats.pass_at_k(np.array(correct[index]), k) for index in sorted(correct)])
+
+
+def _lengths(rows: list[dict]) -> dict:
+    """How long the completions ran: the share cut at the token limit (`truncated`; None for samples written before
+    it was recorded), median and 90th percentile of generated tokens, and the mean length of correct and of wrong
+    completions under each grade (a method that gets right only what it answers briefly shows here)."""
+    lengths = np.array([s["tokens"] for s in rows if s.get("tokens") is not None])
+    cut = [s["truncated"] for s in rows if "truncated" in s]
+    values = {
+        "truncation_rate": float(np.mean(cut)) if cut and len(cut) == len(rows) else None,
+        "generation_length": {
+            "median": float(np.median(lengths)) if lengths.size else None,
+            "p90": float(np.percentile(lengths, 90)) if lengths.size else None,
+        },
+    }
+    for grade in GRADES:
+        split = {
+            name: [s["tokens"] for s in rows if s.get("tokens") is not None and bool(s[grade]["correct"]) == right]
+            for name, right in (("correct", True), ("wrong", False))
+        }
+        values["generation_length"][grade] = {
+            f"mean_{name}": statistics.fmean(tokens) if tokens else None for name, tokens in split.items()
+        }
+    return values
 
 
 def _value(scores: np.ndarray) -> dict:
@@ -121,6 +157,7 @@ def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> d
             "mean_generation_length": statistics.fmean(lengths) if lengths else None,
             "max_generation_length": max(lengths) if lengths else None,
             "grading_timeouts": sum(s[grade]["timeout"] for s in rows for grade in GRADES),
+            **_lengths(rows),
         }
         if config.samples > 1:
             n = min(len(v) for v in _by_problem(rows, GRADES[0]).values())
@@ -187,7 +224,12 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     samples_path = output_dir / "samples.jsonl"
-    items = load_suite(config.suite, config.benchmarks, config.limit)
+    every = load_suite(config.suite, config.benchmarks)
+    items = every if config.limit is None else [item for item in every if item["index"] < config.limit]
+    model_path = model_folder(config.model)
+    current = identity(config, model_path, every)
+    recorded = read_identity(output_dir)
+    check_identity(output_dir, recorded, current)
     finished = read_samples(samples_path)
     other = {s.get("template") for s in finished.values()} - {config.template, None}
     if other:
@@ -201,6 +243,10 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
             f"{samples_path} holds samples drawn {_drawn(drawn)}, not {_drawn(config.sampling)}: evaluate with "
             "those settings or use another --output_dir."
         )
+    if recorded is None:
+        if finished:
+            logger.warning("%s was written before evaluations recorded what they hold: taken as this one", output_dir)
+        write_identity(output_dir, current)
     wanted = {(item["benchmark"], item["index"], sample): item for item in items for sample in range(config.samples)}
     todo = [key for key in wanted if key not in finished]
     logger.info(
@@ -213,16 +259,18 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
 
     backend_name = next(iter(finished.values())).get("backend") if finished else None
     grader = Grader(config.grading_timeout_s, warm_up)
+    engine, started, generated = None, time.monotonic(), 0
     if todo:
-        backend = backend or make_backend(config, model_folder(config.model))
-        backend_name = backend.name
+        backend = backend or make_backend(config, model_path)
+        backend_name, engine = backend.name, backend.engine()
         stop = [R1_STOP] if config.template == "r1" else []
         texts = {key[:2]: prompt_text(backend.tokenizer, wanted[key]["problem"], config.template) for key in todo}
         prompts = [texts[key[:2]] for key in todo]
         seeds = [request_seed(config.seed, *key) for key in todo]
         with tqdm(total=len(wanted), initial=len(wanted) - len(todo), desc="evaluating") as bar:
-            for position, text, tokens in backend.generate(prompts, stop, config.max_new_tokens, seeds):
+            for position, text, tokens, truncated in backend.generate(prompts, stop, config.max_new_tokens, seeds):
                 key = todo[position]
+                generated += tokens
                 sample = {
                     "benchmark": key[0],
                     "index": key[1],
@@ -230,6 +278,7 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
                     "prompt": prompts[position],
                     "completion": text,
                     "tokens": tokens,
+                    "truncated": truncated,
                     "backend": backend.name,
                     **({"sampling": config.sampling} if config.sampling else {}),
                 }
@@ -244,7 +293,21 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
         }
         rewrite(samples_path, list(finished.values()))
     grader.close()
+    seconds = time.monotonic() - started
     results = summarize([s for key, s in finished.items() if key in wanted], config, backend_name)
+    if current["model_fingerprint"] is None and current["model_revision"] is None:  # a Hub model downloaded since
+        current = {**current, "model_revision": hub_revision_of(config.model)}
+    results["identity"] = current
+    previous = read_results(output_dir / "results.json") if (output_dir / "results.json").is_file() else {}
+    results["provenance"] = {
+        "engine": engine or (previous.get("provenance") or {}).get("engine"),
+        # this invocation's generation (a resumed evaluation: what it added)
+        "generation": {
+            "seconds": round(seconds, 1),
+            "tokens": generated,
+            "tokens_per_second": round(generated / seconds, 1) if generated and seconds else None,
+        },
+    }
     replace_file(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
@@ -253,40 +316,59 @@ def regrade(
     folder: str | Path, template: str | None = None, suite: str | None = None, grading_timeout_s: float = 5.0
 ) -> dict:
     """Re-score `<folder>/samples.jsonl` with the current graders and rewrite it and `results.json`; nothing is
-    generated. Samples need `benchmark`, `index` (the problem's row in its benchmark) and `completion`; gold
-    answers come from the suite; a problem may have several samples (accuracy is then the mean over samples). The template and suite default to those recorded in `results.json`, then in the
-    samples (the template), then to the defaults (the suite); a samples file made elsewhere needs `template`."""
+    generated, and nothing but the grades changes: the settings, identity and provenance results.json recorded are
+    kept, and a `template` or `suite` other than the recorded ones is refused (samples are graded as they were
+    generated). Samples need `benchmark`, `index` (the problem's row in its benchmark) and `completion`; gold answers
+    come from the suite. A samples file made elsewhere (no results.json) needs `template`."""
     _check_graders()
     folder = Path(folder)
     samples_path = folder / "samples.jsonl"
     if not samples_path.is_file():
         raise GRPOLambdaError(f"no samples.jsonl in {folder}.")
+    if torn_last_line(samples_path):
+        raise GRPOLambdaError(
+            f"{samples_path} ends in a torn line (an evaluation killed mid-write): run that evaluation again to "
+            "generate the sample anew, then regrade."
+        )
     recorded = read_results(folder / "results.json") if (folder / "results.json").is_file() else {}
-    recorded_config = recorded.get("config", {})
+    recorded_config = {k: v for k, v in recorded.get("config", {}).items() if k in EVAL_FIELDS}
     samples = read_lines(samples_path)  # several completions of one problem are all kept
     missing = [key for key in ("benchmark", "index", "completion") if any(key not in s for s in samples)]
     if missing or not samples:
         raise GRPOLambdaError(f"{samples_path} has no samples with benchmark, index and completion.")
-    template = template or recorded.get("template") or next((s["template"] for s in samples if "template" in s), None)
+    generated_with = {s["template"] for s in samples if "template" in s} | (
+        {recorded["template"]} if recorded.get("template") else set()
+    )
+    if template and generated_with and generated_with != {template}:
+        raise GRPOLambdaError(
+            f"{samples_path} was generated with template {', '.join(sorted(generated_with))}, not {template}: "
+            "regrade grades samples as they were generated (drop TEMPLATE=)."
+        )
+    template = template or next(iter(generated_with), None)
     if template is None:
         raise GRPOLambdaError(f"say which template produced {samples_path}: --template {'|'.join(TEMPLATES)}.")
-    benchmarks = list(dict.fromkeys(s["benchmark"] for s in samples))
-    # how the samples were drawn: as results.json recorded it, else as the samples say (greedy: nothing recorded)
-    drawn = next((s["sampling"] for s in samples if s.get("sampling")), None) or {}
-    sampling = {key: recorded_config.get(key, drawn.get(key)) for key in ("temperature", "top_p", "seed")}
-    sampling = {key: value for key, value in sampling.items() if value is not None}
-    if "samples" in recorded_config or drawn:
-        sampling["samples"] = recorded_config.get("samples") or 1 + max(s.get("sample", 0) for s in samples)
-    config = EvalConfig(
-        model=recorded.get("model") or recorded_config.get("model") or str(folder),
-        output_dir=str(folder),
-        suite=suite or recorded_config.get("suite"),
-        benchmarks=benchmarks,
-        template=template,
-        grading_timeout_s=grading_timeout_s,
-        **sampling,
-    )
-    items = {(i["benchmark"], i["index"]): i for i in load_suite(config.suite, benchmarks)}
+    if suite and recorded_config and suite != recorded_config.get("suite"):
+        raise GRPOLambdaError(
+            f"{folder} was evaluated on suite {recorded_config.get('suite') or 'shipped'}, not {suite}: regrade keeps "
+            "what was evaluated (drop SUITE=)."
+        )
+    if recorded_config:
+        config = EvalConfig(**{**recorded_config, "template": template, "grading_timeout_s": grading_timeout_s})
+    else:  # completions made elsewhere: how they were drawn, as the samples say (greedy: nothing recorded)
+        drawn = next((s["sampling"] for s in samples if s.get("sampling")), None) or {}
+        sampling = {key: drawn[key] for key in ("temperature", "top_p", "seed") if key in drawn}
+        if drawn:
+            sampling["samples"] = 1 + max(s.get("sample", 0) for s in samples)
+        config = EvalConfig(
+            model=str(folder),
+            output_dir=str(folder),
+            suite=suite,
+            benchmarks=list(dict.fromkeys(s["benchmark"] for s in samples)),
+            template=template,
+            grading_timeout_s=grading_timeout_s,
+            **sampling,
+        )
+    items = {(i["benchmark"], i["index"]): i for i in load_suite(config.suite, config.benchmarks)}
     unknown = [(s["benchmark"], s["index"]) for s in samples if (s["benchmark"], s["index"]) not in items]
     if unknown:
         raise GRPOLambdaError(f"{len(unknown)} samples name no problem of {config.suite}, e.g. {unknown[0]}.")
@@ -294,7 +376,13 @@ def regrade(
     samples = [graded(grader, s, items[(s["benchmark"], s["index"])], template) for s in tqdm(samples, desc="grading")]
     grader.close()
     rewrite(samples_path, samples)
-    results = summarize(samples, config, recorded.get("backend") or samples[0].get("backend"))
+    summarized = [  # what results.json summarized: its SAMPLES and LIMIT (a larger earlier run's extra samples kept)
+        s
+        for s in samples
+        if s.get("sample", 0) < config.samples and (config.limit is None or s["index"] < config.limit)
+    ]
+    results = summarize(summarized, config, recorded.get("backend") or samples[0].get("backend"))
+    results.update({key: recorded[key] for key in ("identity", "provenance") if key in recorded})
     replace_file(folder / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 

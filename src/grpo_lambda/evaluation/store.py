@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.records import append_jsonl, read_jsonl, replace_jsonl
+from grpo_lambda.records import append_jsonl, has_torn_last_line, read_jsonl, replace_file, replace_jsonl
 
 _WHAT = "a sample (a JSON object with benchmark and index)"
 
@@ -23,6 +23,11 @@ def _is_sample(record: dict) -> bool:
 def read_lines(path: Path) -> list[dict]:
     """The samples of a samples.jsonl, in order ([] if there is none yet)."""
     return read_jsonl(path, _is_sample, _WHAT)
+
+
+def torn_last_line(path: Path) -> bool:
+    """Whether samples.jsonl ends in a torn line (an evaluation killed mid-write), which readers skip."""
+    return has_torn_last_line(path, _is_sample)
 
 
 def sample_key(sample: dict) -> tuple[str, int, int]:
@@ -63,3 +68,25 @@ def read_results(path: Path) -> dict:
             f"(make regrade RESULTS={path.parent}) or evaluate again."
         )
     return results
+
+
+IDENTITY = "evaluation.json"  # <output_dir>/: what the folder evaluates (grpo_lambda.evaluation.identity)
+
+
+def read_identity(folder: Path) -> dict | None:
+    """The identity an evaluation folder recorded when its evaluation started, or None (none yet, or a folder written
+    before identities were recorded); a damaged one is refused with its name."""
+    path = Path(folder) / IDENTITY
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_bytes())
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise GRPOLambdaError(f"{path} is not an evaluation's identity (JSON object): restore it, or evaluate anew.")
+    return recorded
+
+
+def write_identity(folder: Path, identity: dict) -> None:
+    replace_file(Path(folder) / IDENTITY, json.dumps(identity, indent=2) + "\n")

@@ -21,12 +21,18 @@ from pathlib import Path
 import yaml
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.evaluation.config import EvalConfig
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.store import read_results
 from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.records import replace_file
 
+# The paper's protocol (understand-r1-zero: every problem, 3 000 new tokens in a 4 096-token context): the
+# evaluation's own defaults, EvalConfig's; a results.json evaluated otherwise is left out of the paper's cells.
+PROTOCOL = {
+    name: EvalConfig.__dataclass_fields__[name].default for name in ("limit", "max_new_tokens", "max_model_len")
+}
 TABLE1_COLUMNS = ("average", *BENCHMARKS)
 TABLE1_LABELS = ("Average", "AIME24", "AMC", "MATH", "Minerva", "Olympiad")
 RUN_ROWS = ("aime", "math", "amc", "olympiad_bench", "minerva", "average")  # Tables 3–6 row order
@@ -98,8 +104,12 @@ def collect_results(results_dir: str | Path, paper: dict) -> dict[tuple[str, str
             if run and run.model in by_tail:
                 scores = grade_scores(results)
                 temperature = (results.get("config") or {}).get("temperature")
+                config = results.get("config") or {}
+                off = [f"{k}={config[k]}" for k in PROTOCOL if k in config and config[k] != PROTOCOL[k]]
                 if run.style:  # another recipe than the paper's (recipes/styles/): not the paper's cell
                     print(f"{path}: trained with the {run.style} recipe style, not the paper's recipe: left out")
+                elif off:  # a smoke run (LIMIT, fewer tokens) beside the paper's numbers would mislead
+                    print(f"{path}: not the paper's protocol ({', '.join(off)}): left out")
                 elif temperature:  # avg@k of sampled completions beside the paper's greedy accuracies would mislead
                     print(f"{path}: sampled at temperature {temperature}, not greedy as the paper: left out")
                 elif scores is None:
