@@ -29,7 +29,7 @@ def length_reward(completions, **kwargs):
     return [float(len(str(completion))) for completion in completions]
 
 
-def tiny_run(model_dir, output_dir, callbacks, max_steps: int) -> GRPOLambdaTrainer:
+def tiny_run(model_dir, output_dir, callbacks, max_steps: int, save_total_limit: int | None = None):
     args = GRPOLambdaConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=2,
@@ -38,6 +38,7 @@ def tiny_run(model_dir, output_dir, callbacks, max_steps: int) -> GRPOLambdaTrai
         max_steps=max_steps,
         logging_steps=1,
         save_steps=10_000,  # only the callback saves
+        save_total_limit=save_total_limit,
         use_cpu=True,
         bf16=False,
         report_to="none",
@@ -85,10 +86,11 @@ def test_save_minutes_saves_at_least_that_often_and_no_more(
     tiny_model_dir, tmp_path, own_signal_handlers, save_minutes
 ):
     """save_minutes = 1 s, steps of ~0.4 s, save_steps out of reach: a checkpoint once a second has passed since the
-    last one (or the start), never sooner, and no gap longer than a second plus the step that ends it."""
+    last one (or the start), never sooner, and no gap longer than a second plus the step that ends it. They are
+    rotated like any other checkpoint (save_total_limit), so they add no disk."""
     timeline = Timeline(pause_s=0.4)
     callback = PreemptionCallback(tmp_path / STOP_FILE, save_minutes)
-    trainer = tiny_run(tiny_model_dir, tmp_path / "run", [timeline, callback], max_steps=8)
+    trainer = tiny_run(tiny_model_dir, tmp_path / "run", [timeline, callback], max_steps=8, save_total_limit=2)
     trainer.train()
     saves = [(step, moment) for step, moment in timeline.saves if step < 8]  # transformers saves the last step
     if save_minutes is None:
@@ -97,7 +99,8 @@ def test_save_minutes_saves_at_least_that_often_and_no_more(
     period = 60 * save_minutes
     steps = [step for step, _ in saves]
     assert len(steps) >= 2 and steps == sorted(set(steps)), timeline.saves
-    assert all((tmp_path / "run" / f"checkpoint-{step}").is_dir() for step in steps)
+    kept = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert kept == [steps[-1], 8], (kept, timeline.saves)
     step_s = max(b - a for a, b in zip([timeline.begin, *timeline.step_ends], timeline.step_ends))
     moments = [timeline.begin] + [moment for _, moment in saves]
     gaps = [b - a for a, b in zip(moments, moments[1:])]

@@ -68,7 +68,8 @@ def wandb_server_answers(url: str, timeout_s: float = SERVER_CHECK_S) -> bool:
 
     def ask() -> None:
         try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+            # a new opener: its proxies are read from the environment now (urlopen's are read once per process)
+            urllib.request.build_opener().open(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
         except urllib.error.HTTPError:  # an answer: the server is there
             pass
         except (OSError, ValueError, http.client.HTTPException):
