@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -41,6 +43,7 @@ from trl import GRPOTrainer
 
 from grpo_lambda.configs import GRPOLambdaConfig
 from grpo_lambda.data import arithmetic_dataset, to_prompts
+from grpo_lambda.records import replace_file
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.testbench.models import build_tiny_model, resolve_model
 from grpo_lambda.testbench.vllm_cpu import support_cpu_test_bench
@@ -230,6 +233,7 @@ def main() -> None:
     parser.add_argument("--skip_generation", action="store_true", help="time only the steps without generation")
     parser.add_argument("--vllm_max_model_length", type=int, default=512, help="prompt + completion tokens")
     parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3, help="on a GPU: vLLM's share")
+    parser.add_argument("--json", default=None, help="also write every measurement to this file, after each table")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if STOCK not in args.variants:
@@ -242,7 +246,7 @@ def main() -> None:
         f"num_iterations {args.num_iterations}; {args.rounds} interleaved rounds\n",
         flush=True,
     )
-    tables = {}
+    report = {"settings": {**vars(args), "device": device, "threads": torch.get_num_threads()}, "rows": []}
     with tempfile.TemporaryDirectory() as output_dir:
         if args.model in RANDOM_MODELS:
             numbers = {**RANDOM_MODELS[args.model], **{k: int(v) for k, v in (c.split("=") for c in args.config)}}
@@ -254,32 +258,60 @@ def main() -> None:
         for length in args.max_completion_length:
             for backend in args.generation:
                 try:
-                    tables[backend, length] = bench_backend(args, output_dir, model_path, backend, length)
+                    results = bench_backend(args, output_dir, model_path, backend, length)
                 except torch.OutOfMemoryError as error:
                     print(f"{backend}, {length} tokens: out of memory ({str(error).splitlines()[0]})", flush=True)
-                    tables[backend, length] = None
+                    results = None
+                # each table as soon as it is measured: a run cut short (a time limit) keeps the ones before
+                rows = table_rows(args, backend, length, results)
+                print_table(rows)
+                report["rows"] += rows
+                if args.json:  # replaced whole after each table
+                    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                    replace_file(Path(args.json), json.dumps(report, indent=1) + "\n")
                 gc.collect()  # the trainer of this length, before the next one is built
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 
-    header = (
-        f"{'generation':<10} {'tokens':>6} {'step':<20} {'variant':<18} {'median s':>9} {'× trl':>7} {'peak GiB':>9}"
+
+def table_rows(args, backend: str, length: int, results: dict | None) -> list[dict]:
+    """One row per (step, variant): median seconds, median per-round ratio to `trl`, peak GiB, and every round."""
+    if results is None:
+        return [{"generation": backend, "tokens": length, "out_of_memory": True}]
+    rows = []
+    for mode, runs in results.items():
+        for name in args.variants:
+            times = [t for t, _ in runs[name]]
+            peaks = [p for _, p in runs[name] if p is not None]
+            rows.append(
+                {
+                    "generation": backend,
+                    "tokens": length,
+                    "step": mode,
+                    "variant": name,
+                    "median_s": statistics.median(times),
+                    "ratio_to_trl": statistics.median(t / s for t, (s, _) in zip(times, runs[STOCK])),
+                    "peak_gib": max(peaks) if peaks else None,
+                    "seconds": times,
+                }
+            )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"\n{'generation':<10} {'tokens':>6} {'step':<20} {'variant':<18} {'median s':>9} {'× trl':>7} {'peak GiB':>9}"
     )
-    print("\n" + header)
-    for (backend, length), results in tables.items():
-        if results is None:
-            print(f"{backend:<10} {length:>6} out of memory")
+    for row in rows:
+        if row.get("out_of_memory"):
+            print(f"{row['generation']:<10} {row['tokens']:>6} out of memory")
             continue
-        for mode, runs in results.items():
-            for name in args.variants:
-                times = [t for t, _ in runs[name]]
-                ratios = [t / s for t, (s, _) in zip(times, runs[STOCK])]
-                peaks = [p for _, p in runs[name] if p is not None]
-                peak = f"{max(peaks):>9.1f}" if peaks else f"{'-':>9}"
-                print(
-                    f"{backend:<10} {length:>6} {mode:<20} {name:<18} {statistics.median(times):>9.3f} "
-                    f"{statistics.median(ratios):>7.3f} {peak}"
-                )
+        peak = f"{row['peak_gib']:>9.1f}" if row["peak_gib"] is not None else f"{'-':>9}"
+        print(
+            f"{row['generation']:<10} {row['tokens']:>6} {row['step']:<20} {row['variant']:<18} "
+            f"{row['median_s']:>9.3f} {row['ratio_to_trl']:>7.3f} {peak}"
+        )
+    print(flush=True)
 
 
 if __name__ == "__main__":

@@ -279,13 +279,23 @@ def _free_ports(count: int) -> int:
     raise AssertionError(f"no {count} consecutive free ports")
 
 
+REQUIRE_SLURM = "GRPO_LAMBDA_REQUIRE_SLURM"  # set by CI (.ci/run): a SLURM test that cannot run fails
+
+
+def _cannot_run(reason: str):
+    """Skip where SLURM cannot run here (a laptop); fail where it must (CI, with GRPO_LAMBDA_REQUIRE_SLURM=1)."""
+    if os.environ.get(REQUIRE_SLURM) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_SLURM}=1: the SLURM tests must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
 def _local_cluster(tmp_path_factory, nodes: int):
     """slurm/local_cluster.sh on free ports in a temporary state folder: the environment that reaches it."""
     missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"SLURM not installed ({', '.join(missing)}): bash slurm/local_cluster.sh install")
+        _cannot_run(f"SLURM not installed ({', '.join(missing)}): bash slurm/local_cluster.sh install")
     if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster runs its daemons as root")
+        _cannot_run("the local SLURM cluster runs its daemons as root")
     state = tmp_path_factory.mktemp(f"slurm-{nodes}-nodes")
     env = dict(
         os.environ,

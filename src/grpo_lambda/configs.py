@@ -34,7 +34,26 @@ TRACE_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
 @dataclass
-class GRPOLambdaConfig(GRPOConfig):
+class WallTimeCheckpoints:
+    """A checkpoint at least every `save_minutes`, in both stages (grpo_lambda.callbacks.PreemptionCallback)."""
+
+    save_minutes: float | None = field(
+        default=30.0,
+        metadata={
+            "help": "Also save a checkpoint once this many minutes have passed since the last one, so that a kill "
+            "nothing can answer (SIGKILL, a node failure) loses at most this much training (plus the step under "
+            "way); null: only save_steps and stop requests save."
+        },
+    )
+
+    def __post_init__(self):
+        if self.save_minutes is not None and not self.save_minutes > 0:
+            raise GRPOLambdaError(f"save_minutes={self.save_minutes} must be positive, or null to save by steps only.")
+        super().__post_init__()
+
+
+@dataclass
+class GRPOLambdaConfig(WallTimeCheckpoints, GRPOConfig):
     """TRL's `GRPOConfig` plus the GRPO-λ fields (§3, Alg. 1–2, Table 2)."""
 
     loss_variant: LossVariant = field(
@@ -303,10 +322,15 @@ class SFTScriptArguments(DataArguments):
     """Data of the format SFT stage: worked solutions rendered in the RL stage's prompt template."""
 
 
+@dataclass
+class FormatSFTConfig(WallTimeCheckpoints, SFTConfig):
+    """TRL's `SFTConfig` plus `save_minutes`."""
+
+
 CONFIG_ERROR = "configuration error:"
 STAGES: dict[str, tuple] = {
     "grpo": (GRPOScriptArguments, GRPOLambdaConfig, ModelConfig),
-    "sft": (SFTScriptArguments, SFTConfig, ModelConfig),
+    "sft": (SFTScriptArguments, FormatSFTConfig, ModelConfig),
 }
 
 
@@ -327,7 +351,7 @@ class Settings:
     stage: str  # grpo | sft
     values: dict
     script: DataArguments
-    training: GRPOLambdaConfig | SFTConfig
+    training: GRPOLambdaConfig | FormatSFTConfig
     model: ModelConfig
 
     @property
@@ -402,8 +426,8 @@ def parse_grpo_args(argv: list[str] | None = None) -> tuple[GRPOScriptArguments,
     return parse_settings("grpo", sys.argv[1:] if argv is None else argv).parsed
 
 
-def parse_sft_args(argv: list[str] | None = None) -> tuple[SFTScriptArguments, SFTConfig, ModelConfig]:
-    """The same for the SFT stage (TRL's own `SFTConfig`: the stage adds no training fields)."""
+def parse_sft_args(argv: list[str] | None = None) -> tuple[SFTScriptArguments, FormatSFTConfig, ModelConfig]:
+    """The same for the SFT stage (TRL's `SFTConfig` plus `save_minutes`)."""
     return parse_settings("sft", sys.argv[1:] if argv is None else argv).parsed
 
 

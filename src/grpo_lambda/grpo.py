@@ -82,7 +82,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
             mark_finished(training_args.output_dir, reached)
         return 0
 
-    preemption = PreemptionCallback(Path(training_args.output_dir) / STOP_FILE)
+    preemption = PreemptionCallback(Path(training_args.output_dir) / STOP_FILE, training_args.save_minutes)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.trust_remote_code)
     with training_args.main_process_first(desc="loading the training set"):  # one download, then the cache
         train_dataset = _load_datasets(script_args)

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 from transformers import set_seed
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+from trl import ModelConfig, SFTTrainer, get_peft_config
 
-from grpo_lambda.callbacks import JsonlMetricsCallback
+from grpo_lambda.callbacks import EXIT_PREEMPTED, STOP_FILE, JsonlMetricsCallback, PreemptionCallback
 from grpo_lambda.checkpoints import AtomicCheckpoints, checkpoint_to_resume
-from grpo_lambda.configs import SFTScriptArguments, parse_sft_args
+from grpo_lambda.configs import FormatSFTConfig, SFTScriptArguments, parse_sft_args
 from grpo_lambda.data import solution_dataset
 from grpo_lambda.errors import exit_status
 from grpo_lambda.models import load_model_and_tokenizer, save_final_model
@@ -33,7 +33,7 @@ class FormatSFTTrainer(AtomicCheckpoints, SFTTrainer):
     """TRL's SFTTrainer, its checkpoints complete or absent (grpo_lambda.checkpoints)."""
 
 
-def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
+def main(script_args: SFTScriptArguments, training_args: FormatSFTConfig, model_args: ModelConfig):
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     announce_wandb(training_args.report_to, training_args.output_dir)
     set_seed(training_args.seed)
@@ -50,6 +50,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     if done is not None and (training_args.max_steps <= 0 or done >= training_args.max_steps):
         logger.warning("%s is a finished SFT run (step %s): nothing to train", training_args.output_dir, done)
         return 0
+    preemption = PreemptionCallback(Path(training_args.output_dir) / STOP_FILE, training_args.save_minutes)
     model, tokenizer = load_model_and_tokenizer(model_args)
     with training_args.main_process_first(desc="loading the training set"):  # one download, then the cache
         train_dataset = solution_dataset(
@@ -67,12 +68,15 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl")],
+        callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl"), preemption],
     )
     checkpoint = checkpoint_to_resume(training_args)
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    if preemption.preempted:
+        logger.warning("stopped at step %d on request; rerun to resume", trainer.state.global_step)
+        return EXIT_PREEMPTED
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()

@@ -1,9 +1,12 @@
-"""Where a training run reports to wandb: online when you are logged in, offline otherwise, never a login prompt.
+"""Where a training run reports to wandb: online when you are logged in and the wandb server answers, offline
+otherwise, never a login prompt.
 
 Logged in means WANDB_API_KEY is set or the netrc file (NETRC, else ~/.netrc) has an entry for the wandb server
-(WANDB_BASE_URL, default https://api.wandb.ai), which is what `wandb login` writes. A WANDB_MODE you set wins. The
-run's wandb files go to <output_dir>/wandb (WANDB_DIR, unless you set it), so an offline run is uploaded later with
-`wandb sync <output_dir>/wandb/offline-run-*`.
+(WANDB_BASE_URL, default https://api.wandb.ai), which is what `wandb login` writes. A logged-in run first asks the
+server for an answer, at most SERVER_CHECK_S seconds (through the proxies your environment names, as wandb would):
+on a GPU node without internet, wandb.init would otherwise fail with CommError after ~40 s and end the run. A
+WANDB_MODE you set wins, unchecked. The run's wandb files go to <output_dir>/wandb (WANDB_DIR, unless you set it),
+so an offline run is uploaded later, from a machine with network, with `wandb sync <output_dir>/wandb/offline-run-*`.
 
 One wandb run per training run: its id is kept in <output_dir>/wandb_run_id (WANDB_RUN_ID, with WANDB_RESUME=allow),
 so a resumed, requeued or rerun training goes on logging into the same wandb run instead of starting a new one.
@@ -11,10 +14,14 @@ so a resumed, requeued or rerun training goes on logging into the same wandb run
 
 from __future__ import annotations
 
+import http.client
 import logging
 import netrc
 import os
 import secrets
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,6 +32,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SERVER = "https://api.wandb.ai"
 DEFAULT_PROJECT = "grpo-lambda"
 RUN_ID_FILE = "wandb_run_id"
+SERVER_CHECK_S = 5.0
 
 
 def wandb_run_id(output_dir: str, environ: MutableMapping[str, str] = os.environ) -> str:
@@ -53,11 +61,36 @@ def wandb_login_source(environ: MutableMapping[str, str] = os.environ) -> str | 
     return str(path) if entry and entry[2] else None
 
 
+def wandb_server_answers(url: str, timeout_s: float = SERVER_CHECK_S) -> bool:
+    """Whether the server at `url` answers an HTTP request (any status) within `timeout_s`, name resolution
+    included (which has no timeout of its own: the request runs in a thread that is left behind if it hangs)."""
+    answered: list[bool] = []
+
+    def ask() -> None:
+        try:
+            # a new opener: its proxies are read from the environment now (urlopen's are read once per process)
+            urllib.request.build_opener().open(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+        except urllib.error.HTTPError:  # an answer: the server is there
+            pass
+        except (OSError, ValueError, http.client.HTTPException):
+            return
+        answered.append(True)
+
+    thread = threading.Thread(target=ask, name="wandb-server-check", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(answered)
+
+
 def configure_wandb(
-    report_to: list[str] | str | None, output_dir: str, environ: MutableMapping[str, str] = os.environ
+    report_to: list[str] | str | None,
+    output_dir: str,
+    environ: MutableMapping[str, str] = os.environ,
+    check_s: float = SERVER_CHECK_S,
 ) -> str:
     """Set WANDB_MODE / WANDB_DIR / WANDB_PROJECT for a run that reports to wandb and return the line that says which
-    mode it is in and how to sync ('' when the run does not report to wandb). Call it before the trainer exists."""
+    mode it is in and how to sync ('' when the run does not report to wandb). Call it before the trainer exists.
+    `check_s`: how long a logged-in run waits for the wandb server before it goes offline."""
     targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
     if "wandb" not in targets and "all" not in targets:
         return ""
@@ -73,9 +106,16 @@ def configure_wandb(
         tail = f"; {sync}" if mode == "offline" else ""
         return f"wandb: {mode} (WANDB_MODE set in your environment), {where}{tail}"
     source = wandb_login_source(environ)
-    if source:
+    server = environ.get("WANDB_BASE_URL") or DEFAULT_SERVER
+    if source and wandb_server_answers(server, check_s):
         environ["WANDB_MODE"] = "online"
         return f"wandb: online (logged in through {source}), {where}"
+    if source:
+        environ["WANDB_MODE"] = "offline"
+        return (
+            f"wandb: offline (logged in through {source}, but {server} did not answer within {check_s:g} s: no "
+            f"network on this node?), {where}; {sync}"
+        )
     environ["WANDB_MODE"] = "offline"
     return f"wandb: offline (not logged in: `wandb login` or WANDB_API_KEY for online runs), {where}; {sync}"
 
