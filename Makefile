@@ -91,7 +91,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # --workdir: relative paths in MODEL, DATASET and ARGS start where make was run ($(PWD): make -C leaves it as is)
 LAUNCH_FLAGS = --accelerate $(ACCEL) $(if $(NPROC),--num-processes $(NPROC)) $(if $(MODEL),--model "$(MODEL)") \
 	$(if $(DATASET),--dataset "$(DATASET)") $(if $(VLLM_MODE),--vllm-mode $(VLLM_MODE)) --args="$(ARGS)" \
-	$(if $(RECIPE_STYLE),--style $(RECIPE_STYLE)) \
+	$(if $(RECIPE_STYLE),--recipe-style $(RECIPE_STYLE)) \
 	--workdir "$(or $(PWD),$(CURDIR))" $(if $(DRY_RUN),--dry-run)
 METHOD_FLAGS = $(if $(LOSS_VARIANT),--loss_variant $(LOSS_VARIANT)) $(if $(TRACE_STYLE),--trace_style $(TRACE_STYLE)) \
 	$(if $(TRACE_LAMBDA),--trace_lambda $(TRACE_LAMBDA))

@@ -191,12 +191,6 @@ def _logged_steps(output_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ranks save on SIGTERM, but accelerate's simple launcher SIGKILLs them 5 s later, torch's elastic agent "
-    "30 s later (TORCH_ELASTIC_SHUTDOWN_TIMEOUT), the launcher gives SFT 30 s, and a grading pool whose worker died "
-    "of the signal never returns: launch.py and grading.py changes pending (issue 32, item 2)",
-)
 @pytest.mark.parametrize(("stage", "accelerate"), [("train", "ddp"), ("sft", "cpu")])
 def test_sigterm_to_every_process_checkpoints_the_current_step_and_the_rerun_resumes(
     tiny_model_dir, tmp_path, stage, accelerate

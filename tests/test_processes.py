@@ -63,7 +63,9 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def _supervise(tmp_path, signum: int, stop_file: bool, usr1: bool = False, obeys: bool = True, when: str = "running"):
+def _supervise(
+    tmp_path, signum: int, stop_file: bool, usr1: bool = False, obeys: bool = True, when: str = "running", twice=False
+):
     stop = tmp_path / "STOP_REQUESTED"
     argv = [str(stop) if stop_file else "-", "usr1" if usr1 else "-", "obeys" if obeys else "-", when]
     driver = subprocess.Popen(
@@ -82,6 +84,9 @@ def _supervise(tmp_path, signum: int, stop_file: bool, usr1: bool = False, obeys
         tree = _tree(driver.pid)
         started = time.monotonic()
         os.kill(driver.pid, signum)
+        if twice:  # as `kill -TERM -<make's group>` does: make forwards it to the command that got it already
+            time.sleep(0.3)
+            os.kill(driver.pid, signum)
         out, err = driver.communicate(timeout=60)
         return driver.returncode, out, err, tree, time.monotonic() - started, stop
     finally:
@@ -122,3 +127,11 @@ def test_a_signal_before_any_tree_runs_stops_the_helpers(tmp_path):
     code, out, _, tree, _, _ = _supervise(tmp_path, signal.SIGTERM, stop_file=True, when="before")
     assert code == 1 and "before the training started; nothing to save" in out
     assert len(tree) >= 2 and not _alive(tree)
+
+
+def test_a_signal_repeated_at_once_is_one_request(tmp_path):
+    """Issue 34: SIGTERM to make's process group reached the launcher directly and again from make, and the second
+    copy skipped the promised checkpoint. A repeat within 3 s is the same request; a later one stops at once."""
+    code, out, err, tree, _, stop = _supervise(tmp_path, signal.SIGTERM, stop_file=True, obeys=True, twice=True)
+    assert "status 75" in out and stop.exists() and "stopping the training" not in err, out + err
+    assert not _alive(tree)

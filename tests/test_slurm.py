@@ -236,7 +236,7 @@ def test_stop_file_stops_after_the_step_and_a_rerun_forgets_it(tmp_path):
     from grpo_lambda.callbacks import STOP_FILE, PreemptionCallback
 
     stop_file = tmp_path / STOP_FILE
-    previous = signal.getsignal(signal.SIGUSR1)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGUSR1, signal.SIGTERM)}
     try:
         callback = PreemptionCallback(stop_file)
         state = SimpleNamespace(is_world_process_zero=True, global_step=3)
@@ -252,7 +252,8 @@ def test_stop_file_stops_after_the_step_and_a_rerun_forgets_it(tmp_path):
         control = rerun.on_step_end(None, state, TrainerControl())
         assert not (control.should_training_stop or rerun.preempted)
     finally:
-        signal.signal(signal.SIGUSR1, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -12,19 +12,39 @@ import atexit
 import functools
 import multiprocessing
 from collections.abc import Callable
-from multiprocessing.pool import Pool
 
 
 def _start_worker(warm_up: Callable[[], None] | None) -> None:
     """Warm up before any item is timed: import math-verify and sympy and run a check once, then the caller's
     `warm_up` (a cold first parse takes seconds, enough to trip the paper grade's 1-second bounds), and silence
-    math-verify's warning that signal-based timeouts are off (the pool bounds the time instead)."""
+    math-verify's warning that signal-based timeouts are off (the caller bounds the time instead)."""
     import logging
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     grade_one("\\frac{1}{2}", ["0.5"])
     if warm_up is not None:
         warm_up()
+
+
+def _serve(connection, warm_up: Callable[[], None] | None) -> None:
+    """The worker: (check, args) in, (ok, verdict) out, until the grader closes its end. SIGTERM is ignored: a
+    scheduler's SIGTERM reaches every process of a job, and the rank grading the step that it checkpoints on that
+    signal still needs its answers; the Grader ends the worker with SIGKILL or by closing the pipe."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _start_worker(warm_up)
+    connection.send((True, None))
+    while True:
+        try:
+            check, args = connection.recv()
+        except EOFError:
+            return
+        try:
+            connection.send((True, check(*args)))
+        except Exception as error:  # noqa: BLE001 - a grader failing on an odd string is a wrong answer
+            connection.send((False, repr(error)))
 
 
 def _context():
@@ -76,21 +96,31 @@ class Grader:
     def __init__(self, timeout_s: float = 5.0, warm_up: Callable[[], None] | None = None):
         self.timeout_s = timeout_s
         self.warm_up = warm_up
-        self._pool: Pool | None = None
+        self._worker: tuple | None = None  # (process, connection)
         self.timeouts = 0
 
-    def _worker(self) -> Pool:
-        if self._pool is None:
-            self._pool = _context().Pool(processes=1, initializer=_start_worker, initargs=(self.warm_up,))
-            self._pool.apply(len, ((),))  # wait for the worker to start: start-up is not grading time
+    def _started(self) -> tuple:
+        """A process and its end of a pipe: no lock shared with it, so killing it at any moment leaves nothing held
+        (a multiprocessing.Pool whose worker died while waiting for work left its queue lock held for ever)."""
+        if self._worker is None:
+            mine, theirs = _context().Pipe()
+            process = _context().Process(target=_serve, args=(theirs, self.warm_up), daemon=True)
+            process.start()
+            theirs.close()
+            mine.recv()  # started and warmed up: start-up is not grading time
+            self._worker = (process, mine)
             atexit.register(self._restart)  # stop the worker before the interpreter tears its modules down
-        return self._pool
+        return self._worker
 
-    def _restart(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+    def _restart(self, at_once: bool = False) -> None:
+        if self._worker is not None:
+            process, connection = self._worker
+            self._worker = None
+            connection.close()  # an idle worker ends on it
+            process.join(0 if at_once else 1.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
     def __call__(
         self,
@@ -100,15 +130,18 @@ class Grader:
     ) -> list[bool | None]:
         results: list[bool | None] = []
         for predicted, golds in items:
-            pending = self._worker().apply_async(check, (predicted, golds))
             try:
-                results.append(bool(pending.get(timeout=timeout_s or self.timeout_s)))
-            except multiprocessing.TimeoutError:
-                self.timeouts += 1
-                results.append(None)
-                self._restart()
-            except Exception:  # a grader failing on an odd string is a wrong answer, not a crashed run
-                results.append(False)
+                process, connection = self._started()
+                connection.send((check, (predicted, golds)))
+                if connection.poll(timeout_s or self.timeout_s):
+                    ok, verdict = connection.recv()
+                    results.append(bool(verdict) if ok else False)
+                    continue
+            except (EOFError, OSError):  # the worker died (a SIGKILL): a timeout for this item, a new worker
+                pass
+            self.timeouts += 1
+            results.append(None)
+            self._restart(at_once=True)
         return results
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ import tempfile
 from pathlib import Path
 
 from grpo_lambda.errors import EXIT_FILE_VARIABLE, GRPOLambdaError, exit_status
-from grpo_lambda.jobs.processes import Supervisor, guard_process_tree
+from grpo_lambda.jobs.processes import STEP_GRACE_S, Supervisor, guard_process_tree
 from grpo_lambda.layout import (
     EMBEDDED_PREFIX,
     SETTINGS_RECORD,
@@ -423,7 +423,7 @@ def _ignored_options(args: argparse.Namespace) -> None:
         raise GRPOLambdaError("--num-machines > 1 needs --main-process-ip (the first training node).")
     if args.vllm_mode and args.stage == "sft":
         raise GRPOLambdaError("VLLM_MODE applies to `make train` (GRPO generates), not to SFT: drop it.")
-    if args.style not in (None, "paper") and args.stage == "sft":
+    if args.recipe_style not in (None, "paper") and args.stage == "sft":
         raise GRPOLambdaError("RECIPE_STYLE applies to `make train` (the RL stage), not to SFT: drop it.")
 
 
@@ -489,7 +489,7 @@ def plan(args: argparse.Namespace, root: Path) -> Plan:
         on_top.update(use_vllm=True, vllm_mode=args.vllm_mode)
     if not gpus:
         on_top["use_cpu"] = True
-    style = None if args.style in (None, "paper") else args.style
+    style = None if args.recipe_style in (None, "paper") else args.recipe_style
     recipe_values = {**with_paths(read_recipe(recipe), root), **style_values(root, style)}
     yours = {
         **with_paths(_overrides(args.overrides), workdir),
@@ -618,7 +618,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--accelerate", default="auto", choices=ACCELERATE_CONFIGS)
     parser.add_argument("--num-processes", type=int, default=None, help="Processes per machine (default: GPUs, or 1).")
     parser.add_argument("--vllm-mode", default=None, choices=("colocate", "server"))
-    parser.add_argument("--style", default=None, help="A recipe style over the recipe (recipes/styles/), e.g. dapo.")
+    parser.add_argument("--recipe-style", default=None, help="A recipe style over the recipe (recipes/styles/), e.g. dapo.")
     parser.add_argument("--args", default="", help="Extra trainer flags, e.g. '--learning_rate 2e-6'.")
     parser.add_argument("--overrides", default="", help="Settings on top of the recipe, as a JSON mapping (sweeps).")
     parser.add_argument("--num-machines", type=int, default=1, help="Training nodes of a multi-node run.")
@@ -657,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"settings: {record}", flush=True)
     guard_process_tree()
     output_dir = Path(settings.training.output_dir)
-    stop_file = output_dir / STOP_FILE if settings.stage == "grpo" else None  # SFT has no checkpoint-on-request
+    stop_file = output_dir / STOP_FILE  # both stages checkpoint and stop on it (callbacks.PreemptionCallback)
+    # A stop must reach the ranks' checkpoint: torch's elastic agent (several processes) SIGKILLs them 30 s after a
+    # SIGTERM unless told to wait as long as we do; accelerate's simple launcher (one process) SIGKILLs its rank 5 s
+    # after one, so one process runs as that launcher would run it, without it.
+    command, launcher_env = without_simple_launcher(planned.command)
     with tempfile.TemporaryDirectory(prefix="grpo_lambda-") as scratch, Supervisor() as supervisor:
         exit_file = Path(scratch) / "exits.jsonl"
         if planned.server:
@@ -666,10 +670,27 @@ def main(argv: list[str] | None = None) -> int:
             process = supervisor.start(server.command, root, {**os.environ, **server.env}, server.log)
             wait_for_vllm_server(server.url, server.timeout_s, process, str(server.log))
             print(f"vLLM server: up at {server.url}", flush=True)
-        env = {**os.environ, **planned.env, EXIT_FILE_VARIABLE: str(exit_file)}
-        status = supervisor.run(planned.command, root, env, stop_file)
+        env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(STEP_GRACE_S)), **launcher_env}
+        env.update({**planned.env, EXIT_FILE_VARIABLE: str(exit_file)})
+        status = supervisor.run(command, root, env, stop_file)
         exits = [json.loads(line) for line in exit_file.read_text().splitlines()] if exit_file.is_file() else []
     return _outcome(status, exits, supervisor.received, output_dir)
+
+
+def without_simple_launcher(command: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The accelerate command unchanged where it runs its ranks under torch's elastic agent (several processes, or
+    DeepSpeed); where it would use its simple launcher (one process), the rank's own command and the environment
+    that launcher gives it (accelerate's own prepare_simple_launcher_cmd_env)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(command[3:]))
+    if not args.cpu and (args.use_deepspeed or args.multi_gpu or args.use_fsdp):
+        return command, {}
+    if args.cpu and args.num_processes and args.num_processes > 1:
+        return command, {}
+    rank_command, env = prepare_simple_launcher_cmd_env(args)
+    return rank_command, {key: value for key, value in env.items() if os.environ.get(key) != value}
 
 
 def _outcome(status: int, exits: list[dict], received: list[int], output_dir: Path) -> int:

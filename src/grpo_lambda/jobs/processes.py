@@ -11,7 +11,8 @@ evaluation, a sweep task's stages. Nothing it starts outlives it, and a stop req
    checkpoint at the end of the current step and exit with 75, and the same command resumes. The supervisor waits
    for that at most STEP_GRACE_S, 10 minutes (a step of a 7B model with 3 000-token completions, then its
    checkpoint, take minutes; a scheduler that will not wait that long sends SIGKILL to every process anyway), then
-   sends SIGTERM to the whole group; a second signal skips the wait. A tree without a stop request (SFT, an
+   sends SIGTERM to the whole group; a second signal, REPEAT_S (3 s) or more after the first, skips the wait (a
+   SIGTERM to a process group reaches the command twice, directly and from a parent such as make). A tree without a stop request (SFT, an
    evaluation, whose samples are on disk) gets SIGTERM at once. A signal while no tree runs (a server starting)
    stops the command (`Stopped`).
 3. A group still alive KILL_GRACE_S after its SIGTERM gets SIGKILL (30 s: SLURM's default KillWait). Helper trees
@@ -38,6 +39,7 @@ from grpo_lambda.errors import GRPOLambdaError
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STEP_GRACE_S = 600.0  # a step of a 7B model and its checkpoint take minutes
 KILL_GRACE_S = 30.0
+REPEAT_S = 3.0  # a signal this soon after the first is the same request (point 2)
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _POLL_S = 0.5
@@ -125,6 +127,7 @@ class Supervisor:
         self.step_grace_s = step_grace_s
         self.kill_grace_s = kill_grace_s
         self.received: list[int] = []
+        self._arrived: list[float] = []  # when each of `received` arrived (time.monotonic)
         self.child: subprocess.Popen | None = None
         self.helpers: list[subprocess.Popen] = []
         self._previous: dict[int, object] = {}
@@ -143,6 +146,7 @@ class Supervisor:
 
     def _on_signal(self, signum, frame) -> None:
         self.received.append(signum)
+        self._arrived.append(time.monotonic())
         if self.child is None:
             raise Stopped(f"stopped by {signal.Signals(signum).name} before the training started; nothing to save.")
 
@@ -174,7 +178,7 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     pass
                 now = time.monotonic()
-                fresh, handled = self.received[handled:], len(self.received)
+                fresh, handled = self._fresh(handled), len(self.received)
                 if fresh and phase == "running" and stop_file is not None:
                     name = signal.Signals(fresh[0]).name
                     self._say(
@@ -199,6 +203,17 @@ class Supervisor:
         finally:
             self._end_group(group)
             self.child = None
+
+    def _fresh(self, handled: int) -> list[int]:
+        """The signals received since `handled`, less repeats within REPEAT_S of the first signal: a SIGTERM to a
+        whole process group reaches the command twice (directly, and forwarded by `make` or a parent that dies on
+        it), which must not count as the second signal that skips the checkpoint."""
+        first = self._arrived[0] if self._arrived else 0.0
+        return [
+            signum
+            for signum, at in zip(self.received[handled:], self._arrived[handled:], strict=True)
+            if at == first or at - first >= REPEAT_S
+        ]
 
     def _end_group(self, group: int, leader: subprocess.Popen | None = None) -> None:
         """Nothing of a tree's group outlives it (a grading worker whose rank was killed, a server's engine);

@@ -295,7 +295,7 @@ class Runner:
             self.slurm["accelerate"],
             "--overrides",
             json.dumps(everything),
-            *(["--style", self.run.style] if self.run.style else []),
+            *(["--recipe-style", self.run.style] if self.run.style else []),
         ]
 
     def training_commands(self) -> list[list[str]]:
