@@ -40,10 +40,30 @@ def fully_written(folder) -> bool:
 
 def write_checkpoint(folder, step: int | None) -> None:
     """A checkpoint folder as a save leaves it: with its trainer state (complete), or interrupted before it."""
+    import torch
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"weights")
+    save_file({"weight": torch.ones(64)}, str(folder / "model.safetensors"))
+    (folder / "optimizer.pt").write_bytes(b"optimizer state")
     if step is not None:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+
+def test_a_checkpoint_is_complete_by_its_files(tmp_path, caplog):
+    """Issue 34: a checkpoint whose model file was truncated, or whose optimizer state was gone, was resumed from (a
+    traceback, or silently a fresh optimizer). Its files are now checked, not only trainer_state.json."""
+    write_checkpoint(tmp_path / "checkpoint-2", step=2)
+    write_checkpoint(tmp_path / "checkpoint-4", step=4)
+    write_checkpoint(tmp_path / "checkpoint-6", step=6)
+    weights = tmp_path / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # cut mid-write
+    (tmp_path / "checkpoint-4" / "optimizer.pt").unlink()
+    with caplog.at_level(logging.WARNING, logger="grpo_lambda.checkpoints"):
+        assert checkpoint_to_resume(resume_args(tmp_path)) == str(tmp_path / "checkpoint-2")
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    assert "checkpoint-6 is incomplete (model.safetensors cut short)" in warned
+    assert "checkpoint-4 is incomplete (no optimizer state)" in warned
 
 
 def resume_args(output_dir, resume_from_checkpoint=None, should_save: bool = True) -> SimpleNamespace:

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from grpo_lambda.jobs.launch import free_port, vllm_server_command
-from grpo_lambda.jobs.processes import Supervisor
+from grpo_lambda.processes import Supervisor
 from grpo_lambda.vllm_server import wait_for_vllm_server
 from run_observed import (
     LOGP_DIFFERENCE,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from grpo_lambda.jobs.processes import KILL_GRACE_S, STEP_GRACE_S, descendants
 from grpo_lambda.preemption import EXIT_PREEMPTED
+from grpo_lambda.processes import KILL_GRACE_S, STEP_GRACE_S, descendants
 
 STARTUP_S = 600  # accelerate, the trainer's imports and the first step on a loaded 2-core machine
 
@@ -167,6 +167,38 @@ def test_a_launcher_stopped_while_its_vllm_server_starts_leaves_no_process(tiny_
             time.sleep(0.2)
         status, tree = _stop_and_check(top, log)
         assert tree and status != 0 and "nothing to save" in log.read_text(), log.read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(top.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_command_leaves_no_trainer_running_on_and_no_second_one_in_its_folder(tiny_model_dir, tmp_path):
+    """Issue 34: SIGKILL to make's process group left the trainer (its own group, re-parented to init) training on,
+    and an immediate rerun ran a second trainer in the same folder (steps logged twice). Now the training's tree ends
+    with its command (parent-death signal: it checkpoints the step under way and stops) and holds the folder's lock
+    until it has: the immediate rerun stops in one line, a later one resumes with every step logged once."""
+    output_dir, log = tmp_path / "run", tmp_path / "launch.log"
+    command = _training(tiny_model_dir, output_dir)
+    with log.open("w") as stream:
+        top = subprocess.Popen(command, cwd=REPO_ROOT, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_training(top, output_dir, log)
+        tree = {pid: _start_time(pid) for pid in descendants(top.pid)}
+        os.killpg(top.pid, signal.SIGKILL)  # make's group: make and the launcher, not the training's own group
+        top.wait()
+        again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=STARTUP_S)
+        assert again.returncode == 1 and "is in use by another training" in again.stderr.splitlines()[-1], again.stderr
+        deadline = time.monotonic() + STEP_GRACE_S
+        while (
+            any(_start_time(pid) == started for pid, started in tree.items() if started)
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+        assert not [pid for pid, started in tree.items() if started and _start_time(pid) == started]
+        assert list(output_dir.glob("checkpoint-*")), log.read_text()[-3000:]  # saved on its parent's death
+        steps = [json.loads(line)["step"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+        assert len(steps) == len(set(steps)), steps  # one trainer wrote
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(top.pid, signal.SIGKILL)

@@ -21,7 +21,7 @@ from grpo_lambda.callbacks import EXIT_PREEMPTED, STOP_FILE, PreemptionCallback
 from grpo_lambda.checkpoints import checkpoint_state
 from grpo_lambda.configs import GRPOLambdaConfig
 from grpo_lambda.data import arithmetic_dataset, to_prompts
-from grpo_lambda.jobs.processes import KILL_GRACE_S, STEP_GRACE_S, descendants
+from grpo_lambda.processes import KILL_GRACE_S, STEP_GRACE_S, descendants
 from grpo_lambda.trainer import GRPOLambdaTrainer
 
 

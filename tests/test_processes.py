@@ -1,4 +1,4 @@
-"""The one supervisor of every process tree (grpo_lambda.jobs.processes.Supervisor), as the launcher (trainers and a
+"""The one supervisor of every process tree (grpo_lambda.processes.Supervisor), as the launcher (trainers and a
 vLLM server), the sweep runner (a training, then an evaluation, on SLURM's SIGUSR1) and a server start use it: a
 signal asks a training to checkpoint through its stop file, stops anything else at once, and leaves no process of any
 tree behind — a child that ignores SIGTERM included. A driver script stands for the command; its trees are shells."""
@@ -24,7 +24,7 @@ DRIVER = textwrap.dedent(
     """
     import signal, sys
     from pathlib import Path
-    from grpo_lambda.jobs.processes import Supervisor, Stopped
+    from grpo_lambda.processes import Supervisor, Stopped
     stop_file = Path(sys.argv[1]) if sys.argv[1] != "-" else None
     extra = (signal.SIGUSR1,) if sys.argv[2] == "usr1" else ()
     obeys = sys.argv[3] == "obeys"
@@ -46,7 +46,7 @@ DRIVER = textwrap.dedent(
 
 
 def _tree(pid: int) -> set[int]:
-    from grpo_lambda.jobs.processes import descendants
+    from grpo_lambda.processes import descendants
 
     return set(descendants(pid))
 

@@ -10,9 +10,9 @@ Why a rename rather than a completeness marker written after the save: transform
 kill there would leave no complete checkpoint at all. With the rename, old checkpoints are deleted only once the new
 one is in place.
 
-A `checkpoint-N` folder is complete when its `trainer_state.json` reads (`checkpoint_state`): every one this module
-renames into place is; for folders written otherwise (before this module, or by hand) it is the file transformers
-writes last, after the model, optimizer, scheduler and RNG states.
+A `checkpoint-N` folder is complete when its files are (`checkpoint_problem`): a readable trainer state (the file
+transformers writes last), model weights whole, and the optimizer's state. Every one this module renames into place
+is; a folder damaged since (a truncated weights file, a deleted optimizer state) is not resumed from.
 """
 
 from __future__ import annotations
@@ -55,6 +55,41 @@ def checkpoint_state(folder: str | os.PathLike) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
+def _cut_short(path: Path) -> bool:
+    """Whether a safetensors file is shorter than its own header says (a kill or a full disk mid-write)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as stream:
+            length = int.from_bytes(stream.read(8), "little")
+            if size < 8 + length:
+                return True
+            header = json.loads(stream.read(length))
+    except (OSError, ValueError):
+        return True
+    ends = [value["data_offsets"][1] for key, value in header.items() if key != "__metadata__"]
+    return size < 8 + length + max(ends, default=0)
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` is not a complete checkpoint, or None: checked by its files, as a resume needs them — a readable
+    trainer state, model weights whole (a safetensors file shorter than its header says was cut mid-write), and the
+    optimizer's state (optimizer.pt, or DeepSpeed's global_step*/ shards): without it a resume would go on with a
+    fresh optimizer."""
+    folder = Path(folder)
+    if checkpoint_state(folder) is None:
+        return f"no readable {TRAINER_STATE}"
+    shards = list(folder.glob("global_step*/*.pt"))
+    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin"), *(p for p in shards if "model_states" in p.name)]
+    if not weights:
+        return "no model weights"
+    cut = [p.name for p in folder.glob("*.safetensors") if _cut_short(p)]
+    if cut:
+        return f"{cut[0]} cut short"
+    if not (folder / "optimizer.pt").is_file() and not any("optim_states" in p.name for p in shards):
+        return "no optimizer state"
+    return None
+
+
 def checkpoint_to_resume(training_args) -> str | None:
     """The checkpoint a run resumes from: `resume_from_checkpoint` if set (refused unless complete), else the newest
     complete `checkpoint-N` in `output_dir`, else None.
@@ -66,11 +101,12 @@ def checkpoint_to_resume(training_args) -> str | None:
     """
     explicit = training_args.resume_from_checkpoint
     if explicit is not None:
-        if checkpoint_state(explicit) is None:
+        problem = checkpoint_problem(explicit)
+        if problem is not None:
             raise GRPOLambdaError(
-                f"resume_from_checkpoint={explicit} is not a complete checkpoint (no readable {TRAINER_STATE}: its "
-                "save was interrupted); name a complete one, or leave it unset to resume from the newest complete "
-                "checkpoint in output_dir."
+                f"resume_from_checkpoint={explicit} is not a complete checkpoint ({problem}: its save was "
+                "interrupted or the folder damaged); name a complete one, or leave it unset to resume from the newest "
+                "complete checkpoint in output_dir."
             )
         return explicit
     output_dir = Path(training_args.output_dir)
@@ -83,19 +119,15 @@ def checkpoint_to_resume(training_args) -> str | None:
             steps[int(match.group(1))] = entry
     chosen, skipped = None, []
     for step in sorted(steps, reverse=True):
-        if checkpoint_state(steps[step]) is not None:
+        problem = checkpoint_problem(steps[step])
+        if problem is None:
             chosen = steps[step]
             break
-        skipped.append(steps[step])
+        skipped.append((steps[step], problem))
     if training_args.should_save:
         resumed = chosen if chosen is not None else "step 0 (no complete checkpoint)"
-        for folder in skipped:
-            logger.warning(
-                "%s is incomplete (no readable %s: its save was interrupted); removed it, resuming from %s",
-                folder,
-                TRAINER_STATE,
-                resumed,
-            )
+        for folder, problem in skipped:
+            logger.warning("%s is incomplete (%s); removed it, resuming from %s", folder, problem, resumed)
             shutil.rmtree(folder)
         for entry in output_dir.iterdir():
             if _STAGING.match(entry.name) and entry.is_dir():

@@ -97,3 +97,27 @@ def replace_file(path: Path, text: str) -> None:
 def replace_jsonl(path: Path, records: list[dict]) -> None:
     """The store rewritten whole with `records` (replace_file)."""
     replace_file(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
+LOCK = ".grpo_lambda.lock"  # in an output folder a command writes (training, evaluation)
+
+
+def hold_folder(folder: Path, what: str) -> int:
+    """An exclusive lock on the output folder `folder` (flock on its LOCK file), or GRPOLambdaError in one line when
+    another command holds it. Returns the open descriptor: the lock lasts until every process holding it (the
+    command and the children it is passed to) has exited, a SIGKILL included, so two commands never write one
+    folder, even where a killed command's trainers still finish their step."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise GRPOLambdaError(
+            f"{folder} is in use by another {what} (it holds {folder / LOCK}): wait for it to end or stop it; a "
+            "command killed with SIGKILL may leave its trainers finishing their step for a while."
+        ) from None
+    return descriptor

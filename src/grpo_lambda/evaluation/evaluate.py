@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import signal
 import statistics
 import sys
 import time
@@ -51,7 +53,8 @@ from grpo_lambda.evaluation.store import (
 from grpo_lambda.evaluation.suite import load_suite
 from grpo_lambda.grading import Grader
 from grpo_lambda.inputs import check_model, check_output_folder
-from grpo_lambda.records import replace_file
+from grpo_lambda.processes import Supervisor
+from grpo_lambda.records import hold_folder, replace_file
 from grpo_lambda.templates import R1_STOP, TEMPLATES
 
 logger = logging.getLogger(__name__)
@@ -212,7 +215,7 @@ def _drawn(sampling: dict | None) -> str:
     return f"with temperature {sampling['temperature']}, top_p {sampling['top_p']}, seed {sampling['seed']}"
 
 
-def evaluate(config: EvalConfig, backend=None) -> dict:
+def evaluate(config: EvalConfig, backend=None, folder_held: bool = False) -> dict:
     """Generate what `samples.jsonl` lacks, grade each sample as it finishes, write `results.json`. `backend`: an
     already started backend (else one is made from the config). With config.samples = k, problem i has samples
     0..k-1, each a request of its own; a rerun with a larger k adds the samples it lacks."""
@@ -222,7 +225,15 @@ def evaluate(config: EvalConfig, backend=None) -> dict:
         logger.info("template %s (%s)", template, reason)
         config = dataclasses.replace(config, template=template)
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = None if folder_held else hold_folder(output_dir, "evaluation")  # else the command holds it
+    try:
+        return _evaluate(config, backend, output_dir)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
     samples_path = output_dir / "samples.jsonl"
     every = load_suite(config.suite, config.benchmarks)
     items = every if config.limit is None else [item for item in every if item["index"] < config.limit]
@@ -431,19 +442,34 @@ def report(results: dict, path: Path) -> str:
     return "\n".join([*lines, f"results: {path}"])
 
 
-def main(argv: list[str] | None = None) -> None:
+WORKER = "GRPO_LAMBDA_EVALUATION_WORKER"  # set in the process that runs the engine, under the command's supervisor
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    """The command: checks its inputs in seconds, holds the output folder (records.hold_folder: one evaluation per
+    folder) and runs the evaluation in a child process tree under grpo_lambda.processes.Supervisor, so that the
+    engine's own processes (vLLM's EngineCore) end with it, however either is killed: a SIGKILLed child's group is
+    stopped by the command, and a child whose command died stops its group itself."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--regrade" in argv:
         request = parse_config(argv, RegradeConfig)
         results = regrade(request.regrade, request.template, request.suite, request.grading_timeout_s)
         print(report(results, Path(request.regrade) / "results.json"))
-        return
+        return 0
     config = parse_config(argv)
+    if os.environ.get(WORKER) == config.output_dir:
+        signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))  # this tree, engine included
+        results = evaluate(config, folder_held=True)
+        print(report(results, Path(config.output_dir) / "results.json"))
+        return 0
     check_model(config.model, "MODEL")  # one line in seconds, before vLLM or transformers load anything
     check_output_folder(config.output_dir, "OUTPUT")
-    results = evaluate(config)
-    print(report(results, Path(config.output_dir) / "results.json"))
+    lock = hold_folder(Path(config.output_dir), "evaluation")
+    command = [sys.executable, "-m", "grpo_lambda.evaluation.evaluate", *argv, "--output_dir", config.output_dir]
+    with Supervisor() as supervisor:
+        status = supervisor.run(command, env={**os.environ, WORKER: config.output_dir}, pass_fds=(lock,))
+    return 128 - status if status < 0 else status
 
 
 if __name__ == "__main__":

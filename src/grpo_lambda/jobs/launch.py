@@ -31,7 +31,7 @@ Relative paths the user gives (MODEL, DATASET, path-valued ARGS) start in the fo
 (`--workdir`; make passes its caller's); a recipe's own relative paths (data/...) start in the repository root.
 
 Before anything starts, in seconds after the parse: the model, the training set, the output folder. Processes and
-signals: grpo_lambda.jobs.processes (a SIGTERM, SIGINT or SIGHUP checkpoints at the end of the step and stops).
+signals: grpo_lambda.processes (a SIGTERM, SIGINT or SIGHUP checkpoints at the end of the step and stops).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ import tempfile
 from pathlib import Path
 
 from grpo_lambda.errors import EXIT_FILE_VARIABLE, GRPOLambdaError, exit_status
-from grpo_lambda.jobs.processes import STEP_GRACE_S, Supervisor, guard_process_tree
 from grpo_lambda.layout import (
     EMBEDDED_PREFIX,
     SETTINGS_RECORD,
@@ -62,6 +61,8 @@ from grpo_lambda.layout import (
 )
 from grpo_lambda.methods import LOSS_VARIANTS, TRACE_STYLES, Method, RunFolder, SFTFolder, dataset_tail
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
+from grpo_lambda.processes import STEP_GRACE_S, Supervisor, guard_process_tree
+from grpo_lambda.records import hold_folder
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
 ACCELERATE_CONFIGS = ("auto", "cpu", "ddp", "zero2", "zero3")
@@ -618,7 +619,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--accelerate", default="auto", choices=ACCELERATE_CONFIGS)
     parser.add_argument("--num-processes", type=int, default=None, help="Processes per machine (default: GPUs, or 1).")
     parser.add_argument("--vllm-mode", default=None, choices=("colocate", "server"))
-    parser.add_argument("--recipe-style", default=None, help="A recipe style over the recipe (recipes/styles/), e.g. dapo.")
+    parser.add_argument(
+        "--recipe-style", default=None, help="A recipe style over the recipe (recipes/styles/), e.g. dapo."
+    )
     parser.add_argument("--args", default="", help="Extra trainer flags, e.g. '--learning_rate 2e-6'.")
     parser.add_argument("--overrides", default="", help="Settings on top of the recipe, as a JSON mapping (sweeps).")
     parser.add_argument("--num-machines", type=int, default=1, help="Training nodes of a multi-node run.")
@@ -653,10 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"settings ({record}, written when the run starts):\n" + settings.text().rstrip(), flush=True)
         return 0
+    output_dir = Path(settings.training.output_dir)
+    lock = hold_folder(output_dir, "training")  # held by the training's tree too: no second command in the folder
     record_settings(settings)
     print(f"settings: {record}", flush=True)
     guard_process_tree()
-    output_dir = Path(settings.training.output_dir)
     stop_file = output_dir / STOP_FILE  # both stages checkpoint and stop on it (callbacks.PreemptionCallback)
     # A stop must reach the ranks' checkpoint: torch's elastic agent (several processes) SIGKILLs them 30 s after a
     # SIGTERM unless told to wait as long as we do; accelerate's simple launcher (one process) SIGKILLs its rank 5 s
@@ -672,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vLLM server: up at {server.url}", flush=True)
         env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(STEP_GRACE_S)), **launcher_env}
         env.update({**planned.env, EXIT_FILE_VARIABLE: str(exit_file)})
-        status = supervisor.run(command, root, env, stop_file)
+        status = supervisor.run(command, root, env, stop_file, pass_fds=(lock,))
         exits = [json.loads(line) for line in exit_file.read_text().splitlines()] if exit_file.is_file() else []
     return _outcome(status, exits, supervisor.received, output_dir)
 

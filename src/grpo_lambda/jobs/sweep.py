@@ -19,7 +19,7 @@ queue. Cluster policy (`slurm:` account, partition, qos, constraint, time, sbatc
 reaches every job the sweep submits. `hf_home:` sets HF_HOME for the sweep's jobs (jobs.download fills it).
 
 Preemption: the jobs ask SLURM for SIGUSR1 `signal_seconds` before their time limit and are requeue-able. The runner
-(the batch shell itself, through exec) runs its stages under jobs.processes.Supervisor: the signal creates <run
+(the batch shell itself, through exec) runs its stages under grpo_lambda.processes.Supervisor: the signal creates <run
 dir>/STOP_REQUESTED, the trainers save a checkpoint at the end of the step and exit, the task requeues itself
 (`scontrol requeue`) and resumes from that checkpoint; an evaluation is stopped and resumes from its samples.jsonl.
 """
@@ -48,11 +48,11 @@ import yaml
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.config import EvalConfig, as_flags, check_fields, given_fields
 from grpo_lambda.jobs.launch import style_values, vllm_server_command
-from grpo_lambda.jobs.processes import FORWARDED, Stopped, Supervisor, guard_process_tree
 from grpo_lambda.jobs.recipes import expand_grid, load_grid
 from grpo_lambda.layout import repo_root
 from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
+from grpo_lambda.processes import FORWARDED, Stopped, Supervisor, guard_process_tree
 from grpo_lambda.records import append_jsonl, read_jsonl, replace_file
 from grpo_lambda.reruns import final_step
 from grpo_lambda.vllm_server import wait_for_vllm_server

@@ -60,6 +60,12 @@ def guard_process_tree() -> None:
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
+def _end_with_parent() -> None:
+    """In a child before it runs: SIGTERM when its parent dies, so that a tree whose command was SIGKILLed stops
+    (a training checkpoints on it) instead of running on unobserved, re-parented to init."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _children(pid: int, recursive: bool = True) -> list:
     try:
         return psutil.Process(pid).children(recursive=recursive)
@@ -161,15 +167,31 @@ class Supervisor:
             log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") if log is not None else contextlib.nullcontext() as stream:
             helper = subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=stream, stderr=subprocess.STDOUT if stream else None, process_group=0
+                command,
+                cwd=cwd,
+                env=env,
+                stdout=stream,
+                stderr=subprocess.STDOUT if stream else None,
+                process_group=0,
+                preexec_fn=_end_with_parent,
             )
         self.helpers.append(helper)
         return helper
 
-    def run(self, command: list[str], cwd: Path | None = None, env: dict | None = None, stop_file: Path | None = None):
+    def run(
+        self,
+        command: list[str],
+        cwd: Path | None = None,
+        env: dict | None = None,
+        stop_file: Path | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ):
         """The exit status of `command`'s tree once it and every process of its group have ended; a signal meanwhile
-        asks it to stop through `stop_file` (a training's), else stops it at once (point 2)."""
-        self.child = subprocess.Popen(command, cwd=cwd, env=env, process_group=0)
+        asks it to stop through `stop_file` (a training's), else stops it at once (point 2). `pass_fds`: descriptors
+        the tree keeps (an output folder's lock, records.hold_folder: held while any of the tree lives)."""
+        self.child = subprocess.Popen(
+            command, cwd=cwd, env=env, process_group=0, pass_fds=pass_fds, preexec_fn=_end_with_parent
+        )
         group, phase, deadline, handled = self.child.pid, "running", None, len(self.received)
         try:
             while True:
