@@ -31,7 +31,7 @@ def test_a_sigkilled_vllm_evaluation_leaves_no_engine_behind(tiny_model_dir, tmp
     from test_launch_signals import _start_time
 
     command = [sys.executable, "-m", "grpo_lambda.evaluation.evaluate", "--model", str(tiny_model_dir)]
-    command += ["--benchmarks", "math", "--limit", "200", "--max_new_tokens", "256", "--max_model_len", "512"]
+    command += ["--benchmarks", "arithmetic", "--limit", "200", "--max_new_tokens", "256", "--max_model_len", "1024"]
     command += ["--dtype", "float32", "--template", "no", "--output_dir", str(tmp_path / "eval")]
     log = tmp_path / "eval.log"
     with log.open("w") as stream:

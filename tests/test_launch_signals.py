@@ -177,11 +177,20 @@ def test_a_sigkilled_command_leaves_no_trainer_running_on_and_no_second_one_in_i
     """Issue 34: SIGKILL to make's process group left the trainer (its own group, re-parented to init) training on,
     and an immediate rerun ran a second trainer in the same folder (steps logged twice). Now the training's tree ends
     with its command (parent-death signal: it checkpoints the step under way and stops) and holds the folder's lock
-    until it has: the immediate rerun stops in one line, a later one resumes with every step logged once."""
-    output_dir, log = tmp_path / "run", tmp_path / "launch.log"
+    until it has: a rerun meanwhile stops in one line, a later one resumes with every step logged once. The
+    checkpoint is slowed (as a large model's is) so that the rerun comes while the tree still saves."""
+    from test_preemption import SLOW_SAVES
+
+    output_dir, log, site = tmp_path / "run", tmp_path / "launch.log", tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_SAVES)
+    pythonpath = os.pathsep.join([str(site), str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": pythonpath, "SLOW_SAVE_S": "60"}
     command = _training(tiny_model_dir, output_dir)
     with log.open("w") as stream:
-        top = subprocess.Popen(command, cwd=REPO_ROOT, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+        top = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_for_training(top, output_dir, log)
         tree = {pid: _start_time(pid) for pid in descendants(top.pid)}
@@ -190,15 +199,13 @@ def test_a_sigkilled_command_leaves_no_trainer_running_on_and_no_second_one_in_i
         again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=STARTUP_S)
         assert again.returncode == 1 and "is in use by another training" in again.stderr.splitlines()[-1], again.stderr
         deadline = time.monotonic() + STEP_GRACE_S
-        while (
-            any(_start_time(pid) == started for pid, started in tree.items() if started)
-            and time.monotonic() < deadline
-        ):
+        while any(_start_time(p) == s for p, s in tree.items() if s) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not [pid for pid, started in tree.items() if started and _start_time(pid) == started]
+        assert not [p for p, s in tree.items() if s and _start_time(p) == s], log.read_text()[-3000:]
         assert list(output_dir.glob("checkpoint-*")), log.read_text()[-3000:]  # saved on its parent's death
-        steps = [json.loads(line)["step"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-        assert len(steps) == len(set(steps)), steps  # one trainer wrote
+        records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+        steps = [record["step"] for record in records if "loss" in record]
+        assert steps == list(range(1, len(steps) + 1)), steps  # one trainer wrote
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(top.pid, signal.SIGKILL)
