@@ -270,10 +270,12 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
 
     backend_name = next(iter(finished.values())).get("backend") if finished else None
     grader = Grader(config.grading_timeout_s, warm_up)
-    engine, started, generated = None, time.monotonic(), 0
+    engine, start_up, generated = None, None, 0
+    started = time.monotonic()
     if todo:
         backend = backend or make_backend(config, model_path)
         backend_name, engine = backend.name, backend.engine()
+        start_up, started = time.monotonic() - started, time.monotonic()
         stop = [R1_STOP] if config.template == "r1" else []
         texts = {key[:2]: prompt_text(backend.tokenizer, wanted[key]["problem"], config.template) for key in todo}
         prompts = [texts[key[:2]] for key in todo]
@@ -312,7 +314,8 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
     previous = read_results(output_dir / "results.json") if (output_dir / "results.json").is_file() else {}
     results["provenance"] = {
         "engine": engine or (previous.get("provenance") or {}).get("engine"),
-        # this invocation's generation (a resumed evaluation: what it added)
+        # this invocation's engine start-up and generation (a resumed evaluation: what it added)
+        "start_up_seconds": None if start_up is None else round(start_up, 1),
         "generation": {
             "seconds": round(seconds, 1),
             "tokens": generated,
