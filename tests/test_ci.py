@@ -28,7 +28,9 @@ def _fake_tools(bin_dir: Path, apt_get_status: int) -> Path:
 def _ci(tmp_path: Path, apt_get_status: int) -> tuple[subprocess.CompletedProcess, list[str]]:
     calls = _fake_tools(tmp_path / "bin", apt_get_status)
     # no /usr/sbin, /sbin: slurmctld and slurmd (Debian puts them there) are missing, so local_cluster.sh installs
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    # as a clean machine runs it: not inside a CI run that already set the variable it checks
+    env = {k: v for k, v in os.environ.items() if k != "GRPO_LAMBDA_REQUIRE_SLURM"}
+    env["PATH"] = f"{tmp_path / 'bin'}:/usr/bin:/bin"
     result = subprocess.run(["bash", ".ci/run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     return result, calls.read_text().splitlines() if calls.is_file() else []
 
