@@ -11,6 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
+import trl
 import yaml
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
@@ -28,6 +29,7 @@ from .methods import (
 from .templates import PromptTemplate, check_template
 from .traces import TraceSpec
 
+SUPPORTED_TRL_VERSION = "1.16.0"  # the TRL whose private loss path grpo_lambda.trainer hooks (checked at start-up)
 # TRL loss types whose per-token term is the clipped ratio times the advantage; the others (cispo, sapo, vespo,
 # luspo) use the log-probabilities or a sequence-level ratio in ways the traces of Eq. 2 are not defined for.
 TRACE_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -151,10 +153,14 @@ class GRPOLambdaConfig(WallTimeCheckpoints, GRPOConfig):
     )
 
     def __post_init__(self):
-        self._check_grpo_lambda_fields()  # first: a typo fails before TRL's trainer (and vLLM) is imported
-        from .trainer import check_trl_seam
-
-        check_trl_seam()
+        self._check_grpo_lambda_fields()
+        # The TRL version here, in seconds; the trainer's methods (grpo.main, before any model loads) where the trainer
+        # is imported anyway: importing it (and vLLM) would double what planning a run costs (a dry run, a sweep).
+        if trl.__version__ != SUPPORTED_TRL_VERSION:
+            raise ImportError(
+                f"grpo_lambda's trainer hooks TRL's private loss path and supports trl=={SUPPORTED_TRL_VERSION} only; "
+                f"found trl=={trl.__version__}. Run: pip install trl=={SUPPORTED_TRL_VERSION}"
+            )
         super().__post_init__()
 
     @property

@@ -40,7 +40,9 @@ def _load_datasets(script_args: GRPOScriptArguments):
 
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, model_args: ModelConfig):
-    from grpo_lambda.trainer import GRPOLambdaTrainer  # TRL's trainer and vLLM: once the arguments have parsed
+    from grpo_lambda.trainer import GRPOLambdaTrainer, check_trl_seam  # TRL's trainer and vLLM: once parsed
+
+    check_trl_seam()  # before anything loads
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     announce_wandb(training_args.report_to, training_args.output_dir)

@@ -48,6 +48,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .checkpoints import AtomicCheckpoints, check_checkpoint_seam
+from .configs import SUPPORTED_TRL_VERSION
 from .dynamic_sampling import (
     IMPORTANCE_SAMPLING_RATIO,
     LEFT_PADDED,
@@ -70,7 +71,6 @@ from .loss import (
 )
 from .traces import credit_weights
 
-SUPPORTED_TRL_VERSION = "1.16.0"
 # The GRPOTrainer methods the subclass overrides, with the leading parameters it passes on or reads.
 TRL_SEAM: dict[str, tuple[str, ...]] = {
     "_compute_loss": ("self", "model", "inputs"),
