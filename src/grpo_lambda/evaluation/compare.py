@@ -1,7 +1,7 @@
 """`make compare A=<evaluation folder(s)> B=<evaluation folder(s)>`: is B better than A, on the same problems?
 
     python -m grpo_lambda.evaluation.compare --a data/eval/grpo --b data/eval/eps_trace [--grade paper] [--output DIR]
-    python -m grpo_lambda.evaluation.compare --a grpo-seed0 grpo-seed1 --b ours-seed0 ours-seed1   # several runs
+    python -m grpo_lambda.evaluation.compare --a grpo-s0 grpo-s1 grpo-s2 --b ours-s0 ours-s1 ours-s2   # seeds
 
 Per benchmark and for the macro average (the paper's AVG): both accuracies, the difference B − A over the problems
 both sides evaluated, and its 95 % interval. One run per side (the paper's protocol): two models, Newcombe's paired
@@ -194,7 +194,8 @@ def forest_plot(rows: list[dict], title: str, path: Path) -> Path:
         )
     axis.axvline(0, color="grey", linewidth=0.8, linestyle="--")
     axis.set_yticks(positions, [f"{row['benchmark']} (n={row['n']})" for row in rows])
-    axis.set_xlabel("B − A, accuracy points" + ("" if rows[0]["low"] is None else " (95 % interval)"))
+    note = f"no interval: fewer than {stats.MIN_RUNS} runs a side" if rows[0]["low"] is None else "95 % interval"
+    axis.set_xlabel(f"B − A, accuracy points ({note})")
     axis.set_title(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
