@@ -119,6 +119,21 @@ def macro_accuracy(profile: dict, sizes: dict, concentration: float, k: int):
     return coverage
 
 
+def macro_pass_at_k(profile: dict, samples: int, k: int):
+    def coverage(rng, sims):
+        populations = {b: difficulties(profile[b], 2) for b in SUITE}
+        table = _pass_at_k_table(samples, k)
+        scores = {
+            b: table[rng.binomial(samples, q[rng.integers(0, len(q), (sims, SUITE[b]))])]
+            for b, q in populations.items()
+        }
+        return covered(
+            np.mean([np.mean(1 - (1 - q) ** k) for q in populations.values()]), *stats.macro_interval(scores)
+        )
+
+    return coverage
+
+
 def _pairs(rng, accuracy_a, accuracy_b, concentration, problems, k, sims):
     q_a, q_b = difficulties(accuracy_a, concentration, 0), difficulties(accuracy_b, concentration, 1)
     index = rng.integers(0, POPULATION, (sims, problems))
@@ -252,6 +267,10 @@ def regimes() -> dict[str, dict[str, Regime]]:
         for (name, profile), (c, k), sizes in itertools.product(
             PROFILES.items(), ((2, 1), (2, 8), (2, 32), (0.5, 32), (10, 32)), (SUITE, SUITE_AMC40)
         )
+    }
+    table["macro pass@k of 16 samples"] = {
+        f"{name} k={k}": Regime(macro_pass_at_k(PROFILES[name], 16, k), _fewest_solved(PROFILES[name], SUITE))
+        for name, k in itertools.product(("all 5%", "all 20%", "mid", "weak (AIME 1 %)"), (2, 8))
     }
     table["paired B − A, one run each"] = {
         f"n={n} p={p} Δ={d} c={c} k={k}": Regime(paired(n, p, d, c, k), n * p, c)
