@@ -29,6 +29,8 @@ setup(
         "pyyaml>=6.0",
         "psutil>=5.9",  # the process trees of jobs.processes (accelerate needs it too)
         "matplotlib>=3.8",
+        "scipy>=1.10",  # the t quantiles and binomial test of the evaluation's intervals (grpo_lambda.evaluation.stats)
+        "statsmodels>=0.14",  # Wilson's interval (proportion_confint)
     ],
     extras_require={
         # The newest vLLM TRL 1.16 supports; it pins torch==2.13.0 (unpinned, pip takes a vLLM that moves torch on)

@@ -48,15 +48,27 @@ def test_single_runs_are_paired_problem_by_problem(tmp_path):
     assert "| math | 100 |" in table and "| average | 130 |" in table
 
 
-def test_several_runs_per_side_bootstrap_runs_and_problems(tmp_path):
+def test_several_runs_per_side_count_the_seeds(tmp_path):
+    """3 runs of A and 4 of B: stats.runs_difference of the [runs, problems] scores; with 2 runs of A no interval,
+    and the table says why instead of printing one."""
     rng = np.random.default_rng(1)
-    a = [evaluation(tmp_path / f"a{s}", {"aime": rng.integers(0, 2, 30).tolist()}) for s in range(2)]
-    b = [evaluation(tmp_path / f"b{s}", {"aime": rng.integers(0, 2, 30).tolist()}) for s in range(3)]
+    a = [evaluation(tmp_path / f"a{s}", {"aime": rng.integers(0, 2, 30).tolist()}) for s in range(3)]
+    b = [evaluation(tmp_path / f"b{s}", {"aime": rng.integers(0, 2, 30).tolist()}) for s in range(4)]
     (row,) = compare.compare(a, b)
     scores = [np.array([compare.load_evaluation(f, "paper")[1]["aime"][i] for i in range(30)]) for f in [*a, *b]]
-    expected = stats.runs_difference(np.stack(scores[:2]), np.stack(scores[2:]))
+    expected = stats.runs_difference(np.stack(scores[:3]), np.stack(scores[3:]))
     assert (row["difference"], row["low"], row["high"]) == pytest.approx(expected)
-    assert row["mcnemar_p"] is None
+    assert row["low"] < row["difference"] < row["high"] and row["mcnemar_p"] is None
+    assert "t interval over seeds and problems" in compare.render(
+        [row], "a", "b", "paper", compare.interval_kind(3, 4)
+    )
+    (row,) = compare.compare(a[:2], b)
+    assert row["low"] is None and row["high"] is None
+    assert row["difference"] == pytest.approx(np.mean(scores[3:]) - np.mean(scores[:2]))
+    table = compare.render([row], "a", "b", "paper", compare.interval_kind(2, 4))
+    assert "no interval: 2 run(s) of A and 4 of B" in table and "| aime | 30 |" in table and "| — |" in table
+    png = compare.forest_plot([row], "no interval", tmp_path / "plot.png")
+    assert png.stat().st_size > 5_000
 
 
 @pytest.mark.parametrize(

@@ -326,8 +326,8 @@ def sampled_evaluation(folder, correct: dict[str, np.ndarray], **config):
 
 
 def test_compare_pairs_fractions_of_k_samples_and_refuses_greedy_against_sampled(tmp_path):
-    """Per-problem fractions of k samples, Agresti–Min with half a pseudo-sample (samples=k), no McNemar (one sample
-    per side only) even where every fraction happens to be 0 or 1; a greedy folder is not compared with a sampled one."""
+    """Per-problem fractions of k samples, stats.paired_difference of them, no McNemar (one sample per side only)
+    even where every fraction happens to be 0 or 1; a greedy folder is not compared with a sampled one."""
     from grpo_lambda.evaluation import compare
 
     rng = np.random.default_rng(2)
@@ -335,7 +335,7 @@ def test_compare_pairs_fractions_of_k_samples_and_refuses_greedy_against_sampled
     (row,) = compare.compare(
         [sampled_evaluation(tmp_path / "a", {"aime": a})], [sampled_evaluation(tmp_path / "b", {"aime": b})]
     )
-    expected = stats.paired_difference(stats.avg_at_k(a), stats.avg_at_k(b), samples=4)
+    expected = stats.paired_difference(stats.avg_at_k(a), stats.avg_at_k(b))
     assert (row["difference"], row["low"], row["high"]) == pytest.approx(expected)
     assert row["mcnemar_p"] is None
     same = np.repeat(rng.integers(0, 2, (30, 1)), 4, axis=1)  # all 4 samples of a problem agree: fractions 0/1

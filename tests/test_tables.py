@@ -6,12 +6,23 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
 from grpo_lambda.errors import GRPOLambdaError
+from grpo_lambda.evaluation import stats
 from grpo_lambda.evaluation.suite import BENCHMARKS
-from grpo_lambda.evaluation.tables import collect_results, load_paper, main, render_run_tables, render_table1
+from grpo_lambda.evaluation.tables import (
+    PAPER_PROBLEMS,
+    RUN_ROW_LABELS,
+    collect_results,
+    load_paper,
+    main,
+    paper_interval,
+    render_run_tables,
+    render_table1,
+)
 from grpo_lambda.methods import Method
 
 PAPER = load_paper()
@@ -186,17 +197,107 @@ def test_a_damaged_results_json_is_refused_with_its_name(tmp_path, text):
     assert "\n" not in str(raised.value)
 
 
-def test_each_of_your_numbers_says_whether_the_papers_lies_in_its_interval(tmp_path):
-    """results.json carries a 95 % interval per benchmark: ✓ where the paper's value lies inside it, ✗ outside."""
-    folder = tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval"
-    write_results(folder, [0.1, 0.4, 0.7, 0.2, 0.3])
-    results = json.loads((folder / "results.json").read_text())
-    results["benchmarks"]["math"]["paper"]["interval"] = [0.65, 0.75]  # the paper's 0.704 inside
-    results["benchmarks"]["aime"]["paper"]["interval"] = [0.0, 0.05]  # the paper's AIME value outside
-    (folder / "results.json").write_text(json.dumps(results))
+def results_from_answers(folder, solved: dict[str, int]):
+    """A results.json as `make evaluate` writes it for greedy answers of which `solved[b]` of the benchmark's
+    problems are correct: accuracies with stats' intervals, the average with its macro interval."""
+    answers = {b: np.arange(n) < solved[b] for b, n in PAPER_PROBLEMS.items()}
+    benchmarks = {
+        b: {
+            "n": len(a),
+            **{
+                g: {"accuracy": a.mean(), "interval": list(stats.accuracy_interval(a))} for g in ("paper", "corrected")
+            },
+        }
+        for b, a in answers.items()
+    }
+    average = statistics.fmean(a.mean() for a in answers.values())
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(
+        json.dumps(
+            {
+                "model": "checkpoints/x",
+                "benchmarks": benchmarks,
+                "average": {"paper": average, "corrected": average},
+                "average_interval": {g: list(stats.macro_interval(answers)) for g in ("paper", "corrected")},
+            }
+        )
+    )
+
+
+# Benchmark values of Tables 3–6 that are no count of the benchmark's problems (k/n) to the 3 decimals printed.
+NOT_COUNTS = {
+    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "grpo", "minerva"): 0.226,
+    ("Qwen2.5-Math-1.5B-Instruct", "orz-57k", "eps_trace-both-0.99", "amc"): 0.35,
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "orz-57k", "grpo", "amc"): 0.4,
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "orz-57k", "eps_trace-both-0.98", "minerva"): 0.186,
+    ("DeepSeek-R1-Distill-Qwen-1.5B", "orz-57k", "eps_weight-both-0.98", "minerva"): 0.22,
+}
+
+
+def test_the_paper_numbers_are_counts_of_the_shipped_suites_problems():
+    """The benchmark values of Tables 3–6 are k/n of the shipped suite's n problems to the 3 decimals printed (all
+    but NOT_COUNTS): the n behind the paper's numbers, which the ✓/✗ marks use."""
+    from grpo_lambda.evaluation.suite import DEFAULT_SUITE
+
+    for name, n in PAPER_PROBLEMS.items():
+        assert len((DEFAULT_SUITE / f"{name}.jsonl").read_text().splitlines()) == n
+    off = {
+        (row["model"].split("/")[-1], row["dataset"], row["run"], name): row[name]
+        for row in PAPER["runs"]
+        for name, n in PAPER_PROBLEMS.items()
+        if abs(round(row[name] * n) / n - row[name]) > 0.0005 + 1e-9
+    }
+    assert off == NOT_COUNTS
+
+
+def cell_marks(runs: str, dataset: str) -> dict[str, str | None]:
+    """{row key: ✓, ✗ or None} of the GRPO column of `dataset` in render_run_tables' text."""
+    marks = {}
+    for key, label in zip(
+        ("aime", "math", "amc", "olympiad_bench", "minerva", "average"), RUN_ROW_LABELS, strict=True
+    ):
+        line = next(line for line in runs.splitlines() if line.startswith(f"| {dataset} | {label} |"))
+        cell = line.split("|")[3]
+        marks[key] = "✓" if "✓" in cell else "✗" if "✗" in cell else None
+    return marks
+
+
+def test_each_of_your_numbers_says_whether_it_differs_from_the_papers_more_than_the_problems_explain(tmp_path):
+    """✓/✗ is the test of two independent proportions on n problems each (Newcombe's interval of the difference,
+    statsmodels' "newcomb", holds 0 or not), not "the paper's value inside your interval", which took the paper's
+    number for exact; the average's mark is the same test of two macro averages."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    paper = next(r for r in PAPER["runs"] if r["dataset"] == "math12k" and r["run"] == "grpo")
+    paper_solved = {b: round(paper[b] * n) for b, n in PAPER_PROBLEMS.items()}  # aime 2, amc 32, math 352, ...
+    # Against the paper's 2/30, 32/83, 352/500, 52/272, 219/675. Minerva 70/272 is where the old mark (the paper's
+    # value inside your interval) said ✗: the paper's 0.191 lies outside your [0.209, 0.312], but 0.191 is itself
+    # 52 of 272 problems, and the difference's interval [−0.004, +0.136] holds 0.
+    ours = {"aime": 2, "amc": 40, "math": 320, "minerva": 70, "olympiad_bench": 240}
+    results_from_answers(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval", ours)
+    marks = cell_marks(render_run_tables(PAPER, collect_results(tmp_path, PAPER)), "math12k")
+    for name, n in PAPER_PROBLEMS.items():
+        low, high = confint_proportions_2indep(ours[name], n, paper_solved[name], n, method="newcomb")
+        assert marks[name] == ("✓" if low <= 0 <= high else "✗"), name
+    assert [marks[b] for b in PAPER_PROBLEMS] == ["✓", "✓", "✗", "✓", "✓"]
+    assert marks["average"] == "✓"  # 0.362 vs the paper's 0.334
+    lower = {b: round(0.6 * s) for b, s in paper_solved.items()}  # 40 % fewer problems solved everywhere
+    results_from_answers(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/gsm8k_grpo/eval", lower)
+    assert cell_marks(render_run_tables(PAPER, collect_results(tmp_path, PAPER)), "gsm8k")["average"] == "✗"
+
+
+def test_a_results_json_without_intervals_gets_no_mark(tmp_path):
+    """A results.json written before intervals existed: your number beside the paper's, no ✓/✗."""
+    write_results(tmp_path / "Qwen2.5-Math-1.5B-Instruct/grpo/math12k_grpo/eval", [0.1, 0.4, 0.7, 0.2, 0.3])
     runs = render_run_tables(PAPER, collect_results(tmp_path, PAPER))
-    assert "0.704 / 0.700 (-0.004 ✓) [0.710]" in runs
-    aime = next(line for line in runs.splitlines() if line.startswith("| math12k | AIME"))
-    assert "✗)" in aime.split("|")[3]  # the GRPO column
     amc = next(line for line in runs.splitlines() if line.startswith("| math12k | AMC"))
-    assert "0.400 (" in amc and not {"✓", "✗"} & set(amc)  # no interval recorded (an older results.json): no mark
+    assert "0.400 (" in amc and not {"✓", "✗"} & set(amc)
+
+
+def test_the_papers_interval_is_wilsons_on_its_problems_about_its_printed_value():
+    from statsmodels.stats.proportion import proportion_confint
+
+    paper = next(r for r in PAPER["runs"] if r["dataset"] == "math12k" and r["run"] == "grpo")
+    value, low, high = paper_interval(paper, "minerva")  # 0.191, 52 of 272 (0.1912)
+    wilson = np.array(proportion_confint(52, 272, alpha=0.05, method="wilson"))
+    assert value == 0.191 and (low, high) == pytest.approx(wilson + 0.191 - 52 / 272, abs=1e-12)

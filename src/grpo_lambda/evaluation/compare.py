@@ -1,13 +1,15 @@
 """`make compare A=<evaluation folder(s)> B=<evaluation folder(s)>`: is B better than A, on the same problems?
 
     python -m grpo_lambda.evaluation.compare --a data/eval/grpo --b data/eval/eps_trace [--grade paper] [--output_dir DIR]
-    python -m grpo_lambda.evaluation.compare --a grpo-seed0 grpo-seed1 --b ours-seed0 ours-seed1   # several runs
+    python -m grpo_lambda.evaluation.compare --a grpo-s0 grpo-s1 grpo-s2 --b ours-s0 ours-s1 ours-s2   # seeds
 
 Per benchmark and for the macro average (the paper's AVG): both accuracies, the difference B − A over the problems
-both sides evaluated, and its 95 % interval; with one run per side (greedy, the paper's protocol) the paired
-Agresti–Min interval and the exact McNemar p-value of each benchmark; with several runs per side (seeds) a bootstrap
-over runs and problems (grpo_lambda.evaluation.stats says what each number means). Prints a markdown table, writes it
-to <output_dir>/compare.md and a forest plot to <output_dir>/compare.png.
+both sides evaluated, and its 95 % interval. One run per side (the paper's protocol): two models, Newcombe's paired
+interval over problems and, for greedy runs, the exact McNemar p-value of each benchmark. Several runs per side
+(seeds): two methods, a t interval that counts the seed-to-seed spread and the problems, given only with at least
+stats.MIN_RUNS (3) runs on each side — with fewer the table says so instead (grpo_lambda.evaluation.stats says what
+each number means). Prints a markdown table, writes it to <output_dir>/compare.md and a forest plot to
+<output_dir>/compare.png.
 
 Folders are comparable only when they evaluated the same suite, template, token limits and problems; otherwise this
 stops in one line naming the difference; greedy evaluations (the paper's protocol) compare only with greedy ones. A
@@ -101,15 +103,13 @@ def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
     runs_a = {n: np.array([list(s[n].values()) for _, s in loaded[: len(a)]]) for n in benchmarks}  # [runs, problems]
     runs_b = {n: np.array([list(s[n].values()) for _, s in loaded[len(a) :]]) for n in benchmarks}
     single = len(a) == len(b) == 1
-    # k samples per problem (make evaluate SAMPLES=k): scores are fractions of k, Agresti–Min's pseudo-counts half a
-    # sample (the fewest samples of any folder: the wider interval), and McNemar's test is for single samples only
-    samples = min(config.get("samples", 1) for config, _ in loaded)
-    greedy = single and samples == 1
+    # k samples per problem (make evaluate SAMPLES=k): scores are fractions of k; McNemar's test is for single samples
+    greedy = single and all(config.get("samples", 1) == 1 for config, _ in loaded)
     greedy &= all(np.isin(runs_a[n], (0, 1)).all() and np.isin(runs_b[n], (0, 1)).all() for n in benchmarks)
     rows = []
     for name in benchmarks:
         if single:
-            difference, low, high = stats.paired_difference(runs_a[name][0], runs_b[name][0], samples=samples)
+            difference, low, high = stats.paired_difference(runs_a[name][0], runs_b[name][0])
         else:
             difference, low, high = stats.runs_difference(runs_a[name], runs_b[name])
         rows.append(
@@ -119,15 +119,15 @@ def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
                 "a": float(runs_a[name].mean()),
                 "b": float(runs_b[name].mean()),
                 "difference": float(difference),
-                "low": float(low),
-                "high": float(high),
+                "low": None if low is None else float(low),
+                "high": None if high is None else float(high),
                 "mcnemar_p": stats.mcnemar_exact(runs_a[name][0], runs_b[name][0]) if greedy else None,
             }
         )
     if len(benchmarks) > 1:
         if single:
             macro = stats.macro_paired_difference(
-                {n: v[0] for n, v in runs_a.items()}, {n: v[0] for n, v in runs_b.items()}, samples=samples
+                {n: v[0] for n, v in runs_a.items()}, {n: v[0] for n, v in runs_b.items()}
             )
         else:
             macro = stats.macro_runs_difference(runs_a, runs_b)
@@ -138,27 +138,41 @@ def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
                 "a": float(np.mean([row["a"] for row in rows])),
                 "b": float(np.mean([row["b"] for row in rows])),
                 "difference": float(macro[0]),
-                "low": float(macro[1]),
-                "high": float(macro[2]),
+                "low": None if macro[1] is None else float(macro[1]),
+                "high": None if macro[2] is None else float(macro[2]),
                 "mcnemar_p": None,
             }
         )
     return rows
 
 
-def render(rows: list[dict], label_a: str, label_b: str, grade: str) -> str:
-    """The markdown table (accuracies and differences in points)."""
+def interval_kind(runs_a: int, runs_b: int) -> str:
+    """What the interval of a comparison of `runs_a` against `runs_b` runs counts, in one line."""
+    if runs_a == runs_b == 1:
+        return "95 % interval over problems (Newcombe's paired interval: these two models)"
+    if min(runs_a, runs_b) < stats.MIN_RUNS:
+        return (
+            f"no interval: {runs_a} run(s) of A and {runs_b} of B; one that counts how methods vary from seed to seed "
+            f"needs {stats.MIN_RUNS} or more runs per side (docs/evaluation.md, How sure each number is)"
+        )
+    return "95 % t interval over seeds and problems (these two methods)"
+
+
+def render(rows: list[dict], label_a: str, label_b: str, grade: str, kind: str | None = None) -> str:
+    """The markdown table (accuracies and differences in points); `kind`: `interval_kind`'s line (one run per
+    side when left out)."""
     lines = [
-        f"{grade} grade: B = {label_b} minus A = {label_a}, 95 % interval over problems",
+        f"{grade} grade: B = {label_b} minus A = {label_a}; {kind or interval_kind(1, 1)}",
         "",
         "| benchmark | n | A | B | B − A | 95 % interval | McNemar p |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         p = "" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g}"
+        interval = "—" if row["low"] is None else f"[{100 * row['low']:+.1f}, {100 * row['high']:+.1f}]"
         lines.append(
             f"| {row['benchmark']} | {row['n']} | {100 * row['a']:.1f} | {100 * row['b']:.1f} | "
-            f"{100 * row['difference']:+.1f} | [{100 * row['low']:+.1f}, {100 * row['high']:+.1f}] | {p} |"
+            f"{100 * row['difference']:+.1f} | {interval} | {p} |"
         )
     return "\n".join(lines)
 
@@ -174,17 +188,21 @@ def forest_plot(rows: list[dict], title: str, path: Path) -> Path:
     positions = list(range(len(rows)))[::-1]
     for y, row in zip(positions, rows, strict=True):
         colour = "black" if row["benchmark"] == MACRO else "tab:blue"
+        no_interval = row["low"] is None
         axis.errorbar(
             100 * row["difference"],
             y,
-            xerr=[[100 * (row["difference"] - row["low"])], [100 * (row["high"] - row["difference"])]],
+            xerr=None
+            if no_interval
+            else [[100 * (row["difference"] - row["low"])], [100 * (row["high"] - row["difference"])]],
             fmt="D" if row["benchmark"] == MACRO else "o",
             color=colour,
             capsize=3,
         )
     axis.axvline(0, color="grey", linewidth=0.8, linestyle="--")
     axis.set_yticks(positions, [f"{row['benchmark']} (n={row['n']})" for row in rows])
-    axis.set_xlabel("B − A, accuracy points (95 % interval)")
+    note = f"no interval: fewer than {stats.MIN_RUNS} runs a side" if rows[0]["low"] is None else "95 % interval"
+    axis.set_xlabel(f"B − A, accuracy points ({note})")
     axis.set_title(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -201,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = compare(args.a, args.b, args.grade)
     label_a, label_b = (" + ".join(Path(folder).name for folder in side) for side in (args.a, args.b))
-    table = render(rows, label_a, label_b, args.grade)
+    table = render(rows, label_a, label_b, args.grade, interval_kind(len(args.a), len(args.b)))
     print(table)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -1,58 +1,62 @@
-"""How sure each evaluation number is: intervals, avg@k and pass@k, paired comparisons of two models.
+"""How sure each evaluation number is: intervals, avg@k and pass@k, comparisons of two models or two methods.
 
-Every function takes per-problem correctness — 0/1 from one greedy run (the paper's protocol), or the fraction of k
+Every function takes per-problem scores — 0/1 from one greedy run (the paper's protocol), or the fraction of k
 samples correct (`avg_at_k`, `pass_at_k`) — as a numpy array whose last axis is the problems (leading axes, if any,
 are independent batches: one interval each). Benchmarks go in as `{benchmark: array}`. Nothing here reads files.
+Read every interval as the values the quantity could have on the population of problems each benchmark was drawn
+from (and, for several runs per side, of runs); docs/evaluation.md ("How sure each number is") has the coverage
+measured for each, by tests/test_coverage.py.
 
 1. `accuracy_interval` / `macro_interval`: a 95 % interval for an accuracy, or for the macro average (the unweighted
-   mean over benchmarks, the paper's AVG). Read it as the accuracies a model could have on the population of problems
-   the benchmark was drawn from, given what it scored on these ones. At the suite's sizes it is wide: 6/30 on AIME24
-   gives [9.5 %, 37.3 %], 100/500 on MATH500 [16.7 %, 23.7 %], and the macro average is good to about ±4 points.
+   mean over benchmarks, the paper's AVG). Wilson's score interval (Wilson 1927; Brown, Cai & DasGupta 2001) with
+   the effective number of problems n_eff = θ̂(1 − θ̂)/Var̂ (Kish 1965; Korn & Graubard 1998). Var̂ counts, in each
+   benchmark, a quarter of a pseudo-problem scored 0 and a quarter scored 1 (`PSEUDO_PROBLEM`), so that a benchmark
+   scored 0/30 still has a variance in the macro average, and a few problems that happen to agree (avg@k on 30 low
+   scoring problems) do not pass for a sure thing. Why a quarter: over tests/test_coverage.py's regimes, weights of
+   0.1 and 0.15 let the macro average's coverage fall to 0.908 and 0.925 (7 and 3 regimes below 0.93), a quarter to
+   0.929 (1, within the simulations' error), and more only widens (½: avg@k above 0.97 in 117 of 378 regimes, a
+   quarter in 79; `python tests/test_coverage.py --pseudo-problem W`). For 0/1 scores on one benchmark this is
+   Wilson's interval.
 2. `avg_at_k` / `pass_at_k`: per problem, the fraction of k samples correct, and the chance that at least one of k
    samples is correct (Chen et al. 2021's unbiased estimator from n ≥ k samples). Their mean over problems is the
-   benchmark's avg@k / pass@k; pass them to (1) for an interval. avg@k estimates the same expected accuracy as one
-   sample, with less noise per problem; the interval still counts problems, so it narrows only as far as the
-   problems themselves agree.
-3. `paired_difference` / `macro_paired_difference`: B − A over the same problems, with a 95 % interval. Pairing
-   cancels what both models find easy or hard, so it is much narrower than two separate intervals; an interval that
-   excludes 0 says B and A differ on this benchmark's population of problems. `mcnemar_exact`: the exact p-value of
-   "A and B are equally good" from the problems exactly one of them solved (single greedy runs).
-4. `runs_difference` / `macro_runs_difference`: the same with several runs per side (seeds), [runs, problems]
-   arrays: a bootstrap over runs and problems, so the interval also counts how much a method varies from seed to seed.
+   benchmark's avg@k / pass@k; pass them to (1) for an interval.
+3. `paired_difference` / `macro_paired_difference`: B − A over the same problems, one run per side. Newcombe's (1998)
+   hybrid score interval for paired proportions (his method 10; MOVER, Zou & Donner 2008): the two sides' intervals
+   from (1), combined with the correlation of their per-problem scores. Pairing cancels what both models find easy
+   or hard, so it is much narrower than two separate intervals. `mcnemar_exact`: the exact McNemar p-value.
+4. `runs_difference` / `macro_runs_difference`: B − A of two methods with several runs (seeds) per side: a Welch
+   t interval whose variance adds the seed-to-seed variance of each side's runs and the problems' variance
+   (variance components by the method of moments; Satterthwaite's degrees of freedom). With fewer than `MIN_RUNS`
+   runs on a side no interval is given (low and high are None): 2 seeds leave 1 degree of freedom per side, and the
+   interval that still covers is then too wide to tell methods apart.
+5. `independent_difference`: the difference of two estimates made on different samples of problems (Newcombe's
+   1998 interval for independent proportions when both are Wilson intervals): `make tables`' ✓/✗ against the paper.
 
-Which interval, and why (tests/test_stats.py checks 93–97 % coverage in 1 000 seeded simulations of each): a plain
-percentile bootstrap over problems covers the true accuracy of 30 problems 91 % of the time on average over
-p in [0.1, 0.35] (82–95 %, exact binomial sums), and a plain paired interval 87 % with ~3 discordant problems. So:
-
-- accuracies: Wilson's score interval (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it for n ≤ 40) with the
-  effective sample size n_eff = θ̂(1 − θ̂) / Var̂(θ̂) (Kish 1965; Korn & Graubard 1998), Var̂ being the bootstrap
-  variance over problems (resampled within each benchmark for the macro) in closed form. For 0/1 answers on one
-  benchmark n_eff = n and this is Wilson's interval itself; it stays inside [0, 1] and is not empty at 0/30.
-- paired differences: Agresti & Min's (2005) Wald interval with half a pseudo-problem added to each cell of the
-  2 × 2 table, per benchmark (for fractions of k samples, half a pseudo-sample: `samples=k`).
-- several runs per side: a seeded percentile bootstrap over runs (shared across benchmarks: a run is one model) and
-  problems (shared by A and B: the pairing).
+Hand-written here, and why: Wilson's interval is statsmodels' `proportion_confint`, the t quantiles and the binomial
+test scipy's; what neither library has — Wilson at an effective n for the macro average, Newcombe's paired MOVER
+for fractions of k samples and for the macro average, the variance components of two sides of runs × problems, and
+Chen et al.'s pass@k — is written out below with its source.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from fractions import Fraction
-from statistics import NormalDist
 
 import numpy as np
+from scipy.stats import binomtest
+from scipy.stats import t as student_t
+from statsmodels.stats.proportion import proportion_confint
 
 from grpo_lambda.errors import GRPOLambdaError
 
 LEVEL = 0.95
-RESAMPLES = 2000
+PSEUDO_PROBLEM = 0.25  # weight of the pseudo-problem scored 0 and of the one scored 1, in each benchmark's variance
+MIN_RUNS = 3  # runs per side below which `runs_difference` gives no interval
 
 
-def _normal_quantile(level: float) -> float:
+def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise GRPOLambdaError(f"interval level {level} is not in (0, 1): pass e.g. level=0.95")
-    return NormalDist().inv_cdf((1 + level) / 2)
 
 
 def _fractions(values, name: str) -> np.ndarray:
@@ -69,22 +73,30 @@ def _plain(array):
     return float(array) if np.ndim(array) == 0 else array
 
 
-def _wilson(estimate, variance, fallback_n, z):
-    """Wilson's score interval for a proportion `estimate` with n_eff = θ̂(1 − θ̂)/variance trials (fallback_n where
-    the variance is 0: every problem scored alike, e.g. 0/30)."""
-    safe_variance = np.where(variance > 0, variance, 1.0)
-    n_eff = np.where(variance > 0, estimate * (1 - estimate) / safe_variance, fallback_n)
-    centre = (estimate + z**2 / (2 * n_eff)) / (1 + z**2 / n_eff)
-    half = z / (1 + z**2 / n_eff) * np.sqrt(estimate * (1 - estimate) / n_eff + z**2 / (4 * n_eff**2))
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+def _wilson(estimate, n_eff, level: float):
+    """Wilson's score interval for a proportion `estimate` observed on `n_eff` trials (statsmodels' "wilson": the
+    count need not be a whole number)."""
+    low, high = proportion_confint(estimate * n_eff, n_eff, alpha=1 - level, method="wilson")
+    return np.clip(low, 0, 1), np.clip(high, 0, 1)
+
+
+def _score_variance(x: np.ndarray) -> np.ndarray:
+    """[...] the variance of one problem's score, with `PSEUDO_PROBLEM` of a problem scored 0 and as much scored 1
+    added to the n problems: s̃² = (Σ(x − p̃)² + w·p̃² + w·(1 − p̃)²)/(n + 2w), p̃ = (Σx + w)/(n + 2w). Never 0; for
+    0/1 scores it is p̃(1 − p̃)."""
+    w, n = PSEUDO_PROBLEM, x.shape[-1]
+    shrunk = (x.sum(axis=-1) + w) / (n + 2 * w)
+    squares = ((x - shrunk[..., None]) ** 2).sum(axis=-1) + w * shrunk**2 + w * (1 - shrunk) ** 2
+    return squares / (n + 2 * w)
 
 
 def accuracy_interval(correct, level: float = LEVEL):
     """A `level` interval for the accuracy (mean over problems) of per-problem scores.
 
-    Wilson's score interval (Wilson 1927, JASA 22:209; recommended for small n by Brown, Cai & DasGupta 2001,
-    Stat. Sci. 16:101) with n_eff = θ̂(1 − θ̂)/Var̂, Var̂ = mean((x − θ̂)²)/n the bootstrap variance of the mean
-    (the ideal bootstrap, no resampling noise). For 0/1 scores n_eff = n: Wilson's interval exactly.
+    Wilson's score interval (Wilson 1927, JASA 22:209; Brown, Cai & DasGupta 2001, Stat. Sci. 16:101) on
+    n_eff = max(n, θ̂(1 − θ̂)·n/s̃²) trials, s̃² the score variance with a quarter pseudo-problem at 0 and at 1
+    (`_score_variance`). n_eff is at least n because a score in [0, 1] with mean θ varies at most as a 0/1 answer
+    does (θ(1 − θ)): never wider than Wilson's interval on n problems, and for 0/1 scores exactly that.
 
     Args:
         correct: [..., problems] scores in [0, 1] (0/1, or fractions of k samples from `avg_at_k`).
@@ -92,10 +104,11 @@ def accuracy_interval(correct, level: float = LEVEL):
         (low, high): floats for one benchmark, arrays [...] for a batch.
     """
     x = _fractions(correct, "correct")
-    z = _normal_quantile(level)
+    _check_level(level)
     n = x.shape[-1]
     estimate = x.mean(axis=-1)
-    low, high = _wilson(estimate, x.var(axis=-1) / n, n, z)
+    n_eff = np.maximum(n, estimate * (1 - estimate) * n / _score_variance(x))
+    low, high = _wilson(estimate, n_eff, level)
     return _plain(low), _plain(high)
 
 
@@ -106,11 +119,11 @@ def _benchmarks(per_benchmark: Mapping, name: str) -> dict[str, np.ndarray]:
 
 
 def macro_interval(per_benchmark: Mapping[str, np.ndarray], level: float = LEVEL):
-    """A `level` interval for the macro average: the unweighted mean of the benchmarks' accuracies (the paper's AVG).
+    """A `level` interval for the macro average: the unweighted mean of the K benchmarks' accuracies (the paper's AVG).
 
-    Wilson's interval as in `accuracy_interval`, with Var̂ = Σ_b Var̂_b / K² (problems resampled within each of the
-    K benchmarks: the stratified bootstrap variance, Efron & Tibshirani 1993 §6.6), hence n_eff = θ̂(1 − θ̂)/Var̂; where
-    Var̂ = 0, Kish's (1965) n_eff for equal weights, K² / Σ_b 1/n_b.
+    Wilson's interval on n_eff = θ̂(1 − θ̂)/Var̂ trials, Var̂ = Σ_b s̃²_b/n_b / K² (problems drawn independently
+    within each benchmark; s̃²_b from `_score_variance`, so that a benchmark scored 0/30 still counts); where θ̂ is 0
+    or 1, Kish's (1965) n_eff for equal weights, K²/Σ_b 1/n_b. One benchmark: its `accuracy_interval`.
 
     Args:
         per_benchmark: {benchmark: [..., problems_b]} scores in [0, 1]; leading axes equal across benchmarks.
@@ -118,12 +131,16 @@ def macro_interval(per_benchmark: Mapping[str, np.ndarray], level: float = LEVEL
         (low, high): floats, or arrays [...] for a batch.
     """
     scores = _benchmarks(per_benchmark, "per_benchmark")
-    z = _normal_quantile(level)
+    if len(scores) == 1:
+        return accuracy_interval(next(iter(scores.values())), level)
+    _check_level(level)
     k = len(scores)
     estimate = sum(x.mean(axis=-1) for x in scores.values()) / k
-    variance = sum(x.var(axis=-1) / x.shape[-1] for x in scores.values()) / k**2
+    variance = sum(_score_variance(x) / x.shape[-1] for x in scores.values()) / k**2
     kish_n = k**2 / sum(1 / x.shape[-1] for x in scores.values())
-    low, high = _wilson(estimate, variance, kish_n, z)
+    spread = estimate * (1 - estimate)
+    n_eff = np.where(spread > 0, spread / variance, kish_n)
+    low, high = _wilson(estimate, n_eff, level)
     return _plain(low), _plain(high)
 
 
@@ -147,9 +164,10 @@ def avg_at_k(correct):
 
 def pass_at_k(correct, k: int):
     """pass@k per problem: Chen et al. 2021's (arXiv:2107.03374, §2.1) unbiased estimator of the chance that at
-    least one of k samples is correct, from n ≥ k samples of which c are correct:
+    least one of k samples is correct, from n ≥ k samples of which c are correct (no library has it; written in
+    their numerically stable product form):
 
-        pass@k = 1 − C(n − c, k) / C(n, k) = 1 − Π_{i = n−c+1}^{n} (1 − k/i)   (their numerically stable form)
+        pass@k = 1 − C(n − c, k) / C(n, k) = 1 − Π_{i = n−c+1}^{n} (1 − k/i)
 
     Args:
         correct: [..., n] 0/1 (e.g. [problems, n samples]).
@@ -179,45 +197,42 @@ def _paired(a, b, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _agresti_min(a, b, samples: int):
-    """Per benchmark: (B − A, the adjusted difference, its variance) for Agresti & Min's interval."""
-    if samples < 1:
-        raise GRPOLambdaError(
-            f"samples={samples}: pass the number of samples behind each per-problem score (1 greedy)"
-        )
-    d = b - a
-    n = d.shape[-1]
-    # Half a pseudo-sample in each cell of the 2 × 2 table: two pseudo-problems, Σd² gains 2 · ½ · (1/samples)².
-    adjusted = d.sum(axis=-1) / (n + 2)
-    second_moment = ((d**2).sum(axis=-1) + 1 / samples**2) / (n + 2)
-    return d.mean(axis=-1), adjusted, (second_moment - adjusted**2) / (n + 2)
+def _mover(estimate_a, interval_a, estimate_b, interval_b, correlation):
+    """B − A with the interval of the method of variance estimates recovery (Zou & Donner 2008, Stat. Med. 27:1693;
+    for two proportions Newcombe 1998, Stat. Med. 17:873 and 17:2635) from each side's interval and the correlation
+    r of the two estimates:
+
+        low  = d − sqrt((θ̂_B − l_B)² − 2r(θ̂_B − l_B)(u_A − θ̂_A) + (u_A − θ̂_A)²)
+        high = d + sqrt((u_B − θ̂_B)² − 2r(u_B − θ̂_B)(θ̂_A − l_A) + (θ̂_A − l_A)²)
+    """
+    (low_a, high_a), (low_b, high_b) = interval_a, interval_b
+    below_b, above_a = estimate_b - low_b, high_a - estimate_a
+    above_b, below_a = high_b - estimate_b, estimate_a - low_a
+    difference = estimate_b - estimate_a
+    low = difference - np.sqrt(np.maximum(below_b**2 - 2 * correlation * below_b * above_a + above_a**2, 0))
+    high = difference + np.sqrt(np.maximum(above_b**2 - 2 * correlation * above_b * below_a + below_a**2, 0))
+    return difference, low, high
 
 
-def paired_difference(a, b, level: float = LEVEL, samples: int = 1):
-    """B − A over the same problems, with a `level` interval.
-
-    Agresti & Min (2005, Stat. Med. 24:729), "add 0.5 to each cell": with p̃_ij = (n_ij + ½)/(n + 2),
-    d̃ = p̃_01 − p̃_10 and interval d̃ ± z·sqrt((p̃_01 + p̃_10 − d̃²)/(n + 2)). Written over per-problem differences
-    d = b − a it is d̃ = Σd/(n + 2), Var̂ = ((Σd² + 1/samples²)/(n + 2) − d̃²)/(n + 2), which also takes fractions of
-    `samples` samples per problem (half a pseudo-sample per cell).
+def paired_difference(a, b, level: float = LEVEL):
+    """B − A over the same problems, one run per side, with a `level` interval: `macro_paired_difference` of one
+    benchmark. For 0/1 answers it is Newcombe's (1998, Stat. Med. 17:2635) hybrid score interval for paired
+    proportions (his method 10): each side's Wilson interval, r the phi coefficient of the 2 × 2 table.
 
     Args:
         a, b: [..., problems] scores in [0, 1], problem i of a and of b the same problem.
-        samples: how many samples each score is the fraction of (1: greedy 0/1).
     Returns:
         (difference, low, high): the observed mean of b − a and the interval; floats, or arrays [...] for a batch.
     """
     a, b = _paired(a, b, "a", "b")
-    z = _normal_quantile(level)
-    difference, adjusted, variance = _agresti_min(a, b, samples)
-    half = z * np.sqrt(variance)
-    return _plain(difference), _plain(adjusted - half), _plain(adjusted + half)
+    return macro_paired_difference({"benchmark": a}, {"benchmark": b}, level)
 
 
-def macro_paired_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], level=LEVEL, samples=1):
+def macro_paired_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], level: float = LEVEL):
     """B − A of the macro average (unweighted mean over benchmarks), paired within each benchmark, with a `level`
-    interval: Σ_b d̃_b / K ± z·sqrt(Σ_b Var̂_b) / K, d̃_b and Var̂_b from `paired_difference` (Agresti & Min 2005)
-    and the benchmarks independent (problems resampled within each benchmark).
+    interval: Newcombe's MOVER (`_mover`) from A's and B's `macro_interval` and the correlation of their macro
+    averages over problems, r = Σ_b c_b/n_b / sqrt(Σ_b v^A_b/n_b · Σ_b v^B_b/n_b) (c_b the covariance of A's and
+    B's per-problem scores, v the variances; r = 0 where either side's scores do not vary).
 
     Args:
         a, b: {benchmark: [..., problems_b]} with the same benchmarks and problems.
@@ -227,22 +242,41 @@ def macro_paired_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndar
     a, b = _benchmarks(a, "a"), _benchmarks(b, "b")
     if a.keys() != b.keys():
         raise GRPOLambdaError(f"a has benchmarks {sorted(a)}, b has {sorted(b)}: compare the same benchmarks")
-    z = _normal_quantile(level)
-    parts = [_agresti_min(*_paired(a[name], b[name], f"a[{name!r}]", f"b[{name!r}]"), samples) for name in a]
-    k = len(parts)
-    difference = sum(part[0] for part in parts) / k
-    adjusted = sum(part[1] for part in parts) / k
-    half = z * np.sqrt(sum(part[2] for part in parts)) / k
-    return _plain(difference), _plain(adjusted - half), _plain(adjusted + half)
+    pairs = {name: _paired(a[name], b[name], f"a[{name!r}]", f"b[{name!r}]") for name in a}
+    _check_level(level)
+    k = len(pairs)
+    covariance = variance_a = variance_b = 0.0
+    for x, y in pairs.values():
+        dx, dy = x - x.mean(axis=-1, keepdims=True), y - y.mean(axis=-1, keepdims=True)
+        n = x.shape[-1]
+        covariance = covariance + (dx * dy).mean(axis=-1) / n
+        variance_a, variance_b = variance_a + (dx**2).mean(axis=-1) / n, variance_b + (dy**2).mean(axis=-1) / n
+    product = variance_a * variance_b
+    correlation = np.where(product > 0, covariance / np.sqrt(np.where(product > 0, product, 1)), 0.0)
+    estimate_a = sum(x.mean(axis=-1) for x, _ in pairs.values()) / k
+    estimate_b = sum(y.mean(axis=-1) for _, y in pairs.values()) / k
+    difference, low, high = _mover(
+        estimate_a, macro_interval(a, level), estimate_b, macro_interval(b, level), correlation
+    )
+    return _plain(difference), _plain(low), _plain(high)
+
+
+def independent_difference(a: tuple, b: tuple):
+    """B − A of two estimates made independently (on different draws of problems), each given as (estimate, low,
+    high) at the same level: MOVER with r = 0 (`_mover`); for two Wilson intervals, Newcombe's (1998, Stat. Med.
+    17:873) hybrid score interval for independent proportions (statsmodels' "newcomb").
+
+    Returns:
+        (difference, low, high): floats, or arrays for arrays.
+    """
+    difference, low, high = _mover(*(np.asarray(v, dtype=np.float64) for v in (a[0], a[1:], b[0], b[1:])), 0.0)
+    return _plain(difference), _plain(low), _plain(high)
 
 
 def mcnemar_exact(a, b) -> float:
-    """The exact two-sided McNemar p-value of "A and B solve as many problems": a binomial test of the discordant
-    problems (McNemar 1947; exact form e.g. Fagerland, Lydersen & Laake 2013, BMC Med. Res. Methodol. 13:91).
-
-    Of the m problems exactly one of A and B solved, B solved s; under the null s ~ Binomial(m, ½), and
-    p = Σ_{x : P(x) ≤ P(s)·(1 + 10⁻⁷)} P(x), the sum of the outcomes no likelier than the observed one with the relative
-    tolerance of scipy.stats.binomtest (two-sided). Computed exactly in integers; 1.0 when m = 0.
+    """The exact two-sided McNemar p-value of "A and B solve as many problems": of the m problems exactly one of A
+    and B solved, B solved s; under the null s ~ Binomial(m, ½) (McNemar 1947; exact form e.g. Fagerland, Lydersen &
+    Laake 2013, BMC Med. Res. Methodol. 13:91): scipy's two-sided `binomtest`. 1.0 when m = 0.
 
     Args:
         a, b: [problems] 0/1, problem i the same problem in both.
@@ -252,10 +286,7 @@ def mcnemar_exact(a, b) -> float:
         raise GRPOLambdaError("mcnemar_exact needs one greedy run per side: 0/1 per problem, shaped [problems]")
     b_only = int(((b == 1) & (a == 0)).sum())
     m = b_only + int(((a == 1) & (b == 0)).sum())
-    observed = math.comb(m, b_only)
-    # P(x) ≤ P(s)(1 + 10⁻⁷) ⇔ C(m, x) · 10⁷ ≤ C(m, s) · (10⁷ + 1): no rounding.
-    tail = sum(math.comb(m, x) for x in range(m + 1) if math.comb(m, x) * 10**7 <= observed * (10**7 + 1))
-    return float(min(Fraction(1), Fraction(tail, 2**m)))
+    return 1.0 if m == 0 else float(binomtest(b_only, m, 0.5).pvalue)
 
 
 def _runs(per_benchmark: Mapping, name: str) -> dict[str, np.ndarray]:
@@ -266,54 +297,70 @@ def _runs(per_benchmark: Mapping, name: str) -> dict[str, np.ndarray]:
     return scores
 
 
-def _resample_counts(rng: np.random.Generator, size: int, resamples: int) -> np.ndarray:
-    """[resamples, size]: how often each of `size` items is drawn in each resample of `size` draws with replacement."""
-    draws = rng.integers(0, size, size=(resamples, size)) + size * np.arange(resamples)[:, None]
-    return np.bincount(draws.ravel(), minlength=resamples * size).reshape(resamples, size)
+def _interaction_mean_square(x: np.ndarray) -> float:
+    """The residual mean square of a runs × problems table without replication (two-way ANOVA): what a run's score
+    on a problem varies beyond the run's level and the problem's difficulty."""
+    runs, problems = x.shape
+    residual = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + x.mean()
+    return float((residual**2).sum() / ((runs - 1) * (problems - 1)))
 
 
-def macro_runs_difference(a, b, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0):
-    """B − A of the macro average with several runs (seeds) per side, with a `level` percentile bootstrap interval
-    over runs and problems (a two-stage bootstrap: Davison & Hinkley 1997 §3.8; Bouthillier et al. 2021, "Accounting
-    for variance in machine learning benchmarks"). Each resample draws A's runs and B's runs with replacement (the same
-    runs for every benchmark: a run is one trained model) and each benchmark's problems with replacement (the same
-    problems for A and B: the pairing); the statistic is the macro average of B's mean minus A's.
+def macro_runs_difference(a, b, level: float = LEVEL):
+    """B − A of the macro average with several runs (seeds) per side: two methods, each trained several times,
+    evaluated on the same problems, with a `level` interval; no interval (None) with fewer than `MIN_RUNS` runs on
+    a side.
+
+    A run's macro accuracy a_j (b_l) varies from seed to seed; the problems are a sample too. With D_i the per-problem
+    difference of the two sides' mean scores and MS_A, MS_B the runs × problems interaction mean squares,
+
+        Var̂ = s²(a_j)/m + s²(b_l)/r + Σ_b max(0, s²_b(D) − MS_A,b/m − MS_B,b/r)/n_b / K²
+
+    (s²(a_j)/m already holds each run's interaction with the problems, which s²(D) holds too: subtracted once, the
+    method of moments for variance components; e.g. Searle, Casella & McCulloch 1992, ch. 4), and the interval is
+    d ± t_ν·sqrt(Var̂) with Satterthwaite's (1946) ν = Var̂² / Σ (part²/its degrees of freedom): m − 1, r − 1 and
+    min n_b − 1. When the problem part is 0 this is Welch's interval for the runs' macro accuracies.
 
     Args:
         a, b: {benchmark: [runs, problems_b]} scores in [0, 1]; A and B may have different numbers of runs.
-        seed: the bootstrap's numpy Generator seed (the interval is a function of the data and the seed).
     Returns:
-        (difference, low, high): the observed difference of the macro averages over all runs, and the interval.
+        (difference, low, high): the observed difference of the macro averages over all runs and the interval;
+        low and high are None when A or B has fewer than MIN_RUNS runs.
     """
     a, b = _runs(a, "a"), _runs(b, "b")
     if a.keys() != b.keys() or any(a[name].shape[1] != b[name].shape[1] for name in a):
         raise GRPOLambdaError("a and b must hold the same benchmarks and problems: pair runs problem by problem")
-    if resamples < 1:
-        raise GRPOLambdaError(f"resamples={resamples}: pass a positive number of bootstrap resamples (e.g. 2000)")
-    _normal_quantile(level)
-    rng = np.random.default_rng(seed)
-    (runs_a, _), (runs_b, _) = next(iter(a.values())).shape, next(iter(b.values())).shape
-    weights_a = _resample_counts(rng, runs_a, resamples) / runs_a  # [resamples, runs_a]
-    weights_b = _resample_counts(rng, runs_b, resamples) / runs_b
-    difference = 0.0
-    statistic = np.zeros(resamples)
-    for name in sorted(a):
-        n = a[name].shape[1]
-        problems = _resample_counts(rng, n, resamples) / n  # [resamples, problems]
-        per_problem = weights_b @ b[name] - weights_a @ a[name]  # [resamples, problems]: B − A over drawn runs
-        statistic += (per_problem * problems).sum(axis=1)
-        difference += b[name].mean() - a[name].mean()
+    _check_level(level)
     k = len(a)
-    low, high = np.quantile(statistic / k, [(1 - level) / 2, (1 + level) / 2])
-    return difference / k, float(low), float(high)
+    runs_a = sum(x.mean(axis=1) for x in a.values()) / k  # [m] each run's macro accuracy
+    runs_b = sum(y.mean(axis=1) for y in b.values()) / k
+    m, r = len(runs_a), len(runs_b)
+    difference = float(runs_b.mean() - runs_a.mean())
+    if min(m, r) < MIN_RUNS:
+        return difference, None, None
+    seeds_a, seeds_b = runs_a.var(ddof=1) / m, runs_b.var(ddof=1) / r
+    problems = 0.0
+    for name in a:
+        x, y = a[name], b[name]
+        if x.shape[1] > 1:  # one problem has no spread to estimate
+            spread = (y.mean(axis=0) - x.mean(axis=0)).var(ddof=1)
+            excess = spread - _interaction_mean_square(x) / m - _interaction_mean_square(y) / r
+            problems += max(0.0, excess) / x.shape[1]
+    problems /= k**2
+    variance = seeds_a + seeds_b + problems
+    if variance == 0:
+        return difference, difference, difference
+    problem_df = max(1, min(x.shape[1] for x in a.values()) - 1)
+    df = variance**2 / (seeds_a**2 / (m - 1) + seeds_b**2 / (r - 1) + problems**2 / problem_df)
+    half = float(student_t.ppf((1 + level) / 2, df)) * np.sqrt(variance)
+    return difference, float(difference - half), float(difference + half)
 
 
-def runs_difference(a, b, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0):
+def runs_difference(a, b, level: float = LEVEL):
     """B − A on one benchmark with several runs (seeds) per side: `macro_runs_difference` of that one benchmark.
 
     Args:
         a, b: [runs, problems] scores in [0, 1].
     Returns:
-        (difference, low, high).
+        (difference, low, high); low and high None with fewer than MIN_RUNS runs on a side.
     """
-    return macro_runs_difference({"benchmark": a}, {"benchmark": b}, level, resamples, seed)
+    return macro_runs_difference({"benchmark": a}, {"benchmark": b}, level)

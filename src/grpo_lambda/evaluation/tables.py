@@ -18,9 +18,11 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.evaluation import stats
 from grpo_lambda.evaluation.config import EvalConfig
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.store import read_results
@@ -45,10 +47,13 @@ TABLE1_LAMBDA_RUN = {
     "suayptalha/DeepSeek-R1-Distill-Llama-3B": "eps_trace-recent-0.99",
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": "eps_trace-recent-0.99",
 }
+# The problems behind each of the paper's numbers: understand-r1-zero's suite, the one shipped here (tested).
+PAPER_PROBLEMS = {"aime": 30, "amc": 83, "math": 500, "minerva": 272, "olympiad_bench": 675}
 CELL_LEGEND = (
-    "Cells: paper / yours under the paper's grader (difference, then ✓ if the paper's value lies inside your 95 % "
-    "interval over problems, ✗ if outside; Table 1's means over training sets carry no interval) [yours under the "
-    "corrected grade]."
+    "Cells: paper / yours under the paper's grader (difference, then ✓ where it is within what drawing the problems "
+    "explains — the 95 % interval of yours minus the paper's, each an accuracy on its benchmark's problems with its "
+    "own sampling error, contains 0 — and ✗ where it is not; Table 1's means over training sets are not marked) "
+    "[yours under the corrected grade]."
 )
 
 
@@ -122,17 +127,44 @@ def collect_results(results_dir: str | Path, paper: dict) -> dict[tuple[str, str
     return found
 
 
-def _cell(paper_value: float | None, mine: dict | None) -> str:
+def paper_interval(paper_row: dict, key: str) -> tuple[float, float, float] | None:
+    """(value, low, high): the paper's value of `key` (a benchmark or "average") in `paper_row` with its 95 %
+    interval over its problems — the paper's accuracy on PAPER_PROBLEMS[b] problems is round(value·n) of n correct,
+    and its interval is stats.accuracy_interval (stats.macro_interval for the average) of those answers, set about
+    the printed value. None where the row lacks a benchmark."""
+    if any(paper_row.get(b) is None for b in (BENCHMARKS if key == "average" else (key,))):
+        return None
+    answers = {b: np.arange(n) < round(paper_row[b] * n) for b, n in PAPER_PROBLEMS.items()}
+    if key == "average":
+        low, high = stats.macro_interval(answers)
+        centre = statistics.fmean(a.mean() for a in answers.values())
+    else:
+        low, high = stats.accuracy_interval(answers[key])
+        centre = answers[key].mean()
+    value = paper_row[key]
+    return value, value - (centre - low), value + (high - centre)
+
+
+def agrees_with_paper(paper: tuple[float, float, float], ours: float, interval: list[float]) -> bool:
+    """Whether yours and the paper's differ by no more than drawing the problems explains: the 95 % interval of
+    yours − the paper's, two estimates with their own intervals (stats.independent_difference, Newcombe's), holds 0.
+    Both were measured on the same problems, so this counts more noise than there is between them: a ✗ is a real
+    disagreement (or another grader, template or decoding), a ✓ only that the problems cannot tell."""
+    _, low, high = stats.independent_difference(paper, (ours, *interval))
+    return low <= 0 <= high
+
+
+def _cell(paper_value: float | None, mine: dict | None, paper: tuple[float, float, float] | None = None) -> str:
     """The cell "paper / yours (Δ ✓|✗) [corrected]"; `mine` is {grade: value, "interval": (low, high) | None} or
-    None; ✓: the paper's value lies inside your interval."""
+    None, `paper` the paper's `paper_interval` (no mark without it or without your interval)."""
     if not mine or mine.get("paper") is None:
         return "" if paper_value is None else f"{paper_value:.3f}"
     ours, corrected, interval = mine["paper"], mine.get("corrected"), mine.get("interval")
     if paper_value is None:
         text = f"– / {ours:.3f}"
     else:
-        inside = "" if not interval else (" ✓" if interval[0] <= paper_value <= interval[1] else " ✗")
-        text = f"{paper_value:.3f} / {ours:.3f} ({ours - paper_value:+.3f}{inside})"
+        mark = "" if not (interval and paper) else (" ✓" if agrees_with_paper(paper, ours, interval) else " ✗")
+        text = f"{paper_value:.3f} / {ours:.3f} ({ours - paper_value:+.3f}{mark})"
     return text + ("" if corrected is None else f" [{corrected:.3f}]")
 
 
@@ -196,7 +228,16 @@ def render_run_tables(paper: dict, user: dict | None = None, latex: bool = False
                     else None
                     for run in runs
                 ]
-                rows.append([dataset, label, *[_cell(cells[run][key], m) for run, m in zip(runs, mine, strict=True)]])
+                rows.append(
+                    [
+                        dataset,
+                        label,
+                        *[
+                            _cell(cells[run][key], m, paper_interval(cells[run], key) if m else None)
+                            for run, m in zip(runs, mine, strict=True)
+                        ],
+                    ]
+                )
             blocks.append(_render(["Trained on", "", *[_run_label(run) for run in runs]], rows, latex))
     return "\n\n".join(blocks)
 
