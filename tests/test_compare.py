@@ -110,3 +110,9 @@ def test_compare_two_real_evaluations(tiny_model_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| aime | 4 |" in out and "| amc | 4 |" in out and "| average | 8 |" in out
     assert (output / "compare.md").read_text().strip() in out and (output / "compare.png").stat().st_size > 5_000
+
+
+def test_sweep_evaluations_are_labelled_by_their_run():
+    """A sweep writes <run>/eval: both sides read "eval" before."""
+    assert compare.label("data/sweeps/x/M/grpo/gsm8k_grpo/eval") == "gsm8k_grpo"
+    assert compare.label("data/eval/mine") == "mine"

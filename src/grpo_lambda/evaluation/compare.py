@@ -210,6 +210,13 @@ def forest_plot(rows: list[dict], title: str, path: Path) -> Path:
     return path
 
 
+def label(folder: str | Path) -> str:
+    """How a folder is named in the table and the plot: by its run where it is a run's evaluation (a sweep's
+    `<run folder>/eval`, which would otherwise read "eval" on both sides), else by its name."""
+    path = Path(folder).resolve()
+    return path.parent.name if path.name == "eval" else path.name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--a", nargs="+", required=True, help="Evaluation folder(s) of A (several: one per seed).")
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default="plots", help="Writes compare.md and compare.png into it.")
     args = parser.parse_args(argv)
     rows = compare(args.a, args.b, args.grade)
-    label_a, label_b = (" + ".join(Path(folder).name for folder in side) for side in (args.a, args.b))
+    label_a, label_b = (" + ".join(label(folder) for folder in side) for side in (args.a, args.b))
     table = render(rows, label_a, label_b, args.grade, interval_kind(len(args.a), len(args.b)))
     print(table)
     output = Path(args.output_dir)
