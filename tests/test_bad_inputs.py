@@ -7,10 +7,10 @@ Python that prints the command line it is given, which the real parsers then rea
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -312,16 +312,20 @@ def test_credit_names_a_missing_model_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("answer", ["10^{10^{10^{10}}}", "99999999!", "1e999999999", "10!!", "\\prod_{i=1}^{10^9} i"])
 def test_the_corrected_grade_is_bounded_when_called_directly(answer):
-    """Before: math-verify evaluated these exactly, for more than 60 s (hours), in C code no alarm interrupts; the
-    evaluation's grading worker bounded them, a direct call did not. Now they are "not equal" from the expression
-    tree alone. (The thread is only a guard for the old code: a hang fails here instead of stalling the suite.)"""
+    """Before: math-verify evaluated these exactly, for more than 60 s (hours), in C code that holds the GIL and no
+    alarm interrupts; the evaluation's grading worker bounded them, a direct call did not. Now they are "not equal"
+    from the expression tree alone. (The forked child is only a guard for the old code: a hang fails the test.)"""
     from grpo_lambda.evaluation import corrected_grade
 
-    verdict = []
-    worker = threading.Thread(target=lambda: verdict.append(corrected_grade.is_correct(answer, ["5"])), daemon=True)
-    worker.start()
-    worker.join(timeout=60)
-    assert verdict == [False]
+    context = multiprocessing.get_context("fork")  # the modules are loaded already: the child starts at once
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=lambda: send.send(corrected_grade.is_correct(answer, ["5"])), daemon=True)
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    assert receive.poll() and receive.recv() is False
 
 
 def test_the_bound_leaves_sane_numbers_graded():
