@@ -133,8 +133,8 @@ def resolved(stage: str, **settings):
 
 BAD_VALUES = [
     # Before: one step at learning rate 0, then "finished"
-    ("grpo", {"max_steps": 0}, "max_steps=0 trains no step"),
-    ("sft", {"max_steps": 0}, "max_steps=0 trains no step"),
+    ("grpo", {"max_steps": 0}, "max_steps=0 is no number of steps"),
+    ("sft", {"max_steps": 0}, "max_steps=0 is no number of steps"),
     # Before: a traceback after 36-41 s (the optimizer refuses it), or a run that climbs the loss
     ("grpo", {"learning_rate": -1e-6}, "learning_rate=-1e-06 would climb the loss"),
     ("sft", {"learning_rate": -1e-6}, "learning_rate=-1e-06 would climb the loss"),

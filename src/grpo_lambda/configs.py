@@ -401,16 +401,16 @@ TRACE_FIELDS = ("trace_style", "trace_lambda", "trace_gamma", "trace_floor", "we
 
 
 def check_values(values: dict, training: GRPOLambdaConfig | SFTConfig) -> None:
-    """What TrlParser accepts but would train wrongly or uselessly, in either stage, refused in one line: a number of
-    steps that trains nothing (max_steps 0: TrainingArguments falls back to num_train_epochs), a negative learning
-    rate, and settings (`values`: what the recipe and the overrides set, never a default) that the chosen method or
-    mode ignores: trace fields with loss_variant=grpo, weight_clamp_fn with eps_trace, vllm_* without use_vllm. A
-    recipe that sets use_vllm: false itself, or a `--use_vllm false` on top of a paper recipe (README: no vLLM),
-    keeps its vllm_* settings for when vLLM is on."""
-    if training.max_steps == 0 or training.max_steps < -1:
+    """What TrlParser accepts but would train wrongly or uselessly, in either stage, refused in one line: max_steps 0
+    (the Trainer plans 0 steps, runs one at learning rate 0 and says it finished; -1 is "num_train_epochs"), a
+    negative learning rate, and settings (`values`: what the recipe and the overrides set, never a default) that the
+    chosen method or mode ignores: trace fields with loss_variant=grpo, weight_clamp_fn with eps_trace, vllm_*
+    without use_vllm. A recipe that sets use_vllm: false itself, or a `--use_vllm false` on top of a paper recipe
+    (README: no vLLM), keeps its vllm_* settings for when vLLM is on."""
+    if training.max_steps == 0:
         raise GRPOLambdaError(
-            f"{CONFIG_ERROR} max_steps={training.max_steps} trains no step: give a positive number of optimizer "
-            "steps, or -1 to train num_train_epochs over the training set."
+            f"{CONFIG_ERROR} max_steps={training.max_steps} is no number of steps: give a positive number of "
+            "optimizer steps, or -1 to train num_train_epochs over the training set."
         )
     if not training.learning_rate >= 0:  # also refuses NaN
         raise GRPOLambdaError(

@@ -2,7 +2,8 @@
 generated tasks (arithmetic built in; others registered with `register_task`, as experiments/toy.py does).
 
 Every source comes out as {problem, answer} (strings), then `to_prompts` adds the `prompt` in the chosen template;
-the reward functions receive `answer=`. Rows without a usable problem or answer are dropped and counted in the log.
+the reward functions receive `answer=`. Rows without a usable problem or answer are dropped and counted in the log;
+a set left with none is refused. `check_dataset(..., parse=True)` is the launcher's check of all this, in seconds.
 """
 
 from __future__ import annotations
