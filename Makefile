@@ -173,7 +173,7 @@ train: install
 	$(PY) -m grpo_lambda.jobs.launch --stage train $(METHOD_FLAGS) $(LAUNCH_FLAGS)
 
 sft: install
-	$(PY) -m grpo_lambda.jobs.launch --stage sft $(LAUNCH_FLAGS)
+	$(PY) -m grpo_lambda.jobs.launch --stage sft $(METHOD_FLAGS) $(LAUNCH_FLAGS)
 
 evaluate: install
 	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks $(subst $(COMMA), ,$(BENCHMARKS))) \
@@ -188,12 +188,14 @@ tables: install
 	$(PY) -m grpo_lambda.evaluation.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)
 
 # make compare A="<evaluation folder(s)>" B="<evaluation folder(s)>" [GRADE=paper|corrected]: B − A, paired, 95 % intervals
+# (A or B that names one existing folder is that folder, spaces and all; otherwise a list split at spaces)
 A ?=
 B ?=
 GRADE ?= paper
 compare: install
 	@test -n "$(A)" -a -n "$(B)" || { echo "set A=<evaluation folder(s)> and B=<evaluation folder(s)>"; exit 2; }
-	$(PY) -m grpo_lambda.evaluation.compare --a $(A) --b $(B) --grade $(GRADE) --output_dir "$(PLOTS)"
+	@a=("$(A)"); [ -e "$(A)" ] || a=($(A)); b=("$(B)"); [ -e "$(B)" ] || b=($(B)); \
+	$(PY) -m grpo_lambda.evaluation.compare --a "$${a[@]}" --b "$${b[@]}" --grade $(GRADE) --output_dir "$(PLOTS)"
 
 # make credit RESULTS=<evaluation folder> [BENCHMARK=math] [INDEX=0] [ARGS="--trace_lambda 0.98 --trace_style recent"]
 credit: install

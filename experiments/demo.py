@@ -72,9 +72,16 @@ def run_stage(name: str, argv: list[str], folder: Path) -> None:
     subprocess.run(command, check=True)
 
 
-def method_flags(method: Method) -> str:
-    """The method as trainer flags: its config values, over whichever default recipe the launcher picks."""
-    return " ".join(f"--{key} {'null' if value is None else value}" for key, value in method.config().items())
+LAUNCHER_METHOD_FIELDS = ("loss_variant", "trace_style", "trace_lambda")  # make train's LOSS_VARIANT, TRACE_*
+
+
+def method_flags(method: Method) -> tuple[list[str], str]:
+    """The method as the launcher's method flags, which pick the default recipe of its kind (GRPO's has no trace
+    settings, which GRPO would ignore and the launcher refuses), and its other config values as trainer flags."""
+    config = method.config()
+    launcher = [f"--{key}={config[key]}" for key in LAUNCHER_METHOD_FIELDS if key in config]
+    rest = {key: value for key, value in config.items() if key not in LAUNCHER_METHOD_FIELDS}
+    return launcher, " ".join(f"--{key} {'null' if value is None else value}" for key, value in rest.items())
 
 
 def results_table(rows: dict[str, dict]) -> str:
@@ -124,16 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for method in METHODS:
         runs[method.tag] = out / method.tag
+        launcher, method_args = method_flags(method)
         flags = (
             f"--prompt_template qwen_math --max_steps {size['rl_steps']} --save_steps {size['rl_steps']} "
             f"--num_generations {size['generations']} "
             f"--per_device_train_batch_size {size['prompts'] * size['generations']} "
             f"--learning_rate {size['learning_rate']} --max_train_samples {size['train_problems']} "
-            f"--output_dir {runs[method.tag]} {method_flags(method)}"
+            f"--output_dir {runs[method.tag]} {method_args}"
         )
         run_stage(
             f"2/4 {method.tag}",
-            ["--model", str(sft), "--dataset", "arithmetic", "--args", flags],
+            ["--model", str(sft), "--dataset", "arithmetic", *launcher, "--args", flags],
             runs[method.tag],
         )
 

@@ -94,10 +94,8 @@ BAD_SETTINGS = [
 ]
 
 
-def write_recipe(tmp_path: Path, **settings) -> Path:
-    recipe = yaml.safe_load(
-        (REPO_ROOT / "recipes/default/grpo/config_arithmetic_eps_trace-both-0.99.yaml").read_text()
-    )
+def write_recipe(tmp_path: Path, base: str = "eps_trace-both-0.99", **settings) -> Path:
+    recipe = yaml.safe_load((REPO_ROOT / f"recipes/default/grpo/config_arithmetic_{base}.yaml").read_text())
     recipe.update(settings, output_dir=str(tmp_path / "out"))
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -122,7 +120,7 @@ def test_bad_command_line_value_fails_with_one_line(tmp_path):
 
 
 def test_plain_grpo_accepts_what_grpo_lambda_rejects(tmp_path):
-    recipe = write_recipe(tmp_path, loss_variant="grpo", loss_type="cispo", use_bias_correction_kl=True)
+    recipe = write_recipe(tmp_path, "grpo", loss_type="cispo", use_bias_correction_kl=True)
     _, training_args, _ = parse_grpo_args(["--config", str(recipe)])
     assert training_args.loss_type == "cispo"
 

@@ -106,8 +106,8 @@ def test_the_grpo_entry_point_stops_before_loading_anything(tmp_path):
     )
     assert grpo.main(*arguments()) == 0
     assert sorted(p.name for p in output_dir.iterdir()) == [RUN_RECORD]  # nothing trained or saved
-    with pytest.raises(GRPOLambdaError, match="holds a eps_trace-both-0.99 run; this command trains grpo"):
-        grpo.main(*arguments("--loss_variant", "grpo"))
+    with pytest.raises(GRPOLambdaError, match="holds a eps_trace-both-0.99 run; this command trains eps_weight"):
+        grpo.main(*arguments("--loss_variant", "eps_weight"))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -226,6 +227,11 @@ class GRPOLambdaConfig(WallTimeCheckpoints, GRPOConfig):
             raise ValueError(
                 f"max_prompt_length={self.max_prompt_length} must be a positive number of tokens or null."
             )
+        if not self.temperature > 0:  # also refuses NaN
+            raise ValueError(
+                f"temperature={self.temperature}: the policy's logits are divided by it, so it must be positive "
+                "(the recipes sample at 0.9 or 1.0)."
+            )
         if self.adv_clamp_min is not None and self.adv_clamp_min > 0:
             raise ValueError(
                 f"adv_clamp_min={self.adv_clamp_min} would make every advantage positive; use −0.1 or null."
@@ -344,6 +350,9 @@ class OneLineErrorParser(TrlParser):
     """TrlParser whose errors are one line, not argparse's full usage of a few hundred TrainingArguments."""
 
     def error(self, message: str):
+        flag = re.match(r"argument (--\w+)\S*: expected one argument", message)
+        if flag:  # argparse reads a value such as -1e-6 as an option of its own
+            message += f" (a value that starts with '-' goes after '=': {flag[1]}=<value>)"
         raise GRPOLambdaError(f"{CONFIG_ERROR} {message}")
 
 
@@ -412,7 +421,52 @@ def resolve_settings(stage: str, values: dict, for_reading: bool = False) -> Set
         path = Path(folder) / "recipe.yaml"
         path.write_text(yaml.safe_dump(parsed, sort_keys=False, allow_unicode=True), encoding="utf-8")
         script, training, model = _parse(STAGES[stage], ["--config", str(path)])
+    check_values(values, training)
     return Settings(stage, dict(values), script, training, model)
+
+
+# Fields only GRPO-λ's losses read (trainer.GRPOLambdaTrainer._apply_traces): loss_variant=grpo ignores them all, and
+# eps_trace ignores the soft clamp of ε-weight.
+TRACE_FIELDS = ("trace_style", "trace_lambda", "trace_gamma", "trace_floor", "weight_clamp_fn")
+
+
+def check_values(values: dict, training: GRPOLambdaConfig | SFTConfig) -> None:
+    """What TrlParser accepts but would train wrongly or uselessly, in either stage, refused in one line: max_steps 0
+    (the Trainer plans 0 steps, runs one at learning rate 0 and says it finished; -1 is "num_train_epochs"), a
+    negative learning rate, and settings (`values`: what the recipe and the overrides set, never a default) that the
+    chosen method or mode ignores: trace fields with loss_variant=grpo, weight_clamp_fn with eps_trace, vllm_*
+    without use_vllm. A recipe that sets use_vllm: false itself, or a `--use_vllm false` on top of a paper recipe
+    (README: no vLLM), keeps its vllm_* settings for when vLLM is on."""
+    if training.max_steps == 0:
+        raise GRPOLambdaError(
+            f"{CONFIG_ERROR} max_steps={training.max_steps} is no number of steps: give a positive number of "
+            "optimizer steps, or -1 to train num_train_epochs over the training set."
+        )
+    if not training.learning_rate >= 0:  # also refuses NaN
+        raise GRPOLambdaError(
+            f"{CONFIG_ERROR} learning_rate={training.learning_rate} would climb the loss: give a positive learning "
+            "rate (the recipes' RL stage: 1e-6)."
+        )
+    if not isinstance(training, GRPOLambdaConfig):
+        return
+    uses = {"grpo": (), "eps_trace": TRACE_FIELDS[:-1], "eps_weight": TRACE_FIELDS}[training.loss_variant]
+    ignored = [name for name in TRACE_FIELDS if name in values and name not in uses]
+    if ignored:
+        them = "it" if len(ignored) == 1 else "them"
+        fix = f"drop {them} (LOSS_VARIANT=grpo picks a recipe without trace settings), or train eps_trace|eps_weight"
+        if training.loss_variant == "eps_trace":
+            fix = "drop it, or set loss_variant=eps_weight, which reads it"
+        raise GRPOLambdaError(
+            f"{CONFIG_ERROR} {', '.join(f'{name}={values[name]}' for name in ignored)} would be ignored: "
+            f"loss_variant={training.loss_variant} does not read {them}; {fix}."
+        )
+    vllm = [name for name in values if name.startswith("vllm_")]
+    if vllm and not training.use_vllm and "use_vllm" not in values:
+        raise GRPOLambdaError(
+            f"{CONFIG_ERROR} {', '.join(f'{name}={values[name]}' for name in vllm)} would be ignored: use_vllm is "
+            f"false (the default), so transformers generates the completions: set use_vllm true (VLLM_MODE=colocate|"
+            f"server does) or drop {'it' if len(vllm) == 1 else 'them'}."
+        )
 
 
 def parse_settings(stage: str, argv: list[str]) -> Settings:

@@ -2,14 +2,14 @@
 generated tasks (arithmetic built in; others registered with `register_task`, as experiments/toy.py does).
 
 Every source comes out as {problem, answer} (strings), then `to_prompts` adds the `prompt` in the chosen template;
-the reward functions receive `answer=`. Rows without a usable problem or answer are dropped and counted in the log.
+the reward functions receive `answer=`. Rows without a usable problem or answer are dropped and counted in the log;
+a set left with none is refused. `check_dataset(..., parse=True)` is the launcher's check of all this, in seconds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 from collections.abc import Callable
@@ -22,6 +22,8 @@ from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_f
 from grpo_lambda.errors import GRPOLambdaError
 
 from .answers import ANSWER_SEPARATOR, gold_answers
+from .inputs import hub_offline
+from .layout import local_path
 from .templates import PromptTemplate, check_template, render_completion, render_prompt
 
 logger = logging.getLogger(__name__)
@@ -167,15 +169,20 @@ def gold_answer(value) -> str | None:
 
 def _read_records(path: Path) -> Dataset | DatasetDict:
     """A local copy: a `save_to_disk` folder, .jsonl, .json (a list of records, or ORZ's list of two-turn lists),
-    or .parquet."""
+    or .parquet. One without a single record is refused with its path."""
     if path.is_dir():
-        return load_from_disk(str(path))
-    if path.suffix == ".parquet":
-        return Dataset.from_parquet(str(path))
-    records = read_json_records(path)
-    if records and isinstance(records[0], list):  # ORZ: [[{from: human, value}, {from: assistant, ground_truth}]]
-        return Dataset.from_dict({"conversation": records})
-    return Dataset.from_list(records)
+        loaded = load_from_disk(str(path))
+    elif path.suffix == ".parquet":
+        loaded = Dataset.from_parquet(str(path))
+    else:
+        records = read_json_records(path)
+        if records and isinstance(records[0], list):  # ORZ: [[{from: human, value}, {from: assistant, ground_truth}]]
+            loaded = Dataset.from_dict({"conversation": records})
+        else:
+            loaded = Dataset.from_list(records)
+    if all(len(split) == 0 for split in (loaded.values() if isinstance(loaded, DatasetDict) else [loaded])):
+        raise GRPOLambdaError(f"{path.absolute()} holds no records: give a file with one problem per row.")
+    return loaded
 
 
 def read_json_records(path: Path) -> list:
@@ -185,7 +192,15 @@ def read_json_records(path: Path) -> list:
         raise GRPOLambdaError(f"no dataset file {path.absolute()}: check DATASET / dataset_path.")
     if path.suffix not in (".jsonl", ".json"):
         raise GRPOLambdaError(f"cannot read {path}: expected a save_to_disk folder, .jsonl, .json or .parquet.")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:  # read with replacement characters, it would train on them
+        line = data[: error.start].count(b"\n") + 1
+        raise GRPOLambdaError(
+            f"{path} line {line} is not UTF-8 (byte 0x{data[error.start]:02x}): convert the file to UTF-8, e.g. "
+            f"iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}."
+        ) from None
     if path.suffix == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -212,8 +227,10 @@ def read_json_records(path: Path) -> list:
 
 def check_dataset(name: str, path: str | None = None, config: str | None = None, parse: bool = False) -> None:
     """Refuse what training would ignore or fail on late: a local copy (`dataset_path`) or a Hub config given for
-    a generated task, a config other than a named source's, a local copy that is absent or (`parse`: the
-    launcher's check before it starts anything) a JSON file that does not parse."""
+    a generated task, a config other than a named source's, a local copy that is absent. With `parse` (the
+    launcher's check, in seconds before anything starts), also what training would fail on or train wrongly from:
+    a local copy that does not parse, is not UTF-8, holds no records or no row with both a problem and a gold
+    answer; a Hub training set that is neither in the Hugging Face cache nor, online, on the Hub."""
     if name in GENERATED_TASKS and (path or config):
         given = f"dataset_path={path}" if path else f"dataset_config={config}"
         raise GRPOLambdaError(
@@ -227,21 +244,103 @@ def check_dataset(name: str, path: str | None = None, config: str | None = None,
             f"({source.config or 'its only config'}). For another config, name the Hub dataset itself: "
             f"--dataset_name {source.hub_id} --dataset_config {config}."
         )
-    local = Path(path) if path else (Path(name) if os.path.exists(name) else None)
+    local = _local_copy(name, path)
     if local is not None and not local.exists():
-        raise GRPOLambdaError(f"no dataset file or folder {local.absolute()}: check dataset_path.")
-    if parse and local is not None and local.suffix in (".jsonl", ".json"):
-        read_json_records(local)
+        raise GRPOLambdaError(f"no dataset file or folder {local.absolute()}: check DATASET / dataset_path.")
+    if not parse or name in GENERATED_TASKS:
+        return
+    if local is None:
+        check_hub_dataset(name, config)
+        return
+    rows = _read_records(local)
+    if isinstance(rows, DatasetDict):
+        if "train" not in rows:
+            return  # training reads the split dataset_train_split names, and names what is missing
+        rows = rows["train"]
+    convert = _row_reader(rows, str(local), source)
+    if not any(all(convert(row).values()) for row in rows):
+        raise _nothing_usable(str(local), len(rows))
 
 
-def _adapt(rows: Dataset, source_name: str, source: Source | None) -> Dataset:
-    """Map rows to the one schema {problem, answer}; rows without a usable problem or answer are dropped and
-    counted in the log."""
+def check_hub_dataset(name: str, config: str | None = None) -> None:
+    """A training set from the Hub that training can load: offline, in the Hugging Face cache; online, on the Hub.
+    Checked with what loading does first, without the data: `datasets.load_dataset_builder` (the dataset card and
+    file list, or the cached copy offline), or for a source kept in one file (orz-57k) that file in the cache."""
+    import datasets
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    source = SOURCES.get(name)
+    hub_id, hub_config = (source.hub_id, source.config) if source else (name, config)
+    offline = hub_offline() or datasets.config.HF_HUB_OFFLINE
+    download = f"download it first (make download DATASET={name}) or unset HF_HUB_OFFLINE"
+    if source is not None and source.hub_file is not None:
+        cached = try_to_load_from_cache(hub_id, source.hub_file, repo_type="dataset")
+        if offline and not isinstance(cached, str):
+            raise GRPOLambdaError(
+                f"DATASET={name}: HF_HUB_OFFLINE=1 and {hub_id}'s {source.hub_file} is not in the Hugging Face "
+                f"cache: {download}."
+            )
+        return
+    known = ", ".join([*SOURCES, *GENERATED_TASKS])
+    what = f"{hub_id} (the Hub dataset of {name})" if source else f"the Hub dataset {hub_id}"
+    try:
+        validate_repo_id(hub_id)
+    except HFValidationError:
+        raise GRPOLambdaError(
+            f"DATASET={name} is neither a training set ({known}), a file or folder, nor a Hub dataset id (org/name)."
+        ) from None
+    try:
+        datasets.load_dataset_builder(hub_id, hub_config)
+    except datasets.exceptions.DatasetNotFoundError:
+        raise GRPOLambdaError(
+            f"DATASET={name}: no training set of that name ({known}), no such file or folder, and no {what} on the "
+            "Hugging Face Hub (a private one needs hf auth login)."
+        ) from None
+    except ConnectionError as error:
+        if offline:
+            names = "" if source else f" (training sets by name: {known}; or a file or folder)"
+            raise GRPOLambdaError(
+                f"DATASET={name}: HF_HUB_OFFLINE=1 and {what} is not in the Hugging Face cache{names}: {download}."
+            ) from None
+        raise GRPOLambdaError(
+            f"DATASET={name}: cannot reach the Hugging Face Hub for {what} ({_first_line(error)}). On a node without "
+            f"network, download it first (make download DATASET={name}) and set HF_HUB_OFFLINE=1."
+        ) from None
+    except Exception as error:  # a config or split the dataset lacks, a gated dataset: the library's own words
+        raise GRPOLambdaError(f"DATASET={name}: {what} cannot be loaded: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def _local_copy(name: str, path: str | None) -> Path | None:
+    """The local copy training reads: `path` (dataset_path), else `name` where it is a path (layout.local_path)."""
+    if path:
+        return Path(path)
+    if name in GENERATED_TASKS:
+        return None
+    return local_path(name)
+
+
+def _nothing_usable(label: str, rows: int) -> GRPOLambdaError:
+    return GRPOLambdaError(
+        f"{label}: none of its {rows} rows has both a problem and a gold answer (empty or null), so training would "
+        "have nothing to learn from: check its answer column or choose another training set."
+    )
+
+
+def _row_reader(rows: Dataset, label: str, source: Source | None) -> Callable[[dict], dict]:
+    """row → {problem, answer} (strings, empty where unusable) for rows of a named source's layout, or of a local
+    copy or unnamed dataset with problem/answer columns (PROBLEM_COLUMNS, ANSWER_COLUMNS)."""
     if source is not None and _accessors_work(rows, source):
         get_problem, get_answer = source.problem, source.answer
     else:  # a local copy already reduced to problem/answer columns, or an unnamed dataset
-        problem_column = _pick_column(rows.column_names, PROBLEM_COLUMNS, "problem", source_name)
-        answer_column = _pick_column(rows.column_names, ANSWER_COLUMNS, "answer", source_name)
+        problem_column = _pick_column(rows.column_names, PROBLEM_COLUMNS, "problem", label)
+        answer_column = _pick_column(rows.column_names, ANSWER_COLUMNS, "answer", label)
 
         def get_problem(row):
             return row[problem_column]
@@ -256,13 +355,19 @@ def _adapt(rows: Dataset, source_name: str, source: Source | None) -> Dataset:
             "answer": gold_answer(get_answer(row)) or "",
         }
 
-    adapted = rows.map(convert, remove_columns=rows.column_names, features=_SCHEMA)
+    return convert
+
+
+def _adapt(rows: Dataset, label: str, source: Source | None) -> Dataset:
+    """Map rows to the one schema {problem, answer}; rows without a usable problem or answer are dropped and
+    counted in the log, and a dataset left with none is refused (`label`: the file, or the dataset's name)."""
+    adapted = rows.map(_row_reader(rows, label, source), remove_columns=rows.column_names, features=_SCHEMA)
     usable = adapted.filter(lambda row: bool(row["problem"]) and bool(row["answer"]))
+    if len(usable) == 0:
+        raise _nothing_usable(label, len(adapted))
     skipped = len(adapted) - len(usable)
     if skipped:
-        logger.warning(
-            "%s: skipped %d of %d rows without a usable problem or answer", source_name, skipped, len(adapted)
-        )
+        logger.warning("%s: skipped %d of %d rows without a usable problem or answer", label, skipped, len(adapted))
     return usable
 
 
@@ -283,7 +388,9 @@ def load_problem_dataset(
 ) -> Dataset:
     """Problems + gold answers from a named source (gsm8k, math12k, math-rl-16k, orz-57k, arithmetic, a registered task), a local
     copy (`path`, or `name` itself when it is a file or folder), or any Hub dataset with problem/answer columns."""
-    return _adapt(_raw_rows(name, split, config, path, arithmetic), name, SOURCES.get(name))
+    local = _local_copy(name, path)
+    label = str(local) if local is not None else name
+    return _adapt(_raw_rows(name, split, config, path, arithmetic), label, SOURCES.get(name))
 
 
 def _raw_rows(name: str, split: str, config: str | None, path: str | None, arithmetic: dict) -> Dataset:
@@ -294,7 +401,7 @@ def _raw_rows(name: str, split: str, config: str | None, path: str | None, arith
         split = "test" if split == "test" else "train"
         return GENERATED_TASKS[name](size, arithmetic["seed"], split, arithmetic["level"])
     source = SOURCES.get(name)
-    local = Path(path) if path else (Path(name) if os.path.exists(name) else None)
+    local = _local_copy(name, path)
     if local is not None:
         loaded = _read_records(local)
     elif source is not None and source.hub_file is not None:

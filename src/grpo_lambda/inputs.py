@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import GRPOLambdaError
-from .layout import EMBEDDED_PREFIX, local_path
+from .layout import EMBEDDED_MODELS, EMBEDDED_PREFIX, local_path
 
 MODEL_FILES = ("config.json", "adapter_config.json")  # a saved model; a LoRA adapter (transformers loads it with peft)
 _TRUE = ("1", "on", "yes", "true")
@@ -23,9 +23,14 @@ def hub_offline() -> bool:
 
 
 def check_model(name: str, flag: str = "MODEL") -> None:
-    """A model the trainer or the evaluation can load: an `embedded:` name, a folder with config.json, or a Hub id
+    """A model the trainer or the evaluation can load: an `embedded:` model, a folder with config.json, or a Hub id
     that is in the Hugging Face cache or on the Hub. `flag` is how the user gave it."""
     if name.startswith(EMBEDDED_PREFIX):
+        if name not in EMBEDDED_MODELS:
+            raise GRPOLambdaError(
+                f"{flag}={name} is no embedded model; they are {', '.join(EMBEDDED_MODELS)} (else a folder or a Hub "
+                "id)."
+            )
         return
     path = Path(name).expanduser()
     if path.is_dir():

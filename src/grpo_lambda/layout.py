@@ -14,6 +14,7 @@ from .errors import GRPOLambdaError
 RUN_RECORD = "grpo_lambda_run.json"  # in every GRPO and SFT output folder (grpo_lambda.reruns writes it)
 SETTINGS_RECORD = "recipe.yaml"  # in every output folder `make train` / `make sft` launched: the resolved settings
 EMBEDDED_PREFIX = "embedded:"  # models built on this machine without a download (grpo_lambda.testbench.models)
+EMBEDDED_MODELS = ("embedded:SmolLM2-135M-Instruct", "embedded:tiny-qwen2")  # every name the test bench builds
 _DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".yaml", ".yml")
 
 

@@ -15,10 +15,14 @@ and compares with math-verify (grading.parse_answer, the training reward's readi
   8. answers equal up to spacing are equal (`\\text{No solution}` and `\\text{No  solution}`), and words are compared
      without case (`ELLIPSE` and `\\text{ellipse}`);
   and, unlike the paper's grade, it never accepts a hedge (`96 \\text{ or } 97` for 96).
+An answer or gold whose exact value would take more than _MAX_DIGITS digits to write (`10^{10^{10^{10}}}`,
+`99999999!`, `1e999999999`) is "not equal", unevaluated: math-verify would compute it for hours, in C code that no
+alarm interrupts, so `is_correct` is bounded in time wherever it is called, not only in the grading worker.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 from grpo_lambda.answers import last_box
@@ -31,6 +35,7 @@ _SPACING = re.compile(r"\s+|\\[ ,;:!]|\\quad|\\qquad|~")
 _PERCENT = re.compile(r"\s*\\?%\s*$")
 _SMALL = 1.0  # rule 7 applies to numbers below this size
 _RELATIVE_TOLERANCE = 1e-4
+_MAX_DIGITS = 100_000  # decimal digits of an exact number that evaluating an answer may build (milliseconds)
 
 
 def corrected_gold(gold: str) -> str:
@@ -85,12 +90,94 @@ def _small_numbers_disagree(gold, prediction) -> bool:
     return 0 < scale < _SMALL and abs(a - b) > _RELATIVE_TOLERANCE * scale
 
 
+class _Unbounded(Exception):
+    pass
+
+
+def _within_bounds(parsed: list) -> bool:
+    """Whether evaluating math-verify's reading of an answer (sympy objects, left unevaluated by the parse) builds no
+    exact number of more than _MAX_DIGITS digits, judged from the expression tree alone in microseconds."""
+    from sympy import Basic
+    from sympy.matrices import MatrixBase
+
+    try:
+        for item in parsed:
+            if isinstance(item, Basic | MatrixBase):
+                _digits(item, {})
+    except (_Unbounded, RecursionError):
+        return False
+    return True
+
+
+def _digits(expr, scope: dict) -> float:
+    """A bound on log10(1 + |value|) of every exact number evaluating `expr` builds; raises _Unbounded past
+    _MAX_DIGITS. Symbols and constants count as 1 digit, a bound variable of a sum or product as its limits."""
+    from sympy import Add, Basic, Float, Mul, Pow, Product, Rational, gamma
+    from sympy.concrete.expr_with_limits import ExprWithLimits
+    from sympy.functions.combinatorial.factorials import CombinatorialFunction
+    from sympy.matrices import MatrixBase
+
+    if isinstance(expr, MatrixBase):
+        digits = max((_digits(entry, scope) for entry in expr), default=0.0)
+    elif not isinstance(expr, Basic):
+        digits = 0.0
+    elif expr in scope:
+        digits = scope[expr]
+    elif isinstance(expr, Float):
+        sign, mantissa, exponent, bits = expr._mpf_
+        digits = max((exponent + bits) * math.log10(2), 0.0) if mantissa else 0.0
+    elif isinstance(expr, Rational):
+        digits = _integer_digits(expr.p) + (_integer_digits(expr.q) if expr.q != 1 else 0.0)
+    elif expr.is_Atom:  # a symbol, pi, E, I, oo
+        digits = 1.0
+    elif isinstance(expr, Pow):
+        base = _digits(expr.base, scope)
+        digits = base * _value(_digits(expr.exp, scope)) if base else 0.0
+    elif isinstance(expr, CombinatorialFunction | gamma):  # n!, n!!, !n, binom(n, k), (n)_k, Γ(n)
+        n = _value(max(_digits(argument, scope) for argument in expr.args))
+        digits = n * math.log10(n + 1)
+    elif isinstance(expr, ExprWithLimits):  # a sum, product or integral: its variable ranges over its limits
+        inner = dict(scope)
+        terms = 1.0
+        for variable, *limits in expr.limits:
+            ends = max((_digits(limit, scope) for limit in limits), default=1.0)
+            inner[variable] = ends
+            terms *= 2 * _value(ends) + 1
+        term = _digits(expr.function, inner)
+        digits = term * terms if isinstance(expr, Product) else term + math.log10(terms)
+    elif isinstance(expr, Mul):
+        digits = sum(_digits(argument, scope) for argument in expr.args)
+    elif isinstance(expr, Add):
+        digits = max(_digits(argument, scope) for argument in expr.args) + math.log10(len(expr.args))
+    else:  # functions, relations, sets, intervals, tuples: no larger than their arguments
+        digits = max((_digits(argument, scope) for argument in expr.args), default=0.0)
+    if not digits <= _MAX_DIGITS:
+        raise _Unbounded
+    return digits
+
+
+def _integer_digits(value: int) -> float:
+    """log10(1 + |value|), from the bit length where the value is too large for a float."""
+    bits = abs(value).bit_length()
+    return math.log10(1 + abs(value)) if bits < 1000 else bits * math.log10(2)
+
+
+def _value(digits: float) -> float:
+    """The largest |value| a number of `digits` (log10(1 + |value|)) may have, refused where it could not be an
+    exponent or a factorial's argument within _MAX_DIGITS."""
+    if digits > math.log10(_MAX_DIGITS) + 1:
+        raise _Unbounded
+    return 10**digits - 1
+
+
 def _same_value(answer: str, gold: str) -> bool:
     from math_verify import verify
 
     prediction = parse_answer(answer)
     expected = parse_gold(gold)
     if not prediction or not expected:
+        return False
+    if not (_within_bounds(prediction) and _within_bounds(expected)):
         return False
     if not verify(expected, prediction, timeout_seconds=None):
         return False

@@ -28,6 +28,7 @@ import numpy as np
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.backends import model_folder
 from grpo_lambda.evaluation.store import read_lines, read_results
+from grpo_lambda.inputs import check_model
 from grpo_lambda.loss import WEIGHT_CLAMP_FNS, eps_weight_trace_weights
 from grpo_lambda.methods import TRACE_STYLES
 from grpo_lambda.traces import TraceSpec, credit_weights
@@ -189,12 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         raise GRPOLambdaError(str(error)) from error
     samples = Path(args.results)
     sample = find_sample(samples, args.benchmark, args.index)
-    model = args.model
+    model, flag = args.model, "--model"
     if model is None:
         results = (samples if samples.is_dir() else samples.parent) / "results.json"
-        model = read_results(results)["model"] if results.is_file() else None
-    if model is None:
-        raise GRPOLambdaError(f"no results.json beside {samples} to name the model: give --model.")
+        if not results.is_file():
+            raise GRPOLambdaError(f"no results.json beside {samples} to name the model: give --model.")
+        model, flag = read_results(results).get("model"), f"the model {results} names (or give --model)"
+        if not isinstance(model, str) or not model:
+            raise GRPOLambdaError(f"{results} names no model (model: {model!r}): give --model.")
+    check_model(model, flag)  # one line in seconds, before transformers loads anything
     pieces, logps = score_completion(model, sample["prompt"], sample["completion"])
     rows = token_weights(logps, trace, args.weight_clamp_fn)
     title = (

@@ -38,15 +38,26 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
     items = []
     for benchmark in benchmarks:
         rows = _benchmark_rows(suite, local, benchmark)
+        where = local / f"{benchmark}.jsonl" if (local / f"{benchmark}.jsonl").is_file() else f"{suite} ({benchmark})"
+        if not rows:
+            raise GRPOLambdaError(f"{where} holds no problems: fill it, or leave {benchmark} out (BENCHMARKS=...).")
         if limit is not None:
             rows = rows[:limit]
         for index, row in enumerate(rows):
+            if not _is_problem(row):
+                raise GRPOLambdaError(f"{where}: problem {index} is not {_PROBLEM}: repair the suite.")
+            golds = gold_answers(row["answer"])
+            if not golds:  # graded against nothing, every sample of it would count as wrong
+                raise GRPOLambdaError(
+                    f"{where}: problem {index} has no gold answer (answer {row['answer']!r}), so every sample of it "
+                    "would be graded wrong: give it its answer or remove it from the suite."
+                )
             items.append(
                 {
                     "benchmark": benchmark,
                     "index": index,
                     "problem": row["problem"],
-                    "golds": gold_answers(row["answer"]),
+                    "golds": golds,
                     "paper_golds": reference_golds(row["answer"]),
                 }
             )

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.errors import GRPOLambdaError, disk_full_message, exit_status
 from grpo_lambda.inputs import hub_offline
 from grpo_lambda.layout import EMBEDDED_PREFIX, local_path
 
@@ -36,21 +36,52 @@ def plan(models: list[str], datasets: list[str]) -> tuple[list[str], list[str]]:
 
 def download(models: list[str], datasets: list[str]) -> None:
     """Fetch `models` (every file of the Hub repository, at its main revision) and `datasets` (as training loads
-    them, grpo_lambda.data.load_problem_dataset) into the Hugging Face cache."""
-    from huggingface_hub import snapshot_download
+    them, grpo_lambda.data.load_problem_dataset) into the Hugging Face cache. What cannot be fetched (no network, a
+    name the Hub does not have, a gated repository) stops in one line naming it."""
+    from huggingface_hub import HfApi, snapshot_download
 
     if hub_offline():
         raise GRPOLambdaError("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (unset HF_HUB_OFFLINE).")
-    from grpo_lambda.data import load_problem_dataset
+    from grpo_lambda.data import SOURCES, load_problem_dataset
 
     for model in models:
         print(f"model {model}", flush=True)
-        path = snapshot_download(model)
+        path = _fetch(f"MODEL={model}", "model", lambda model=model: snapshot_download(model))
         print(f"  in {path}", flush=True)
     for dataset in datasets:
         print(f"training set {dataset}", flush=True)
-        rows = load_problem_dataset(dataset, "train")
+        hub_id = SOURCES[dataset].hub_id if dataset in SOURCES else dataset
+        # one request first: without network, datasets' own retries take half a minute to give up
+        _fetch(f"DATASET={dataset}", "dataset", lambda hub_id=hub_id: HfApi().dataset_info(hub_id, timeout=30))
+        rows = _fetch(f"DATASET={dataset}", "dataset", lambda dataset=dataset: load_problem_dataset(dataset, "train"))
         print(f"  {len(rows)} problems", flush=True)
+
+
+def _fetch(what: str, kind: str, fetch):
+    """`fetch()`, with what stops it said in one line: a repository the Hub does not have or gates, no network."""
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        return fetch()
+    except GRPOLambdaError:
+        raise
+    except GatedRepoError:
+        raise GRPOLambdaError(
+            f"{what} is gated on the Hugging Face Hub: accept its terms on its page and log in (hf auth login)."
+        ) from None
+    except (RepositoryNotFoundError, DatasetNotFoundError):
+        raise GRPOLambdaError(
+            f"{what}: no such {kind} on the Hugging Face Hub: check the name (a private one needs hf auth login)."
+        ) from None
+    except Exception as error:  # no network, a proxy, a timeout: the Hub client and datasets raise several kinds
+        if disk_full_message(error):
+            raise  # the entry point's one line names the file and the space left
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise GRPOLambdaError(
+            f"{what}: cannot fetch it from the Hugging Face Hub ({type(error).__name__}: {reason}); run make download "
+            "where there is network (a login node)."
+        ) from None
 
 
 def sweep_inputs(name: str) -> tuple[list[str], list[str], str | None]:

@@ -605,7 +605,52 @@ def resources(sweep: Sweep) -> str:
     return f"each task: {', '.join(asks)}; settings on every run: {settings}"
 
 
+# sbatch's one-letter spellings of the flags a sweep sets on its own jobs, and where a sweep sets each instead
+_SHORT_FLAGS = {
+    "-a": "--array",
+    "-o": "--output",
+    "-J": "--job-name",
+    "-N": "--nodes",
+    "-D": "--chdir",
+    "-d": "--dependency",
+    "-c": "--cpus-per-task",
+}
+_SWEEP_KEYS = {
+    "--array": "the sweep submits the runs it has not finished; slurm: throttle caps how many run at once",
+    "--output": "each task logs to <output_dir>/logs; set output_dir in the sweep file",
+    "--job-name": "set slurm: job_name in the sweep file",
+    "--nodes": "set slurm: nodes in the sweep file",
+    "--signal": "set slurm: signal_seconds in the sweep file",
+    "--gpus-per-node": "set slurm: gpus_per_node in the sweep file",
+    "--cpus-per-task": "set slurm: cpus_per_task in the sweep file",
+    "--mem": "set slurm: mem in the sweep file",
+    "--export": "the sweep's jobs need its environment; hf_home in the sweep file sets HF_HOME",
+}
+
+
+def check_sbatch_args(sweep: Sweep, root: Path) -> None:
+    """Refuses sbatch_args (the sweep's slurm: sbatch_args, SBATCH_ARGS) that override a flag the sweep sets on its
+    own jobs (the array of its runs, the log files it reads, requeueing, the signal, the aggregation's dependency...):
+    sbatch takes the last of two, which would be the user's."""
+    policy = set(cluster_flags(sweep.slurm))
+    own = {
+        token.split("=")[0]
+        for token in [*sbatch_command(sweep, [0], root), *aggregate_sbatch_command(sweep, root)]
+        if token.startswith("--") and token not in policy
+    }
+    for token in sweep.slurm["sbatch_args"]:
+        flag = token.split("=")[0] if token.startswith("--") else _SHORT_FLAGS.get(token[:2], "")
+        flag = "--requeue" if flag == "--no-requeue" else flag
+        if flag in own:
+            fix = _SWEEP_KEYS.get(flag, "the sweep needs its own to requeue, log and aggregate its runs")
+            _fail(
+                f"sbatch_args {token} (SBATCH_ARGS or slurm: sbatch_args) would override the sweep's own {flag}: "
+                f"drop it ({fix})."
+            )
+
+
 def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
+    check_sbatch_args(sweep, root)
     queued = queued_runs(sweep)
     states = {run.index: run_state(sweep.run_dir(run)) for run in sweep.runs}
     todo = [i for i in states if i not in queued and (rerun or states[i] != "done")]

@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 from grpo_lambda.errors import GRPOLambdaError
-from grpo_lambda.layout import EMBEDDED_PREFIX
+from grpo_lambda.layout import EMBEDDED_MODELS, EMBEDDED_PREFIX
 
-EMBEDDED_SMOLLM2 = "embedded:SmolLM2-135M-Instruct"
-EMBEDDED_TINY = "embedded:tiny-qwen2"  # a random 2-layer Qwen2 (build_tiny_model): for CPU sweeps and tests
+# the names grpo_lambda.inputs.check_model accepts: the converted SmolLM2, and a random 2-layer Qwen2
+# (build_tiny_model) for CPU sweeps and tests
+EMBEDDED_SMOLLM2, EMBEDDED_TINY = EMBEDDED_MODELS
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -90,9 +91,7 @@ def resolve_model(name_or_path: str) -> str:
             _build_once(target)
         return str(target)
     if name_or_path != EMBEDDED_SMOLLM2:
-        raise GRPOLambdaError(
-            f"unknown embedded model {name_or_path!r}; available: {EMBEDDED_SMOLLM2}, {EMBEDDED_TINY}."
-        )
+        raise GRPOLambdaError(f"unknown embedded model {name_or_path!r}; available: {', '.join(EMBEDDED_MODELS)}.")
     target = cache_dir() / "SmolLM2-135M-Instruct-Q4_1"
     if not (target / "config.json").exists():
         convert_smollm2(target)
