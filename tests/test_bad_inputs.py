@@ -415,3 +415,12 @@ def test_a_truncated_run_record_is_one_line_at_the_entry_points(offline_cache, t
     )
     with pytest.raises(GRPOLambdaError, match="grpo_lambda_run.json is not a run record"):
         evaluate.main(["--model", str(model), "--output_dir", str(offline_cache / "out"), "--backend", "transformers"])
+
+
+def test_vllm_settings_with_the_transformers_backend_are_refused():
+    from grpo_lambda.evaluation.config import parse_config
+
+    base = ["--model", "m", "--output_dir", "o", "--backend", "transformers"]
+    with pytest.raises(GRPOLambdaError, match="tensor_parallel_size=2 would be ignored"):
+        parse_config([*base, "--tensor_parallel_size", "2"])
+    assert parse_config(base).tensor_parallel_size == 1

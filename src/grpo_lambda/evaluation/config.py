@@ -77,6 +77,17 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise GRPOLambdaError(f"{name}={getattr(self, name)} must be a positive number.")
         check_sampling(self.samples, self.temperature, self.top_p)
+        if self.backend == "transformers":  # settings of the vLLM engine that generate would ignore
+            ignored = [
+                f"{f.name}={getattr(self, f.name)}"
+                for f in dataclasses.fields(self)
+                if f.name in ("tensor_parallel_size", "gpu_memory_utilization") and getattr(self, f.name) != f.default
+            ]
+            if ignored:
+                raise GRPOLambdaError(
+                    f"{', '.join(ignored)} would be ignored: the transformers backend runs no vLLM engine; drop it or "
+                    "use BACKEND=vllm."
+                )
 
     @property
     def sampling(self) -> dict | None:
