@@ -100,6 +100,7 @@ METHOD_FLAGS = $(if $(LOSS_VARIANT),--loss_variant $(LOSS_VARIANT)) $(if $(TRACE
 # the sweep's array job on SLURM (+ evaluations); SBATCH_ARGS reach every job it submits
 SWEEP ?=
 SBATCH_ARGS ?=
+RETRY_FAILED ?=
 RESULTS ?=
 LATEX ?=
 RUNS ?=
@@ -213,7 +214,8 @@ download: install
 
 sweep: install
 	@test -n "$(SWEEP)" || { echo "set SWEEP: one of $$(ls recipes/sweeps | sed 's/\.yaml//' | tr '\n' ' ')or a path"; exit 2; }
-	$(PY) -m grpo_lambda.jobs.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(if $(SBATCH_ARGS),--sbatch-args="$(SBATCH_ARGS)") $(ARGS)
+	$(PY) -m grpo_lambda.jobs.sweep submit "$(SWEEP)" $(if $(DRY_RUN),--dry-run) $(if $(RETRY_FAILED),--retry-failed) \
+		$(if $(SBATCH_ARGS),--sbatch-args="$(SBATCH_ARGS)") $(ARGS)
 
 bench: install
 	$(PY) scripts/bench_traces.py $(ARGS)

@@ -605,3 +605,22 @@ def test_a_sweep_task_trains_with_list_settings(tmp_path):
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/accuracy_reward/mean" in r or "rewards/accuracy/mean" in r for r in logged), logged[-1]
     assert any(k.startswith("rewards/format") for r in logged for k in r), result.stdout[-2000:]
+
+
+def test_a_failed_run_is_reported_with_its_error_and_resubmitted_only_when_asked(tmp_path):
+    """Issue 32: failed runs were resubmitted silently and listed as started. Now the sweep lists them as failed with
+    their attempts and the stage's last error line, and submits them again only with RETRY_FAILED=1."""
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["runs"]["model"] = str(tmp_path / "no-such-model")
+    spec["runs"]["variants"] = {"grpo": {"loss_variant": "grpo"}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    output = tmp_path / "out"
+    failed = sweep_cli("run", str(path), "--index", "0", "--output_dir", str(output), check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    listing = sweep_cli("submit", str(path), "--output_dir", str(output), "--dry-run").stdout
+    assert "0 queued or running, 1 failed, 0 to run" in listing and "nothing to submit" in listing
+    assert "run 0 (no-such-model/grpo/arithmetic_grpo) failed in train after 1 attempt(s): model folder" in listing
+    assert "not resubmitted" in listing and "RETRY_FAILED=1" in listing
+    again = sweep_cli("submit", str(path), "--output_dir", str(output), "--dry-run", "--retry-failed").stdout
+    assert "1 failed, 1 to run" in again and "--array=0%2 " in again

@@ -37,21 +37,21 @@ def exit_status(main, *args) -> int | str | None:
     except Exception as error:
         full = disk_full_message(error)
         if full is None:
-            _record_exit(1, None)
+            record_exit(1, None)
             raise
         return _report(full)
     if status:
-        _record_exit(status, None)
+        record_exit(status, None)
     return status
 
 
 def _report(message: str) -> str:
     line = " ".join(message.split())
-    _record_exit(1, line)
+    record_exit(1, line)
     return f"grpo_lambda: {line}"
 
 
-def _record_exit(status, error: str | None) -> None:
+def record_exit(status, error: str | None) -> None:
     """Append how this process ended to $GRPO_LAMBDA_EXIT_FILE (set by the launcher; several ranks may append)."""
     destination = os.environ.get(EXIT_FILE_VARIABLE)
     if not destination:

@@ -49,7 +49,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from grpo_lambda.errors import EXIT_FILE_VARIABLE, GRPOLambdaError, exit_status
+from grpo_lambda.errors import EXIT_FILE_VARIABLE, GRPOLambdaError, exit_status, record_exit
 from grpo_lambda.layout import (
     EMBEDDED_PREFIX,
     SETTINGS_RECORD,
@@ -715,6 +715,7 @@ def _outcome(status: int, exits: list[dict], received: list[int], output_dir: Pa
         lines = [f"the training {why}; its output is above."]
     for line in lines:
         print(f"grpo_lambda: {line}", file=sys.stderr, flush=True)
+    record_exit(status, lines[-1])  # for a runner above (the sweep's attempts.jsonl)
     return status
 
 

@@ -39,13 +39,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from grpo_lambda.errors import GRPOLambdaError, exit_status
+from grpo_lambda.errors import EXIT_FILE_VARIABLE, GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.config import EvalConfig, as_flags, check_fields, given_fields
 from grpo_lambda.jobs.launch import style_values, vllm_server_command
 from grpo_lambda.jobs.recipes import expand_grid, load_grid
@@ -219,18 +220,39 @@ def load_sweep(
     return Sweep(path.stem, path.resolve(), output, runs, evaluation, slurm, hf_home)
 
 
+def attempts(run_dir: Path) -> list[dict]:
+    """The events of attempts.jsonl: start, preempted, failed (with the stage's last error line), trained, evaluated."""
+    return read_jsonl(run_dir / "attempts.jsonl", lambda record: "event" in record, "an attempt record")
+
+
 def run_state(run_dir: Path) -> str:
-    """done (evaluated), trained, started, or pending."""
+    """done (evaluated), failed (its last attempt failed), trained, started, or pending."""
     from grpo_lambda.evaluation.store import read_results
 
     if (run_dir / "eval" / "results.json").is_file():
         read_results(run_dir / "eval" / "results.json")  # a damaged one: one line naming it
         return "done"
+    events = attempts(run_dir)
+    if events and events[-1]["event"] == "failed":
+        return "failed"
     if final_step(str(run_dir)) is not None:  # the final model saved whole (grpo_lambda.reruns)
         return "trained"
-    if (run_dir / "attempts.jsonl").is_file():
-        return "started"
-    return "pending"
+    return "started" if events else "pending"
+
+
+def failures(sweep: Sweep) -> list[str]:
+    """One line per failed run: its index, attempts so far, the stage and its last error line."""
+    lines = []
+    for run in sweep.runs:
+        events = attempts(sweep.run_dir(run))
+        if events and events[-1]["event"] == "failed":
+            starts = sum(event["event"] == "start" for event in events)
+            last = events[-1]
+            error = last.get("error") or f"exit status {last.get('exit_code')}"
+            lines.append(
+                f"run {run.index} ({run.name}) failed in {last.get('stage')} after {starts} attempt(s): {error}"
+            )
+    return lines
 
 
 def _git_commit(root: Path) -> dict:
@@ -268,6 +290,7 @@ class Runner:
         self.run, self.run_dir, self.evaluation, self.slurm, self.sweep = run, run_dir, evaluation, slurm, sweep
         self.root = repo_root()
         self.python = sys.executable
+        self.error: str | None = None  # the training's last error line
 
     def prepare(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -354,6 +377,19 @@ class Runner:
         flags = as_flags({"model": str(self.run_dir), "output_dir": str(self.run_dir / "eval"), **self.evaluation})
         return [self.python, "-m", "grpo_lambda.evaluation.evaluate", *flags]
 
+    def _stage(
+        self, supervisor: Supervisor, command: list[str], stop_file: Path | None = None
+    ) -> tuple[int, str | None]:
+        """A stage's exit status and the one-line error it ended with (errors.record_exit, through
+        $GRPO_LAMBDA_EXIT_FILE), if any."""
+        with tempfile.TemporaryDirectory(prefix="grpo_lambda-stage-") as scratch:
+            exits = Path(scratch) / "exits.jsonl"
+            env = {**os.environ, EXIT_FILE_VARIABLE: str(exits)}
+            code = supervisor.run(command, self.root, env, stop_file)
+            lines = [json.loads(line) for line in exits.read_text().splitlines()] if exits.is_file() else []
+        errors = [line["error"] for line in lines if line.get("error")]
+        return code, errors[-1] if errors else None
+
     def train(self, supervisor: Supervisor) -> int:
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
         commands = self.training_commands()
@@ -367,9 +403,11 @@ class Runner:
                 raise
             except GRPOLambdaError as error:
                 print(error, file=sys.stderr, flush=True)
+                self.error = str(error)
                 return 1
         print("[sweep] " + shlex.join(commands[-1]), flush=True)
-        return supervisor.run(commands[-1], self.root, stop_file=self.run_dir / STOP_FILE)
+        code, self.error = self._stage(supervisor, commands[-1], self.run_dir / STOP_FILE)
+        return code
 
     def requeue(self, stage: str) -> int:
         _record(self.run_dir, "preempted", stage=stage)
@@ -401,7 +439,7 @@ class Runner:
                     if code == EXIT_PREEMPTED or (supervisor.received and code != 0):
                         return self.requeue("train")
                     if code != 0:
-                        _record(self.run_dir, "failed", stage="train", exit_code=code)
+                        _record(self.run_dir, "failed", stage="train", exit_code=code, error=self.error)
                         return code
                     _record(self.run_dir, "trained")
                 if "evaluate" in stages:
@@ -409,11 +447,11 @@ class Runner:
                     if supervisor.received:
                         return self.requeue(stage)
                     print("[sweep] " + shlex.join(self.evaluation_command()), flush=True)
-                    code = supervisor.run(self.evaluation_command(), self.root)
+                    code, error = self._stage(supervisor, self.evaluation_command())
                     if supervisor.received:
                         return self.requeue(stage)
                     if code != 0:
-                        _record(self.run_dir, "failed", stage=stage, exit_code=code)
+                        _record(self.run_dir, "failed", stage=stage, exit_code=code, error=error)
                         return code
                     _record(self.run_dir, "evaluated")
         except Stopped:  # a signal between the stages, or while a server started: nothing running to save
@@ -649,18 +687,24 @@ def check_sbatch_args(sweep: Sweep, root: Path) -> None:
             )
 
 
-def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False) -> int:
+def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False, retry_failed: bool = False) -> int:
     check_sbatch_args(sweep, root)
     queued = queued_runs(sweep)
     states = {run.index: run_state(sweep.run_dir(run)) for run in sweep.runs}
-    todo = [i for i in states if i not in queued and (rerun or states[i] != "done")]
+    skipped = ({"done"} if not rerun else set()) | ({"failed"} if not retry_failed else set())
+    todo = [i for i in states if i not in queued and states[i] not in skipped]
     finished = sum(state == "done" for state in states.values())
+    failed = sum(state == "failed" for state in states.values())
     print(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, {finished} finished, {len(queued)} queued or running, "
-        f"{len(todo)} to run"
+        f"{failed} failed, {len(todo)} to run"
     )
     print(resources(sweep))
     print(list_runs(sweep, queued))
+    for line in failures(sweep):
+        print(line)
+    if failed and not retry_failed:
+        print(f"{failed} failed run(s) not resubmitted: fix the cause above, then RETRY_FAILED=1 (--retry-failed).")
     if not todo:
         print("nothing to submit; aggregate with: " + shlex.join(_aggregate_command(sweep)))
         return 0
@@ -722,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     submit_ = commands.choices["submit"]
     submit_.add_argument("--dry-run", action="store_true", help="List the runs and the sbatch command only.")
     submit_.add_argument("--rerun", action="store_true", help="Submit finished runs too (they are skipped).")
+    submit_.add_argument("--retry-failed", action="store_true", help="Submit runs whose last attempt failed too.")
     submit_.add_argument("--sbatch-args", default="", help='sbatch flags for every job, e.g. "--account=abc".')
     run = commands.choices["run"]  # one run: an array task of a sweep, or a recipe (slurm/train.slurm)
     run.add_argument("--index", type=int, default=None, help="Array index (default: $SLURM_ARRAY_TASK_ID).")
@@ -746,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "submit":
         sweep.slurm["sbatch_args"] = [*sweep.slurm["sbatch_args"], *shlex.split(args.sbatch_args)]
-        return submit(sweep, root, args.dry_run, args.rerun)
+        return submit(sweep, root, args.dry_run, args.rerun, args.retry_failed)
     print(f"wrote {aggregate(sweep)}")
     return 0
 
