@@ -135,3 +135,23 @@ def test_a_signal_repeated_at_once_is_one_request(tmp_path):
     code, out, err, tree, _, stop = _supervise(tmp_path, signal.SIGTERM, stop_file=True, obeys=True, twice=True)
     assert "status 75" in out and stop.exists() and "stopping the training" not in err, out + err
     assert not _alive(tree)
+
+
+def test_a_supervisor_leaves_the_processes_it_did_not_start_and_grading_still_works():
+    """Before: leaving the `with` stopped and reaped every process below the command, among them the forkserver of a
+    grading worker started earlier in the same process (the evaluation's entry point called from a script or a
+    test), after which every item scored 0 (multiprocessing could not fork another worker)."""
+    from grpo_lambda.grading import Grader
+    from grpo_lambda.processes import Supervisor
+
+    grader = Grader(timeout_s=30.0)
+    assert grader([("\\frac{1}{2}", ["0.5"])]) == [True]
+    earlier = subprocess.Popen(["sleep", "60"])
+    with Supervisor() as supervisor:
+        assert supervisor.run(["bash", "-c", "sleep 60 & exit 3"]) == 3
+    assert earlier.poll() is None
+    earlier.kill()
+    earlier.wait()
+    grader.close()  # a new worker, forked by the same forkserver
+    assert grader([("2", ["2"]), ("3", ["2"])]) == [True, False]
+    grader.close()

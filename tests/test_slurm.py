@@ -54,7 +54,13 @@ def test_paper_sweeps_are_exactly_the_paper_grid(name, size, expected):
     assert [run.index for run in sweep.runs] == list(range(expected))
     # Table 2: 4 devices; CPUs and memory for 4 ranks, vLLM and grading; one checkpoint of ~25-30 GB per run
     assert sweep.slurm["gpus_per_node"] == 4 and sweep.slurm["cpus_per_task"] and sweep.slurm["mem"]
-    assert all(run.overrides == {"save_total_limit": 1} for run in sweep.runs)
+    # §4.2: each model's format SFT first (its recipe), every RL run of the model from its output
+    sft = {model_tail(run.settings.model.model_name_or_path): run for run in sweep.sft_runs}
+    assert len(sft) == len({run.model_id for run in grid}) and all(run.stage == "sft" for run in sweep.sft_runs)
+    for run, cell in zip(sweep.runs, grid, strict=True):
+        model_sft = sft[model_tail(cell.model_id)]
+        assert run.after == model_sft.index and run.recipe.parent.parent.name == model_sft.recipe.parent.parent.name
+        assert run.overrides == {"save_total_limit": 1, "model_name_or_path": str(sweep.run_dir(model_sft))}
 
 
 def make_sweep_dry_run(*variables: str) -> subprocess.CompletedProcess:
@@ -70,7 +76,16 @@ def test_make_sweep_dry_run_lists_the_1_5b_grid(tmp_path):
     assert [int(row[0]) for row in rows] == list(range(72))
     assert len({row[2] for row in rows}) == 72  # 72 distinct recipes
     assert {row[2].split("/")[1] for row in rows} == {"Qwen2.5-Math-1.5B-Instruct", "DeepSeek-R1-Distill-Qwen-1.5B"}
-    assert "--array=0-71%8" in result.stdout and "submitted" not in result.stdout
+    # the graph: the two SFT runs as one array, each model's 36 RL runs after its SFT task (cancelled if it fails)
+    assert (
+        "SFT runs: sbatch " in result.stdout and "--array=0-1%8" in result.stdout and "submitted" not in result.stdout
+    )
+    for first, task in (("0-35", 0), ("36-71", 1)):
+        line = next(line for line in result.stdout.splitlines() if f"--array={first}%8" in line)
+        assert (
+            line.startswith("RL runs of ")
+            and f"--dependency=afterok:<SFT array job id>_{task}' --kill-on-invalid-dep=yes" in line
+        )
     assert "--gpus-per-node=4 --cpus-per-task=32 --mem=128G" in result.stdout
     assert "each task: 1 node(s), 4 GPU(s) per node, 32 CPUs, 128G memory" in result.stdout
     assert "settings on every run: save_total_limit=1" in result.stdout
@@ -93,8 +108,8 @@ def test_cluster_options_reach_every_job_the_sweep_submits(tmp_path):
     sweep_path = tmp_path / "sweep.yaml"
     sweep_path.write_text(yaml.safe_dump(spec))
     result = make_sweep_dry_run(f"SWEEP={sweep_path}", "SBATCH_ARGS=--reservation=r1 --mail-type=NONE")
-    jobs = [line for line in result.stdout.splitlines() if line.startswith(("command: ", "then: "))]
-    assert len(jobs) == 2, result.stdout
+    jobs = [line for line in result.stdout.splitlines() if line.startswith(("SFT runs: ", "RL runs", "then: "))]
+    assert len(jobs) == 3, result.stdout  # the SFT array, the RL array after it, the aggregation
     policy = (
         "--account=abc --partition=gpu --qos=high --constraint=a100 --time=01:00:00 --reservation=r1 --mail-type=NONE"
     )
@@ -174,7 +189,7 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
     monkeypatch.setattr(sweep_module, "_job_nodes", lambda: nodes[1:])  # one training node: no multi-machine flags
     _, single = sweep_module.Runner(run, sweep.run_dir(run), sweep.evaluation, sweep.slurm, sweep).training_commands()
     assert "--num-machines" not in single and "--main-process-ip" not in single  # the launcher refuses them alone
-    assert serve[serve.index("--model") + 1] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    assert serve[serve.index("--model") + 1] == str(sweep.run_dir(sweep.sft_runs[0]))  # the run's model: its SFT
     assert serve[serve.index("--data-parallel-size") + 1] == "1"  # TRL: more errors for dense models
     assert train[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--nodelist=gpu1,gpu2", "--job-name=trainers"]
     assert train[train.index("--num-machines") + 1] == "2"
@@ -185,6 +200,7 @@ def test_multi_node_run_serves_on_the_last_node_and_trains_on_the_others(monkeyp
         "use_vllm": True,
         "vllm_mode": "server",
         "vllm_server_base_url": "http://10.0.0.3:8000",
+        "vllm_group_port": 51216,  # outside SLURM (no job id): TRL's default
         "output_dir": str(sweep.run_dir(run)),
     }
 
@@ -352,7 +368,8 @@ def _reward_steps(run_dir: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs(slurm, tmp_path):
-    """The tiny CPU sweep, cut to two of its variants (GRPO and ε-trace) to keep CI short."""
+    """The tiny CPU sweep, cut to two of its variants (GRPO and ε-trace) to keep CI short: the paper's pipeline, its
+    format SFT first, both RL runs from it once it has finished (a SLURM dependency), each evaluated, then the tables."""
     output = tmp_path / "out"
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
     spec["runs"]["variants"] = {tag: spec["runs"]["variants"][tag] for tag in ("grpo", "eps_trace-both-0.99")}
@@ -360,11 +377,14 @@ def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs
     sweep_path.write_text(yaml.safe_dump(spec))
     started = time.monotonic()
     submitted = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm)
-    assert "submitted array job" in submitted.stdout
+    assert "submitted SFT runs: array job" in submitted.stdout and "submitted RL runs of " in submitted.stdout
     _wait_until(lambda: not _jobs(slurm), 900, "the sweep to finish", slurm, poll=2)
-    print(f"tiny sweep (2 runs + aggregation) wall time: {time.monotonic() - started:.0f} s")
+    print(f"tiny sweep (SFT, 2 runs, aggregation) wall time: {time.monotonic() - started:.0f} s")
 
     sweep = load_sweep(sweep_path, ROOT, output)
+    sft_dir = sweep.run_dir(sweep.sft_runs[0])
+    sft_finished = json.loads((sft_dir / "grpo_lambda_run.json").read_text())
+    assert sft_finished["stage"] == "sft" and sft_finished["finished_step"] == 4, _logs(output)
     assert sorted(RunFolder.find(run.name).method.tag for run in sweep.runs) == ["eps_trace-both-0.99", "grpo"]
     for run in sweep.runs:
         run_dir = sweep.run_dir(run)
@@ -376,6 +396,7 @@ def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs
 
         recorded = resolve_settings("grpo", read_recipe(run_dir / "recipe.yaml"), for_reading=True)
         assert settings_differences(recorded.parsed, run.settings.parsed, "grpo") == {}  # the run's settings, whole
+        assert recorded.model.model_name_or_path == str(sft_dir)  # started from the SFT run
         info = json.loads((run_dir / "run.json").read_text())
         assert info["index"] == run.index and info["overrides"] == run.overrides and "commit" in info
         results = json.loads((run_dir / "eval" / "results.json").read_text())
@@ -385,7 +406,8 @@ def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs
     assert all(run.name in table for run in sweep.runs)
 
     again = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm)
-    assert "2 finished, 0 queued or running, 0 to run" in again.stdout and "nothing to submit" in again.stdout
+    assert "2 finished, 0 queued or running, 0 failed, 0 to run; 1 SFT runs, 0 to run" in again.stdout
+    assert "nothing to submit" in again.stdout
     # an array task of a finished run that runs anyway (e.g. resubmitted by hand) does nothing
     rerun = sweep_cli("run", str(sweep_path), "--output_dir", str(output), "--index", "0", env=slurm)
     assert "already finished" in rerun.stdout
@@ -396,6 +418,7 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     output = tmp_path / "out"
     max_steps = 40
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    del spec["runs"]["sft"]  # its own test: the tiny sweep above
     spec["runs"]["variants"] = {
         "eps_trace-both-0.99": {
             "loss_variant": "eps_trace",
@@ -457,6 +480,7 @@ def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_swe
     SBATCH_ARGS every job is accepted. A second submit while the sweep's tasks are queued submits nothing."""
     output = tmp_path / "out"
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    del spec["runs"]["sft"]
     spec["runs"]["variants"] = {tag: spec["runs"]["variants"][tag] for tag in ("grpo", "eps_trace-both-0.99")}
     sweep_path = tmp_path / "tiny.yaml"
     sweep_path.write_text(yaml.safe_dump(spec))
@@ -476,7 +500,10 @@ def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_swe
         queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout
         assert set(queue.split()) == {f"{array_job}_0", f"{array_job}_1", aggregation}
         again = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), *flags, env=slurm)
-        assert "0 finished, 2 queued or running, 0 to run" in again.stdout and "nothing to submit" in again.stdout
+        assert (
+            "0 finished, 2 queued or running, 0 failed, 0 to run" in again.stdout
+            and "nothing to submit" in again.stdout
+        )
         assert [line.split()[1] for line in again.stdout.splitlines() if line[:1].isdigit()] == ["pending"] * 2
         subprocess.run(["scancel", array_job, aggregation], env=slurm, check=True)
         _wait_until(lambda: not _jobs(slurm), 60, "the cancelled jobs to leave the queue", slurm)
@@ -494,6 +521,7 @@ def test_two_node_job_serves_vllm_on_the_last_node_and_trains_on_the_first(slurm
     update; then the evaluation. The nodes' names do not resolve, so the runner must address them by NodeAddr."""
     output, steps = tmp_path / "out", 3
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    del spec["runs"]["sft"]  # its own test: the tiny sweep above
     spec["runs"]["variants"] = {tag: spec["runs"]["variants"][tag] for tag in ("eps_trace-both-0.99",)}
     # The random model rarely earns a reward, so its gradient is often zero; weight decay moves every parameter by
     # 5% per step anyway (lr 1e-2 × 5), which moves its log-probs ~0.01: one missed sync would show 10× the bound.
@@ -592,6 +620,7 @@ def test_a_sweep_task_trains_with_list_settings(tmp_path):
     """The tiny-cpu task with `reward_funcs: [accuracy, format]` and `reward_weights: [1.0, 0.5]`: it trains, its
     recorded settings hold both lists, and the trainer logged both rewards (one per function)."""
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    del spec["runs"]["sft"]  # its own test: the tiny sweep above
     spec["runs"]["variants"] = {"grpo": spec["runs"]["variants"]["grpo"]}
     spec["runs"]["settings"].update(reward_funcs=["accuracy", "format"], reward_weights=[1.0, 0.5], max_steps=1)
     path = tmp_path / "sweep.yaml"
@@ -613,6 +642,7 @@ def test_a_failed_run_is_reported_with_its_error_and_resubmitted_only_when_asked
     spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
     spec["runs"]["model"] = str(tmp_path / "no-such-model")
     spec["runs"]["variants"] = {"grpo": {"loss_variant": "grpo"}}
+    del spec["runs"]["sft"]
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     output = tmp_path / "out"
@@ -624,3 +654,69 @@ def test_a_failed_run_is_reported_with_its_error_and_resubmitted_only_when_asked
     assert "not resubmitted" in listing and "RETRY_FAILED=1" in listing
     again = sweep_cli("submit", str(path), "--output_dir", str(output), "--dry-run", "--retry-failed").stdout
     assert "1 failed, 1 to run" in again and "--array=0%2 " in again
+
+
+@pytest.mark.slow
+def test_a_failing_sft_stops_its_rl_runs_with_one_line(slurm, tmp_path):
+    """An SFT run that fails (here: its training set is a file that does not exist): its RL runs are cancelled by
+    SLURM (afterok, --kill-on-invalid-dep) instead of failing one by one, and `make sweep` says so in one line."""
+    output = tmp_path / "out"
+    spec = yaml.safe_load((ROOT / "recipes" / "sweeps" / "tiny-cpu.yaml").read_text())
+    spec["runs"]["sft"]["settings"]["dataset_name"] = str(tmp_path / "missing.jsonl")
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep_cli("submit", str(path), "--output_dir", str(output), env=slurm)
+    _wait_until(lambda: not _jobs(slurm), 600, "the SFT to fail and its RL runs to be cancelled", slurm, poll=2)
+    sweep = load_sweep(path, ROOT, output)
+    assert not any((sweep.run_dir(run) / "attempts.jsonl").exists() for run in sweep.runs)  # none started
+    again = sweep_cli("submit", str(path), "--output_dir", str(output), "--dry-run", env=slurm).stdout
+    failed = [line for line in again.splitlines() if line.startswith("SFT run 0 (tiny-qwen2/sft/")]
+    assert len(failed) == 1 and "failed in train after 1 attempt(s): " in failed[0], again
+    assert "missing.jsonl" in failed[0] and failed[0].endswith("; its 4 RL runs wait for it")
+    assert "nothing to submit" in again  # its RL runs wait for it: RETRY_FAILED=1 after the fix
+
+
+def test_two_tasks_on_one_node_get_their_own_ports_and_a_trainer_refuses_another_runs_server(tmp_path, monkeypatch):
+    """Issue 32: the server's port (TRL's 8000) and the weight sync's (51216) were fixed, and the trainer took the first
+    /health it got: two tasks on one node crossed. Ports now follow the job id (unless a run sets them), and the trainer
+    checks that the server serves its own model."""
+    import http.server
+    import threading
+
+    from grpo_lambda.jobs.sweep import Runner
+    from grpo_lambda.vllm_server import wait_for_vllm_server
+
+    sweep = load_sweep("paper-7b", ROOT, tmp_path)
+    runner = Runner(sweep.runs[1], sweep.run_dir(sweep.runs[1]), sweep.evaluation, sweep.slurm, sweep)
+    ports = {}
+    for job in ("4101", "4102"):
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        ports[job] = runner.ports()
+    assert (
+        len({p["vllm_server_port"] for p in ports.values()})
+        == len({p["vllm_group_port"] for p in ports.values()})
+        == 2
+    )
+    assert all(
+        20000 > p["vllm_server_port"] >= 10000 and 30000 <= p["vllm_group_port"] < 32768 for p in ports.values()
+    )
+
+    class Other(http.server.BaseHTTPRequestHandler):  # a server of another run
+        def do_GET(self):
+            body = b"ok" if self.path == "/health" else b'{"data": [{"id": "/runs/other/model", "root": "other"}]}'
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(GRPOLambdaError, match=r"serves .*/runs/other/model.*not this run's model /runs/mine"):
+            wait_for_vllm_server(url, 5, model="/runs/mine")
+        wait_for_vllm_server(url, 5, model="/runs/other/model")  # its own
+    finally:
+        server.shutdown()

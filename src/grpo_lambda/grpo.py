@@ -19,7 +19,7 @@ from grpo_lambda.configs import GRPOLambdaConfig, GRPOScriptArguments, parse_grp
 from grpo_lambda.data import load_problem_dataset, to_prompts
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.methods import Method
-from grpo_lambda.models import final_model_from_checkpoint, load_model_and_tokenizer, save_final_model
+from grpo_lambda.models import final_model_from_checkpoint, load_model_and_tokenizer, model_path, save_final_model
 from grpo_lambda.reruns import check_settings, claim_output_dir, finished_step, mark_finished
 from grpo_lambda.rewards import get_reward_funcs
 from grpo_lambda.tracking import announce_wandb
@@ -89,7 +89,8 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOLambdaConfig, mode
     with training_args.main_process_first(desc="loading the training set"):  # one download, then the cache
         train_dataset = _load_datasets(script_args)
     if training_args.use_vllm and training_args.vllm_mode == "server" and training_args.process_index == 0:
-        wait_for_vllm_server(vllm_server_url(training_args), training_args.vllm_server_timeout)  # one line if not up
+        served = model_path(model_args.model_name_or_path)  # the folder an embedded: model is served from
+        wait_for_vllm_server(vllm_server_url(training_args), training_args.vllm_server_timeout, model=served)
 
     trainer = GRPOLambdaTrainer(
         model=model,

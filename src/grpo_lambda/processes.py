@@ -100,18 +100,19 @@ def reap_orphans(known: tuple[int, ...] = ()) -> None:
                 os.waitpid(child.pid, os.WNOHANG)
 
 
-def stop_descendants(grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM to every process below the launcher, SIGKILL to those alive `grace_s` later; their statuses reaped."""
-    left = descendants(os.getpid())
+def stop_descendants(grace_s: float = KILL_GRACE_S, spare: frozenset[int] = frozenset()) -> None:
+    """SIGTERM to every process below the launcher but those of `spare` (alive before it started anything: a grading
+    worker's forkserver), SIGKILL to those alive `grace_s` later; their statuses reaped."""
+    left = [pid for pid in descendants(os.getpid()) if pid not in spare]
     _signal_all(left, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
-        reap_orphans()
-        left = descendants(os.getpid())
+        reap_orphans(tuple(spare))
+        left = [pid for pid in descendants(os.getpid()) if pid not in spare]
     _signal_all(left, signal.SIGKILL)
     time.sleep(0.1)
-    reap_orphans()
+    reap_orphans(tuple(spare))
 
 
 class Stopped(GRPOLambdaError):
@@ -137,9 +138,12 @@ class Supervisor:
         self.child: subprocess.Popen | None = None
         self.helpers: list[subprocess.Popen] = []
         self._previous: dict[int, object] = {}
+        self._before: frozenset[int] = frozenset()
+        self._starting = False
 
     def __enter__(self):
         self._previous = {signum: signal.signal(signum, self._on_signal) for signum in self.signals}
+        self._before = frozenset(descendants(os.getpid()))  # not this supervisor's to stop
         return self
 
     def __exit__(self, *exc):
@@ -147,13 +151,13 @@ class Supervisor:
             signal.signal(signum, handler)
         for helper in self.helpers:
             self._end_group(helper.pid, helper)
-        stop_descendants(self.kill_grace_s)
+        stop_descendants(self.kill_grace_s, self._before)
         return False
 
     def _on_signal(self, signum, frame) -> None:
         self.received.append(signum)
         self._arrived.append(time.monotonic())
-        if self.child is None:
+        if self.child is None and not self._starting:
             raise Stopped(f"stopped by {signal.Signals(signum).name} before the training started; nothing to save.")
 
     def _say(self, text: str) -> None:
@@ -189,10 +193,14 @@ class Supervisor:
         """The exit status of `command`'s tree once it and every process of its group have ended; a signal meanwhile
         asks it to stop through `stop_file` (a training's), else stops it at once (point 2). `pass_fds`: descriptors
         the tree keeps (an output folder's lock, records.hold_folder: held while any of the tree lives)."""
-        self.child = subprocess.Popen(
-            command, cwd=cwd, env=env, process_group=0, pass_fds=pass_fds, preexec_fn=_end_with_parent
-        )
-        group, phase, deadline, handled = self.child.pid, "running", None, len(self.received)
+        handled, self._starting = len(self.received), True  # a signal while the tree starts is handled below
+        try:
+            self.child = subprocess.Popen(
+                command, cwd=cwd, env=env, process_group=0, pass_fds=pass_fds, preexec_fn=_end_with_parent
+            )
+        finally:
+            self._starting = False
+        group, phase, deadline = self.child.pid, "running", None
         try:
             while True:
                 try:

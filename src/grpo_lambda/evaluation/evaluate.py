@@ -215,15 +215,21 @@ def _drawn(sampling: dict | None) -> str:
     return f"with temperature {sampling['temperature']}, top_p {sampling['top_p']}, seed {sampling['seed']}"
 
 
+def with_template(config: EvalConfig) -> EvalConfig:
+    """`config` with its prompt template resolved (the run's, when not given), the graders checked."""
+    _check_graders()
+    if config.template is not None:
+        return config
+    template, reason = run_template(config.model)
+    logger.info("template %s (%s)", template, reason)
+    return dataclasses.replace(config, template=template)
+
+
 def evaluate(config: EvalConfig, backend=None, folder_held: bool = False) -> dict:
     """Generate what `samples.jsonl` lacks, grade each sample as it finishes, write `results.json`. `backend`: an
     already started backend (else one is made from the config). With config.samples = k, problem i has samples
     0..k-1, each a request of its own; a rerun with a larger k adds the samples it lacks."""
-    _check_graders()
-    if config.template is None:
-        template, reason = run_template(config.model)
-        logger.info("template %s (%s)", template, reason)
-        config = dataclasses.replace(config, template=template)
+    config = with_template(config)
     output_dir = Path(config.output_dir)
     lock = None if folder_held else hold_folder(output_dir, "evaluation")  # else the command holds it
     try:
@@ -468,6 +474,8 @@ def main(argv: list[str] | None = None) -> int | None:
         return 0
     check_model(config.model, "MODEL")  # one line in seconds, before vLLM or transformers load anything
     check_output_folder(config.output_dir, "OUTPUT")
+    with_template(config)  # a damaged run record, an empty benchmark, a problem without gold: here, in seconds
+    load_suite(config.suite, config.benchmarks)
     lock = hold_folder(Path(config.output_dir), "evaluation")
     command = [sys.executable, "-m", "grpo_lambda.evaluation.evaluate", *argv, "--output_dir", config.output_dir]
     with Supervisor() as supervisor:

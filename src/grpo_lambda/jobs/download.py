@@ -89,8 +89,9 @@ def sweep_inputs(name: str) -> tuple[list[str], list[str], str | None]:
     from grpo_lambda.jobs.sweep import load_sweep
 
     sweep = load_sweep(name)
-    models = [run.settings.model.model_name_or_path for run in sweep.runs]
-    datasets = [run.settings.script.dataset_name for run in sweep.runs]
+    runs = [*sweep.sft_runs, *(run for run in sweep.runs if run.after is None)]  # the others start from an SFT run
+    models = [run.settings.model.model_name_or_path for run in runs]
+    datasets = [run.settings.script.dataset_name for run in [*sweep.sft_runs, *sweep.runs]]
     return models, datasets, sweep.hf_home
 
 

@@ -672,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
             server = planned.server
             print(f"vLLM server: starting, log in {server.log}", flush=True)
             process = supervisor.start(server.command, root, {**os.environ, **server.env}, server.log)
-            wait_for_vllm_server(server.url, server.timeout_s, process, str(server.log))
+            model = server.command[server.command.index("--model") + 1]
+            wait_for_vllm_server(server.url, server.timeout_s, process, str(server.log), model)
             print(f"vLLM server: up at {server.url}", flush=True)
         env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(STEP_GRACE_S)), **launcher_env}
         env.update({**planned.env, EXIT_FILE_VARIABLE: str(exit_file)})

@@ -49,9 +49,9 @@ import yaml
 from grpo_lambda.errors import EXIT_FILE_VARIABLE, GRPOLambdaError, exit_status
 from grpo_lambda.evaluation.config import EvalConfig, as_flags, check_fields, given_fields
 from grpo_lambda.jobs.launch import style_values, vllm_server_command
-from grpo_lambda.jobs.recipes import expand_grid, load_grid
+from grpo_lambda.jobs.recipes import expand_grid, load_grid, sft_path
 from grpo_lambda.layout import repo_root
-from grpo_lambda.methods import Method, RunFolder
+from grpo_lambda.methods import Method, RunFolder, SFTFolder
 from grpo_lambda.preemption import EXIT_PREEMPTED, STOP_FILE
 from grpo_lambda.processes import FORWARDED, Stopped, Supervisor, guard_process_tree
 from grpo_lambda.records import append_jsonl, read_jsonl, replace_file
@@ -59,8 +59,9 @@ from grpo_lambda.reruns import final_step
 from grpo_lambda.vllm_server import wait_for_vllm_server
 
 SWEEP_KEYS = {"description", "output_dir", "hf_home", "runs", "evaluation", "slurm"}
-PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path", "settings", "styles"}
-VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants", "styles"}
+PAPER_RUN_KEYS = {"paper_grid", "sizes", "models", "datasets", "model_path", "settings", "styles", "sft"}
+VARIANT_RUN_KEYS = {"recipe", "model", "dataset", "settings", "variants", "styles", "sft"}
+SFT_KEYS = {"recipe", "settings"}
 # Cluster policy: given once (here, or `make sweep SBATCH_ARGS="..."`), passed to every job a sweep submits.
 CLUSTER_KEYS = ("account", "partition", "qos", "constraint", "time")
 SLURM_DEFAULTS = {
@@ -102,6 +103,8 @@ class SweepRun:
     overrides: dict[str, Any] = field(default_factory=dict)  # settings on top of the recipe
     settings: Any = None  # configs.Settings: the recipe plus the overrides, as the trainer parses them
     style: str | None = None  # a recipe style over the recipe (recipes/styles/<style>.yaml); None: the paper's
+    stage: str = "grpo"  # sft: the format SFT a model's RL runs start from (§4.2)
+    after: int | None = None  # the index of the SFT run (in Sweep.sft_runs) whose output this run starts from
 
 
 @dataclass
@@ -113,18 +116,28 @@ class Sweep:
     evaluation: dict  # EvalConfig fields (checked when the sweep is read)
     slurm: dict
     hf_home: str | None = None  # the Hugging Face cache of the sweep's jobs (HF_HOME); None: the environment's
+    sft_runs: list[SweepRun] = field(default_factory=list)  # run first; an RL run's `after` names its SFT run
 
     def run_dir(self, run: SweepRun) -> Path:
         return self.output_dir / run.name
 
 
-def resolve_run(recipe: Path, overrides: dict, style: str | None = None):
+def resolve_run(recipe: Path, overrides: dict, style: str | None = None, stage: str = "grpo"):
     """A run's settings: its recipe, its recipe style and `overrides` on top, parsed once by the trainer's parser (on
     a login node without GPUs too)."""
     from grpo_lambda.configs import read_recipe, resolve_settings
 
     values = {**read_recipe(recipe), **style_values(repo_root(), style), **overrides}
-    return resolve_settings("grpo", values, for_reading=True)
+    return resolve_settings(stage, values, for_reading=True)
+
+
+def _sft_run(index: int, recipe: Path, overrides: dict) -> SweepRun:
+    """An SFT run of a sweep, in `<model>/sft/<dataset>` (methods.SFTFolder) of the sweep's output folder."""
+    if not recipe.is_file():
+        _fail(f"no SFT recipe {recipe} (paths are relative to the repository root).")
+    settings = resolve_run(recipe, overrides, stage="sft")
+    name = SFTFolder(settings.model.model_name_or_path, settings.script.dataset_name).name
+    return SweepRun(index, name, recipe, overrides, settings, stage="sft")
 
 
 def _styles(spec: dict) -> list[str | None]:
@@ -133,7 +146,10 @@ def _styles(spec: dict) -> list[str | None]:
     return [None if style == "paper" else str(style) for style in styles]
 
 
-def _paper_runs(spec: dict, root: Path) -> list[SweepRun]:
+def _paper_runs(spec: dict, root: Path, output: Path) -> tuple[list[SweepRun], list[SweepRun]]:
+    """(SFT runs, RL runs) of a slice of the paper grid: unless `sft: false`, each model's format SFT (§4.2, its
+    recipe in recipes/<model>/sft/) first, and every RL run of the model from its output (a model in `model_path`
+    starts from the folder given there instead)."""
     _check_keys(spec, PAPER_RUN_KEYS, "runs (a slice of the paper grid)")
     grid = load_grid(root)
     runs = [
@@ -154,19 +170,31 @@ def _paper_runs(spec: dict, root: Path) -> list[SweepRun]:
             f"runs.settings of a paper-grid sweep sets {', '.join(fields)}, which the run folders' method tags name; "
             "use a variant sweep."
         )
+    sft_runs: dict[str, SweepRun] = {}
+    if spec.get("sft", True):
+        for model_id in dict.fromkeys(run.model_id for run in runs if run.model_id not in model_path):
+            recipe = root / sft_path(model_id, grid["sft_dataset"])
+            sft_runs[model_id] = _sft_run(len(sft_runs), recipe, {})
     sweep_runs = []
     for style in _styles(spec):
         for run in runs:
-            overrides = {**settings}
+            overrides, sft = {**settings}, sft_runs.get(run.model_id)
             if run.model_id in model_path:
                 overrides["model_name_or_path"] = str((root / model_path[run.model_id]).resolve())
+            elif sft is not None:
+                overrides["model_name_or_path"] = str(output / sft.name)
             name = RunFolder(run.model_id, run.dataset, run.method, style=style).name
             resolved = resolve_run(root / run.path, overrides, style)
-            sweep_runs.append(SweepRun(len(sweep_runs), name, root / run.path, overrides, resolved, style))
-    return sweep_runs
+            after = sft.index if sft else None
+            sweep_runs.append(
+                SweepRun(len(sweep_runs), name, root / run.path, overrides, resolved, style, after=after)
+            )
+    return list(sft_runs.values()), sweep_runs
 
 
-def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
+def _variant_runs(spec: dict, root: Path, output: Path) -> tuple[list[SweepRun], list[SweepRun]]:
+    """(SFT runs, RL runs) of a base recipe with variants; `sft: {recipe, settings}` trains the model by SFT first and
+    every variant from its output."""
     _check_keys(spec, VARIANT_RUN_KEYS, "runs (a base recipe with variants)")
     for key in ("recipe", "variants"):
         if key not in spec:
@@ -178,21 +206,30 @@ def _variant_runs(spec: dict, root: Path) -> list[SweepRun]:
     common.update(
         {k: v for k, v in (("model_name_or_path", spec.get("model")), ("dataset_name", spec.get("dataset"))) if v}
     )
+    sft = None
+    if spec.get("sft"):
+        _check_keys(spec["sft"], SFT_KEYS, "runs.sft")
+        base = {"model_name_or_path": common["model_name_or_path"]} if "model_name_or_path" in common else {}
+        sft = _sft_run(0, root / spec["sft"].get("recipe", ""), {**base, **(spec["sft"].get("settings") or {})})
     runs = []
     for style in _styles(spec):
         for variant, settings in spec["variants"].items():
             overrides = {**common, **(settings or {})}
+            model = resolve_run(recipe, overrides, style).model.model_name_or_path  # the base model names the run
+            if sft is not None:
+                overrides["model_name_or_path"] = str(output / sft.name)
             resolved = resolve_run(recipe, overrides, style)
             # A variant named like a method must train it (RunFolder checks); other names are free
             folder = RunFolder(
-                resolved.model.model_name_or_path,
+                model,
                 resolved.script.dataset_name,
                 Method.from_config(resolved.training),
                 variant=str(variant),
                 style=style,
             )
-            runs.append(SweepRun(len(runs), folder.name, recipe, overrides, resolved, style))
-    return runs
+            after = sft.index if sft else None
+            runs.append(SweepRun(len(runs), folder.name, recipe, overrides, resolved, style, after=after))
+    return ([sft] if sft else []), runs
 
 
 def load_sweep(
@@ -214,10 +251,11 @@ def load_sweep(
     slurm = {**SLURM_DEFAULTS, **(data.get("slurm") or {})}
     _check_keys(slurm, set(SLURM_DEFAULTS), f"{path}: slurm")
     runs_spec = data.get("runs") or {}
-    runs = _paper_runs(runs_spec, root) if runs_spec.get("paper_grid") else _variant_runs(runs_spec, root)
     output = Path(output_dir or data.get("output_dir") or Path("data") / "sweeps" / path.stem).resolve()
+    expand = _paper_runs if runs_spec.get("paper_grid") else _variant_runs
+    sft_runs, runs = expand(runs_spec, root, output)
     hf_home = str(Path(data["hf_home"]).expanduser().resolve()) if data.get("hf_home") else None
-    return Sweep(path.stem, path.resolve(), output, runs, evaluation, slurm, hf_home)
+    return Sweep(path.stem, path.resolve(), output, runs, evaluation, slurm, hf_home, sft_runs)
 
 
 def attempts(run_dir: Path) -> list[dict]:
@@ -225,10 +263,12 @@ def attempts(run_dir: Path) -> list[dict]:
     return read_jsonl(run_dir / "attempts.jsonl", lambda record: "event" in record, "an attempt record")
 
 
-def run_state(run_dir: Path) -> str:
-    """done (evaluated), failed (its last attempt failed), trained, started, or pending."""
+def run_state(run_dir: Path, stage: str = "grpo") -> str:
+    """done (evaluated; an SFT run: trained), failed (its last attempt failed), trained, started, or pending."""
     from grpo_lambda.evaluation.store import read_results
 
+    if stage == "sft" and final_step(str(run_dir)) is not None:
+        return "done"
     if (run_dir / "eval" / "results.json").is_file():
         read_results(run_dir / "eval" / "results.json")  # a damaged one: one line naming it
         return "done"
@@ -241,16 +281,20 @@ def run_state(run_dir: Path) -> str:
 
 
 def failures(sweep: Sweep) -> list[str]:
-    """One line per failed run: its index, attempts so far, the stage and its last error line."""
+    """One line per failed run (SFT runs first): its index, attempts so far, the stage and its last error line, and
+    for an SFT run the RL runs that wait for it."""
     lines = []
-    for run in sweep.runs:
+    for run in [*sweep.sft_runs, *sweep.runs]:
         events = attempts(sweep.run_dir(run))
         if events and events[-1]["event"] == "failed":
             starts = sum(event["event"] == "start" for event in events)
             last = events[-1]
             error = last.get("error") or f"exit status {last.get('exit_code')}"
+            what = f"{'SFT run' if run.stage == 'sft' else 'run'} {run.index} ({run.name})"
+            waiting = sum(other.after == run.index for other in sweep.runs) if run.stage == "sft" else 0
             lines.append(
-                f"run {run.index} ({run.name}) failed in {last.get('stage')} after {starts} attempt(s): {error}"
+                f"{what} failed in {last.get('stage')} after {starts} attempt(s): {error}"
+                + (f"; its {waiting} RL runs wait for it" if waiting else "")
             )
     return lines
 
@@ -312,6 +356,7 @@ class Runner:
             self.python,
             "-m",
             "grpo_lambda.jobs.launch",
+            *(["--stage", "sft"] if self.run.stage == "sft" else []),
             "--recipe",
             str(self.run.recipe),
             "--accelerate",
@@ -325,7 +370,7 @@ class Runner:
         """The launch command(s): one process tree on a single node; on several nodes, TRL's vLLM server on the
         last node and `grpo_lambda.jobs.launch` on each of the others (srun, one task per node)."""
         nodes = _job_nodes()
-        if len(nodes) <= 1:
+        if len(nodes) <= 1 or self.run.stage == "sft":  # SFT generates nothing: no server
             return [self._launch({})]
         server, trainers = nodes[-1], nodes[:-1]
         command, env, url, _ = self.vllm_server(server.address)
@@ -347,7 +392,14 @@ class Runner:
             "--job-name=trainers",
             *_step_resources(),
             "--export=ALL",
-            *self._launch({"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": url}),
+            *self._launch(
+                {
+                    "use_vllm": True,
+                    "vllm_mode": "server",
+                    "vllm_server_base_url": url,
+                    "vllm_group_port": self.ports()["vllm_group_port"],
+                }
+            ),
             # several training nodes: accelerate's multi-machine rendezvous on the first one
             *(
                 ["--num-machines", str(len(trainers)), "--main-process-ip", trainers[0].address]
@@ -357,20 +409,33 @@ class Runner:
         ]
         return [serve, train]
 
+    def ports(self) -> dict[str, int]:
+        """The server's and the weight sync's ports: the run's own where it sets them, else derived from the SLURM job
+        id, so that two tasks on one node never share TRL's fixed 8000 and 51216 (accelerate's rendezvous port is
+        20000 + job % 10000: these stay clear of it and of Linux's ephemeral range)."""
+        training, values = self.run.settings.training, self.run.settings.values
+        job = os.environ.get("SLURM_JOB_ID", "")
+        derived = {
+            "vllm_server_port": 10000 + int(job) % 10000 if job.isdigit() else training.vllm_server_port,
+            "vllm_group_port": 30000 + int(job) % 2700 if job.isdigit() else training.vllm_group_port,
+        }
+        return {name: values.get(name, port) for name, port in derived.items()}
+
     def vllm_server(self, host: str) -> tuple[list[str], dict[str, str], str, float]:
         """The serving node's command and environment (grpo_lambda.jobs.launch.vllm_server_command), its URL on
         `host` (the node's address), and how long the trainers wait for it (the run's vllm_server_timeout)."""
         training, model = self.run.settings.training, self.run.settings.model
+        port = self.ports()["vllm_server_port"]
         command, env = vllm_server_command(
             model.model_name_or_path,
             "0.0.0.0",
-            training.vllm_server_port,
+            port,
             model.dtype,
             self.slurm["vllm_tensor_parallel_size"],
             training.vllm_max_model_length,
             training.generation_batch_size,
         )
-        return command, env, f"http://{host}:{training.vllm_server_port}", training.vllm_server_timeout
+        return command, env, f"http://{host}:{port}", training.vllm_server_timeout
 
     def evaluation_command(self) -> list[str]:
         """The run's evaluation: its template is the run's own (the run record the evaluation reads)."""
@@ -398,7 +463,8 @@ class Runner:
             server = supervisor.start(commands[0], self.root)
             _, _, url, timeout = self.vllm_server(_job_nodes()[-1].address)
             try:
-                wait_for_vllm_server(url, timeout, server)
+                model = commands[0][commands[0].index("--model") + 1]
+                wait_for_vllm_server(url, timeout, server, model=model)
             except Stopped:
                 raise
             except GRPOLambdaError as error:
@@ -423,10 +489,19 @@ class Runner:
         return 0
 
     def __call__(self, stages: tuple[str, ...] = ("train", "evaluate")) -> int:
-        state = run_state(self.run_dir)
-        if state == "done" and "evaluate" in stages:
-            print(f"[sweep] {self.run.name}: already finished ({self.run_dir / 'eval' / 'results.json'})", flush=True)
+        if self.run.stage == "sft":
+            stages = ("train",)  # an SFT run is evaluated through the RL runs it starts
+        state = run_state(self.run_dir, self.run.stage)
+        if state == "done" and ("evaluate" in stages or self.run.stage == "sft"):
+            print(f"[sweep] {self.run.name}: already finished", flush=True)
             return 0
+        if self.run.after is not None and self.sweep is not None:
+            sft = self.sweep.sft_runs[self.run.after]
+            if run_state(self.sweep.run_dir(sft), "sft") != "done":
+                _fail(
+                    f"{self.run.name} starts from the SFT run {self.sweep.run_dir(sft)}, which has not finished: "
+                    "run that first (make sweep submits it before the RL runs that wait for it)."
+                )
         self.prepare()
         _record(self.run_dir, "start", stages=list(stages))
         guard_process_tree()
@@ -509,13 +584,18 @@ def cluster_flags(slurm: dict) -> list[str]:
     return [*flags, *slurm["sbatch_args"]]
 
 
-def sbatch_command(sweep: Sweep, indices: list[int], root: Path) -> list[str]:
+def sbatch_command(
+    sweep: Sweep, indices: list[int], root: Path, stage: str = "grpo", after: str | None = None
+) -> list[str]:
+    """The array job of `indices` (of the sweep's SFT runs for stage `sft`), after the SLURM job `after`
+    (`<job>_<task>`: an SFT task) has succeeded; cancelled if it fails (--kill-on-invalid-dep)."""
     slurm = sweep.slurm
     array = _compact(indices) + (f"%{slurm['throttle']}" if slurm["throttle"] else "")
+    name = slurm["job_name"] or "grpo-lambda-" + sweep.name
     command = [
         "sbatch",
         "--parsable",
-        f"--job-name={slurm['job_name'] or 'grpo-lambda-' + sweep.name}",
+        f"--job-name={name}{'-sft' if stage == 'sft' else ''}",
         f"--array={array}",
         f"--output={sweep.output_dir / 'logs' / '%A_%a.out'}",
         "--open-mode=append",
@@ -529,8 +609,10 @@ def sbatch_command(sweep: Sweep, indices: list[int], root: Path) -> list[str]:
     for key, flag in (("gpus_per_node", "gpus-per-node"), ("cpus_per_task", "cpus-per-task"), ("mem", "mem")):
         if slurm[key] is not None:
             command.append(f"--{flag}={slurm[key]}")
+    if after:
+        command += [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"]
     command += [*cluster_flags(slurm), str(root / "slurm" / "sweep.slurm"), str(sweep.path), str(sweep.output_dir)]
-    return command
+    return command + (["sft"] if stage == "sft" else [])
 
 
 def aggregate_sbatch_command(sweep: Sweep, root: Path) -> list[str]:
@@ -555,12 +637,12 @@ def _is_submission(record: dict) -> bool:
     return isinstance(record.get("array_job"), str) and isinstance(record.get("indices"), list)
 
 
-def queued_runs(sweep: Sweep) -> dict[int, str]:
-    """Index → SLURM state (PENDING, RUNNING, REQUEUED, ...) of the sweep's runs that an array job this sweep
-    submitted still holds in the queue. The scheduler is asked (squeue), since a queued or running run has no
-    result file yet; a job that has left the queue no longer counts."""
+def queued_runs(sweep: Sweep, stage: str = "grpo") -> dict[int, tuple[str, str]]:
+    """Index → (SLURM state: PENDING, RUNNING, REQUEUED, ..., its task `<job>_<index>`) of the sweep's runs (its SFT
+    runs: `stage` sft) that an array job this sweep submitted still holds in the queue. The scheduler is asked
+    (squeue), since a queued or running run has no result file yet; a job that has left the queue no longer counts."""
     submitted = read_jsonl(sweep.output_dir / SUBMISSIONS, _is_submission, "a submission record")
-    jobs = {record["array_job"] for record in submitted}
+    jobs = {record["array_job"] for record in submitted if record.get("stage", "grpo") == stage}
     if not jobs:
         return {}
     if shutil.which("squeue") is None:
@@ -576,7 +658,7 @@ def queued_runs(sweep: Sweep) -> dict[int, str]:
     for line in listing.stdout.splitlines():
         job, index, state = (line.split() + ["", "", ""])[:3]
         if job in jobs and index.isdigit():
-            states[int(index)] = state
+            states[int(index)] = (state, f"{job}_{index}")
     return states
 
 
@@ -598,19 +680,16 @@ def _compact(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-def list_runs(sweep: Sweep, queued: dict[int, str] | None = None) -> str:
-    """A table of the runs: index, state (from the run folder; a queued or running array task: SLURM's state),
-    recipe, output folder."""
-    queued = queued or {}
-    rows = [
-        (
-            str(run.index),
-            queued[run.index].lower() if run.index in queued else run_state(sweep.run_dir(run)),
-            _display(run.recipe),
-            _display(sweep.run_dir(run)),
-        )
-        for run in sweep.runs
-    ]
+def list_runs(sweep: Sweep, queued: dict | None = None, queued_sft: dict | None = None) -> str:
+    """A table of the runs, SFT runs first (index sft<i>): index, state (from the run folder; a queued or running
+    array task: SLURM's state), recipe, output folder."""
+    queued, queued_sft = queued or {}, queued_sft or {}
+
+    def row(run: SweepRun, waiting: dict, prefix: str) -> tuple[str, ...]:
+        state = waiting[run.index][0].lower() if run.index in waiting else run_state(sweep.run_dir(run), run.stage)
+        return f"{prefix}{run.index}", state, _display(run.recipe), _display(sweep.run_dir(run))
+
+    rows = [row(run, queued_sft, "sft") for run in sweep.sft_runs] + [row(run, queued, "") for run in sweep.runs]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("index", "state", "recipe", "output"))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(("index", "state", "recipe", "output"), widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -688,52 +767,83 @@ def check_sbatch_args(sweep: Sweep, root: Path) -> None:
 
 
 def submit(sweep: Sweep, root: Path, dry_run: bool, rerun: bool = False, retry_failed: bool = False) -> int:
+    """Submits what is neither finished, queued nor failed (RETRY_FAILED: failed too): the SFT runs as one array, the
+    RL runs as one array per SFT run they start from (after its task succeeded; cancelled if it fails), then the
+    aggregation after every RL array. DRY_RUN prints that graph and submits nothing."""
     check_sbatch_args(sweep, root)
-    queued = queued_runs(sweep)
-    states = {run.index: run_state(sweep.run_dir(run)) for run in sweep.runs}
+    queued, queued_sft = queued_runs(sweep), queued_runs(sweep, "sft")
     skipped = ({"done"} if not rerun else set()) | ({"failed"} if not retry_failed else set())
-    todo = [i for i in states if i not in queued and states[i] not in skipped]
-    finished = sum(state == "done" for state in states.values())
-    failed = sum(state == "failed" for state in states.values())
+    sft_states = {run.index: run_state(sweep.run_dir(run), "sft") for run in sweep.sft_runs}
+    states = {run.index: run_state(sweep.run_dir(run)) for run in sweep.runs}
+    sft_todo = [i for i, state in sft_states.items() if i not in queued_sft and state not in skipped | {"done"}]
+    todo = [i for i, state in states.items() if i not in queued and state not in skipped]
+    finished, failed = (sum(s == k for s in states.values()) for k in ("done", "failed"))
     print(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, {finished} finished, {len(queued)} queued or running, "
         f"{failed} failed, {len(todo)} to run"
+        + (f"; SFT runs: {len(sweep.sft_runs)}, {len(sft_todo)} to run" if sweep.sft_runs else "")
     )
     print(resources(sweep))
-    print(list_runs(sweep, queued))
+    print(list_runs(sweep, queued, queued_sft))
     for line in failures(sweep):
         print(line)
-    if failed and not retry_failed:
-        print(f"{failed} failed run(s) not resubmitted: fix the cause above, then RETRY_FAILED=1 (--retry-failed).")
-    if not todo:
+    if (failed or "failed" in sft_states.values()) and not retry_failed:
+        print("failed runs are not resubmitted: fix the cause above, then RETRY_FAILED=1 (--retry-failed).")
+    groups: dict[int | None, list[int]] = {}
+    for index in todo:
+        after = sweep.runs[index].after
+        if after is not None and sft_states[after] == "failed" and after not in sft_todo:
+            continue  # waits for an SFT run that failed and is not resubmitted (said above)
+        groups.setdefault(after if after is not None and sft_states[after] != "done" else None, []).append(index)
+    if not (sft_todo or groups):
         print("nothing to submit; aggregate with: " + shlex.join(_aggregate_command(sweep)))
         return 0
-    command = sbatch_command(sweep, todo, root)
+    plan = []  # (what, command, the SFT index it waits for)
+    if sft_todo:
+        plan.append(("SFT runs", sbatch_command(sweep, sft_todo, root, "sft"), None))
+    for after, indices in groups.items():
+        waits = None if after is None else queued_sft.get(after, (None, "{sft}_" + str(after)))[1]
+        what = "RL runs" if after is None else f"RL runs of {sweep.sft_runs[after].name}"
+        plan.append((what, sbatch_command(sweep, indices, root, after=waits), after))
     aggregate = aggregate_sbatch_command(sweep, root)
-    print("command: " + shlex.join(command))
-    print("then:    " + shlex.join(aggregate).replace("{job}", "<array job id>"))
+    for what, command, _ in plan:
+        print(f"{what}: " + shlex.join(command).replace("{sft}", "<SFT array job id>"))
+    print("then:    " + shlex.join(aggregate).replace("{job}", "<every RL array job id>"))
     if dry_run:
         return 0
     if shutil.which("sbatch") is None:
         _fail("sbatch not found: submit from a SLURM login node (or start slurm/local_cluster.sh to try locally).")
     (sweep.output_dir / "logs").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sweep.path, sweep.output_dir / "sweep.yaml")
-    job = subprocess.run(command, capture_output=True, text=True)
-    if job.returncode != 0:
-        _fail(f"sbatch refused the array job: {_one_line(job.stderr)}")
-    job_id = job.stdout.strip().split(";")[0]
-    record = {"array_job": job_id, "indices": todo, "time": datetime.datetime.now().isoformat(timespec="seconds")}
-    append_jsonl(sweep.output_dir / SUBMISSIONS, record, _is_submission)
-    aggregate[aggregate.index("--dependency=afterany:{job}")] = f"--dependency=afterany:{job_id}"
-    aggregated = subprocess.run(aggregate, capture_output=True, text=True)
-    if aggregated.returncode != 0:
-        _fail(
-            f"submitted array job {job_id}, but sbatch refused its aggregation job: {_one_line(aggregated.stderr)}; "
-            f"aggregate by hand when it is done: {shlex.join(_aggregate_command(sweep))}"
-        )
-    print(f"submitted array job {job_id} ({len(todo)} tasks); aggregation job {aggregated.stdout.strip()}")
+    sft_job, jobs = None, []
+    for what, command, after in plan:
+        command = [part.replace("{sft}", sft_job or "") for part in command]
+        job = subprocess.run(command, capture_output=True, text=True)
+        if job.returncode != 0:
+            _fail(f"sbatch refused the {what} array job: {_one_line(job.stderr)}")
+        job_id = job.stdout.strip().split(";")[0]
+        stage = "sft" if command[-1] == "sft" else "grpo"
+        indices = sft_todo if stage == "sft" else groups[after]
+        record = {"array_job": job_id, "indices": indices, "stage": stage, "time": _now()}
+        append_jsonl(sweep.output_dir / SUBMISSIONS, record, _is_submission)
+        print(f"submitted {what}: array job {job_id} ({len(indices)} tasks)")
+        sft_job = job_id if stage == "sft" else sft_job
+        jobs += [job_id] if stage == "grpo" else []
+    if jobs:
+        aggregate[aggregate.index("--dependency=afterany:{job}")] = "--dependency=afterany:" + ":".join(jobs)
+        aggregated = subprocess.run(aggregate, capture_output=True, text=True)
+        if aggregated.returncode != 0:
+            _fail(
+                f"submitted {', '.join(jobs)}, but sbatch refused the aggregation job: {_one_line(aggregated.stderr)}; "
+                f"aggregate by hand when it is done: {shlex.join(_aggregate_command(sweep))}"
+            )
+        print(f"aggregation job {aggregated.stdout.strip()}")
     print(f"logs: {sweep.output_dir / 'logs'}; when done: make tables RESULTS={sweep.output_dir}")
     return 0
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
 
 
 def _aggregate_command(sweep: Sweep) -> list[str]:
@@ -770,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     submit_.add_argument("--sbatch-args", default="", help='sbatch flags for every job, e.g. "--account=abc".')
     run = commands.choices["run"]  # one run: an array task of a sweep, or a recipe (slurm/train.slurm)
     run.add_argument("--index", type=int, default=None, help="Array index (default: $SLURM_ARRAY_TASK_ID).")
+    run.add_argument("--sft", action="store_true", help="An SFT run of the sweep (its index among them).")
     run.add_argument("--recipe", default=None, help="Without a sweep: the recipe to train.")
     run.add_argument("--run-dir", default=None, help="Without a sweep: the run's output folder.")
     run.add_argument("--stages", default="train,evaluate", help="train, evaluate or both (comma-separated).")
@@ -787,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = load_sweep(args.sweep, root, args.output_dir)
     if args.command == "list":
         print(f"sweep {sweep.name}: {len(sweep.runs)} runs, output {sweep.output_dir}")
-        print(list_runs(sweep, queued_runs(sweep)))
+        print(list_runs(sweep, queued_runs(sweep), queued_runs(sweep, "sft")))
         return 0
     if args.command == "submit":
         sweep.slurm["sbatch_args"] = [*sweep.slurm["sbatch_args"], *shlex.split(args.sbatch_args)]
@@ -801,9 +912,12 @@ def _runner(args: argparse.Namespace, root: Path) -> Runner:
     if args.sweep:
         sweep = load_sweep(args.sweep, root, args.output_dir)
         index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "-1"))
-        if not 0 <= index < len(sweep.runs):
-            _fail(f"index {index} outside the sweep's {len(sweep.runs)} runs (0..{len(sweep.runs) - 1}).")
-        sweep_run = sweep.runs[index]
+        runs = sweep.sft_runs if args.sft else sweep.runs
+        if not 0 <= index < len(runs):
+            _fail(
+                f"index {index} outside the sweep's {len(runs)} {'SFT ' if args.sft else ''}runs (0..{len(runs) - 1})."
+            )
+        sweep_run = runs[index]
         return Runner(sweep_run, sweep.run_dir(sweep_run), sweep.evaluation, sweep.slurm, sweep)
     if not (args.recipe and args.run_dir):
         _fail("run needs a sweep and an index, or --recipe and --run-dir.")
