@@ -68,7 +68,8 @@ NPROC ?=
 VLLM_MODE ?=
 RECIPE_STYLE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=vllm|transformers]
-#               [SAMPLES=k TEMPERATURE=T [TOP_P=P]]  (k samples per problem: avg@k, pass@k; unset: greedy, the paper's protocol)
+#               [PROTOCOL=understand-r1-zero|open-r1|avg32]  (the peers' settings, docs/evaluation.md; unset: the paper's)
+#               [SAMPLES=k|aime:32,amc:32,4 TEMPERATURE=T [TOP_P=P]]  (samples per problem: avg@k, maj@k, pass@k)
 # (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
 # make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
 SUITE ?=
@@ -118,6 +119,7 @@ help:
 	@echo "               TRACE_LAMBDA=.. ACCEL=auto|cpu|ddp|zero2|zero3 NPROC=.. ARGS='..' DRY_RUN=1"
 	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, NPROC, ARGS, DRY_RUN)"
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
+	@echo "               [PROTOCOL=understand-r1-zero|open-r1|avg32] [SAMPLES=k|aime:32,amc:32,4 TEMPERATURE=T TOP_P=P]"
 	@echo "make regrade   RESULTS=<eval dir> [TEMPLATE=..]: re-score its samples.jsonl (paper and corrected grades)"
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make download  MODEL=.. DATASET=.. | SWEEP=..: models and training sets into the Hugging Face cache (login node, before jobs)"
@@ -178,7 +180,8 @@ sft: install
 evaluate: install
 	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks $(subst $(COMMA), ,$(BENCHMARKS))) \
 		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) $(if $(OUTPUT),--output_dir "$(OUTPUT)") $(if $(LIMIT),--limit $(LIMIT)) \
-		$(if $(SAMPLES),--samples $(SAMPLES)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(TOP_P),--top_p $(TOP_P)) $(ARGS)
+		$(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
+		$(if $(TOP_P),--top_p $(TOP_P)) $(ARGS)
 
 regrade: install
 	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }

@@ -380,7 +380,8 @@ def test_tables_leave_out_sampled_evaluations(tmp_path, capsys):
         (run / name / "results.json").write_text(json.dumps(results))
     found = collect_results(tmp_path, load_paper())
     assert list(found) == [("Qwen/Qwen2.5-Math-1.5B-Instruct", "math12k", "grpo")]
-    assert f"{run / 'eval-sampled/results.json'}: sampled at temperature 0.6" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{run / 'eval-sampled/results.json'}: not the paper's protocol (samples=8, temperature=0.6)" in out
 
 
 @pytest.mark.slow

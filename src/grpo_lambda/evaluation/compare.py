@@ -28,6 +28,7 @@ import numpy as np
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation import stats
+from grpo_lambda.evaluation.config import sample_counts
 from grpo_lambda.evaluation.evaluate import problem_scores
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.store import read_lines, read_results
@@ -47,9 +48,11 @@ def load_evaluation(folder: Path, grade: str) -> tuple[dict, dict[str, dict[int,
             f"{folder} is not an evaluation folder (no results.json and samples.jsonl): run make evaluate."
         )
     config = read_results(results_path).get("config") or {}
+    lines = read_lines(samples_path)
+    counts = sample_counts(config.get("samples", 1), list(dict.fromkeys(s["benchmark"] for s in lines)))
     rows: dict[str, list[dict]] = defaultdict(list)
-    for sample in read_lines(samples_path):
-        if sample.get("sample", 0) >= config.get("samples", 1):
+    for sample in lines:
+        if sample.get("sample", 0) >= counts[sample["benchmark"]]:
             continue  # drawn for a larger SAMPLES than the one results.json summarizes
         if grade not in sample:
             raise GRPOLambdaError(
