@@ -125,7 +125,7 @@ help:
 	@echo "make download  MODEL=.. DATASET=.. | SWEEP=..: models and training sets into the Hugging Face cache (login node, before jobs)"
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [SBATCH_ARGS='--account=..'] [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
-	@echo "make compare   A=<eval dir(s)> B=<eval dir(s)> [GRADE=corrected]: B - A per benchmark and macro, paired 95% intervals, McNemar; table + forest plot"
+	@echo "make compare   A=<eval dir(s)> B=<eval dir(s)> [GRADE=corrected] [PASS_AT=k]: B - A per benchmark and macro, paired 95% intervals, McNemar; table + forest plot"
 	@echo "make credit    RESULTS=<eval dir> [BENCHMARK=..] [INDEX=..]: one completion, tokens coloured by their gradient weight under GRPO, ε-trace, ε-weight (PNG + HTML)"
 	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
 	@echo "make bench-step  a whole training step, stock TRL vs each GRPO-λ variant, generate and vLLM colocated [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
@@ -190,7 +190,8 @@ regrade: install
 tables: install
 	$(PY) -m grpo_lambda.evaluation.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)
 
-# make compare A="<evaluation folder(s)>" B="<evaluation folder(s)>" [GRADE=paper|corrected]: B − A, paired, 95 % intervals
+# make compare A="<evaluation folder(s)>" B="<evaluation folder(s)>" [GRADE=paper|corrected] [PASS_AT=k]: B − A, paired,
+# 95 % intervals, of the greedy accuracy, avg@k of sampled folders, or their pass@k
 # (A or B that names one existing folder is that folder, spaces and all; otherwise a list split at spaces)
 A ?=
 B ?=
@@ -198,7 +199,8 @@ GRADE ?= paper
 compare: install
 	@test -n "$(A)" -a -n "$(B)" || { echo "set A=<evaluation folder(s)> and B=<evaluation folder(s)>"; exit 2; }
 	@a=("$(A)"); [ -e "$(A)" ] || a=($(A)); b=("$(B)"); [ -e "$(B)" ] || b=($(B)); \
-	$(PY) -m grpo_lambda.evaluation.compare --a "$${a[@]}" --b "$${b[@]}" --grade $(GRADE) --output_dir "$(PLOTS)"
+	$(PY) -m grpo_lambda.evaluation.compare --a "$${a[@]}" --b "$${b[@]}" --grade $(GRADE) $(if $(PASS_AT),--pass_at $(PASS_AT)) \
+		--output_dir "$(PLOTS)"
 
 # make credit RESULTS=<evaluation folder> [BENCHMARK=math] [INDEX=0] [ARGS="--trace_lambda 0.98 --trace_style recent"]
 credit: install
