@@ -68,7 +68,8 @@ NPROC ?=
 VLLM_MODE ?=
 RECIPE_STYLE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=vllm|transformers]
-#               [SAMPLES=k TEMPERATURE=T [TOP_P=P]]  (k samples per problem: avg@k, pass@k; unset: greedy, the paper's protocol)
+#               [PROTOCOL=understand-r1-zero|open-r1|avg32]  (the peers' settings, docs/evaluation.md; unset: the paper's)
+#               [SAMPLES=k|aime:32,amc:32,4 TEMPERATURE=T [TOP_P=P]]  (samples per problem: avg@k, maj@k, pass@k)
 # (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
 # make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
 SUITE ?=
@@ -119,12 +120,13 @@ help:
 	@echo "               TRACE_LAMBDA=.. ACCEL=auto|cpu|ddp|zero2|zero3 NPROC=.. ARGS='..' DRY_RUN=1"
 	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, NPROC, ARGS, DRY_RUN)"
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
+	@echo "               [PROTOCOL=understand-r1-zero|open-r1|avg32] [SAMPLES=k|aime:32,amc:32,4 TEMPERATURE=T TOP_P=P]"
 	@echo "make regrade   RESULTS=<eval dir> [TEMPLATE=..]: re-score its samples.jsonl (paper and corrected grades)"
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make download  MODEL=.. DATASET=.. | SWEEP=..: models and training sets into the Hugging Face cache (login node, before jobs)"
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [SBATCH_ARGS='--account=..'] [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
-	@echo "make compare   A=<eval dir(s)> B=<eval dir(s)> [GRADE=corrected]: B - A per benchmark and macro, paired 95% intervals, McNemar; table + forest plot"
+	@echo "make compare   A=<eval dir(s)> B=<eval dir(s)> [GRADE=corrected] [PASS_AT=k]: B - A per benchmark and macro, paired 95% intervals, McNemar; table + forest plot"
 	@echo "make credit    RESULTS=<eval dir> [BENCHMARK=..] [INDEX=..]: one completion, tokens coloured by their gradient weight under GRPO, ε-trace, ε-weight (PNG + HTML)"
 	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
 	@echo "make bench-step  a whole training step, stock TRL vs each GRPO-λ variant, generate and vLLM colocated [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
@@ -179,7 +181,8 @@ sft: install
 evaluate: install
 	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks $(subst $(COMMA), ,$(BENCHMARKS))) \
 		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) $(if $(OUTPUT),--output_dir "$(OUTPUT)") $(if $(LIMIT),--limit $(LIMIT)) \
-		$(if $(SAMPLES),--samples $(SAMPLES)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(TOP_P),--top_p $(TOP_P)) $(ARGS)
+		$(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
+		$(if $(TOP_P),--top_p $(TOP_P)) $(ARGS)
 
 regrade: install
 	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
@@ -188,7 +191,8 @@ regrade: install
 tables: install
 	$(PY) -m grpo_lambda.evaluation.tables $(if $(RESULTS),--results "$(RESULTS)") $(if $(LATEX),--latex)
 
-# make compare A="<evaluation folder(s)>" B="<evaluation folder(s)>" [GRADE=paper|corrected]: B − A, paired, 95 % intervals
+# make compare A="<evaluation folder(s)>" B="<evaluation folder(s)>" [GRADE=paper|corrected] [PASS_AT=k]: B − A, paired,
+# 95 % intervals, of the greedy accuracy, avg@k of sampled folders, or their pass@k
 # (A or B that names one existing folder is that folder, spaces and all; otherwise a list split at spaces)
 A ?=
 B ?=
@@ -196,7 +200,8 @@ GRADE ?= paper
 compare: install
 	@test -n "$(A)" -a -n "$(B)" || { echo "set A=<evaluation folder(s)> and B=<evaluation folder(s)>"; exit 2; }
 	@a=("$(A)"); [ -e "$(A)" ] || a=($(A)); b=("$(B)"); [ -e "$(B)" ] || b=($(B)); \
-	$(PY) -m grpo_lambda.evaluation.compare --a "$${a[@]}" --b "$${b[@]}" --grade $(GRADE) --output_dir "$(PLOTS)"
+	$(PY) -m grpo_lambda.evaluation.compare --a "$${a[@]}" --b "$${b[@]}" --grade $(GRADE) $(if $(PASS_AT),--pass_at $(PASS_AT)) \
+		--output_dir "$(PLOTS)"
 
 # make credit RESULTS=<evaluation folder> [BENCHMARK=math] [INDEX=0] [ARGS="--trace_lambda 0.98 --trace_style recent"]
 credit: install

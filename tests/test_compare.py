@@ -116,3 +116,66 @@ def test_sweep_evaluations_are_labelled_by_their_run():
     """A sweep writes <run>/eval: both sides read "eval" before."""
     assert compare.label("data/sweeps/x/M/grpo/gsm8k_grpo/eval") == "gsm8k_grpo"
     assert compare.label("data/eval/mine") == "mine"
+
+
+def test_pass_at_k_is_compared_paired_and_the_header_says_what_is_compared(tmp_path, capsys):
+    """--pass_at 2 pairs each problem's pass@2 estimate (stats.pass_at_k of its 4 samples) across the two folders,
+    as stats.paired_difference; without it avg@k; the header and the plot say which, with k and how the samples were
+    drawn, and name a sweep's <run>/eval by its run. pass@k above a folder's k is refused."""
+    from test_sampling import sampled_evaluation
+
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(0, 2, (30, 4)), (rng.random((30, 4)) < 0.7).astype(int)
+    run_a = sampled_evaluation(tmp_path / "sweep/M/grpo/gsm8k_grpo/eval", {"aime": a})
+    run_b = sampled_evaluation(tmp_path / "sweep/M/grpo/gsm8k_eps_trace-both-0.99/eval", {"aime": b})
+    (row,) = compare.compare([run_a], [run_b], pass_at=2)
+    expected = stats.paired_difference(stats.pass_at_k(a, 2), stats.pass_at_k(b, 2))
+    assert (row["difference"], row["low"], row["high"]) == pytest.approx(expected)
+    assert row["a"] == pytest.approx(stats.pass_at_k(a, 2).mean()) and row["mcnemar_p"] is None
+    (row,) = compare.compare([run_a], [run_b])
+    assert row["difference"] == pytest.approx(stats.avg_at_k(b).mean() - stats.avg_at_k(a).mean())
+    with pytest.raises(GRPOLambdaError, match=r"4 sample\(s\) per aime problem: pass@8 needs 8 or more"):
+        compare.compare([run_a], [run_b], pass_at=8)
+
+    output = tmp_path / "plots"
+    assert compare.main(["--a", str(run_a), "--b", str(run_b), "--pass_at", "2", "--output_dir", str(output)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == (
+        "paper grade, pass@2 (4 samples per problem at temperature 0.6, top_p 1.0): B = gsm8k_eps_trace-both-0.99 "
+        "minus A = gsm8k_grpo; 95 % interval over problems (Newcombe's paired interval: these two models)"
+    )
+    compare.main(["--a", str(run_a), "--b", str(run_b), "--output_dir", str(output)])
+    assert capsys.readouterr().out.startswith("paper grade, avg@k (4 samples per problem at temperature 0.6")
+    assert compare.measure([CONFIG]) == "greedy accuracy (one completion per problem)"
+
+
+@pytest.mark.slow
+def test_the_paired_pass_at_k_interval_covers():
+    """make compare --pass_at k: Newcombe's paired interval on per-problem pass@k estimates (16 samples a problem),
+    simulated with a known truth: problem i's chance of a right sample is σ(z_i) for A and σ(z_i + δ + 0.5·ε_i) for
+    B, z ~ N(logit p, 1.5²); the truth is the population's pass@k difference (200 000 problems). Over n = 30, 83,
+    500, p = 5, 20, 50 %, δ = 0, 0.5, k = 2, 8 (36 regimes, 2 000 simulations each, numpy seed 0) it must hold the
+    truth 93–97 % of the time up to two Monte Carlo standard errors (0.010); measured 0.928 – 0.947 – 0.961."""
+    from scipy.special import expit, logit
+
+    rng, simulations, samples = np.random.default_rng(0), 2000, 16
+
+    def draw(n, p, delta, size):
+        z = rng.normal(logit(p), 1.5, size=(size, n))
+        return expit(z), expit(z + delta + 0.5 * rng.normal(size=(size, n)))
+
+    coverage = {}
+    for n in (30, 83, 500):
+        for p in (0.05, 0.2, 0.5):
+            for delta in (0.0, 0.5):
+                for k in (2, 8):
+                    qa, qb = draw(200_000, p, delta, 1)
+                    truth = np.mean((1 - (1 - qb) ** k) - (1 - (1 - qa) ** k))
+                    qa, qb = draw(n, p, delta, simulations)
+                    a = rng.random((simulations, n, samples)) < qa[..., None]
+                    b = rng.random((simulations, n, samples)) < qb[..., None]
+                    _, low, high = stats.paired_difference(stats.pass_at_k(a, k), stats.pass_at_k(b, k))
+                    coverage[(n, p, delta, k)] = float(np.mean((low <= truth) & (truth <= high)))
+    outside = {regime: value for regime, value in coverage.items() if not 0.92 <= value <= 0.98}
+    assert not outside, outside
+    assert len(coverage) == 36

@@ -380,7 +380,8 @@ def test_tables_leave_out_sampled_evaluations(tmp_path, capsys):
         (run / name / "results.json").write_text(json.dumps(results))
     found = collect_results(tmp_path, load_paper())
     assert list(found) == [("Qwen/Qwen2.5-Math-1.5B-Instruct", "math12k", "grpo")]
-    assert f"{run / 'eval-sampled/results.json'}: sampled at temperature 0.6" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{run / 'eval-sampled/results.json'}: not the paper's protocol (samples=8, temperature=0.6)" in out
 
 
 @pytest.mark.slow
@@ -408,3 +409,101 @@ def test_vllm_draws_each_problem_and_sample_from_its_own_seed_whatever_else_is_i
     for row in whole:
         by_problem.setdefault(row["index"], set()).add(row["completion"])
     assert all(len(completions) == 2 for completions in by_problem.values())
+
+
+def _voted(answers: list[str | None], gold: str) -> list[dict]:
+    """Samples of one problem whose `paper` and `corrected` grades read `answers` (None: no answer), correct when an
+    answer equals `gold` once spaces are removed."""
+
+    def verdict(answer):
+        correct = answer is not None and answer.replace(" ", "") == gold
+        return {"answer": answer, "correct": correct, "formatted": answer is not None, "timeout": False}
+
+    return [{"sample": j, "tokens": 3, "paper": verdict(a), "corrected": verdict(a)} for j, a in enumerate(answers)]
+
+
+def test_maj_at_k_is_the_most_frequent_answer_by_the_grades_own_reading():
+    """maj@k against a Counter over each problem's answers (spaces removed, no answer no vote, ties to the answer
+    given first); hand-made problems: a majority, a tie, no answer at all, a right answer outvoted."""
+    from collections import Counter
+
+    from grpo_lambda.evaluation.evaluate import majority_correct
+
+    problems = [
+        (["2", "3", "2", None], "2"),  # majority right
+        (["7", " 5", "5", "7"], "5"),  # tie 7/5: 7 given first
+        ([None, None, None, None], "1"),  # nobody answers: wrong
+        (["4", "9", "9", "9"], "4"),  # right once, outvoted
+    ]
+    rng = np.random.default_rng(5)
+    problems += [
+        ([str(a) if a < 4 else None for a in rng.integers(0, 6, 5)], str(rng.integers(0, 4))) for _ in range(40)
+    ]
+    rows = [
+        {"benchmark": "aime", "index": i, **s}
+        for i, (answers, gold) in enumerate(problems)
+        for s in _voted(answers, gold)
+    ]
+
+    def reference(answers, gold):
+        votes = Counter(a.replace(" ", "") for a in answers if a is not None)
+        return bool(votes) and votes.most_common(1)[0][0] == gold  # most_common keeps first-seen order on ties
+
+    expected = np.array([reference(*problem) for problem in problems], float)
+    assert expected[:4].tolist() == [1, 0, 0, 0]
+    assert majority_correct(rows, "paper").tolist() == expected.tolist()
+    config = EvalConfig(
+        model="m", output_dir="o", benchmarks=["aime"], template="no", samples="aime:4,1", temperature=1.0
+    )
+    rows = [r for r in rows if r["sample"] < 4]
+    expected = np.array([reference(answers[:4], gold) for answers, gold in problems], float)
+    maj = summarize(rows, config, "t")["benchmarks"]["aime"]["corrected"]["maj@k"]
+    assert maj == {
+        "k": 4,
+        "value": pytest.approx(expected.mean()),
+        "interval": list(stats.accuracy_interval(expected)),
+    }
+
+
+def test_math_is_broken_down_by_its_levels():
+    """MATH500's `difficulty` is MATH's level 1–5: results.json gives each level's problems and accuracy (avg@k)
+    with its interval; AIME's finer ratings get no breakdown; the report prints the levels."""
+    from grpo_lambda.evaluation.suite import load_suite
+
+    items = load_suite(None, ["aime", "math"], limit=40)
+    levels = {(i["benchmark"], i["index"]): i["level"] for i in items}
+    assert {levels[("math", i)] for i in range(40)} == {1, 2, 3, 4, 5} and levels[("aime", 0)] is None
+    rng = np.random.default_rng(9)
+    correct = {"aime": rng.integers(0, 2, (30, 2)), "math": rng.integers(0, 2, (40, 2))}
+    config = EvalConfig(
+        model="m", output_dir="o", benchmarks=["aime", "math"], template="no", samples=2, temperature=1.0
+    )
+    results = summarize(sampled_rows(correct), config, "t", levels)
+    assert "by_level" not in results["benchmarks"]["aime"]
+    by_level = results["benchmarks"]["math"]["by_level"]
+    assert list(by_level) == ["1", "2", "3", "4", "5"]
+    for level, values in by_level.items():
+        chosen = np.array([levels[("math", i)] == int(level) for i in range(40)])
+        fractions = stats.avg_at_k(correct["math"][chosen])
+        assert values["problems"] == chosen.sum()
+        assert values["paper"] == {
+            "accuracy": pytest.approx(fractions.mean()),
+            "interval": list(stats.accuracy_interval(fractions)),
+        }
+    assert "math by level" in report(results, "r") and "level 5" in report(results, "r")
+
+
+def test_a_samples_4_evaluation_records_what_a_reader_needs(tiny_model_dir, tmp_path):
+    """SAMPLES=4 on the tiny model: results.json holds provenance, truncation rate, length quantiles, maj@k beside
+    avg@k and pass@k, MATH's levels; the report shows maj@k."""
+    config = run_config(tmp_path, tiny_model_dir, samples=4, benchmarks=["aime", "math"], limit=3, batch_size=4)
+    results = evaluate(config)
+    assert set(results["provenance"]) == {"engine", "start_up_seconds", "generation"}
+    assert (
+        results["provenance"]["engine"]["engine"] == "transformers" and results["provenance"]["generation"]["tokens"]
+    )
+    for values in results["benchmarks"].values():
+        assert 0 <= values["truncation_rate"] <= 1 and {"median", "p90"} <= values["generation_length"].keys()
+        assert all({"avg@k", "maj@k", "pass@k"} <= values[grade].keys() for grade in GRADES)
+    assert "by_level" in results["benchmarks"]["math"]
+    assert "maj@k [95 % interval]" in report(results, "r")

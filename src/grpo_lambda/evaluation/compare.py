@@ -2,6 +2,7 @@
 
     python -m grpo_lambda.evaluation.compare --a data/eval/grpo --b data/eval/eps_trace [--grade paper] [--output_dir DIR]
     python -m grpo_lambda.evaluation.compare --a grpo-s0 grpo-s1 grpo-s2 --b ours-s0 ours-s1 ours-s2   # seeds
+    python -m grpo_lambda.evaluation.compare --a <run>/eval --b <run>/eval --pass_at 8   # sampled: pass@8, paired
 
 Per benchmark and for the macro average (the paper's AVG): both accuracies, the difference B − A over the problems
 both sides evaluated, and its 95 % interval. One run per side (the paper's protocol): two models, Newcombe's paired
@@ -14,13 +15,16 @@ each number means). Prints a markdown table, writes it to <output_dir>/compare.m
 Folders are comparable only when they evaluated the same suite, template, token limits and problems; otherwise this
 stops in one line naming the difference; greedy evaluations (the paper's protocol) compare only with greedy ones. A
 sample's score for a problem is its grade's `correct`; where a folder holds several samples per problem (`sample`
-index, `make evaluate SAMPLES=k`), the fraction correct of the k its results.json summarizes.
+index, `make evaluate SAMPLES=k`), the fraction correct of the k its results.json summarizes (avg@k), or with
+`--pass_at k` its pass@k estimate. The table's first line and the plot say what is compared (greedy accuracy, avg@k
+or pass@k, how the samples were drawn) and what the interval counts; a sweep's `<run>/eval` is named by its run.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,7 +32,8 @@ import numpy as np
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation import stats
-from grpo_lambda.evaluation.evaluate import problem_scores
+from grpo_lambda.evaluation.config import sample_counts
+from grpo_lambda.evaluation.evaluate import problem_pass_at_k, problem_scores
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.store import read_lines, read_results
 
@@ -38,18 +43,21 @@ SAME = ("suite", "template", "max_new_tokens", "max_model_len", "temperature", "
 MACRO = "average"
 
 
-def load_evaluation(folder: Path, grade: str) -> tuple[dict, dict[str, dict[int, float]]]:
+def load_evaluation(folder: Path, grade: str, pass_at: int | None = None) -> tuple[dict, dict[str, dict[int, float]]]:
     """(config, {benchmark: {problem index: score}}) of an evaluation folder; a score is the fraction of the problem's
-    samples that `grade` marks correct (0 or 1 for one greedy sample)."""
+    samples that `grade` marks correct (0 or 1 for one greedy sample), or with `pass_at` = k its pass@k estimate
+    (stats.pass_at_k of its samples; each problem needs k or more)."""
     results_path, samples_path = folder / "results.json", folder / "samples.jsonl"
     if not results_path.is_file() or not samples_path.is_file():
         raise GRPOLambdaError(
             f"{folder} is not an evaluation folder (no results.json and samples.jsonl): run make evaluate."
         )
     config = read_results(results_path).get("config") or {}
+    lines = read_lines(samples_path)
+    counts = sample_counts(config.get("samples", 1), list(dict.fromkeys(s["benchmark"] for s in lines)))
     rows: dict[str, list[dict]] = defaultdict(list)
-    for sample in read_lines(samples_path):
-        if sample.get("sample", 0) >= config.get("samples", 1):
+    for sample in lines:
+        if sample.get("sample", 0) >= counts[sample["benchmark"]]:
             continue  # drawn for a larger SAMPLES than the one results.json summarizes
         if grade not in sample:
             raise GRPOLambdaError(
@@ -59,7 +67,16 @@ def load_evaluation(folder: Path, grade: str) -> tuple[dict, dict[str, dict[int,
     scores = {}
     for name, samples in rows.items():
         indices = sorted({sample["index"] for sample in samples})
-        scores[name] = dict(zip(indices, problem_scores(samples, grade).tolist(), strict=True))
+        if pass_at is None:
+            values = problem_scores(samples, grade)
+        elif counts[name] < pass_at:
+            raise GRPOLambdaError(
+                f"{folder} has {counts[name]} sample(s) per {name} problem: pass@{pass_at} needs {pass_at} or more "
+                f"(PASS_AT={counts[name]} or lower, or evaluate with SAMPLES={pass_at})."
+            )
+        else:
+            values = problem_pass_at_k(samples, grade, pass_at)
+        scores[name] = dict(zip(indices, values.tolist(), strict=True))
     return config, scores
 
 
@@ -84,11 +101,14 @@ def _check_comparable(folders: list[Path], configs: list[dict], scores: list[dic
                 )
 
 
-def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
+def compare(a: list[Path], b: list[Path], grade: str = "paper", pass_at: int | None = None) -> list[dict]:
     """One row per benchmark and one for the macro average: n, accuracy of A and B (mean over runs), B − A, its
-    interval, and (one run per side) McNemar's p."""
+    interval, and (one run per side) McNemar's p. `pass_at` = k compares each problem's pass@k estimate instead of
+    its fraction of samples correct (greedy: its 0/1 answer)."""
     if grade not in GRADES:
         raise GRPOLambdaError(f"grade {grade!r} is not one of {', '.join(GRADES)}.")
+    if pass_at is not None and (isinstance(pass_at, bool) or not isinstance(pass_at, int) or pass_at < 1):
+        raise GRPOLambdaError(f"pass_at={pass_at!r}: give k of pass@k, a whole number of samples, at least 1.")
     folders = [Path(f) for f in [*a, *b]]
     seen: dict[Path, Path] = {}
     for folder in folders:
@@ -97,14 +117,14 @@ def compare(a: list[Path], b: list[Path], grade: str = "paper") -> list[dict]:
                 f"{folder} is given twice ({seen[folder.resolve()]}): compare two different evaluations."
             )
         seen[folder.resolve()] = folder
-    loaded = [load_evaluation(folder, grade) for folder in folders]
+    loaded = [load_evaluation(folder, grade, pass_at) for folder in folders]
     _check_comparable(folders, [c for c, _ in loaded], [s for _, s in loaded])
     benchmarks = list(loaded[0][1])
     runs_a = {n: np.array([list(s[n].values()) for _, s in loaded[: len(a)]]) for n in benchmarks}  # [runs, problems]
     runs_b = {n: np.array([list(s[n].values()) for _, s in loaded[len(a) :]]) for n in benchmarks}
     single = len(a) == len(b) == 1
     # k samples per problem (make evaluate SAMPLES=k): scores are fractions of k; McNemar's test is for single samples
-    greedy = single and all(config.get("samples", 1) == 1 for config, _ in loaded)
+    greedy = single and pass_at is None and all(config.get("samples", 1) == 1 for config, _ in loaded)
     greedy &= all(np.isin(runs_a[n], (0, 1)).all() and np.isin(runs_b[n], (0, 1)).all() for n in benchmarks)
     rows = []
     for name in benchmarks:
@@ -158,11 +178,24 @@ def interval_kind(runs_a: int, runs_b: int) -> str:
     return "95 % t interval over seeds and problems (these two methods)"
 
 
-def render(rows: list[dict], label_a: str, label_b: str, grade: str, kind: str | None = None) -> str:
+def measure(configs: list[dict], pass_at: int | None = None) -> str:
+    """What a comparison of evaluations with these results.json configs compares, in words: the greedy accuracy
+    (the paper's protocol), avg@k, or pass@k, with k and how the samples were drawn."""
+    first = configs[0]
+    if not first.get("temperature"):  # compare refuses greedy against sampled (SAME)
+        return "greedy accuracy (one completion per problem)"
+    ks = " / ".join(dict.fromkeys(str(config.get("samples", 1)) for config in configs))
+    drawn = f"{ks} samples per problem at temperature {first['temperature']}, top_p {first['top_p']}"
+    return f"pass@{pass_at} ({drawn})" if pass_at else f"avg@k ({drawn})"
+
+
+def render(
+    rows: list[dict], label_a: str, label_b: str, grade: str, kind: str | None = None, compared: str | None = None
+) -> str:
     """The markdown table (accuracies and differences in points); `kind`: `interval_kind`'s line (one run per
-    side when left out)."""
+    side when left out); `compared`: `measure`'s words (the accuracy when left out)."""
     lines = [
-        f"{grade} grade: B = {label_b} minus A = {label_a}; {kind or interval_kind(1, 1)}",
+        f"{grade} grade, {compared or 'accuracy'}: B = {label_b} minus A = {label_a}; {kind or interval_kind(1, 1)}",
         "",
         "| benchmark | n | A | B | B − A | 95 % interval | McNemar p |",
         "|---|---|---|---|---|---|---|",
@@ -177,14 +210,15 @@ def render(rows: list[dict], label_a: str, label_b: str, grade: str, kind: str |
     return "\n".join(lines)
 
 
-def forest_plot(rows: list[dict], title: str, path: Path) -> Path:
-    """Each benchmark's B − A (points) with its interval, the macro average last, a line at 0."""
+def forest_plot(rows: list[dict], title: str, path: Path, compared: str = "accuracy") -> Path:
+    """Each benchmark's B − A (points) with its interval, the macro average last, a line at 0; the axis says what
+    is compared (`measure`'s words, up to the bracket) and which interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.4))
+    figure, axis = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.7))
     positions = list(range(len(rows)))[::-1]
     for y, row in zip(positions, rows, strict=True):
         colour = "black" if row["benchmark"] == MACRO else "tab:blue"
@@ -202,8 +236,8 @@ def forest_plot(rows: list[dict], title: str, path: Path) -> Path:
     axis.axvline(0, color="grey", linewidth=0.8, linestyle="--")
     axis.set_yticks(positions, [f"{row['benchmark']} (n={row['n']})" for row in rows])
     note = f"no interval: fewer than {stats.MIN_RUNS} runs a side" if rows[0]["low"] is None else "95 % interval"
-    axis.set_xlabel(f"B − A, accuracy points ({note})")
-    axis.set_title(title, fontsize=10)
+    axis.set_xlabel(f"B − A, {compared.split(' (')[0]} in points ({note})")
+    axis.set_title(textwrap.fill(title, 80), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -222,16 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a", nargs="+", required=True, help="Evaluation folder(s) of A (several: one per seed).")
     parser.add_argument("--b", nargs="+", required=True, help="Evaluation folder(s) of B.")
     parser.add_argument("--grade", default="paper", choices=GRADES)
+    parser.add_argument("--pass_at", type=int, default=None, help="Compare pass@k (default: avg@k, greedy: accuracy).")
     parser.add_argument("--output_dir", default="plots", help="Writes compare.md and compare.png into it.")
     args = parser.parse_args(argv)
-    rows = compare(args.a, args.b, args.grade)
+    rows = compare(args.a, args.b, args.grade, args.pass_at)
+    configs = [read_results(Path(folder) / "results.json").get("config") or {} for folder in [*args.a, *args.b]]
+    compared = measure(configs, args.pass_at)
     label_a, label_b = (" + ".join(label(folder) for folder in side) for side in (args.a, args.b))
-    table = render(rows, label_a, label_b, args.grade, interval_kind(len(args.a), len(args.b)))
+    kind = interval_kind(len(args.a), len(args.b))
+    table = render(rows, label_a, label_b, args.grade, kind, compared)
     print(table)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / "compare.md").write_text(table + "\n")
-    png = forest_plot(rows, f"{label_b} − {label_a} ({args.grade} grade)", output / "compare.png")
+    title = f"{label_b} − {label_a}: {args.grade} grade, {compared}; {kind.split(' (')[0]}"
+    png = forest_plot(rows, title, output / "compare.png", compared)
     print(f"\nwrote {output / 'compare.md'} and {png}")
     return 0
 

@@ -1,6 +1,7 @@
 """What an evaluation is asked to do: `EvalConfig`, whose fields are the evaluation's command line (`parse_config`:
 one parser, HfArgumentParser, so each default is written once, here) and a sweep's `evaluation:` section; checked on
-creation. The template a model is evaluated with, when none is given: `run_template`."""
+creation. The peers' evaluation settings, selectable by name: `PROTOCOLS`. The template a model is evaluated with,
+when none is given: `run_template`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,22 @@ from grpo_lambda.templates import TEMPLATES
 logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("vllm", "transformers")  # transformers: only when asked for, never as a fallback
+
+# The peers' evaluation protocols: what each sets (docs/evaluation.md, "Protocols", gives each one's source). Samples
+# per problem as SAMPLES writes them: `benchmark:k` entries and a bare k for the other benchmarks.
+PROTOCOLS: dict[str, dict] = {
+    # sail-sg/understand-r1-zero evaluate_model.py (the paper's numbers): greedy, 3 000 new tokens in 4 096
+    "understand-r1-zero": dict(samples="1", temperature=0.0, top_p=1.0, max_new_tokens=3000, max_model_len=4096),
+    # huggingface/open-r1 README, "Reproducing Deepseek's evaluation results" (lighteval): AIME 64, MATH-500 4 at
+    # T 0.6, top-p 0.95, 32 768 tokens; AMC, Minerva and OlympiadBench, which it does not evaluate, MATH-500's 4
+    "open-r1": dict(
+        samples="aime:64,math:4,4", temperature=0.6, top_p=0.95, max_new_tokens=32768, max_model_len=32768
+    ),
+    # DAPO §4.1 (avg@32 on AIME at T 1.0, top-p 0.7); AMC's 83 problems 32 too, the large benchmarks 4; the paper's
+    # token limits (DAPO's 20 480-token generations do not fit the 4 096-token Qwen2.5-Math models)
+    "avg32": dict(samples="aime:32,amc:32,4", temperature=1.0, top_p=0.7, max_new_tokens=3000, max_model_len=4096),
+}
+DEFAULT_PROTOCOL = "understand-r1-zero"  # what every protocol setting left unset takes when no PROTOCOL is named
 
 
 @dataclass
@@ -43,8 +60,15 @@ class EvalConfig:
     backend: str = field(
         default="vllm", metadata={"help": "vllm, or transformers where vLLM cannot run (~20x slower)."}
     )
-    max_new_tokens: int = field(default=3000, metadata={"help": "Tokens per completion (understand-r1-zero: 3000)."})
-    max_model_len: int = field(default=4096, metadata={"help": "Prompt plus completion (understand-r1-zero: 4096)."})
+    protocol: str | None = field(
+        default=None,
+        metadata={
+            "help": f"{', '.join(PROTOCOLS)}: sets samples, temperature, top_p and the token limits (a flag that "
+            f"contradicts it is refused); unset: {DEFAULT_PROTOCOL}'s settings, which flags may change."
+        },
+    )
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Tokens per completion (default: 3000)."})
+    max_model_len: int | None = field(default=None, metadata={"help": "Prompt plus completion (default: 4096)."})
     limit: int | None = field(default=None, metadata={"help": "First N problems of each benchmark (smoke runs)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers backend)."})
     dtype: str = field(default="bfloat16", metadata={"help": "Weights' dtype in the engine."})
@@ -54,9 +78,15 @@ class EvalConfig:
     seed: int = field(
         default=0, metadata={"help": "With a temperature, each (problem, sample) draws from a seed derived from it."}
     )
-    samples: int = field(default=1, metadata={"help": "Samples per problem: avg@k and pass@k (needs a temperature)."})
-    temperature: float = field(default=0.0, metadata={"help": "0: greedy, the paper's protocol; e.g. 0.6 to sample."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling, with a temperature above 0."})
+    samples: str | None = field(
+        default=None,
+        metadata={
+            "help": "Samples per problem: k, or per benchmark aime:32,amc:32,math:4 with a bare k for the rest (avg@k, "
+            "maj@k, pass@k; needs a temperature); default 1."
+        },
+    )
+    temperature: float | None = field(default=None, metadata={"help": "0 (default): greedy; e.g. 0.6 to sample."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling, with a temperature above 0."})
 
     def __post_init__(self):
         if self.output_dir is None:
@@ -65,6 +95,7 @@ class EvalConfig:
         unknown = [b for b in self.benchmarks if b not in known]
         if unknown or not self.benchmarks:
             raise GRPOLambdaError(f"unknown benchmark(s) {unknown}; choose from {', '.join(known)}.")
+        self._apply_protocol()
         if self.template is not None and self.template not in TEMPLATES:
             raise GRPOLambdaError(f"TEMPLATE={self.template!r} is not one of {', '.join(TEMPLATES)}.")
         if self.backend not in BACKENDS:
@@ -76,7 +107,9 @@ class EvalConfig:
         for name in ("max_new_tokens", "max_model_len", "batch_size", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise GRPOLambdaError(f"{name}={getattr(self, name)} must be a positive number.")
-        check_sampling(self.samples, self.temperature, self.top_p)
+        counts = sample_counts(self.samples, self.benchmarks)
+        check_sampling(max(counts.values()), self.temperature, self.top_p)
+        self.samples = canonical_samples(counts)
         if self.backend == "transformers":  # settings of the vLLM engine that generate would ignore
             ignored = [
                 f"{f.name}={getattr(self, f.name)}"
@@ -88,6 +121,33 @@ class EvalConfig:
                     f"{', '.join(ignored)} would be ignored: the transformers backend runs no vLLM engine; drop it or "
                     "use BACKEND=vllm."
                 )
+
+    def _apply_protocol(self) -> None:
+        """Fills the protocol settings left unset from the named protocol (else DEFAULT_PROTOCOL's); one the user set
+        that contradicts a named protocol is refused: results.json would name a protocol it was not evaluated with."""
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise GRPOLambdaError(f"PROTOCOL={self.protocol!r} is not one of {', '.join(PROTOCOLS)}.")
+        preset = PROTOCOLS[self.protocol or DEFAULT_PROTOCOL]
+        if self.protocol is not None:
+            given = {name: getattr(self, name) for name in preset if getattr(self, name) is not None}
+            conflicts = _differences({**preset, **given}, preset, self.benchmarks)
+            if conflicts:
+                raise GRPOLambdaError(
+                    f"PROTOCOL={self.protocol} sets {'; '.join(f'{n}={preset[n]} (given: {given[n]})' for n in conflicts)}"
+                    ": drop those flags, or leave PROTOCOL out to evaluate with your own settings."
+                )
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    def sample_counts(self) -> dict[str, int]:
+        """Samples per problem of each evaluated benchmark."""
+        return sample_counts(self.samples, self.benchmarks)
+
+    @property
+    def protocol_used(self) -> str | None:
+        """The protocol whose settings this evaluation has (named or not), None for settings of no protocol."""
+        return matching_protocol(dataclasses.asdict(self))
 
     @property
     def sampling(self) -> dict | None:
@@ -165,6 +225,85 @@ def check_fields(values: dict, where: str) -> None:
         raise GRPOLambdaError(
             f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}."
         )
+
+
+def parse_samples(spec) -> tuple[dict[str, int], int | None]:
+    """SAMPLES as written: a count (4, "4") or `benchmark:k` entries with at most one bare count for the other
+    benchmarks ("aime:32,amc:32,4") → ({benchmark: k}, the count of the rest or None)."""
+    fix = (
+        "give a whole number of samples per problem, at least 1 (SAMPLES=4), or counts per benchmark with a bare "
+        "one for the rest (SAMPLES=aime:32,amc:32,4)."
+    )
+    if isinstance(spec, bool) or not isinstance(spec, (int, str)):
+        raise GRPOLambdaError(f"samples={spec}: {fix}")
+    named, rest = {}, None
+    for entry in str(spec).replace(" ", "").split(","):
+        name, _, count = entry.rpartition(":")
+        if not count.isdigit() or int(count) < 1:
+            raise GRPOLambdaError(f"samples={spec}: {fix}")
+        if not name:
+            if rest is not None:
+                raise GRPOLambdaError(f"samples={spec} gives two counts for the other benchmarks: keep one.")
+            rest = int(count)
+            continue
+        known = BENCHMARKS + BUILTIN_BENCHMARKS
+        if name not in known or name in named:
+            why = "twice" if name in named else f"which is no benchmark ({', '.join(known)})"
+            raise GRPOLambdaError(f"samples={spec} names {name} {why}: {fix}")
+        named[name] = int(count)
+    return named, rest
+
+
+def sample_counts(spec, benchmarks: list[str]) -> dict[str, int]:
+    """Samples per problem of each of `benchmarks` under SAMPLES `spec` (parse_samples); a benchmark that `spec`
+    gives no count is refused."""
+    named, rest = parse_samples(spec)
+    counts = {benchmark: named.get(benchmark, rest) for benchmark in benchmarks}
+    missing = [benchmark for benchmark, count in counts.items() if count is None]
+    if missing:
+        raise GRPOLambdaError(
+            f"samples={spec} gives no count for {', '.join(missing)}: add {missing[0]}:k, or a bare count for the "
+            "rest (SAMPLES=aime:32,4)."
+        )
+    return counts
+
+
+def canonical_samples(counts: dict[str, int]) -> int | str:
+    """How a config holds its resolved samples: one count when every benchmark has it (results.json's `samples: 8`),
+    else each benchmark's ("aime:32,math:4")."""
+    if len(set(counts.values())) == 1:
+        return next(iter(counts.values()))
+    return ",".join(f"{benchmark}:{count}" for benchmark, count in counts.items())
+
+
+def _differences(values: dict, preset: dict, benchmarks: list[str]) -> list[str]:
+    """The settings of `preset` (a protocol) that `values` has otherwise (samples compared per benchmark)."""
+    found = []
+    for name, wanted in preset.items():
+        value = values[name]
+        if name == "samples":
+            same = sample_counts(value, benchmarks) == sample_counts(wanted, benchmarks)
+        else:
+            same = value == wanted
+        if not same:
+            found.append(name)
+    return found
+
+
+def protocol_differences(record: dict, protocol: str = DEFAULT_PROTOCOL) -> list[str]:
+    """`name=value` for each setting of `protocol` that an evaluation's config (EvalConfig fields, as results.json
+    records them) has otherwise. A setting it does not record has DEFAULT_PROTOCOL's value: a greedy results.json
+    records no samples, temperature and top_p, and files written before a setting existed do not record it."""
+    default = PROTOCOLS[DEFAULT_PROTOCOL]
+    values = {name: record.get(name, default[name]) for name in default}
+    values = {name: default[name] if value is None else value for name, value in values.items()}
+    benchmarks = list(record.get("benchmarks") or BENCHMARKS)
+    return [f"{name}={values[name]}" for name in _differences(values, PROTOCOLS[protocol], benchmarks)]
+
+
+def matching_protocol(record: dict) -> str | None:
+    """The protocol whose every setting an evaluation's config has (`protocol_differences`), or None."""
+    return next((name for name in PROTOCOLS if not protocol_differences(record, name)), None)
 
 
 def check_sampling(samples: int, temperature: float, top_p: float) -> None:

@@ -4,7 +4,8 @@
     python -m grpo_lambda.evaluation.evaluate --regrade <dir> [--template ..] [--suite ..]
 
 Greedy decoding (temperature 0, the paper's protocol; `--samples k --temperature T [--top_p P] [--seed S]` draws k
-samples per problem instead, for avg@k and pass@k), at most 3 000 new tokens within a 4 096-token model length, every
+samples per problem instead — `--samples aime:32,amc:32,4` per benchmark — for avg@k, maj@k and pass@k; `--protocol
+open-r1|avg32` takes a peer's settings, config.PROTOCOLS), at most 3 000 new tokens within a 4 096-token model length, every
 prompt in flight in one vLLM engine (vLLM schedules them); where vLLM cannot start, the evaluation stops and says so: the
 transformers `generate` backend (about 20× slower) runs only when chosen (`--backend transformers`). Each sample is
 graded and written to `samples.jsonl` as soon as it finishes, so an interrupted evaluation resumes without regenerating what it finished. Every sample gets
@@ -115,31 +116,73 @@ def _lengths(rows: list[dict]) -> dict:
     return values
 
 
-def _value(scores: np.ndarray) -> dict:
-    return {"value": float(scores.mean()), "interval": list(stats.accuracy_interval(scores))}
+def majority_correct(rows: list[dict], grade: str) -> np.ndarray:
+    """maj@k per problem, in problem order: whether the answer most of its samples give (consensus, Wang et al.
+    2023's self-consistency) is the one `grade` marks correct. Votes are the grade's own reading of each completion
+    (its `answer`: the paper grade's reading for `paper`, answers.read_answer for `corrected`), compared as text with
+    whitespace removed, so `\\frac{1}{2}` and `0.5` are two answers; a sample without an answer does not vote (none
+    at all: wrong); a tie goes to the answer given first (lowest sample index). The verdict is that first sample's."""
+    votes: dict[int, dict[str, list]] = {}
+    for sample in sorted(rows, key=lambda s: (s["index"], s.get("sample", 0))):
+        problem = votes.setdefault(sample["index"], {})
+        answer = sample[grade].get("answer")
+        if answer is None:
+            continue
+        vote = problem.setdefault("".join(str(answer).split()), [0, bool(sample[grade]["correct"])])
+        vote[0] += 1
+    return np.array(
+        [max(votes[i].values(), key=lambda vote: vote[0])[1] if votes[i] else False for i in sorted(votes)], float
+    )
+
+
+def _value(scores: np.ndarray, key: str = "value") -> dict:
+    return {key: float(scores.mean()), "interval": list(stats.accuracy_interval(scores))}
+
+
+def _by_level(rows: list[dict], levels: dict, scores: dict[str, np.ndarray]) -> dict | None:
+    """Per difficulty level (a benchmark whose every problem has one: MATH500's 1–5), its problems and each grade's
+    accuracy (avg@k with k samples) with its interval over those problems."""
+    indices = sorted({s["index"] for s in rows})
+    found = [levels.get((rows[0]["benchmark"], i)) for i in indices]
+    if not found or None in found:
+        return None
+    found = np.array(found)
+    return {
+        str(level): {
+            "problems": int((found == level).sum()),
+            **{grade: _value(values[found == level], "accuracy") for grade, values in scores.items()},
+        }
+        for level in sorted(set(found.tolist()))
+    }
 
 
 def config_record(config: EvalConfig) -> dict:
-    """The config as results.json records it; greedy decoding (the paper's protocol) leaves out the sampling settings,
-    so that its results.json is the one written before sampling existed."""
+    """The config as results.json records it, its protocol settings resolved (the protocol's name is results.json's
+    `protocol`); greedy decoding (the paper's protocol) leaves out the sampling settings, so that its results.json is
+    the one written before sampling existed."""
     record = asdict(config)
+    del record["protocol"]
     if config.sampling is None:
         for key in ("samples", "temperature", "top_p"):
             del record[key]
     return record
 
 
-def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> dict:
+def summarize(samples: list[dict], config: EvalConfig, backend: str | None, levels: dict | None = None) -> dict:
     """results.json: per benchmark and grade the accuracy with its 95 % interval over problems and the format rate;
-    the macro average over benchmarks (the paper's AVG) with its interval; generation lengths.
+    the macro average over benchmarks (the paper's AVG) with its interval; generation lengths; `protocol`, the
+    protocol whose settings the evaluation has (config.PROTOCOLS; None for others).
 
-    With several samples per problem (config.samples = k > 1) the accuracy is avg@k: the mean over samples, its
-    interval over problems from each problem's fraction correct; each benchmark also gets `problems`,
-    `samples_per_problem` (n, the fewest any problem has) and per grade `avg@k` ({k, value, interval}) and `pass@k`
-    ({k: {value, interval}} for k = 1, 2, 4, .. ≤ n and n: the mean over problems of stats.pass_at_k, its interval
-    from the per-problem estimates); `average_pass@k` holds their macro averages."""
+    With several samples per problem (k > 1 for a benchmark: config.samples) its accuracy is avg@k: the mean over
+    samples, its interval over problems from each problem's fraction correct; the benchmark also gets `problems`,
+    `samples_per_problem` (n, the fewest any problem has) and per grade `avg@k` ({k, value, interval}), `maj@k`
+    (majority_correct: {k, value, interval}) and `pass@k` ({k: {value, interval}} for k = 1, 2, 4, .. ≤ n and n: the
+    mean over problems of stats.pass_at_k, its interval from the per-problem estimates); `average_pass@k` holds their
+    macro averages over the benchmarks that have each k. `levels` ({(benchmark, index): level or None}, from the
+    suite) adds `by_level` to a benchmark whose every problem has a level."""
     per_benchmark, scores = {}, {grade: {} for grade in GRADES}
     passes: dict[str, dict[int, dict[str, np.ndarray]]] = {grade: {} for grade in GRADES}
+    counts = config.sample_counts()
     for benchmark in config.benchmarks:
         rows = [s for s in samples if s["benchmark"] == benchmark]
         if not rows:
@@ -162,16 +205,21 @@ def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> d
             "grading_timeouts": sum(s[grade]["timeout"] for s in rows for grade in GRADES),
             **_lengths(rows),
         }
-        if config.samples > 1:
+        if counts[benchmark] > 1:
             n = min(len(v) for v in _by_problem(rows, GRADES[0]).values())
             values = per_benchmark[benchmark]
             values.update(problems=len(scores[GRADES[0]][benchmark]), samples_per_problem=n)
             for grade in GRADES:
                 per_problem = {k: problem_pass_at_k(rows, grade, k) for k in pass_at_ks(n)}
                 values[grade]["avg@k"] = {"k": n, **_value(scores[grade][benchmark])}
+                values[grade]["maj@k"] = {"k": n, **_value(majority_correct(rows, grade))}
                 values[grade]["pass@k"] = {str(k): _value(v) for k, v in per_problem.items()}
                 for k, v in per_problem.items():
                     passes[grade].setdefault(k, {})[benchmark] = v
+        by_level = _by_level(rows, levels or {}, {grade: scores[grade][benchmark] for grade in GRADES})
+        if by_level:
+            per_benchmark[benchmark]["by_level"] = by_level
+    record = config_record(config)
     results = {
         "model": config.model,
         "template": config.template,
@@ -186,9 +234,11 @@ def summarize(samples: list[dict], config: EvalConfig, backend: str | None) -> d
         },
         "benchmarks": per_benchmark,
         "backend": backend,
-        "config": config_record(config),
+        "protocol": config.protocol_used,
+        "config": record,
     }
-    if config.samples > 1 and per_benchmark:
+    sampled = [b for b in per_benchmark if counts[b] > 1]
+    if sampled:
         results["average_pass@k"] = {
             grade: {
                 str(k): {
@@ -264,10 +314,15 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
         if finished:
             logger.warning("%s was written before evaluations recorded what they hold: taken as this one", output_dir)
         write_identity(output_dir, current)
-    wanted = {(item["benchmark"], item["index"], sample): item for item in items for sample in range(config.samples)}
+    counts = config.sample_counts()
+    wanted = {
+        (item["benchmark"], item["index"], sample): item
+        for item in items
+        for sample in range(counts[item["benchmark"]])
+    }
     todo = [key for key in wanted if key not in finished]
     logger.info(
-        "%d problems × %d samples, %d already evaluated, %d to generate",
+        "%d problems × %s samples, %d already evaluated, %d to generate",
         len(items),
         config.samples,
         len(wanted) - len(todo),
@@ -313,7 +368,8 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
         rewrite(samples_path, list(finished.values()))
     grader.close()
     seconds = time.monotonic() - started
-    results = summarize([s for key, s in finished.items() if key in wanted], config, backend_name)
+    levels = {(item["benchmark"], item["index"]): item["level"] for item in every}
+    results = summarize([s for key, s in finished.items() if key in wanted], config, backend_name, levels)
     if current["model_fingerprint"] is None and current["model_revision"] is None:  # a Hub model downloaded since
         current = {**current, "model_revision": hub_revision_of(config.model)}
     results["identity"] = current
@@ -396,35 +452,42 @@ def regrade(
     samples = [graded(grader, s, items[(s["benchmark"], s["index"])], template) for s in tqdm(samples, desc="grading")]
     grader.close()
     rewrite(samples_path, samples)
+    counts = config.sample_counts()
     summarized = [  # what results.json summarized: its SAMPLES and LIMIT (a larger earlier run's extra samples kept)
         s
         for s in samples
-        if s.get("sample", 0) < config.samples and (config.limit is None or s["index"] < config.limit)
+        if s.get("sample", 0) < counts.get(s["benchmark"], 0) and (config.limit is None or s["index"] < config.limit)
     ]
-    results = summarize(summarized, config, recorded.get("backend") or samples[0].get("backend"))
+    levels = {key: item["level"] for key, item in items.items()}
+    results = summarize(summarized, config, recorded.get("backend") or samples[0].get("backend"), levels)
     results.update({key: recorded[key] for key in ("identity", "provenance") if key in recorded})
     replace_file(folder / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 
 def report(results: dict, path: Path) -> str:
-    """The evaluation's table: accuracy [95 % interval] under each grade, format rates, problems; with several samples
-    per problem the accuracy is avg@k, and a second table gives pass@k [95 % interval] per benchmark and grade."""
+    """The evaluation's tables: accuracy [95 % interval] under each grade, format rates, problems; with several samples
+    per problem the accuracy is avg@k, and a second table gives k, maj@k and pass@k [95 % interval] per benchmark and
+    grade; a benchmark with difficulty levels (MATH500) gets its accuracy per level."""
 
     def cell(values: dict, key: str = "accuracy") -> str:
         low, high = values.get("interval") or (None, None)
         return f"{values[key]:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{values[key]:.3f}"
 
     per_benchmark = results["benchmarks"]
-    sampled = [values for values in per_benchmark.values() if "pass@k" in values["paper"]]
-    lines = [f"{'':<16} {'paper [95 % interval]':>22} {'corrected [95 % interval]':>26}  format (paper/corrected)   n"]
+    sampled = {b: values for b, values in per_benchmark.items() if "pass@k" in values["paper"]}
+    protocol = results.get("protocol")
+    lines = [f"protocol: {protocol}" if protocol else "protocol: none (settings of no named protocol)"]
     if sampled:
-        settings = results["config"]
-        lines.insert(
-            0,
-            f"avg@{sampled[0]['samples_per_problem']} (temperature {settings['temperature']}, top_p "
-            f"{settings['top_p']}, seed {settings['seed']}): accuracy over every sample, n counts problems",
+        settings, k = results["config"], {values["samples_per_problem"] for values in sampled.values()}
+        lines.append(
+            f"avg@{k.pop() if len(k) == 1 else 'k'} (temperature {settings['temperature']}, top_p {settings['top_p']}, "
+            f"seed {settings['seed']}{'' if not k else '; k per benchmark below'}): accuracy over every sample, n "
+            "counts problems"
         )
+    lines.append(
+        f"{'':<16} {'paper [95 % interval]':>22} {'corrected [95 % interval]':>26}  format (paper/corrected)   n"
+    )
     for benchmark, values in per_benchmark.items():
         paper, corrected = values["paper"], values["corrected"]
         lines.append(
@@ -437,17 +500,29 @@ def report(results: dict, path: Path) -> str:
     ]
     lines.append(f"{'average':<16} {average_cells[0]:>22} {average_cells[1]:>26}")
     if sampled:
-        ks = list(sampled[0]["paper"]["pass@k"])
-        lines += ["", f"{'pass@k':<26}" + "".join(f"{'pass@' + k + ' [95 % interval]':>24}" for k in ks)]
+        ks = sorted({k for values in sampled.values() for k in values["paper"]["pass@k"]}, key=int)
+        columns = ["maj@k [95 % interval]", *(f"pass@{k} [95 % interval]" for k in ks)]
+        lines += ["", f"{'':<26}{'k':>4}" + "".join(f"{c:>24}" for c in columns)]
         rows = [
-            (f"{b} ({grade})", v[grade]["pass@k"])
-            for b, v in per_benchmark.items()
+            (f"{b} ({grade})", v[grade]["avg@k"]["k"], {"maj": v[grade]["maj@k"], **v[grade]["pass@k"]})
+            for b, v in sampled.items()
             for grade in ("paper", "corrected")
         ]
         macro = results.get("average_pass@k") or {}
-        rows += [(f"average ({grade})", macro[grade]) for grade in ("paper", "corrected") if macro.get(grade)]
-        for name, passes in rows:
-            lines.append(f"{name:<26}" + "".join(f"{cell(passes[k], 'value') if k in passes else '':>24}" for k in ks))
+        rows += [(f"average ({grade})", "", macro[grade]) for grade in ("paper", "corrected") if macro.get(grade)]
+        for name, k, values in rows:
+            cells = [cell(values[key], "value") if key in values else "" for key in ("maj", *ks)]
+            lines.append(f"{name:<26}{k:>4}" + "".join(f"{c:>24}" for c in cells))
+    for benchmark, values in per_benchmark.items():
+        if "by_level" in values:
+            lines += [
+                "",
+                f"{benchmark} by level   {'paper [95 % interval]':>22} {'corrected [95 % interval]':>26}  problems",
+            ]
+            for level, by in values["by_level"].items():
+                lines.append(
+                    f"{'level ' + level:<16} {cell(by['paper']):>22} {cell(by['corrected']):>26}  {by['problems']}"
+                )
     return "\n".join([*lines, f"results: {path}"])
 
 

@@ -8,9 +8,10 @@ models, suites, templates, token limits, sampling settings, backends or dtypes.
 - The suite: where it comes from (None: the shipped one) and, per benchmark, a SHA-256 of its problems and golds,
   so that another copy or an edited file is told apart.
 - How samples are drawn: template, max_new_tokens, max_model_len, temperature, top_p and seed (sampling only),
-  backend and dtype.
-What a resume may change: the benchmarks, LIMIT and SAMPLES (it adds what is missing), and the engine's knobs that
-do not change what is generated (batch size, GPU memory, tensor parallel size, grading timeout).
+  backend and dtype. A protocol (PROTOCOL=) is these settings: a resume under another protocol differs in them.
+What a resume may change: the benchmarks, LIMIT and SAMPLES, per benchmark (it adds what is missing, so a folder of
+avg@4 becomes one of avg@32; fewer are summarized from the first k), and the engine's knobs that do not change what
+is generated (batch size, GPU memory, tensor parallel size, grading timeout).
 """
 
 from __future__ import annotations

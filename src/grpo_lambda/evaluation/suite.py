@@ -19,7 +19,7 @@ _PROBLEM = "a problem (a JSON object with problem and answer)"
 
 
 def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = None) -> list[dict]:
-    """Problems of each benchmark: {benchmark, index, problem, golds, paper_golds}.
+    """Problems of each benchmark: {benchmark, index, problem, golds, paper_golds, level}.
 
     `suite` (default DEFAULT_SUITE) is a folder of `<benchmark>.jsonl` files (as shipped), a `save_to_disk` folder
     (a DatasetDict with one split per benchmark, or one sub-folder per benchmark) or a Hub dataset id with one
@@ -41,6 +41,7 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
         where = local / f"{benchmark}.jsonl" if (local / f"{benchmark}.jsonl").is_file() else f"{suite} ({benchmark})"
         if not rows:
             raise GRPOLambdaError(f"{where} holds no problems: fill it, or leave {benchmark} out (BENCHMARKS=...).")
+        levels = _levels(rows)
         if limit is not None:
             rows = rows[:limit]
         for index, row in enumerate(rows):
@@ -59,9 +60,18 @@ def load_suite(suite: str | None, benchmarks: list[str], limit: int | None = Non
                     "problem": row["problem"],
                     "golds": golds,
                     "paper_golds": reference_golds(row["answer"]),
+                    "level": levels[index] if levels else None,
                 }
             )
     return items
+
+
+def _levels(rows: list[dict]) -> list[int] | None:
+    """Each problem's difficulty level where the benchmark has levels 1–5 on every problem (a `level`, or MATH500's
+    `difficulty`: MATH's levels); None where it has none or finer ratings (AIME's and AMC's `difficulty`: 2.375)."""
+    values = [row.get("level", row.get("difficulty")) for row in rows]
+    whole = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v in (1, 2, 3, 4, 5) for v in values)
+    return [int(v) for v in values] if whole and values else None
 
 
 def _is_problem(row: dict) -> bool:

@@ -23,18 +23,17 @@ import yaml
 
 from grpo_lambda.errors import GRPOLambdaError, exit_status
 from grpo_lambda.evaluation import stats
-from grpo_lambda.evaluation.config import EvalConfig
+from grpo_lambda.evaluation.config import DEFAULT_PROTOCOL, matching_protocol, protocol_differences
 from grpo_lambda.evaluation.grades import GRADES
 from grpo_lambda.evaluation.store import read_results
 from grpo_lambda.evaluation.suite import BENCHMARKS
 from grpo_lambda.methods import Method, RunFolder
 from grpo_lambda.records import replace_file
 
-# The paper's protocol (understand-r1-zero: every problem, 3 000 new tokens in a 4 096-token context): the
-# evaluation's own defaults, EvalConfig's; a results.json evaluated otherwise is left out of the paper's cells.
-PROTOCOL = {
-    name: EvalConfig.__dataclass_fields__[name].default for name in ("limit", "max_new_tokens", "max_model_len")
-}
+# The paper's protocol (understand-r1-zero: every problem, greedy, 3 000 new tokens in a 4 096-token context): the
+# evaluation's default, config.PROTOCOLS[DEFAULT_PROTOCOL]; a results.json evaluated otherwise is left out of the
+# paper's cells (another protocol's avg@k beside the paper's greedy accuracies would mislead).
+PAPER_PROTOCOL = DEFAULT_PROTOCOL
 TABLE1_COLUMNS = ("average", *BENCHMARKS)
 TABLE1_LABELS = ("Average", "AIME24", "AMC", "MATH", "Minerva", "Olympiad")
 RUN_ROWS = ("aime", "math", "amc", "olympiad_bench", "minerva", "average")  # Tables 3–6 row order
@@ -108,15 +107,15 @@ def collect_results(results_dir: str | Path, paper: dict) -> dict[tuple[str, str
             run = RunFolder.find(where)
             if run and run.model in by_tail:
                 scores = grade_scores(results)
-                temperature = (results.get("config") or {}).get("temperature")
                 config = results.get("config") or {}
-                off = [f"{k}={config[k]}" for k in PROTOCOL if k in config and config[k] != PROTOCOL[k]]
+                off = [f"limit={config['limit']}"] if config.get("limit") is not None else []
+                off += protocol_differences(config, PAPER_PROTOCOL)  # a smoke run, sampling, other token limits
                 if run.style:  # another recipe than the paper's (recipes/styles/): not the paper's cell
                     print(f"{path}: trained with the {run.style} recipe style, not the paper's recipe: left out")
-                elif off:  # a smoke run (LIMIT, fewer tokens) beside the paper's numbers would mislead
-                    print(f"{path}: not the paper's protocol ({', '.join(off)}): left out")
-                elif temperature:  # avg@k of sampled completions beside the paper's greedy accuracies would mislead
-                    print(f"{path}: sampled at temperature {temperature}, not greedy as the paper: left out")
+                elif off:
+                    other = matching_protocol(config)
+                    named = f"the {other} protocol: " if other else ""
+                    print(f"{path}: not the paper's protocol ({named}{', '.join(off)}): left out")
                 elif scores is None:
                     print(
                         f"{path}: written without the paper and corrected grades; make regrade RESULTS={path.parent}"
