@@ -29,6 +29,7 @@ setup(
         "pyyaml>=6.0",
         "psutil>=5.9",  # the process trees of jobs.processes (accelerate needs it too)
         "matplotlib>=3.8",
+        "scipy>=1.15",  # the toy studies' bootstrap intervals (scipy.stats.bootstrap's `rng` argument: 1.15)
     ],
     extras_require={
         # The newest vLLM TRL 1.16 supports; it pins torch==2.13.0 (unpinned, pip takes a vLLM that moves torch on)
