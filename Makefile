@@ -134,6 +134,7 @@ help:
 	@echo "make reproduce-toy  GRPO vs GRPO-λ (4 variants, λ 0.99/0.98), eos_bound and the clamp alone on the credit_echo toy task, 3 seeds, CPU < 30 min"
 	@echo "               [TOY_OUTPUT=data/toy] [ARGS='--scale 2 --seeds 5 --workers 2']"
 	@echo "               ARGS='--study factorial': traces × clamp, learning rates from a pilot, 8 paired seeds, 95% CIs (CPU, ~2 h)"
+	@echo "               ARGS='--study dapo': GRPO vs GRPO-λ on the paper recipe and the DAPO overlay (dynamic sampling on/off), 6 paired seeds, 95% CIs (~2 h of one core)"
 	@echo "make recipes   regenerate recipes/<model>/ from recipes/paper_grid.yaml"
 	@echo "make lint      ruff check + format check + the layers' import contract (lint-imports)"
 
@@ -234,7 +235,7 @@ bench-eval: install
 recipes: install
 	$(PY) scripts/generate_recipes.py
 
-# make reproduce-toy [TOY_OUTPUT=data/toy] [ARGS="--scale 2 --seeds 5" | "--study factorial"]: docs/toy_benchmark.md; finished runs are kept
+# make reproduce-toy [TOY_OUTPUT=data/toy] [ARGS="--scale 2 --seeds 5" | "--study factorial" | "--study dapo"]: docs/toy_benchmark.md; finished runs are kept
 TOY_OUTPUT ?= data/toy
 .PHONY: reproduce-toy
 reproduce-toy: install

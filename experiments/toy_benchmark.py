@@ -7,6 +7,8 @@
    ε-weight} × {both, recent} at λ = 0.99, and the best of those four at λ = 0.98 (chosen after they finish).
    A Markdown table, a PNG of training reward vs step (mean ± std over seeds) and the raw per-step logs.
 3. `--study factorial` (2–3 h on an idle 2-core machine): is it the traces or the clamp? toy_factorial.py.
+4. `--study dapo` (~2 h of one core): GRPO vs GRPO-λ on the paper's recipe and on a recipe style laid over it
+   (recipes/styles/dapo.yaml, with and without dynamic sampling: `Run.style`). toy_dapo.py.
 
 Methods are named by their tag (grpo_lambda.methods.Method), in tables, plots, folders and `--methods`. Every run
 appends its metrics to `<output_dir>/runs/<tag>/lr<lr>_steps<N>/seed<k>/metrics.jsonl` as it trains and writes
@@ -77,9 +79,10 @@ class Run:
     steps: int
     seed: int
     lemma1_diagnostics: bool = False  # log lemma1/… (the quick study's table); the training is the same without it
+    style: str = ""  # a recipe style over RL_SETTINGS (style_settings), e.g. "dapo"; "" for none (the paper's recipe)
 
     def folder(self, output_dir: Path) -> Path:
-        setting = f"lr{self.learning_rate:g}_steps{self.steps}"
+        setting = f"lr{self.learning_rate:g}_steps{self.steps}" + (f"_{self.style}" if self.style else "")
         return output_dir / "runs" / self.method.tag / setting / f"seed{self.seed}"
 
     def records(self, output_dir: Path) -> list[dict]:
@@ -89,7 +92,33 @@ class Run:
     def config(self) -> dict:
         """The GRPOLambdaConfig fields of this run besides its folder, steps and seed."""
         extra = {"lemma1_diagnostics": True} if self.lemma1_diagnostics else {}
-        return {**RL_SETTINGS, "learning_rate": self.learning_rate, **self.method.config(), **extra}
+        style = style_settings(self.style)
+        return {**RL_SETTINGS, **style, "learning_rate": self.learning_rate, **self.method.config(), **extra}
+
+
+def style_settings(style: str) -> dict:
+    """The settings a recipe style gives, read from `recipes/styles/<name>.yaml` by the library's recipe reader
+    (grpo_lambda.configs.read_recipe), then `+key=value` modifiers (YAML values): `dapo+dynamic_sampling=false` is
+    the DAPO overlay without dynamic sampling. "" gives none."""
+    if not style:
+        return {}
+    import yaml
+
+    from grpo_lambda.configs import read_recipe
+    from grpo_lambda.layout import repo_root
+
+    name, *modifiers = style.split("+")
+    path = repo_root() / "recipes" / "styles" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise GRPOLambdaError(f"recipe style {name!r}: no {path}; styles: {', '.join(known)}.")
+    values = read_recipe(path)
+    for modifier in modifiers:
+        key, _, value = modifier.partition("=")
+        if key not in values or not value:
+            raise GRPOLambdaError(f"recipe style {style!r}: {modifier!r} is not key=value for a key of {path.name}.")
+        values[key] = yaml.safe_load(value)
+    return values
 
 
 def build_sft_model(
@@ -188,7 +217,7 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
     The seed fixes the training prompts and the sampling, the same for every method (a paired design)."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
 
     from grpo_lambda.callbacks import JsonlMetricsCallback
@@ -220,14 +249,24 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
         disable_tqdm=True,
         **config,
     )
+    (reward,) = get_reward_funcs(["exact"])
+    rounds = RoundRewards(reward, config["num_generations"])
+
+    class FirstRound(TrainerCallback):
+        """Adds the step's first-round metrics to its log record, before JsonlMetricsCallback writes it."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs is not None and "loss" in logs:
+                logs.update(rounds.step_metrics())
+
     started, cpu_started = time.time(), time.process_time()
     trainer = GRPOLambdaTrainer(
         model=AutoModelForCausalLM.from_pretrained(sft_dir),
-        reward_funcs=get_reward_funcs(["exact"]),
+        reward_funcs=[rounds],
         args=args,
         train_dataset=train,
         processing_class=AutoTokenizer.from_pretrained(sft_dir),
-        callbacks=[JsonlMetricsCallback(run_dir / "metrics.jsonl")],
+        callbacks=[FirstRound(), JsonlMetricsCallback(run_dir / "metrics.jsonl")],
     )
     trainer.remove_callback(PrinterCallback)  # the parent's progress bar reports; metrics.jsonl keeps every record
     trainer.train()
@@ -241,6 +280,34 @@ def rl_run(sft_dir: str, run_dir: str, config: dict, steps: int, seed: int, thre
     }
     mark_finished(str(run_dir), steps, stage="toy", **summary)
     return summary
+
+
+class RoundRewards:
+    """The `exact` reward, keeping the rewards of each call: TRL scores a generation round's completions in one call
+    (on one process), so with dynamic sampling a step makes one call per round. TRL's logged `reward` then averages
+    every round of the step, and how many rounds a step takes depends on their rewards; the step's own batch (its
+    first round: the prompts every arm of a seed gets at that step) is what the dapo study compares."""
+
+    def __init__(self, reward, num_generations: int):
+        self.reward, self.num_generations, self.rounds = reward, num_generations, []
+        self.__name__ = reward.__name__  # TRL names the reward's metrics after it
+
+    def __call__(self, *args, **kwargs) -> list[float]:
+        rewards = self.reward(*args, **kwargs)
+        self.rounds.append(rewards)
+        return rewards
+
+    def step_metrics(self) -> dict:
+        """The first round's mean reward and its share of groups with one reward (those dynamic sampling drops);
+        then forgets the step's rounds. {} when the step generated nothing."""
+        if not self.rounds:
+            return {}
+        first, self.rounds = self.rounds[0], []
+        groups = [first[i : i + self.num_generations] for i in range(0, len(first), self.num_generations)]
+        return {
+            "toy/first_round_reward": sum(first) / len(first),
+            "toy/first_round_zero_std_groups": sum(len(set(g)) == 1 for g in groups) / len(groups),
+        }
 
 
 def _steps_logged(run_dir: Path) -> int:
@@ -346,11 +413,12 @@ def results_table(summary: dict[str, dict], last_steps: int, steps: int) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(axis, runs: dict[str, list[list[dict]]], window: int) -> None:
-    """Training reward vs step on `axis`: per method the seed mean of a `window`-step moving average, ± one std."""
+def plot_curves(axis, runs: dict[str, list[list[dict]]], window: int, key: str = "reward") -> None:
+    """Training reward (`key`) vs step on `axis`: per method the seed mean of a `window`-step moving average, ± one
+    std."""
     for name, seeds in runs.items():
         length = min(len(records) for records in seeds)
-        per_seed = [trailing_mean([r["reward"] for r in records[:length]], window) for records in seeds]
+        per_seed = [trailing_mean([r.get(key) for r in records[:length]], window) for records in seeds]
         mean = [logged_mean([s[i] for s in per_seed]) for i in range(length)]
         std = [logged_std([s[i] for s in per_seed]) for i in range(length)]
         steps = list(range(1, length + 1))

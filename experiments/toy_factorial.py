@@ -87,18 +87,23 @@ def contrasts() -> list[dict]:
 def bootstrap_mean_interval(
     values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
 ) -> tuple[float, float, float]:
-    """The mean of `values` (one per seed) and its percentile bootstrap interval: `resamples` draws of as many seeds
-    with replacement, the interval between the (1 − confidence)/2 and (1 + confidence)/2 quantiles of their means.
-
-    Written here, in numpy, rather than scipy.stats.bootstrap(method="percentile"): scipy is not a dependency of
-    the project, and these few lines are the whole method (tested by hand in tests/test_toy.py)."""
+    """The mean of `values` (one per seed, at least two) and its percentile bootstrap interval
+    (scipy.stats.bootstrap): `resamples` draws of as many seeds with replacement, the interval between the
+    (1 − confidence)/2 and (1 + confidence)/2 quantiles of their means."""
     import numpy as np
+    from scipy import stats
 
     values = np.asarray(values, dtype=np.float64)
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
-    means = values[draws].mean(axis=1)
-    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(values.mean()), float(low), float(high)
+    result = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return float(values.mean()), float(interval.low), float(interval.high)
 
 
 def paired_contrast(per_seed: dict[Method, dict[int, float]], terms: list[tuple[Method, int]]) -> dict:
@@ -139,7 +144,9 @@ def run_metrics(records: list[dict], last_steps: int, max_grad_norm: float) -> d
     )
 
 
-def _interval(result: dict) -> str:
+def interval_text(result: dict) -> str:
+    """ "+0.123 [+0.045, +0.201]": an estimate and its interval, signed, to 3 decimals."""
+
     def signed(value: float) -> str:
         return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
 
@@ -184,8 +191,8 @@ def sentences(analysis: dict) -> list[str]:
         final, area = row["final_reward"], row["reward_area"]
         name = row["name"].replace("the ", "The ", 1) if row["name"].startswith("the ") else row["name"]
         lines.append(
-            f"{name} ({row['expression']}): final reward {_interval(final)}, {verdict(final)}; area under the "
-            f"reward curve {_interval(area)}, {verdict(area)}."
+            f"{name} ({row['expression']}): final reward {interval_text(final)}, {verdict(final)}; area under the "
+            f"reward curve {interval_text(area)}, {verdict(area)}."
         )
     return lines
 
@@ -219,7 +226,7 @@ def contrasts_table(analysis: dict) -> str:
     for row in analysis["contrasts"]:
         final, area = row["final_reward"], row["reward_area"]
         lines.append(
-            f"| {row['name']} | {row['expression']} | {_interval(final)} | {verdict(final)} | {_interval(area)} | "
+            f"| {row['name']} | {row['expression']} | {interval_text(final)} | {verdict(final)} | {interval_text(area)} | "
             f"{verdict(area)} |"
         )
     return "\n".join(lines)

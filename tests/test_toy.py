@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_library_does_not_import_the_experiments_and_the_benchmark_runs_from_any
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "[]\n" in shown.stdout and "--study {quick,factorial}" in shown.stdout
+    assert "[]\n" in shown.stdout and "--study {quick,factorial,dapo}" in shown.stdout
 
 
 def test_quick_methods_are_tags_and_include_the_clamp_control():
@@ -284,5 +285,150 @@ def test_factorial_study_tiny_end_to_end_and_resumes(tmp_path):
     logs = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.jsonl")}
     pairs = {(tag, rate) for by_arm in rates.values() for tag, rate in by_arm.items()}
     assert len(logs) == 6 * 2 + 2 * len(pairs), "pilot: 6 arms × 2 rates; main: 2 seeds per arm and rate"
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in logs} == logs, "finished runs are not trained again"
+
+
+# The DAPO study
+
+
+def test_recipe_style_is_read_from_the_style_file_and_overrides_the_toy_settings():
+    """`dapo` is recipes/styles/dapo.yaml as grpo_lambda.configs.read_recipe reads it; `+key=value` changes one of its
+    keys; a run's config lays the style over RL_SETTINGS and the method over both; a typo stops with one line."""
+    from experiments.toy_benchmark import RL_SETTINGS, Run, style_settings
+    from grpo_lambda.configs import read_recipe
+    from grpo_lambda.layout import repo_root
+
+    overlay = read_recipe(repo_root() / "recipes" / "styles" / "dapo.yaml")
+    assert style_settings("dapo") == overlay and overlay["dynamic_sampling"] is True
+    assert style_settings("dapo+dynamic_sampling=false") == {**overlay, "dynamic_sampling": False}
+    assert style_settings("") == {}
+    method = Method("eps_trace", "both", 0.99)
+    config = Run(method, 3e-4, 10, 0, style="dapo").config()
+    assert {key: config[key] for key in overlay} == overlay and config["beta"] != RL_SETTINGS["beta"]
+    assert config["adv_clamp_min"] == -0.1 and config["learning_rate"] == 3e-4
+    assert Run(method, 3e-4, 10, 0).config()["beta"] == RL_SETTINGS["beta"]
+    folders = {Run(method, 3e-4, 10, 0, style=style).folder(Path("out")) for style in ("", "dapo", "dapo+x=1")}
+    assert len(folders) == 3 and Path("out", "runs", method.tag, "lr0.0003_steps10", "seed0") in folders
+    with pytest.raises(GRPOLambdaError, match="recipe style 'dapo2': no .*dapo2.yaml; styles: .*dapo"):
+        style_settings("dapo2")
+    with pytest.raises(GRPOLambdaError, match="'dynamic_sampeling=false' is not key=value for a key of dapo.yaml"):
+        style_settings("dapo+dynamic_sampeling=false")
+
+
+def test_round_rewards_keep_the_first_round():
+    """With dynamic sampling a step calls the reward once per round. Two groups of 4: (1, 1, 1, 1) has one reward,
+    (0, 1, 0, 0) varies: the first round's mean is 5/8 and half its groups have one reward; the second round is
+    left out, and the next step starts afresh."""
+    from experiments.toy_benchmark import RoundRewards
+
+    def reward(completions, answer, **kwargs):
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+    reward.__name__ = "exact_match_reward"
+    rounds = RoundRewards(reward, num_generations=4)
+    assert rounds.__name__ == "exact_match_reward"
+    assert rounds(completions=list("aaaabaaa"), answer=list("aaaaaacc")) == [1, 1, 1, 1, 0, 1, 0, 0]
+    rounds(completions=list("aaaaaaaa"), answer=list("aaaaaaaa"))
+    assert rounds.step_metrics() == {"toy/first_round_reward": 5 / 8, "toy/first_round_zero_std_groups": 0.5}
+    assert rounds.step_metrics() == {}
+
+
+def test_dapo_report_from_hand_made_logs(tmp_path):
+    """Two seeds of 4 steps, final reward over the last 2. Every arm generates 100 tokens per step and has a constant
+    reward, except GRPO on dapo (dynamic sampling): 150 tokens per step and rewards 0.1, 0.2, 0.3, 0.4. Against GRPO
+    on dapo without dynamic sampling (reward 0.2): Δ final = (0.3 + 0.4)/2 − 0.2 = 0.15 on both seeds; tokens per step
+    150/100 = +50 %; at equal generation the budget is the smaller total, 400 tokens, which the dynamic-sampling run
+    reaches at its third step (150, 300, 450), so it is read over steps 2–3: (0.2 + 0.3)/2 − 0.2 = +0.05."""
+    from experiments.toy_dapo import ARMS, arm, contrasts, report
+
+    def records(rewards, tokens_per_step, dynamic=False):
+        rows = []
+        for i, value in enumerate(rewards):
+            row = {"step": i + 1, "loss": 0.0, "reward": value, "toy/first_round_reward": value}
+            row |= {"num_tokens": tokens_per_step * (i + 1), "grad_norm": 0.5, "toy/first_round_zero_std_groups": 0.25}
+            if dynamic:
+                row |= {"dynamic_sampling/rounds": 1.5, "dynamic_sampling/extra_generated_tokens": 50}
+                row |= {"dynamic_sampling/groups_filled": 0}
+            rows.append(row)
+        return rows
+
+    finals = {a: 0.2 for a in ARMS} | {arm("grpo_lambda", "paper"): 0.5, arm("grpo_lambda", "dapo"): 0.6}
+    logs = {a: [records([finals[a]] * 4, 100), records([finals[a]] * 4, 100)] for a in ARMS}
+    logs[arm("grpo", "dapo")] = [records([0.1, 0.2, 0.3, 0.4], 150, dynamic=True)] * 2
+    picks = {a: 1e-4 for a in ARMS}
+    pilot = {a: {1e-4: [0.2], 3e-4: [0.1]} for a in ARMS}
+    design = dict(
+        sft={"sft_steps": 200, "test_accuracy_t1": 0.3},
+        pilot_seeds=[0],
+        pilot_steps=4,
+        pilot_last_steps=2,
+        grid=[1e-4, 3e-4],
+        seeds=[100, 101],
+        steps=4,
+        last_steps=2,
+        started=time.time(),
+        pilot_cpu_minutes=1.0,
+        main_cpu_minutes=2.0,
+    )
+    assert report(tmp_path, pilot, picks, logs, design) == 0
+
+    text = (tmp_path / "results.md").read_text()
+    assert text.count("\n- ") == len(contrasts())
+    rows = {row["name"]: row for row in json.loads((tmp_path / "results.json").read_text())["analysis"]["contrasts"]}
+    dynamic = rows["dynamic sampling on vs off in dapo, GRPO"]
+    assert dynamic["final_reward"]["per_seed"] == pytest.approx([0.15, 0.15])
+    assert dynamic["tokens_per_step_ratio"]["estimate"] == pytest.approx(1.5)
+    assert dynamic["final_reward_at_equal_tokens"]["per_seed"] == pytest.approx([0.05, 0.05])
+    # GRPO-λ's gain: 0.5 − 0.2 on paper; 0.6 − 0.35 on dapo (GRPO's final there is the mean of 0.3 and 0.4)
+    assert rows["GRPO-λ vs GRPO on paper"]["final_reward"]["estimate"] == pytest.approx(0.3)
+    assert rows["GRPO-λ vs GRPO on dapo"]["final_reward"]["estimate"] == pytest.approx(0.6 - 0.35)
+    interaction = rows["the interaction (GRPO-λ's gain on dapo minus on paper)"]
+    assert interaction["final_reward"]["estimate"] == pytest.approx(0.25 - 0.3)
+    assert "final_reward_at_equal_tokens" not in interaction
+    assert (
+        "| dynamic sampling on vs off in dapo, GRPO | +0.150 [+0.150, +0.150] established, higher | "
+        "+0.050 [+0.050, +0.050] established, higher | +50 % [+50 %, +50 %] | +0.050 [+0.050, +0.050] established, "
+        "higher |" in text
+    )
+    assert "| grpo @ dapo | 0.0001 | 0.350 ± 0.000 [0.350, 0.350] | 0.250 | 150 | 50 | 1.50 | 0.0 | 25% |" in text
+    assert "| grpo @ paper | 0.0001 | 0.200 ± 0.000 [0.200, 0.200] | 0.200 | 100 | — | — | — | 25% |" in text
+    for figure in ("reward_vs_step.png", "reward_vs_tokens.png"):
+        assert (tmp_path / figure).stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_dapo_study_small_end_to_end_and_resumes(tmp_path):
+    """`make reproduce-toy ARGS="--study dapo"` at its smallest (2 seeds, 4 steps, a 2-step pilot at two rates): the
+    overlay reaches the trainer (no KL with β = 0; dynamic sampling's metrics only where it is on, its cap from the
+    style file: the 4-step SFT model never succeeds, so every group has one reward and every step hits the cap);
+    the reported values are those of the runs' own logs; a rerun trains nothing."""
+    from experiments.reproduce_toy import main
+    from experiments.toy_benchmark import style_settings
+    from experiments.toy_dapo import ARMS, FIRST_ROUND_REWARD, arm, reward_until
+
+    argv = ["--study", "dapo", "--size", "small", "--seeds", "2", "--lr_grid", "1e-4,1e-3", "--workers", "0"]
+    argv += ["--output_dir", str(tmp_path)]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "dapo" / "results.json").read_text())
+    assert result["seeds"] == [100, 101] and result["steps"] == 4 and result["pilot_steps"] == 2
+    cap = style_settings("dapo")["dynamic_sampling_max_rounds"]
+    for a in ARMS:
+        rate = result["learning_rates"][a.tag]
+        for seed in (100, 101):
+            records = a.run(rate, 4, seed).records(tmp_path)
+            assert len(records) == 4
+            assert result["per_seed"][a.tag][str(seed)]["final_reward"] == reward_until(records, 3, 2)
+            assert all(("kl" in r) == (a.recipe == "paper") for r in records)
+            dynamic = [r.get("dynamic_sampling/rounds") for r in records]
+            assert dynamic == ([cap] * 4 if a.recipe == "dapo" else [None] * 4)
+            if a.recipe != "dapo":
+                assert [r[FIRST_ROUND_REWARD] for r in records] == [r["reward"] for r in records]
+    row = next(r for r in result["analysis"]["contrasts"] if r["name"] == "dynamic sampling on vs off in dapo, GRPO")
+    assert row["tokens_per_step_ratio"]["estimate"] > cap / 2, "dynamic sampling generated its extra rounds"
+    shown = (tmp_path / "dapo" / "results.md").read_text()
+    assert f"| {arm('grpo_lambda', 'dapo without dynamic sampling').tag} |" in shown
+    logs = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.jsonl")}
+    assert len(logs) == 6 * 2 + 6 * 2, "pilot: 6 arms × 2 rates; main: 6 arms × 2 seeds"
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in logs} == logs, "finished runs are not trained again"
