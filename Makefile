@@ -127,7 +127,8 @@ help:
 	@echo "make sweep     SWEEP=paper-1.5b|paper-3b|paper-7b|tiny-cpu [SBATCH_ARGS='--account=..'] [DRY_RUN=1]: SLURM array job, one run + eval per task"
 	@echo "make plots     RUNS='<run dirs>' [RESULTS=<eval dir>]: training curves and generation lengths as PNG"
 	@echo "make compare   A=<eval dir(s)> B=<eval dir(s)> [GRADE=corrected] [PASS_AT=k]: B - A per benchmark and macro, paired 95% intervals, McNemar; table + forest plot"
-	@echo "make credit    RESULTS=<eval dir> [BENCHMARK=..] [INDEX=..]: one completion, tokens coloured by their gradient weight under GRPO, ε-trace, ε-weight (PNG + HTML)"
+	@echo "make credit    RESULTS=<eval dir> [BENCHMARK=..] [INDEX=..] [SAMPLE=..] [GRADE=corrected]: one completion, tokens coloured by their gradient weight"
+	@echo "               under GRPO, ε-trace, ε-weight, with its grade, advantage sign and truncation (PNG + HTML)"
 	@echo "make bench     loss op fwd+bwd time and peak memory: GRPO vs dense trace vs ours, T = 256..8192 (CPU, ~1 min) [ARGS=..]"
 	@echo "make bench-step  a whole training step, stock TRL vs each GRPO-λ variant, generate and vLLM colocated [MODEL=tiny|embedded:SmolLM2-135M-Instruct] [ARGS=..]"
 	@echo "make bench-eval  evaluation tokens/s of vLLM and of the transformers backend, and grading throughput"
@@ -204,11 +205,12 @@ compare: install
 	$(PY) -m grpo_lambda.evaluation.compare --a "$${a[@]}" --b "$${b[@]}" --grade $(GRADE) $(if $(PASS_AT),--pass_at $(PASS_AT)) \
 		--output_dir "$(PLOTS)"
 
-# make credit RESULTS=<evaluation folder> [BENCHMARK=math] [INDEX=0] [ARGS="--trace_lambda 0.98 --trace_style recent"]
+# make credit RESULTS=<evaluation folder> [BENCHMARK=math] [INDEX=0] [SAMPLE=0] [GRADE=paper|corrected]
+#             [ARGS="--trace_lambda 0.98 --trace_style recent"]
 credit: install
 	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
 	$(PY) -m grpo_lambda.evaluation.credit --results "$(RESULTS)" $(if $(BENCHMARK),--benchmark "$(BENCHMARK)") \
-		$(if $(INDEX),--index $(INDEX)) --output_dir "$(PLOTS)" $(ARGS)
+		$(if $(INDEX),--index $(INDEX)) $(if $(SAMPLE),--sample $(SAMPLE)) --grade $(GRADE) --output_dir "$(PLOTS)" $(ARGS)
 
 plots: install
 	$(PY) -m grpo_lambda.evaluation.plots --runs $(RUNS) $(if $(RESULTS),--results "$(RESULTS)") --output_dir "$(PLOTS)"

@@ -45,9 +45,9 @@ from grpo_lambda.traces import TraceSpec, credit_weights
 
 LIMIT = 3.0  # colour scale: log2(weight / row mean) clipped to ±LIMIT
 WHY = (
-    "ε-trace credits token k once for every later token whose trace holds it (c_k = Σ_{t ≥ k} tr(t, t − k)), so "
-    "early tokens weigh more; ε-weight scales token t by its own trace (Σ_{l ≤ t} tr(t, l)·f(log π(a_{t−l}))), "
-    "a sum over the tokens before it, so late tokens weigh more."
+    "Why they differ: ε-trace credits token k once for every later token whose trace holds it "
+    "(c_k = Σ_{t ≥ k} tr(t, t − k)), so early tokens, held by more traces, weigh more; ε-weight scales token t by "
+    "its own trace (Σ_{l ≤ t} tr(t, l)·f(log π(a_{t−l}))), a sum over the tokens up to it, so late tokens weigh more."
 )
 
 
@@ -204,7 +204,7 @@ def render_png(
     height = lines * fontsize * 1.5 / 72 + 0.45  # per panel, in inches
     header = [title, *notes, WHY]
     header = [wrapped for text in header for wrapped in textwrap.wrap(text, 125)]
-    top, bottom = 0.3 + 0.17 * len(header), 0.75  # inches: the header above the panels, the colour bar below
+    top, bottom = 0.3 + 0.17 * len(header), 1.0  # inches: the header above the panels, the colour bar below
     total = height * len(rows) + top + bottom
     figure, axes = plt.subplots(len(rows), 1, figsize=(inches, total), squeeze=False)
     figure.subplots_adjust(left=0.01, right=0.99, top=1 - top / total, bottom=bottom / total, hspace=0.35)
@@ -219,7 +219,7 @@ def render_png(
     figure.text(0.01, 1 - 0.1 / total, "\n".join(header), fontsize=8, va="top", ha="left")
     colours = ListedColormap([_colour(v) for v in np.linspace(-LIMIT, LIMIT, 257)])
     scale = ScalarMappable(Normalize(-LIMIT, LIMIT), colours)
-    bar_axis = figure.add_axes((0.25, 0.3 / total, 0.5, 0.15 / total))
+    bar_axis = figure.add_axes((0.25, 0.5 / total, 0.5, 0.15 / total))
     bar = figure.colorbar(scale, cax=bar_axis, orientation="horizontal")
     bar.set_ticks([v for v, _ in _ticks()], labels=[label for _, label in _ticks()], fontsize=8)
     bar.set_label("gradient weight relative to the completion's mean token (log2 scale)", fontsize=8)
