@@ -16,8 +16,7 @@ What the colours are (per token k of one completion, on-policy, the same advanta
   (Theorem 1 regrouped by the earlier token; traces.credit_weights).
 - ε-weight (Alg. 2): the clipped term of token k is multiplied by ε^w_k = Σ_l tr(k, l)·f(log π(a_{k−l}))
   (loss.eps_weight_trace_weights), which needs the completion's log-probabilities: the model scores it once.
-Why they lean opposite ways (WHY below): ε-trace credits token k once for every later token whose trace holds it,
-ε-weight weighs token t by its own trace, which sums over the tokens up to it.
+Why ε-trace weighs early tokens and ε-weight late ones: WHY below, printed on the picture.
 Each row is shown relative to its own mean (red: more than the mean token, blue: less; a log2 scale clipped at ±3),
 so the three rows compare where the credit goes, not its overall size (which the learning rate absorbs); the HTML
 shows each token's weight on hover. The advantage clamp (adv_clamp_min) scales every token of a completion alike
