@@ -193,8 +193,9 @@ def test_vllm_cpu_streams_and_matches_the_fallback_on_smollm2(tmp_path, monkeypa
     budgets = [config.max_model_len - len(backend.tokenizer(p)["input_ids"]) for p in prompts]
     assert len(set(budgets)) == 3 and min(budgets) > 0, budgets
     order, pending = [], []
-    for position, _, tokens in backend.generate(prompts, [], max_new_tokens=1000):
+    for position, _, tokens, truncated in backend.generate(prompts, [], max_new_tokens=1000):
         order.append((position, tokens))
+        assert truncated  # each ran into the end of the context
         pending.append(backend.llm.llm_engine.has_unfinished_requests())
     assert [p for p, _ in order] == sorted(range(3), key=budgets.__getitem__), (order, budgets)
     assert [t for _, t in order] == sorted(budgets), "each request runs to the end of the context"

@@ -95,7 +95,6 @@ def test_an_error_the_trainer_raises_after_the_launch_is_the_last_line(tiny_mode
     (output_dir / "grpo_lambda_run.json").write_text(json.dumps(record))
     result = run_launcher("--model", str(tiny_model_dir), "--args", f"--output_dir {output_dir} --max_steps 1")
     assert result.returncode == 1
-    assert "CalledProcessError" in result.stderr  # accelerate's traceback is still there, above
     assert last_line(result).startswith("grpo_lambda: ") and "holds a grpo run" in last_line(result), result.stderr
 
 

@@ -127,6 +127,7 @@ def test_a_sweep_task_stopped_by_sigterm_checkpoints_and_leaves_no_process(tmp_p
     import yaml
 
     spec = yaml.safe_load((REPO_ROOT / "recipes/sweeps/tiny-cpu.yaml").read_text())
+    del spec["runs"]["sft"]  # the RL task alone (tests/test_slurm.py runs the pipeline)
     spec["runs"]["variants"] = {"grpo": {"loss_variant": "grpo"}}
     spec["runs"]["settings"].update(max_steps=100000, save_steps=100000)
     sweep, output, log = tmp_path / "sweep.yaml", tmp_path / "out", tmp_path / "task.log"

@@ -172,6 +172,14 @@ if "grpo_lambda.testbench.train" in sys.orig_argv:
         return save_checkpoint(self, *args, **kwargs)
 
     Trainer._save_checkpoint = slowed
+    training_step = Trainer.training_step  # SFT's steps take milliseconds: all 12 ended before the signal arrived
+
+    @functools.wraps(training_step)
+    def slow_step(self, *args, **kwargs):
+        time.sleep(0.5)
+        return training_step(self, *args, **kwargs)
+
+    Trainer.training_step = slow_step
 """
 SLOW_SAVE_S = 35
 MAX_STEPS = 12

@@ -406,7 +406,7 @@ def test_tiny_sweep_on_slurm_trains_evaluates_aggregates_and_skips_finished_runs
     assert all(run.name in table for run in sweep.runs)
 
     again = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm)
-    assert "2 finished, 0 queued or running, 0 failed, 0 to run; 1 SFT runs, 0 to run" in again.stdout
+    assert "2 finished, 0 queued or running, 0 failed, 0 to run; SFT runs: 1, 0 to run" in again.stdout
     assert "nothing to submit" in again.stdout
     # an array task of a finished run that runs anyway (e.g. resubmitted by hand) does nothing
     rerun = sweep_cli("run", str(sweep_path), "--output_dir", str(output), "--index", "0", env=slurm)
@@ -432,7 +432,7 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     sweep_path.write_text(yaml.safe_dump(spec))
     started = time.monotonic()
     submitted = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm)
-    array_job = submitted.stdout.split("submitted array job ")[1].split()[0]
+    array_job = submitted.stdout.split("submitted RL runs: array job ")[1].split()[0]
     task = f"{array_job}_0"
     sweep = load_sweep(sweep_path, ROOT, output)
     run_dir = sweep.run_dir(sweep.runs[0])
@@ -489,13 +489,13 @@ def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_swe
         refused = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), env=slurm, check=False)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
         assert refused.stderr.strip().splitlines() == [
-            "grpo_lambda: sbatch refused the array job: Batch job submission failed: No partition specified or "
+            "grpo_lambda: sbatch refused the RL runs array job: Batch job submission failed: No partition specified or "
             "system default partition"
         ]
         # --hold: the tasks stay queued (PENDING) and run nothing
         flags = ("--sbatch-args", "--partition=local --hold")
         submitted = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), *flags, env=slurm)
-        array_job = submitted.stdout.split("submitted array job ")[1].split()[0]
+        array_job = submitted.stdout.split("submitted RL runs: array job ")[1].split()[0]
         aggregation = submitted.stdout.split("aggregation job ")[1].split()[0]
         queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout
         assert set(queue.split()) == {f"{array_job}_0", f"{array_job}_1", aggregation}
@@ -508,7 +508,7 @@ def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_swe
         subprocess.run(["scancel", array_job, aggregation], env=slurm, check=True)
         _wait_until(lambda: not _jobs(slurm), 60, "the cancelled jobs to leave the queue", slurm)
         third = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), "--dry-run", *flags, env=slurm)
-        assert "0 queued or running, 2 to run" in third.stdout
+        assert "0 queued or running, 0 failed, 2 to run" in third.stdout
     finally:
         subprocess.run(["scontrol", "update", "PartitionName=local", "Default=YES"], env=slurm, check=True)
         subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], env=slurm)

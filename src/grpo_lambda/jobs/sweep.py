@@ -122,12 +122,15 @@ class Sweep:
         return self.output_dir / run.name
 
 
-def resolve_run(recipe: Path, overrides: dict, style: str | None = None, stage: str = "grpo"):
+def resolve_run(recipe: Path, overrides: dict, style: str | None = None, stage: str = "grpo", served: bool = False):
     """A run's settings: its recipe, its recipe style and `overrides` on top, parsed once by the trainer's parser (on
-    a login node without GPUs too)."""
+    a login node without GPUs too). `served`: a task of several nodes, whose RL trainers generate through the vLLM
+    server on its last node (Runner.training_commands), so the server's settings apply."""
     from grpo_lambda.configs import read_recipe, resolve_settings
 
     values = {**read_recipe(recipe), **style_values(repo_root(), style), **overrides}
+    if served and stage == "grpo":
+        values.update(use_vllm=True, vllm_mode="server")
     return resolve_settings(stage, values, for_reading=True)
 
 
@@ -146,7 +149,7 @@ def _styles(spec: dict) -> list[str | None]:
     return [None if style == "paper" else str(style) for style in styles]
 
 
-def _paper_runs(spec: dict, root: Path, output: Path) -> tuple[list[SweepRun], list[SweepRun]]:
+def _paper_runs(spec: dict, root: Path, output: Path, served: bool) -> tuple[list[SweepRun], list[SweepRun]]:
     """(SFT runs, RL runs) of a slice of the paper grid: unless `sft: false`, each model's format SFT (§4.2, its
     recipe in recipes/<model>/sft/) first, and every RL run of the model from its output (a model in `model_path`
     starts from the folder given there instead)."""
@@ -184,7 +187,7 @@ def _paper_runs(spec: dict, root: Path, output: Path) -> tuple[list[SweepRun], l
             elif sft is not None:
                 overrides["model_name_or_path"] = str(output / sft.name)
             name = RunFolder(run.model_id, run.dataset, run.method, style=style).name
-            resolved = resolve_run(root / run.path, overrides, style)
+            resolved = resolve_run(root / run.path, overrides, style, served=served)
             after = sft.index if sft else None
             sweep_runs.append(
                 SweepRun(len(sweep_runs), name, root / run.path, overrides, resolved, style, after=after)
@@ -192,7 +195,7 @@ def _paper_runs(spec: dict, root: Path, output: Path) -> tuple[list[SweepRun], l
     return list(sft_runs.values()), sweep_runs
 
 
-def _variant_runs(spec: dict, root: Path, output: Path) -> tuple[list[SweepRun], list[SweepRun]]:
+def _variant_runs(spec: dict, root: Path, output: Path, served: bool) -> tuple[list[SweepRun], list[SweepRun]]:
     """(SFT runs, RL runs) of a base recipe with variants; `sft: {recipe, settings}` trains the model by SFT first and
     every variant from its output."""
     _check_keys(spec, VARIANT_RUN_KEYS, "runs (a base recipe with variants)")
@@ -215,10 +218,12 @@ def _variant_runs(spec: dict, root: Path, output: Path) -> tuple[list[SweepRun],
     for style in _styles(spec):
         for variant, settings in spec["variants"].items():
             overrides = {**common, **(settings or {})}
-            model = resolve_run(recipe, overrides, style).model.model_name_or_path  # the base model names the run
+            model = resolve_run(
+                recipe, overrides, style, served=served
+            ).model.model_name_or_path  # the base model names the run
             if sft is not None:
                 overrides["model_name_or_path"] = str(output / sft.name)
-            resolved = resolve_run(recipe, overrides, style)
+            resolved = resolve_run(recipe, overrides, style, served=served)
             # A variant named like a method must train it (RunFolder checks); other names are free
             folder = RunFolder(
                 model,
@@ -253,7 +258,7 @@ def load_sweep(
     runs_spec = data.get("runs") or {}
     output = Path(output_dir or data.get("output_dir") or Path("data") / "sweeps" / path.stem).resolve()
     expand = _paper_runs if runs_spec.get("paper_grid") else _variant_runs
-    sft_runs, runs = expand(runs_spec, root, output)
+    sft_runs, runs = expand(runs_spec, root, output, served=slurm["nodes"] > 1)
     hf_home = str(Path(data["hf_home"]).expanduser().resolve()) if data.get("hf_home") else None
     return Sweep(path.stem, path.resolve(), output, runs, evaluation, slurm, hf_home, sft_runs)
 
@@ -936,7 +941,7 @@ def _runner(args: argparse.Namespace, root: Path) -> Runner:
         "accelerate": os.environ.get("GRPO_LAMBDA_ACCELERATE", "auto"),
         "vllm_tensor_parallel_size": int(os.environ.get("GRPO_LAMBDA_VLLM_TP", "1")),
     }
-    run = SweepRun(0, run_dir.name, recipe, overrides, resolve_run(recipe, overrides))
+    run = SweepRun(0, run_dir.name, recipe, overrides, resolve_run(recipe, overrides, served=len(_job_nodes()) > 1))
     return Runner(run, run_dir, evaluation, slurm)
 
 
