@@ -100,6 +100,30 @@ def test_sbatch_command_skips_nothing_by_itself_and_compacts_indices(tmp_path):
     assert "--signal=B:USR1@60" in command and command[-1] == str(tmp_path)
 
 
+def test_a_job_submitted_by_a_killed_make_sweep_still_counts_as_queued(tmp_path, monkeypatch):
+    """Issue 34: submissions.jsonl is written after sbatch returns; a `make sweep` killed in between left an array job
+    that nothing tracked, and the next submit sent its runs again. Each array job now carries the sweep's comment, and
+    squeue's listing of it counts (scheduler faked: a squeue that prints one such task and another sweep's)."""
+    from grpo_lambda.jobs.sweep import queued_runs
+
+    sweep = load_sweep("tiny-cpu", ROOT, tmp_path / "out")
+    mine = next(part for part in sbatch_command(sweep, [0, 1], ROOT) if part.startswith("--comment="))
+    other = next(
+        part
+        for part in sbatch_command(load_sweep("tiny-cpu", ROOT, tmp_path / "b"), [0], ROOT)
+        if part.startswith("--comment=")
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    listing = f"77 1 PENDING {mine.removeprefix('--comment=')}\n78 0 RUNNING {other.removeprefix('--comment=')}\n"
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '{listing}'\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert not (sweep.output_dir / "submissions.jsonl").exists()
+    assert queued_runs(sweep) == {1: ("PENDING", "77_1")}
+    assert queued_runs(sweep, "sft") == {}  # the SFT array carries its own comment
+
+
 def test_cluster_options_reach_every_job_the_sweep_submits(tmp_path):
     """account, partition, qos, constraint and time in the sweep's slurm: section, and SBATCH_ARGS on the make line,
     go to the array job and to the aggregation job (which got none of them before)."""
@@ -505,6 +529,9 @@ def test_a_cluster_that_requires_a_partition_and_a_second_submit_of_a_queued_swe
             and "nothing to submit" in again.stdout
         )
         assert [line.split()[1] for line in again.stdout.splitlines() if line[:1].isdigit()] == ["pending"] * 2
+        (output / "submissions.jsonl").unlink()  # as a `make sweep` killed after sbatch, before it recorded the job
+        unrecorded = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), "--dry-run", *flags, env=slurm)
+        assert "2 queued or running, 0 failed, 0 to run" in unrecorded.stdout, unrecorded.stdout
         subprocess.run(["scancel", array_job, aggregation], env=slurm, check=True)
         _wait_until(lambda: not _jobs(slurm), 60, "the cancelled jobs to leave the queue", slurm)
         third = sweep_cli("submit", str(sweep_path), "--output_dir", str(output), "--dry-run", *flags, env=slurm)

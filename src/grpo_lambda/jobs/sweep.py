@@ -607,6 +607,7 @@ def sbatch_command(
         "--requeue",
         f"--signal=B:USR1@{slurm['signal_seconds']}",
         f"--nodes={slurm['nodes']}",
+        f"--comment={_comment(sweep, stage)}",
         f"--chdir={root}",
         f"--export=ALL,GRPO_LAMBDA_PYTHON={sys.executable},GRPO_LAMBDA_ROOT={root}"
         + (f",HF_HOME={sweep.hf_home}" if sweep.hf_home else ""),
@@ -642,27 +643,36 @@ def _is_submission(record: dict) -> bool:
     return isinstance(record.get("array_job"), str) and isinstance(record.get("indices"), list)
 
 
+def _comment(sweep: Sweep, stage: str) -> str:
+    """The comment every array job of this sweep's output folder carries (sbatch --comment): what squeue shows of a
+    job submitted by a `make sweep` killed before it recorded the job in submissions.jsonl."""
+    return f"grpo_lambda:{stage}:{sweep.output_dir}"
+
+
 def queued_runs(sweep: Sweep, stage: str = "grpo") -> dict[int, tuple[str, str]]:
     """Index → (SLURM state: PENDING, RUNNING, REQUEUED, ..., its task `<job>_<index>`) of the sweep's runs (its SFT
-    runs: `stage` sft) that an array job this sweep submitted still holds in the queue. The scheduler is asked
-    (squeue), since a queued or running run has no result file yet; a job that has left the queue no longer counts."""
+    runs: `stage` sft) that an array job of this sweep still holds in the queue: one recorded in submissions.jsonl,
+    or one carrying the sweep's comment (_comment). The scheduler is asked (squeue), since a queued or running run has
+    no result file yet; a job that has left the queue no longer counts."""
     submitted = read_jsonl(sweep.output_dir / SUBMISSIONS, _is_submission, "a submission record")
     jobs = {record["array_job"] for record in submitted if record.get("stage", "grpo") == stage}
-    if not jobs:
-        return {}
     if shutil.which("squeue") is None:
+        if not jobs:
+            return {}  # no scheduler here (a dry run on a laptop) and nothing submitted from this folder
         _fail(
             f"{sweep.output_dir / SUBMISSIONS} lists array jobs of this sweep, and squeue is not found to ask whether "
             "they still run: submit from the cluster's login node."
         )
     user = os.environ.get("USER") or getpass.getuser()
-    listing = subprocess.run(["squeue", "-h", "-r", "-u", user, "-o", "%F %K %T"], capture_output=True, text=True)
+    listing = subprocess.run(["squeue", "-h", "-r", "-u", user, "-o", "%F %K %T %k"], capture_output=True, text=True)
     if listing.returncode != 0:
+        if not jobs:
+            return {}  # squeue without a controller (a login node's client alone): nothing of this folder recorded
         _fail(f"squeue failed, so queued runs cannot be told apart: {_one_line(listing.stderr)}")
-    states = {}
+    states, comment = {}, _comment(sweep, stage)
     for line in listing.stdout.splitlines():
-        job, index, state = (line.split() + ["", "", ""])[:3]
-        if job in jobs and index.isdigit():
+        job, index, state, marked = (line.split(maxsplit=3) + ["", "", "", ""])[:4]
+        if (job in jobs or marked.strip() == comment) and index.isdigit():
             states[int(index)] = (state, f"{job}_{index}")
     return states
 
