@@ -155,3 +155,20 @@ def test_a_supervisor_leaves_the_processes_it_did_not_start_and_grading_still_wo
     grader.close()  # a new worker, forked by the same forkserver
     assert grader([("2", ["2"]), ("3", ["2"])]) == [True, False]
     grader.close()
+
+
+def test_several_trees_run_at_once_and_the_first_failure_stops_the_others(tmp_path):
+    """Data-parallel engines (Supervisor.run_all): 0 once every tree has exited 0; as soon as one fails, its status,
+    the others' groups stopped at once rather than left to run (an evaluation waiting on a dead engine's problems)."""
+    from grpo_lambda.processes import Supervisor, descendants
+
+    marker = tmp_path / "second"
+    quick = [sys.executable, "-c", "pass"]
+    with Supervisor(kill_grace_s=1) as supervisor:
+        assert supervisor.run_all([(quick, None), (quick, None)]) == 0
+        started = time.monotonic()
+        failing = [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"]
+        waiting = ["bash", "-c", f"sleep 60 & touch {marker}; wait"]
+        assert supervisor.run_all([(waiting, None), (failing, None)]) == 3
+        assert time.monotonic() - started < 10 and marker.exists()
+        assert descendants(os.getpid()) == []

@@ -234,6 +234,42 @@ class Supervisor:
             self._end_group(group)
             self.child = None
 
+    def run_all(self, trees: list[tuple[list[str], dict]], pass_fds: tuple[int, ...] = ()) -> int:
+        """Several trees at once, each (command, env) in a process group of its own (an evaluation's data-parallel
+        engines): 0 once every one has exited 0; as soon as one fails, the exit status of that one, the others
+        stopped (SIGTERM, SIGKILL after kill_grace_s), and likewise at a signal (point 2; no stop request)."""
+        handled, self._starting = len(self.received), True
+        children: list[subprocess.Popen] = []
+        try:
+            for command, env in trees:
+                children.append(
+                    subprocess.Popen(command, env=env, process_group=0, pass_fds=pass_fds, preexec_fn=_end_with_parent)
+                )
+                self.child = children[0]
+        finally:
+            self._starting = False
+        try:
+            while True:
+                statuses = [child.poll() for child in children]
+                failed = next((status for status in statuses if status not in (None, 0)), None)
+                if failed is not None:
+                    return failed
+                if all(status == 0 for status in statuses):
+                    return 0
+                if self._fresh(handled):
+                    self._say(
+                        f"stopping {len(children)} processes (SIGTERM; SIGKILL after {self.kill_grace_s:.0f} s)."
+                    )
+                    return -signal.SIGTERM
+                time.sleep(_POLL_S / 5)
+        finally:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGTERM)
+            for child in children:
+                self._end_group(child.pid, child)
+            self.child = None
+
     def _fresh(self, handled: int) -> list[int]:
         """The signals received since `handled`, less repeats within REPEAT_S of the first signal: a SIGTERM to a
         whole process group reaches the command twice (directly, and forwarded by `make` or a parent that dies on

@@ -73,6 +73,12 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers backend)."})
     dtype: str = field(default="bfloat16", metadata={"help": "Weights' dtype in the engine."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs vLLM shards the model over."})
+    data_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "Engines, each on its own tensor_parallel_size GPUs of CUDA_VISIBLE_DEVICES, over disjoint problems."
+        },
+    )
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM's share of each GPU's memory."})
     grading_timeout_s: float = field(default=5.0, metadata={"help": "Time bound per graded answer (scored 0)."})
     seed: int = field(
@@ -104,7 +110,7 @@ class EvalConfig:
             isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
         ):
             raise GRPOLambdaError(f"limit={self.limit!r}: give a positive number of problems per benchmark (LIMIT=N).")
-        for name in ("max_new_tokens", "max_model_len", "batch_size", "tensor_parallel_size"):
+        for name in ("max_new_tokens", "max_model_len", "batch_size", "tensor_parallel_size", "data_parallel_size"):
             if getattr(self, name) < 1:
                 raise GRPOLambdaError(f"{name}={getattr(self, name)} must be a positive number.")
         counts = sample_counts(self.samples, self.benchmarks)

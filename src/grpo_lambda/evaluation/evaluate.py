@@ -43,11 +43,13 @@ from grpo_lambda.evaluation.identity import check_identity, identity
 from grpo_lambda.evaluation.identity import hub_revision as hub_revision_of
 from grpo_lambda.evaluation.store import (
     append,
+    merge_shards,
     read_identity,
     read_lines,
     read_results,
     read_samples,
     rewrite,
+    shard_path,
     torn_last_line,
     write_identity,
 )
@@ -275,22 +277,28 @@ def with_template(config: EvalConfig) -> EvalConfig:
     return dataclasses.replace(config, template=template)
 
 
-def evaluate(config: EvalConfig, backend=None, folder_held: bool = False) -> dict:
+def evaluate(
+    config: EvalConfig, backend=None, folder_held: bool = False, shard: tuple[int, int] | None = None
+) -> dict | None:
     """Generate what `samples.jsonl` lacks, grade each sample as it finishes, write `results.json`. `backend`: an
     already started backend (else one is made from the config). With config.samples = k, problem i has samples
-    0..k-1, each a request of its own; a rerun with a larger k adds the samples it lacks."""
+    0..k-1, each a request of its own; a rerun with a larger k adds the samples it lacks. `shard` (r, n): one of n
+    data-parallel engines (`main`), which generates only the samples whose position among those wanted is r modulo
+    n, into samples.shard-<r>.jsonl, and writes no results.json (the command merges the shards, then summarizes)."""
     config = with_template(config)
     output_dir = Path(config.output_dir)
     lock = None if folder_held else hold_folder(output_dir, "evaluation")  # else the command holds it
     try:
-        return _evaluate(config, backend, output_dir)
+        return _evaluate(config, backend, output_dir, shard)
     finally:
         if lock is not None:
             os.close(lock)
 
 
-def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
+def _evaluate(config: EvalConfig, backend, output_dir: Path, shard: tuple[int, int] | None = None) -> dict | None:
     samples_path = output_dir / "samples.jsonl"
+    if shard is None:
+        merge_shards(output_dir)  # what data-parallel engines wrote before a kill
     every = load_suite(config.suite, config.benchmarks)
     items = every if config.limit is None else [item for item in every if item["index"] < config.limit]
     model_path = model_folder(config.model)
@@ -298,6 +306,9 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
     recorded = read_identity(output_dir)
     check_identity(output_dir, recorded, current)
     finished = read_samples(samples_path)
+    if shard is not None:
+        finished.update(read_samples(shard_path(output_dir, shard[0])))
+        samples_path = shard_path(output_dir, shard[0])  # this engine's own file: no two writers on one file
     other = {s.get("template") for s in finished.values()} - {config.template, None}
     if other:
         raise GRPOLambdaError(
@@ -310,7 +321,7 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
             f"{samples_path} holds samples drawn {_drawn(drawn)}, not {_drawn(config.sampling)}: evaluate with "
             "those settings or use another --output_dir."
         )
-    if recorded is None:
+    if recorded is None and (shard is None or shard[0] == 0):  # one writer
         if finished:
             logger.warning("%s was written before evaluations recorded what they hold: taken as this one", output_dir)
         write_identity(output_dir, current)
@@ -320,7 +331,11 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
         for item in items
         for sample in range(counts[item["benchmark"]])
     }
-    todo = [key for key in wanted if key not in finished]
+    todo = [
+        key
+        for position, key in enumerate(wanted)
+        if key not in finished and (shard is None or position % shard[1] == shard[0])
+    ]
     logger.info(
         "%d problems × %s samples, %d already evaluated, %d to generate",
         len(items),
@@ -360,6 +375,9 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path) -> dict:
                 append(samples_path, sample)
                 finished[key] = sample
                 bar.update(1)
+    if shard is not None:
+        grader.close()
+        return None
     if any(grade not in s for key, s in finished.items() if key in wanted for grade in GRADES):
         logger.info("grading samples written without both grades")  # an older samples.jsonl
         finished = {
@@ -527,6 +545,29 @@ def report(results: dict, path: Path) -> str:
 
 
 WORKER = "GRPO_LAMBDA_EVALUATION_WORKER"  # set in the process that runs the engine, under the command's supervisor
+SHARD = "GRPO_LAMBDA_EVALUATION_SHARD"  # r/n: that process is data-parallel engine r of n
+
+
+def engine_devices(config: EvalConfig) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each of the config's data-parallel engines: consecutive slices of tensor_parallel_size
+    GPUs of the command's (its CUDA_VISIBLE_DEVICES, else every GPU torch sees); None each where there is no GPU (the
+    CPU test bench). Too few GPUs is refused in one line."""
+    n, width = config.data_parallel_size, config.tensor_parallel_size
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        import torch
+
+        gpus = [str(gpu) for gpu in range(torch.cuda.device_count())]
+    else:
+        gpus = [gpu for gpu in visible.split(",") if gpu.strip()]
+    if not gpus:
+        return [None] * n
+    if len(gpus) < n * width:
+        raise GRPOLambdaError(
+            f"data_parallel_size {n} × tensor_parallel_size {width} needs {n * width} GPUs; this allocation has "
+            f"{len(gpus)} ({','.join(gpus)}): lower DATA_PARALLEL or ask for more GPUs."
+        )
+    return [",".join(gpus[r * width : (r + 1) * width]) for r in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int | None:
@@ -544,6 +585,10 @@ def main(argv: list[str] | None = None) -> int | None:
     config = parse_config(argv)
     if os.environ.get(WORKER) == config.output_dir:
         signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))  # this tree, engine included
+        if os.environ.get(SHARD):
+            rank, count = map(int, os.environ[SHARD].split("/"))
+            evaluate(config, folder_held=True, shard=(rank, count))
+            return 0
         results = evaluate(config, folder_held=True)
         print(report(results, Path(config.output_dir) / "results.json"))
         return 0
@@ -551,10 +596,21 @@ def main(argv: list[str] | None = None) -> int | None:
     check_output_folder(config.output_dir, "OUTPUT")
     with_template(config)  # a damaged run record, an empty benchmark, a problem without gold: here, in seconds
     load_suite(config.suite, config.benchmarks)
+    devices = engine_devices(config)
     lock = hold_folder(Path(config.output_dir), "evaluation")
     command = [sys.executable, "-m", "grpo_lambda.evaluation.evaluate", *argv, "--output_dir", config.output_dir]
+    env = {**os.environ, WORKER: config.output_dir}
+    status = 0
     with Supervisor() as supervisor:
-        status = supervisor.run(command, env={**os.environ, WORKER: config.output_dir}, pass_fds=(lock,))
+        if config.data_parallel_size > 1:  # the engines, then one process that merges their samples and grades
+            merge_shards(Path(config.output_dir))  # so that each engine starts from every sample finished so far
+            trees = [
+                (command, {**env, SHARD: f"{rank}/{len(devices)}", **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})})
+                for rank, gpus in enumerate(devices)
+            ]
+            status = supervisor.run_all(trees, pass_fds=(lock,))
+        if status == 0:
+            status = supervisor.run(command, env=env, pass_fds=(lock,))
     return 128 - status if status < 0 else status
 
 

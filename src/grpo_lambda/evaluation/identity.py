@@ -11,7 +11,7 @@ models, suites, templates, token limits, sampling settings, backends or dtypes.
   backend and dtype. A protocol (PROTOCOL=) is these settings: a resume under another protocol differs in them.
 What a resume may change: the benchmarks, LIMIT and SAMPLES, per benchmark (it adds what is missing, so a folder of
 avg@4 becomes one of avg@32; fewer are summarized from the first k), and the engine's knobs that do not change what
-is generated (batch size, GPU memory, tensor parallel size, grading timeout).
+is generated (batch size, GPU memory, tensor and data parallel sizes, grading timeout).
 """
 
 from __future__ import annotations

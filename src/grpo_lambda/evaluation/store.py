@@ -3,7 +3,9 @@
 none and is sample 0), appended as each finishes, so that an interrupted evaluation resumes where it stopped (grpo_lambda.records: a torn last line is
 skipped and cut off before the next append, a corrupt line elsewhere is refused with its file and line); rewritten
 whole only through a rename. Its summary, `<output_dir>/results.json`, is written whole (records.replace_file) and
-read back through `read_results`, which refuses a damaged one with its file name."""
+read back through `read_results`, which refuses a damaged one with its file name. Data-parallel engines
+(evaluate.py, --data_parallel_size) each append to a file of their own, `samples.shard-<r>.jsonl` (two writers on one
+JSONL file could cut each other's lines), which `merge_shards` folds into samples.jsonl."""
 
 from __future__ import annotations
 
@@ -44,6 +46,31 @@ def read_samples(path: Path) -> dict[tuple[str, int, int], dict]:
 def append(path: Path, sample: dict) -> None:
     """One finished sample, appended and flushed."""
     append_jsonl(path, sample, _is_sample)
+
+
+def shard_path(folder: Path, rank: int) -> Path:
+    """The samples file of data-parallel engine `rank` while it runs."""
+    return Path(folder) / f"samples.shard-{rank}.jsonl"
+
+
+def merge_shards(folder: Path) -> int:
+    """Appends to `<folder>/samples.jsonl` the samples of the engines' shard files that it lacks (each (benchmark,
+    index, sample) once; a torn last line, an engine killed mid-write, dropped), then removes the shard files: a kill
+    at any moment loses no finished sample and doubles none (the next merge skips what was appended). Returns how
+    many samples it added."""
+    shards = sorted(Path(folder).glob("samples.shard-*.jsonl"))
+    samples_path = Path(folder) / "samples.jsonl"
+    seen = set(read_samples(samples_path))
+    added = 0
+    for shard in shards:
+        for sample in read_lines(shard):
+            if sample_key(sample) not in seen:
+                append(samples_path, sample)
+                seen.add(sample_key(sample))
+                added += 1
+    for shard in shards:
+        shard.unlink()
+    return added
 
 
 def rewrite(path: Path, samples: list[dict]) -> None:
