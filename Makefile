@@ -70,6 +70,7 @@ RECIPE_STYLE ?=
 # make evaluate [MODEL=..] [SUITE=<folder|hub id>] [BENCHMARKS=aime,amc,...] [TEMPLATE=qwen_math|r1|no] [LIMIT=N] [BACKEND=vllm|transformers]
 #               [PROTOCOL=understand-r1-zero|open-r1|avg32]  (the peers' settings, docs/evaluation.md; unset: the paper's)
 #               [SAMPLES=k|aime:32,amc:32,4 TEMPERATURE=T [TOP_P=P]]  (samples per problem: avg@k, maj@k, pass@k)
+#               [DATA_PARALLEL=n]  (n engines over disjoint problems, each on its own GPUs)
 # (unset SUITE, BENCHMARKS: the five of the suite shipped in the package; unset TEMPLATE: the model recipe template)
 # make regrade RESULTS=<evaluation folder> [TEMPLATE=..] [SUITE=..]: re-score its samples.jsonl, generate nothing
 SUITE ?=
@@ -121,6 +122,7 @@ help:
 	@echo "make sft       format SFT before RL (same MODEL, DATASET, ACCEL, NPROC, ARGS, DRY_RUN)"
 	@echo "make evaluate  MODEL=.. [SUITE=..] [BENCHMARKS=aime,amc,math,minerva,olympiad_bench] [TEMPLATE=..] [LIMIT=N]"
 	@echo "               [PROTOCOL=understand-r1-zero|open-r1|avg32] [SAMPLES=k|aime:32,amc:32,4 TEMPERATURE=T TOP_P=P]"
+	@echo "               [DATA_PARALLEL=n]: n engines, each on its own GPUs, over disjoint problems"
 	@echo "make regrade   RESULTS=<eval dir> [TEMPLATE=..]: re-score its samples.jsonl (paper and corrected grades)"
 	@echo "make tables    the paper's Table 1 and Tables 3-6 [RESULTS=<dir of results.json> beside them] [LATEX=1]"
 	@echo "make download  MODEL=.. DATASET=.. | SWEEP=..: models and training sets into the Hugging Face cache (login node, before jobs)"
@@ -184,7 +186,7 @@ evaluate: install
 	$(PY) -m grpo_lambda.evaluation.evaluate --model "$(EVAL_MODEL)" $(if $(SUITE),--suite "$(SUITE)") $(if $(BENCHMARKS),--benchmarks $(subst $(COMMA), ,$(BENCHMARKS))) \
 		$(if $(TEMPLATE),--template $(TEMPLATE)) --backend $(BACKEND) $(if $(OUTPUT),--output_dir "$(OUTPUT)") $(if $(LIMIT),--limit $(LIMIT)) \
 		$(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
-		$(if $(TOP_P),--top_p $(TOP_P)) $(ARGS)
+		$(if $(TOP_P),--top_p $(TOP_P)) $(if $(DATA_PARALLEL),--data_parallel_size $(DATA_PARALLEL)) $(ARGS)
 
 regrade: install
 	@test -n "$(RESULTS)" || { echo "set RESULTS=<an evaluation folder with samples.jsonl>"; exit 2; }
