@@ -21,6 +21,10 @@ from grpo_lambda.evaluation.identity import identity
 from grpo_lambda.evaluation.store import read_lines, sample_key, shard_path
 
 
+def rows(folder) -> list[dict]:
+    return read_lines(folder / "samples.jsonl")
+
+
 def _keys(path) -> list[tuple]:
     return [sample_key(sample) for sample in read_lines(path)]
 
@@ -38,8 +42,10 @@ def test_two_engines_generate_disjoint_samples_merged_once(tiny_model_dir, tmp_p
     merged = _keys(folder / "samples.jsonl")
     single = evaluate(eval_config(tmp_path / "single", tiny_model_dir, limit=3))
     assert sorted(merged) == sorted(_keys(tmp_path / "single/eval/samples.jsonl")) and len(set(merged)) == 6
-    assert not list(folder.glob("samples.shard-*"))
+    assert not list(folder.glob("samples.shard-*")) and not list(folder.glob("provenance.shard-*"))
     assert {b: v["n"] for b, v in results["benchmarks"].items()} == {b: 3 for b in single["benchmarks"]}
+    generation = results["provenance"]["generation"]  # the engines', not the merge's (which generated nothing)
+    assert results["provenance"]["engines"] == 2 and generation["tokens"] == sum(s["tokens"] for s in rows(folder))
 
 
 def test_a_killed_engines_samples_are_kept_and_the_rest_generated_once(tiny_model_dir, tmp_path):

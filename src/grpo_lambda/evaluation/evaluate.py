@@ -295,6 +295,9 @@ def evaluate(
             os.close(lock)
 
 
+ENGINE_PROVENANCE = "provenance.shard-{}.json"  # a data-parallel engine's start-up and generation, until summarized
+
+
 def _evaluate(config: EvalConfig, backend, output_dir: Path, shard: tuple[int, int] | None = None) -> dict | None:
     samples_path = output_dir / "samples.jsonl"
     if shard is None:
@@ -377,6 +380,9 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path, shard: tuple[int, i
                 bar.update(1)
     if shard is not None:
         grader.close()
+        engine_record = {"engine": engine, "start_up_seconds": start_up, "tokens": generated}
+        engine_record["seconds"] = time.monotonic() - started
+        replace_file(output_dir / ENGINE_PROVENANCE.format(shard[0]), json.dumps(engine_record) + "\n")
         return None
     if any(grade not in s for key, s in finished.items() if key in wanted for grade in GRADES):
         logger.info("grading samples written without both grades")  # an older samples.jsonl
@@ -392,6 +398,12 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path, shard: tuple[int, i
         current = {**current, "model_revision": hub_revision_of(config.model)}
     results["identity"] = current
     previous = read_results(output_dir / "results.json") if (output_dir / "results.json").is_file() else {}
+    engines = [json.loads(path.read_bytes()) for path in sorted(output_dir.glob(ENGINE_PROVENANCE.format("*")))]
+    if engines:  # data-parallel engines generated this invocation's samples, side by side
+        engine = engines[0]["engine"]
+        starts = [e["start_up_seconds"] for e in engines if e["start_up_seconds"] is not None]
+        start_up, seconds = max(starts) if starts else None, max(e["seconds"] for e in engines)
+        generated = sum(e["tokens"] for e in engines)
     results["provenance"] = {
         "engine": engine or (previous.get("provenance") or {}).get("engine"),
         # this invocation's engine start-up and generation (a resumed evaluation: what it added)
@@ -401,8 +413,11 @@ def _evaluate(config: EvalConfig, backend, output_dir: Path, shard: tuple[int, i
             "tokens": generated,
             "tokens_per_second": round(generated / seconds, 1) if generated and seconds else None,
         },
+        **({"engines": len(engines)} if engines else {}),
     }
     replace_file(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    for path in output_dir.glob(ENGINE_PROVENANCE.format("*")):
+        path.unlink()
     return results
 
 
@@ -574,7 +589,9 @@ def main(argv: list[str] | None = None) -> int | None:
     """The command: checks its inputs in seconds, holds the output folder (records.hold_folder: one evaluation per
     folder) and runs the evaluation in a child process tree under grpo_lambda.processes.Supervisor, so that the
     engine's own processes (vLLM's EngineCore) end with it, however either is killed: a SIGKILLed child's group is
-    stopped by the command, and a child whose command died stops its group itself."""
+    stopped by the command, and a child whose command died stops its group itself. With data_parallel_size n > 1 the
+    child trees are n engines (`evaluate` with a shard), each on its own GPUs (`engine_devices`), then one that merges
+    their samples and writes results.json; an engine that fails stops the others and the command, with its status."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--regrade" in argv:
@@ -596,11 +613,13 @@ def main(argv: list[str] | None = None) -> int | None:
     check_output_folder(config.output_dir, "OUTPUT")
     with_template(config)  # a damaged run record, an empty benchmark, a problem without gold: here, in seconds
     load_suite(config.suite, config.benchmarks)
-    devices = engine_devices(config)
+    devices = engine_devices(config) if config.data_parallel_size > 1 else []
     lock = hold_folder(Path(config.output_dir), "evaluation")
     command = [sys.executable, "-m", "grpo_lambda.evaluation.evaluate", *argv, "--output_dir", config.output_dir]
     env = {**os.environ, WORKER: config.output_dir}
     status = 0
+    for stale in Path(config.output_dir).glob(ENGINE_PROVENANCE.format("*")):  # an earlier, killed run's engines'
+        stale.unlink()
     with Supervisor() as supervisor:
         if config.data_parallel_size > 1:  # the engines, then one process that merges their samples and grades
             merge_shards(Path(config.output_dir))  # so that each engine starts from every sample finished so far
