@@ -164,6 +164,7 @@ def test_several_trees_run_at_once_and_the_first_failure_stops_the_others(tmp_pa
 
     marker = tmp_path / "second"
     quick = [sys.executable, "-c", "pass"]
+    before = set(descendants(os.getpid()))  # an earlier test's grading worker, not the supervisor's
     with Supervisor(kill_grace_s=1) as supervisor:
         assert supervisor.run_all([(quick, None), (quick, None)]) == 0
         started = time.monotonic()
@@ -171,4 +172,4 @@ def test_several_trees_run_at_once_and_the_first_failure_stops_the_others(tmp_pa
         waiting = ["bash", "-c", f"sleep 60 & touch {marker}; wait"]
         assert supervisor.run_all([(waiting, None), (failing, None)]) == 3
         assert time.monotonic() - started < 10 and marker.exists()
-        assert descendants(os.getpid()) == []
+        assert set(descendants(os.getpid())) <= before
