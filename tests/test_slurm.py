@@ -20,7 +20,7 @@ import yaml
 
 from grpo_lambda.errors import GRPOLambdaError
 from grpo_lambda.jobs.recipes import expand_grid, load_grid
-from grpo_lambda.jobs.sweep import _compact, load_sweep, sbatch_command
+from grpo_lambda.jobs.sweep import Runner, _compact, load_sweep, sbatch_command
 from grpo_lambda.layout import model_tail
 from grpo_lambda.methods import RunFolder
 from run_observed import LOGP_DIFFERENCE, SYNCED_LOGP_DIFFERENCE
@@ -640,6 +640,27 @@ def test_list_settings_reach_the_trainer_as_lists(tmp_path):
     assert shlex.join(single.evaluation_command()).endswith(
         f"--output_dir {tmp_path}/one/eval --benchmarks arithmetic --limit 2"
     )
+
+
+@pytest.mark.parametrize(
+    ("gpus", "evaluation", "engines"),
+    [
+        (4, {}, "4"),
+        ("a100:4", {"tensor_parallel_size": 2}, "2"),
+        (4, {"data_parallel_size": 1}, "1"),
+        (None, {}, None),
+    ],
+)
+def test_a_sweep_task_evaluates_on_every_gpu_of_its_node(tmp_path, gpus, evaluation, engines):
+    """Issue 32.5: the evaluation inside a 4-GPU task used one GPU. It now runs one engine per tensor_parallel_size
+    GPUs of the node (the sweep's own data_parallel_size wins; a CPU task: one)."""
+    sweep = load_sweep("tiny-cpu", ROOT, tmp_path)
+    run = sweep.runs[0]
+    runner = Runner(run, sweep.run_dir(run), evaluation, {**sweep.slurm, "gpus_per_node": gpus}, sweep)
+    command = runner.evaluation_command()
+    assert (
+        command[command.index("--data_parallel_size") + 1] if "--data_parallel_size" in command else None
+    ) == engines
 
 
 @pytest.mark.slow

@@ -443,8 +443,14 @@ class Runner:
         return command, env, f"http://{host}:{port}", training.vllm_server_timeout
 
     def evaluation_command(self) -> list[str]:
-        """The run's evaluation: its template is the run's own (the run record the evaluation reads)."""
-        flags = as_flags({"model": str(self.run_dir), "output_dir": str(self.run_dir / "eval"), **self.evaluation})
+        """The run's evaluation: its template is the run's own (the run record the evaluation reads). On a task with
+        GPUs it uses every GPU of its node: one engine per tensor_parallel_size of them (data_parallel_size), unless
+        the sweep's evaluation section sets data_parallel_size itself."""
+        evaluation = dict(self.evaluation)
+        gpus = str(self.slurm.get("gpus_per_node") or "").rsplit(":", 1)[-1]  # 4, or a typed request: a100:4
+        if gpus.isdigit() and "data_parallel_size" not in evaluation:
+            evaluation["data_parallel_size"] = max(1, int(gpus) // int(evaluation.get("tensor_parallel_size", 1)))
+        flags = as_flags({"model": str(self.run_dir), "output_dir": str(self.run_dir / "eval"), **evaluation})
         return [self.python, "-m", "grpo_lambda.evaluation.evaluate", *flags]
 
     def _stage(
