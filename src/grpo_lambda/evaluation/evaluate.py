@@ -161,9 +161,11 @@ def _by_level(rows: list[dict], levels: dict, scores: dict[str, np.ndarray]) -> 
 def config_record(config: EvalConfig) -> dict:
     """The config as results.json records it, its protocol settings resolved (the protocol's name is results.json's
     `protocol`); greedy decoding (the paper's protocol) leaves out the sampling settings, so that its results.json is
-    the one written before sampling existed."""
+    the one written before sampling existed, and one engine (the default) leaves out data_parallel_size."""
     record = asdict(config)
     del record["protocol"]
+    if config.data_parallel_size == 1:
+        del record["data_parallel_size"]
     if config.sampling is None:
         for key in ("samples", "temperature", "top_p"):
             del record[key]
