@@ -40,7 +40,14 @@ from grpo_lambda.metrics_log import logged_mean, logged_std
 
 from .toy import TASK_NAME
 from .toy_benchmark import RL_SETTINGS, Run, plot_curves, run_all, style_settings
-from .toy_factorial import bootstrap_mean_interval, interval_text, paired_contrast, pick_learning_rates, verdict
+from .toy_factorial import (
+    bootstrap_mean_interval,
+    interval_text,
+    paired_contrast,
+    pick_learning_rates,
+    pilot_table,
+    verdict,
+)
 
 METHODS = {"grpo": Method("grpo"), "grpo_lambda": Method("eps_trace", "both", 0.99)}  # the factorial's best arm
 DS_OFF = "dapo+dynamic_sampling=false"
@@ -273,14 +280,6 @@ def contrasts_table(analysis: dict) -> str:
             f"{equal} |"
         )
     return "\n".join(lines)
-
-
-def pilot_table(pilot: dict[Arm, dict[float, list[float]]], picks: dict[Arm, float], grid, last: int) -> str:
-    lines = ["| arm | " + " | ".join(f"lr {rate:g}" for rate in grid) + " | pick |", "|---" * (len(grid) + 2) + "|"]
-    for a, by_rate in pilot.items():
-        cells = [f"{logged_mean(by_rate[rate]):.3f} ± {logged_std(by_rate[rate]):.3f}" for rate in grid]
-        lines.append(f"| {a.tag} | " + " | ".join(cells) + f" | {picks[a]:g} |")
-    return f"Pilot: final reward (last {last} steps; mean ± std over the pilot seeds).\n\n" + "\n".join(lines)
 
 
 def plot_figures(

@@ -232,11 +232,12 @@ def contrasts_table(analysis: dict) -> str:
     return "\n".join(lines)
 
 
-def pilot_table(pilot: dict[Method, dict[float, list[float]]], picks: dict[Method, float], grid, last: int) -> str:
+def pilot_table(pilot: dict, picks: dict, grid, last: int) -> str:
+    """The pilot's final reward per arm (a Method, or any arm with a `tag`) and learning rate, and the rate picked."""
     lines = ["| arm | " + " | ".join(f"lr {rate:g}" for rate in grid) + " | pick |", "|---" * (len(grid) + 2) + "|"]
-    for method, by_rate in pilot.items():
+    for arm, by_rate in pilot.items():
         cells = [f"{logged_mean(by_rate[rate]):.3f} ± {logged_std(by_rate[rate]):.3f}" for rate in grid]
-        lines.append(f"| {method.tag} | " + " | ".join(cells) + f" | {picks[method]:g} |")
+        lines.append(f"| {arm.tag} | " + " | ".join(cells) + f" | {picks[arm]:g} |")
     return f"Pilot: final reward (last {last} steps; mean ± std over the pilot seeds).\n\n" + "\n".join(lines)
 
 
